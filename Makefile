@@ -1,0 +1,82 @@
+# webcall — developer and CI entry points (GNU make).
+#
+#   make serve    set everything up, then run the server on :8080 (ARGS="--port 9000 ...")
+#   make test     set everything up, then run the test suite     (PYTEST_ARGS="-k sdp -x")
+#
+# Set-up steps are stamped, so they re-run only when their inputs change:
+#   .venv/.webcall-installed          <- requirements.txt, requirements-dev.txt
+#   node_modules/.webcall-installed   <- package.json, package-lock.json
+
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := serve
+
+PYTHON      ?= python3
+VENV        ?= .venv
+VENV_PY     := $(VENV)/bin/python
+VENV_STAMP  := $(VENV)/.webcall-installed
+SDK_STAMP   := node_modules/.webcall-installed
+ARGS        ?=
+PYTEST_ARGS ?=
+
+# Debian packages needed on the machine: "command-or-check:package".
+# A package is installed only if its check fails; apt-get runs only if something is missing.
+SYSTEM_CHECKS := node:nodejs npm:npm
+
+.PHONY: serve test venv sdk deps-system clean help
+
+help:
+	@echo "make serve        run the server (ARGS='--port 8080 --public-ip 1.2.3.4')"
+	@echo "make test         run the tests  (PYTEST_ARGS='-k name -x')"
+	@echo "make venv         create .venv and install requirements-dev.txt"
+	@echo "make sdk          npm ci: the Flashphoner Web SDK into node_modules/"
+	@echo "make deps-system  apt-get install what is missing (python3-venv, nodejs, npm)"
+	@echo "make clean        remove .venv, node_modules and caches"
+
+serve: deps-system venv sdk
+	$(VENV_PY) -m webcall $(ARGS)
+
+# pytest exits 5 when it collects no test; that is reported, not treated as a failure.
+test: deps-system venv sdk
+	@rc=0; $(VENV_PY) -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
+	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)"; exit 0; fi; \
+	exit $$rc
+
+venv: $(VENV_STAMP)
+
+$(VENV_STAMP): requirements.txt requirements-dev.txt | deps-system
+	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
+	  { echo "error: $(PYTHON) is older than Python 3.11 (set PYTHON=python3.11)" >&2; exit 1; }
+	@if ! $(VENV_PY) -c 'import sys' >/dev/null 2>&1; then \
+	  echo "creating $(VENV) with $$($(PYTHON) -V)"; rm -rf $(VENV); $(PYTHON) -m venv $(VENV); \
+	fi
+	$(VENV_PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+	@touch $@
+
+sdk: $(SDK_STAMP)
+
+$(SDK_STAMP): package.json package-lock.json | deps-system
+	npm ci --no-audit --no-fund --loglevel=error
+	@test -f node_modules/@flashphoner/websdk/flashphoner.js
+	@touch $@
+
+# Quick and idempotent: apt-get runs only when a check fails.
+deps-system:
+	@missing=""; \
+	for pair in $(SYSTEM_CHECKS); do \
+	  cmd=$${pair%%:*}; pkg=$${pair#*:}; \
+	  command -v "$$cmd" >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	done; \
+	if ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1; then \
+	  dpkg -s python3-venv >/dev/null 2>&1 || missing="$$missing python3-venv"; \
+	fi; \
+	if [ -n "$$missing" ]; then \
+	  echo "installing system packages:$$missing"; \
+	  if [ "$$(id -u)" -eq 0 ]; then SUDO=""; else SUDO="sudo"; fi; \
+	  $$SUDO apt-get update -q && \
+	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
+	fi
+
+clean:
+	rm -rf $(VENV) node_modules .pytest_cache
+	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +

@@ -1,0 +1,124 @@
+"""A Consumer is one outgoing track of a player: the publisher's packets with this player's labels.
+
+Each player gets its own SSRC, payload type and continuous sequence numbers and timestamps (offsets
+fixed at the first forwarded packet, which for video is a keyframe start), then SRTP with its own keys.
+"""
+
+from __future__ import annotations
+
+import secrets
+import struct
+from typing import TYPE_CHECKING
+
+from ..protocol.sdp import EXT_MID, Track
+from .producer import ExtensionPlan, Producer
+from .rtp import FIXED_HEADER
+
+if TYPE_CHECKING:
+    from .transport import WebRtcTransport
+
+_U16 = struct.Struct("!H")
+
+
+def random_ssrc() -> int:
+    return secrets.randbits(32) or 1
+
+
+class Consumer:
+    __slots__ = (
+        "producer", "transport", "kind", "mid", "ssrc", "rtx_ssrc", "payload_type", "rtx_payload_type",
+        "plan", "needs_keyframe", "seq_offset", "ts_offset", "start_ext_seq", "rtx_seq", "_next_seq", "_ts_base",
+        "packets", "octets", "retransmits", "nacks", "keyframe_requests", "fraction_lost", "player_lost",
+    )
+
+    def __init__(self, producer: Producer, track: Track, transport: WebRtcTransport) -> None:
+        self.producer = producer
+        self.transport = transport
+        self.kind = track.kind
+        self.mid = track.mid
+        self.ssrc = random_ssrc()
+        self.payload_type = track.codec.payload_type
+        self.rtx_payload_type = track.codec.rtx_payload_type
+        self.rtx_ssrc = random_ssrc() if self.rtx_payload_type is not None else None
+        mapping = {
+            producer.extensions[uri]: ext_id
+            for uri, ext_id in track.extensions.items()
+            if uri in producer.extensions
+        }
+        mid_id = track.extensions.get(EXT_MID)
+        self.plan = ExtensionPlan(mapping, (mid_id, track.mid.encode()) if mid_id else None)
+        self.needs_keyframe = track.kind == "video"
+        self.seq_offset: int | None = None
+        self.ts_offset = 0
+        self.start_ext_seq = 0
+        self.rtx_seq = secrets.randbits(15)
+        self._next_seq = secrets.randbits(15)
+        self._ts_base = secrets.randbits(31)
+        self.packets = self.octets = self.retransmits = self.nacks = self.keyframe_requests = 0
+        self.fraction_lost = 0
+        self.player_lost = 0
+
+    def forward(self, b0: int, marker: int, ext_seq: int, ts: int, tail: bytes, keyframe: bool) -> None:
+        """Send one packet of the producer (called once per packet per player — keep it lean)."""
+        if self.seq_offset is None:
+            if self.needs_keyframe and not keyframe:
+                return
+            self.seq_offset = self._next_seq - ext_seq
+            self.ts_offset = self._ts_base - ts
+            self.start_ext_seq = ext_seq
+        elif ext_seq < self.start_ext_seq:
+            return  # a late packet from before this player started
+        self.transport.send_rtp(
+            FIXED_HEADER.pack(
+                b0, marker | self.payload_type, (ext_seq + self.seq_offset) & 0xFFFF,
+                (ts + self.ts_offset) & 0xFFFFFFFF, self.ssrc,
+            ) + tail
+        )
+        self.packets += 1
+        self.octets += len(tail)
+
+    def on_nack(self, seqs: list[int]) -> None:
+        """Answer a player's NACK from the producer's ring, over RTX when the player negotiated it."""
+        self.nacks += 1
+        if self.seq_offset is None:
+            return
+        producer = self.producer
+        for out_seq in seqs:
+            seq = (out_seq - self.seq_offset) & 0xFFFF
+            packet = producer.lookup(seq)
+            if packet is None:
+                continue
+            b0, head, payload = producer.rewrite(packet, self.plan)
+            ts = (struct.unpack_from("!I", packet, 4)[0] + self.ts_offset) & 0xFFFFFFFF
+            marker = packet[1] & 0x80
+            if self.rtx_ssrc is not None:
+                self.rtx_seq = (self.rtx_seq + 1) & 0xFFFF
+                out = FIXED_HEADER.pack(b0 & 0xDF, marker | self.rtx_payload_type, self.rtx_seq, ts, self.rtx_ssrc)
+                out += head + _U16.pack(out_seq & 0xFFFF) + (payload[: -payload[-1]] if b0 & 0x20 else payload)
+            else:
+                out = FIXED_HEADER.pack(b0, marker | self.payload_type, out_seq & 0xFFFF, ts, self.ssrc) + head + payload
+            self.retransmits += 1
+            self.transport.send_rtp(out)
+
+    def request_keyframe(self, now: float) -> None:
+        self.keyframe_requests += 1
+        self.producer.request_keyframe(now)
+
+    def on_report(self, fraction_lost: int, cumulative_lost: int) -> None:
+        self.fraction_lost = fraction_lost
+        self.player_lost = cumulative_lost
+
+    def sender_report(self, now: float, ntp: int) -> bytes | None:
+        """SR body fields (RFC 3550 §6.4.1) mapping our NTP clock to this player's RTP clock."""
+        if self.seq_offset is None:
+            return None
+        rtp_now = self.producer.rtp_time_at(now)
+        if rtp_now is None:
+            return None
+        return struct.pack(
+            "!IQIII", self.ssrc, ntp, (rtp_now + self.ts_offset) & 0xFFFFFFFF,
+            self.packets & 0xFFFFFFFF, self.octets & 0xFFFFFFFF,
+        )
+
+    def close(self) -> None:
+        self.producer.detach(self)

@@ -1,0 +1,268 @@
+"""Publisher and player endpoints: a transport plus its producers or consumers, and their RTCP.
+
+These are what the streams layer holds. Events go up through a small listener interface; the media
+plane never sees WCS messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import struct
+import time
+from typing import Protocol
+
+from aiortc.clock import current_ntp_time
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPacket,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+    pack_remb_fci,
+)
+
+from ..protocol.sdp import Negotiation
+from .consumer import Consumer, random_ssrc
+from .dtls import DtlsIdentity
+from .port import MediaPort
+from .producer import Producer
+from .transport import WebRtcTransport
+
+log = logging.getLogger("webcall.media")
+
+RTCP_INTERVAL = 1.0
+_SSRC = struct.Struct("!I")
+
+
+class EndpointEvents(Protocol):
+    def on_connected(self) -> None: ...
+    def on_failed(self, info: str) -> None: ...
+
+
+class PublisherEvents(EndpointEvents, Protocol):
+    def on_first_media(self) -> None: ...
+    def on_video_size(self, width: int, height: int) -> None: ...
+
+
+class MediaSettings(Protocol):
+    connect_timeout: float
+    consent_timeout: float
+    max_bitrate: int
+
+
+class _Endpoint:
+    def __init__(self, port: MediaPort, identity: DtlsIdentity, neg: Negotiation, settings: MediaSettings,
+                 label: str) -> None:
+        self.rtcp_ssrc = random_ssrc()
+        self.settings = settings
+        self.transport = WebRtcTransport(
+            port, identity, remote_ufrag=neg.ice_ufrag, remote_fingerprints=neg.fingerprints, listener=self,
+            connect_timeout=settings.connect_timeout, consent_timeout=settings.consent_timeout,
+            now=time.monotonic(), label=label,
+        )
+        self._next_rtcp = 0.0
+        self.closed = False
+
+    def _parse_rtcp(self, data: bytes) -> list:
+        try:
+            return RtcpPacket.parse(data)
+        except ValueError:
+            return []
+
+
+class PublisherEndpoint(_Endpoint):
+    def __init__(self, port: MediaPort, identity: DtlsIdentity, neg: Negotiation, settings: MediaSettings,
+                 events: PublisherEvents, label: str = "") -> None:
+        super().__init__(port, identity, neg, settings, label)
+        self.events = events
+        self.producers: dict[str, Producer] = {}
+        self._by_ssrc: dict[int, Producer] = {}
+        self._rtx_by_ssrc: dict[int, Producer] = {}
+        self._by_pt: dict[int, Producer] = {}
+        self._rtx_by_pt: dict[int, Producer] = {}
+        for track in neg.tracks:
+            producer = Producer(track, send_nack=self._send_nack, send_keyframe_request=self._send_pli,
+                                on_keyframe=self._on_keyframe)
+            self.producers[track.kind] = producer
+            self._by_pt[producer.payload_type] = producer
+            if producer.rtx_payload_type is not None:
+                self._rtx_by_pt[producer.rtx_payload_type] = producer
+            if producer.ssrc is not None:
+                self._by_ssrc[producer.ssrc] = producer
+            if producer.rtx_ssrc is not None:
+                self._rtx_by_ssrc[producer.rtx_ssrc] = producer
+        self.media_started = False
+
+    # --- transport events -------------------------------------------------------------------------
+
+    def on_transport_connected(self, now: float) -> None:
+        self.events.on_connected()
+
+    def on_transport_failed(self, info: str) -> None:
+        if not self.closed:
+            self.events.on_failed(info)
+
+    def on_rtp(self, packet: bytes, now: float) -> None:
+        ssrc = _SSRC.unpack_from(packet, 8)[0]
+        producer = self._by_ssrc.get(ssrc)
+        if producer is not None:
+            producer.receive(packet, now)
+        else:
+            producer = self._rtx_by_ssrc.get(ssrc)
+            if producer is not None:
+                producer.receive_rtx(packet, now)
+                return
+            if not self._learn_ssrc(packet, ssrc, now):
+                return
+        if not self.media_started:
+            self.media_started = True
+            self.events.on_first_media()
+
+    def _learn_ssrc(self, packet: bytes, ssrc: int, now: float) -> bool:
+        """Offers without a=ssrc (allowed by BUNDLE): bind an unknown SSRC by its payload type, once."""
+        pt = packet[1] & 0x7F
+        producer = self._by_pt.get(pt)
+        if producer is not None and producer.ssrc is None:
+            producer.ssrc = ssrc
+            self._by_ssrc[ssrc] = producer
+            producer.receive(packet, now)
+            return True
+        producer = self._rtx_by_pt.get(pt)
+        if producer is not None and producer.rtx_ssrc is None and producer.ssrc is not None:
+            producer.rtx_ssrc = ssrc
+            self._rtx_by_ssrc[ssrc] = producer
+            producer.receive_rtx(packet, now)
+        return False
+
+    def on_rtcp(self, data: bytes, now: float) -> None:
+        for packet in self._parse_rtcp(data):
+            if isinstance(packet, RtcpSrPacket):
+                producer = self._by_ssrc.get(packet.ssrc)
+                if producer is not None:
+                    producer.on_sender_report(packet.sender_info.ntp_timestamp, packet.sender_info.rtp_timestamp, now)
+
+    def on_tick(self, now: float) -> None:
+        for producer in self.producers.values():
+            if producer.missing:
+                producer.retry_nacks(now)
+        if now >= self._next_rtcp:
+            self._next_rtcp = now + RTCP_INTERVAL
+            self._send_reports(now)
+
+    # --- feedback to the publisher ----------------------------------------------------------------
+
+    def _send_reports(self, now: float) -> None:
+        blocks = [b for p in self.producers.values() if (b := p.report_block(now)) is not None]
+        rr = struct.pack("!BBHI", 0x80 | len(blocks), 201, 1 + 6 * len(blocks), self.rtcp_ssrc) + b"".join(blocks)
+        ssrcs = [p.ssrc for p in self.producers.values() if p.ssrc is not None and p.kind == "video"]
+        if ssrcs:
+            # REMB at the configured ceiling: the browser's own loss-based control ramps up to it.
+            remb = RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=self.rtcp_ssrc, media_ssrc=0,
+                                  fci=pack_remb_fci(self.settings.max_bitrate, ssrcs))
+            rr += bytes(remb)
+        self.transport.send_rtcp(rr)
+
+    def _send_nack(self, producer: Producer, seqs: list[int]) -> None:
+        self.transport.send_rtcp(bytes(RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=self.rtcp_ssrc,
+                                                       media_ssrc=producer.ssrc or 0, lost=sorted(seqs))))
+
+    def _send_pli(self, producer: Producer) -> None:
+        if producer.ssrc is not None:
+            self.transport.send_rtcp(bytes(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=self.rtcp_ssrc,
+                                                          media_ssrc=producer.ssrc)))
+
+    def _on_keyframe(self, producer: Producer, width: int, height: int) -> None:
+        self.events.on_video_size(width, height)
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self.transport.close()
+        for producer in self.producers.values():
+            for consumer in list(producer.consumers):
+                consumer.close()
+            producer.close()
+
+
+class PlayerEndpoint(_Endpoint):
+    def __init__(self, port: MediaPort, identity: DtlsIdentity, neg: Negotiation, settings: MediaSettings,
+                 sources: dict[str, Producer], events: EndpointEvents, label: str = "") -> None:
+        super().__init__(port, identity, neg, settings, label)
+        self.events = events
+        self.consumers: list[Consumer] = []
+        self._by_ssrc: dict[int, Consumer] = {}
+        for track in neg.tracks:
+            consumer = Consumer(sources[track.kind], track, self.transport)
+            self.consumers.append(consumer)
+            self._by_ssrc[consumer.ssrc] = consumer
+        self.attached = False
+
+    @property
+    def answer_ssrcs(self) -> dict[str, tuple[int, int | None]]:
+        return {c.mid: (c.ssrc, c.rtx_ssrc) for c in self.consumers}
+
+    def on_transport_connected(self, now: float) -> None:
+        if self.closed:
+            return
+        self.attached = True
+        for consumer in self.consumers:
+            consumer.producer.attach(consumer, now)
+        self.events.on_connected()
+
+    def on_transport_failed(self, info: str) -> None:
+        if not self.closed:
+            self._detach()
+            self.events.on_failed(info)
+
+    def on_rtp(self, packet: bytes, now: float) -> None:
+        pass  # players send no media to a sendonly answer
+
+    def on_rtcp(self, data: bytes, now: float) -> None:
+        for packet in self._parse_rtcp(data):
+            if isinstance(packet, RtcpRtpfbPacket):
+                consumer = self._by_ssrc.get(packet.media_ssrc)
+                if consumer is not None and packet.fmt == RTCP_RTPFB_NACK:
+                    consumer.on_nack([s & 0xFFFF for s in packet.lost])
+            elif isinstance(packet, RtcpPsfbPacket):
+                if packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+                    consumer = self._by_ssrc.get(packet.media_ssrc)
+                    if consumer is None and packet.fmt == RTCP_PSFB_FIR and len(packet.fci) >= 4:
+                        consumer = self._by_ssrc.get(_SSRC.unpack_from(packet.fci, 0)[0])
+                    if consumer is not None:
+                        consumer.request_keyframe(now)
+            elif isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+                for report in packet.reports:
+                    consumer = self._by_ssrc.get(report.ssrc)
+                    if consumer is not None:
+                        consumer.on_report(report.fraction_lost, report.packets_lost)
+
+    def on_tick(self, now: float) -> None:
+        if now < self._next_rtcp:
+            return
+        self._next_rtcp = now + RTCP_INTERVAL
+        ntp = current_ntp_time()
+        for consumer in self.consumers:
+            body = consumer.sender_report(now, ntp)
+            if body is not None:
+                self.transport.send_rtcp(struct.pack("!BBH", 0x80, 200, 6) + body)
+
+    def _detach(self) -> None:
+        for consumer in self.consumers:
+            consumer.close()
+
+    def close(self) -> None:
+        if self.closed:
+            return
+        self.closed = True
+        self._detach()
+        self.transport.close()
+
+
+def new_session_id() -> int:
+    return secrets.randbits(62)

@@ -1,0 +1,169 @@
+"""The single UDP media port: every WebRTC connection of the server shares it.
+
+Demultiplexing (RFC 7983 by the first byte): STUN Binding requests are matched to a transport by the
+ICE username and answered here (ICE-lite: we never send checks); the first valid check binds the
+sender's address to that transport. DTLS and SRTP are then routed by a dict lookup on the address.
+Anything else — unknown addresses, garbage, bad STUN — is counted and dropped, never raised.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+import time
+from typing import TYPE_CHECKING
+
+from aioice import stun
+
+if TYPE_CHECKING:
+    from .transport import Address, WebRtcTransport
+
+log = logging.getLogger("webcall.media")
+
+TICK_INTERVAL = 0.1
+
+
+class MediaPort(asyncio.DatagramProtocol):
+    def __init__(self) -> None:
+        self.sock: socket.socket | None = None
+        self.by_ufrag: dict[str, WebRtcTransport] = {}
+        self.by_addr: dict[Address, WebRtcTransport] = {}
+        self.transports: set[WebRtcTransport] = set()
+        self.dropped = 0  # datagrams nobody could take
+        self.errors = 0  # exceptions contained at this boundary
+        self._endpoint: asyncio.DatagramTransport | None = None
+        self._ticker: asyncio.Task[None] | None = None
+
+    async def start(self, host: str, port: int) -> int:
+        """Bind and start; returns the bound port (useful with port 0)."""
+        family = socket.AF_INET6 if ":" in host else socket.AF_INET
+        sock = socket.socket(family, socket.SOCK_DGRAM)
+        for option in (socket.SO_RCVBUF, socket.SO_SNDBUF):
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, option, 4 * 1024 * 1024)
+            except OSError:
+                pass
+        sock.bind((host, port))
+        sock.setblocking(False)
+        self.sock = sock
+        loop = asyncio.get_running_loop()
+        self._endpoint, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
+        self._ticker = asyncio.create_task(self._tick_loop(), name="media-port-ticker")
+        return sock.getsockname()[1]
+
+    async def stop(self) -> None:
+        for transport in list(self.transports):
+            transport.fail("Server shutdown")
+        if self._ticker is not None:
+            self._ticker.cancel()
+            try:
+                await self._ticker
+            except asyncio.CancelledError:
+                pass
+            self._ticker = None
+        if self._endpoint is not None:
+            self._endpoint.close()
+            self._endpoint = None
+
+    # --- registry ---------------------------------------------------------------------------------
+
+    def register(self, transport: WebRtcTransport) -> None:
+        self.transports.add(transport)
+        self.by_ufrag[transport.local_ufrag] = transport
+
+    def bind_address(self, transport: WebRtcTransport, addr: Address) -> None:
+        if transport.addr is not None and self.by_addr.get(transport.addr) is transport:
+            del self.by_addr[transport.addr]
+        previous = self.by_addr.get(addr)
+        if previous is not None and previous is not transport:
+            # The same client port now speaks for another connection: the old one is gone.
+            previous.fail("Failed by ICE error")
+        transport.addr = addr
+        self.by_addr[addr] = transport
+
+    def unregister(self, transport: WebRtcTransport) -> None:
+        self.transports.discard(transport)
+        if self.by_ufrag.get(transport.local_ufrag) is transport:
+            del self.by_ufrag[transport.local_ufrag]
+        if transport.addr is not None and self.by_addr.get(transport.addr) is transport:
+            del self.by_addr[transport.addr]
+
+    # --- datagrams ----------------------------------------------------------------------------------
+
+    def datagram_received(self, data: bytes, addr: Address) -> None:
+        if len(addr) > 2:  # IPv6 tuples carry flow info and scope id
+            addr = addr[:2]
+        try:
+            first = data[0]
+            if 127 < first < 192:
+                transport = self.by_addr.get(addr)
+                if transport is not None and len(data) >= 12:
+                    transport.on_srtp(data, time.monotonic())
+                    return
+            elif first < 4:
+                self._on_stun(data, addr)
+                return
+            elif 19 < first < 64:
+                transport = self.by_addr.get(addr)
+                if transport is not None:
+                    transport.on_dtls(data, time.monotonic())
+                    return
+            self.dropped += 1
+        except Exception:
+            # One connection's bug must not stop the port: contain it, end that connection only.
+            self.errors += 1
+            transport = self.by_addr.get(addr)
+            log.exception("media error transport=%s addr=%s", transport.id if transport else None, addr)
+            if transport is not None:
+                transport.fail("Failed by error")
+
+    def error_received(self, exc: Exception) -> None:
+        # ICMP unreachable from a peer that left: its consent timer will end it.
+        log.debug("udp error: %s", exc)
+
+    def _on_stun(self, data: bytes, addr: Address) -> None:
+        try:
+            request = stun.parse_message(data)
+        except ValueError:
+            self.dropped += 1
+            return
+        if request.message_method != stun.Method.BINDING or request.message_class != stun.Class.REQUEST:
+            return  # indications (keepalives) and stray responses need nothing
+        username = request.attributes.get("USERNAME", "")
+        local_ufrag, _, remote_ufrag = username.partition(":")
+        transport = self.by_ufrag.get(local_ufrag)
+        if (
+            transport is None
+            or remote_ufrag != transport.remote_ufrag
+            or not request.check_message_integrity(transport.local_pwd.encode())
+        ):
+            self.dropped += 1
+            return
+        response = stun.Message(
+            message_method=stun.Method.BINDING,
+            message_class=stun.Class.RESPONSE,
+            transaction_id=request.transaction_id,
+        )
+        response.attributes["XOR-MAPPED-ADDRESS"] = addr
+        response.add_message_integrity(transport.local_pwd.encode())
+        assert self.sock is not None
+        try:
+            self.sock.sendto(bytes(response), addr)
+        except OSError:
+            pass
+        transport.on_binding_request(addr, "USE-CANDIDATE" in request.attributes, time.monotonic())
+
+    # --- time -----------------------------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        while True:
+            await asyncio.sleep(TICK_INTERVAL)
+            now = time.monotonic()
+            for transport in list(self.transports):
+                try:
+                    transport.tick(now)
+                except Exception:
+                    self.errors += 1
+                    log.exception("tick error transport=%s", transport.id)
+                    transport.fail("Failed by error")

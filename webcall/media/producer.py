@@ -1,0 +1,336 @@
+"""A Producer is one incoming track of a publisher; it fans each packet out to its Consumers.
+
+`receive()` is the hottest function of the server: it runs once per publisher packet and calls
+`Consumer.forward()` once per player. Work that does not depend on the player (loss tracking, keyframe
+detection, header-extension parsing) is done here once; header-extension rewriting is done once per
+distinct player layout ("plan"), not once per player.
+"""
+
+from __future__ import annotations
+
+import struct
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+from ..protocol.sdp import EXT_MID, Track
+from .rtp import FIXED_HEADER, KEYFRAME_PROBES, build_extensions, parse_extensions, split
+
+if TYPE_CHECKING:
+    from .consumer import Consumer
+
+RING_SIZE = 1024  # ≈ 7 s of 600 kbps video: enough for NACKs and for a keyframe replay
+RING_MASK = RING_SIZE - 1
+MAX_NACK_BATCH = 64  # a bigger gap is a burst loss: ask for a keyframe instead
+NACK_RETRIES = 3
+NACK_RETRY_INTERVAL = 0.08
+KEYFRAME_MIN_INTERVAL = 0.3
+REPLAY_MAX_PACKETS = 400  # replay the current GOP to a new player only if it is this short
+
+_TS = struct.Struct("!I")
+
+
+class ExtensionPlan:
+    """How one player layout wants the header extensions: publisher id → player id, plus its own mid."""
+
+    __slots__ = ("key", "mapping", "mid")
+
+    def __init__(self, mapping: dict[int, int], mid: tuple[int, bytes] | None) -> None:
+        self.mapping = mapping
+        self.mid = mid
+        self.key = (tuple(sorted(mapping.items())), mid)
+
+    def build(self, elements: list[tuple[int, bytes]] | None) -> bytes:
+        out = []
+        if elements:
+            mapping = self.mapping
+            out = [(mapping[i], v) for i, v in elements if i in mapping]
+        if self.mid is not None:
+            out.append(self.mid)
+        return build_extensions(out)
+
+
+class Producer:
+    def __init__(
+        self,
+        track: Track,
+        *,
+        send_nack: Callable[[Producer, list[int]], None],
+        send_keyframe_request: Callable[[Producer], None],
+        on_keyframe: Callable[[Producer, int, int], None],
+    ) -> None:
+        self.kind = track.kind
+        self.codec = track.codec
+        self.clock_rate = track.codec.clock_rate
+        self.ssrc = track.ssrc
+        self.rtx_ssrc = track.rtx_ssrc
+        self.payload_type = track.codec.payload_type
+        self.rtx_payload_type = track.codec.rtx_payload_type
+        self.extensions = {uri: ext_id for uri, ext_id in track.extensions.items() if uri != EXT_MID}
+        self.nack_enabled = "nack" in track.codec.rtcp_fb
+        self._probe = KEYFRAME_PROBES.get(track.codec.name.upper()) if track.kind == "video" else None
+        self._send_nack = send_nack
+        self._send_keyframe_request = send_keyframe_request
+        self._on_keyframe = on_keyframe
+
+        self.consumers: list[Consumer] = []
+        self._groups: list[tuple[ExtensionPlan, list[Consumer]]] = []
+        self.ring: list[bytes | None] = [None] * RING_SIZE
+
+        # Sequence state: extended = cycles + seq (RFC 3550 A.1).
+        self.base_seq = -1
+        self.highest_seq = -1
+        self.cycles = 0
+        self.missing: dict[int, list[float | int]] = {}  # ext seq -> [next try time, tries]
+        self.keyframe_ext_seq = -1  # first packet of the latest keyframe
+        self.last_keyframe_request = -1e9
+
+        # Timing for sender reports and jitter.
+        self.last_ts = 0
+        self.last_arrival = 0.0
+        self.sr_ntp = 0
+        self.sr_rtp = 0
+        self.sr_arrival = 0.0
+        self._transit = None
+        self.jitter = 0.0
+
+        # Counters.
+        self.packets = self.octets = self.duplicates = self.malformed = 0
+        self.recovered = self.nacks_sent = self.keyframe_requests = self.keyframes = 0
+        self.frames = 0
+        self.width = self.height = 0
+        self._rr_expected_prior = self._rr_received_prior = 0
+
+    # --- the hot path ---------------------------------------------------------------------------
+
+    def receive(self, packet: bytes, now: float) -> None:
+        seq = (packet[2] << 8) | packet[3]
+        highest = self.highest_seq
+        newest = True
+        if highest < 0:
+            self.base_seq = self.highest_seq = seq
+            ext_seq = seq
+        else:
+            delta = (seq - highest) & 0xFFFF
+            if delta == 0:
+                self.duplicates += 1
+                return
+            if delta < 0x8000:
+                if seq < highest:
+                    self.cycles += 0x10000
+                if delta > 1 and self.nack_enabled:
+                    self._on_gap(self.cycles + highest, delta, now)
+                self.highest_seq = seq
+                ext_seq = self.cycles + seq
+            else:  # behind the highest: a retransmission or a reordered packet
+                newest = False
+                ext_seq = self.cycles + seq - (0x10000 if seq > highest else 0)
+                if self.missing.pop(ext_seq, None) is not None:
+                    self.recovered += 1
+                else:
+                    stored = self.ring[seq & RING_MASK]
+                    if stored is not None and stored[2:4] == packet[2:4]:
+                        self.duplicates += 1
+                        return
+        try:
+            csrc_end, ext_end, end = split(packet)
+        except ValueError:
+            self.malformed += 1
+            return
+        self.packets += 1
+        self.octets += end - ext_end
+        self.ring[seq & RING_MASK] = packet
+        ts = _TS.unpack_from(packet, 4)[0]
+        if newest:  # timing follows the newest packet only
+            self.last_ts, self.last_arrival = ts, now
+            transit = now * self.clock_rate - ts
+            if self._transit is not None:
+                d = abs(transit - self._transit)
+                self.jitter += (d - self.jitter) / 16
+            self._transit = transit
+
+        keyframe = False
+        if self._probe is not None:
+            if packet[1] & 0x80:
+                self.frames += 1
+            size = self._probe(packet, ext_end, end)
+            if size is not None:
+                keyframe = True
+                self._keyframe_started(ext_seq, size)
+
+        if not self._groups:
+            return
+        elements = parse_extensions(packet, csrc_end, ext_end) if ext_end > csrc_end else None
+        csrc = packet[12:csrc_end]
+        payload = packet[ext_end:]
+        b0 = packet[0] & 0xEF
+        marker = packet[1] & 0x80
+        for plan, consumers in self._groups:
+            ext = plan.build(elements)
+            tail = csrc + ext + payload
+            b0_out = b0 | 0x10 if ext else b0
+            for consumer in consumers:
+                consumer.forward(b0_out, marker, ext_seq, ts, tail, keyframe)
+
+    def receive_rtx(self, packet: bytes, now: float) -> None:
+        """Unwrap an RTX packet (RFC 4588) into the original and receive that."""
+        try:
+            csrc_end, ext_end, end = split(packet)
+        except ValueError:
+            self.malformed += 1
+            return
+        if end - ext_end < 3:  # padding-only probe packets carry no media
+            return
+        osn = packet[ext_end : ext_end + 2]
+        original = (
+            bytes((packet[0] & 0xDF, (packet[1] & 0x80) | self.payload_type))
+            + osn
+            + packet[4:8]
+            + self.ssrc.to_bytes(4, "big")
+            + packet[12:ext_end]
+            + packet[ext_end + 2 : end]
+        )
+        self.receive(original, now)
+
+    # --- loss -------------------------------------------------------------------------------------
+
+    def _on_gap(self, ext_highest: int, delta: int, now: float) -> None:
+        if delta - 1 > MAX_NACK_BATCH:
+            self.request_keyframe(now)
+            return
+        lost = [ext_highest + i for i in range(1, delta)]
+        for ext_seq in lost:
+            self.missing[ext_seq] = [now + NACK_RETRY_INTERVAL, 1]
+        self.nacks_sent += 1
+        self._send_nack(self, [s & 0xFFFF for s in lost])
+
+    def retry_nacks(self, now: float) -> None:
+        """Called from the endpoint's tick while packets are missing."""
+        due = []
+        for ext_seq, state in list(self.missing.items()):
+            if state[0] > now:
+                continue
+            if state[1] >= NACK_RETRIES:
+                del self.missing[ext_seq]
+                continue
+            state[0] = now + NACK_RETRY_INTERVAL
+            state[1] += 1
+            due.append(ext_seq & 0xFFFF)
+        if due:
+            self.nacks_sent += 1
+            self._send_nack(self, due)
+        if len(self.missing) > 4 * MAX_NACK_BATCH:  # hopeless: start over from a keyframe
+            self.missing.clear()
+            self.request_keyframe(now)
+
+    def lookup(self, seq: int) -> bytes | None:
+        packet = self.ring[seq & RING_MASK]
+        if packet is not None and ((packet[2] << 8) | packet[3]) == seq:
+            return packet
+        return None
+
+    def rewrite(self, packet: bytes, plan: ExtensionPlan) -> tuple[int, bytes, bytes]:
+        """(first header byte, CSRCs + extension block, payload) of a stored packet for one plan."""
+        csrc_end, ext_end, _ = split(packet)
+        elements = parse_extensions(packet, csrc_end, ext_end) if ext_end > csrc_end else None
+        ext = plan.build(elements)
+        b0 = packet[0] & 0xEF
+        return (b0 | 0x10 if ext else b0), packet[12:csrc_end] + ext, packet[ext_end:]
+
+    # --- keyframes --------------------------------------------------------------------------------
+
+    def _keyframe_started(self, ext_seq: int, size: tuple[int, int]) -> None:
+        self.keyframes += 1
+        self.keyframe_ext_seq = ext_seq
+        width, height = size
+        if width and height and (width, height) != (self.width, self.height):
+            self.width, self.height = width, height
+            self._on_keyframe(self, width, height)
+
+    def request_keyframe(self, now: float) -> None:
+        """PLI to the publisher, at most once per KEYFRAME_MIN_INTERVAL: many players share one keyframe."""
+        if self._probe is None or now - self.last_keyframe_request < KEYFRAME_MIN_INTERVAL:
+            return
+        self.last_keyframe_request = now
+        self.keyframe_requests += 1
+        self._send_keyframe_request(self)
+
+    # --- consumers --------------------------------------------------------------------------------
+
+    def attach(self, consumer: Consumer, now: float) -> None:
+        """Start forwarding to a consumer: replay the current GOP if it is short, and ask for a keyframe."""
+        self.consumers.append(consumer)
+        self._regroup()
+        if self._probe is None:
+            return
+        replayed = False
+        newest = self.cycles + self.highest_seq
+        if 0 <= self.keyframe_ext_seq and newest - self.keyframe_ext_seq < REPLAY_MAX_PACKETS:
+            replayed = self._replay(consumer, self.keyframe_ext_seq, newest)
+        if not replayed or now - self.last_keyframe_request > 2.0:
+            self.request_keyframe(now)
+
+    def _replay(self, consumer: Consumer, first: int, last: int) -> bool:
+        packets = []
+        for ext_seq in range(first, last + 1):
+            packet = self.lookup(ext_seq & 0xFFFF)
+            if packet is None:
+                return False  # a hole in the GOP would only show a broken picture
+            packets.append((ext_seq, packet))
+        for index, (ext_seq, packet) in enumerate(packets):
+            b0, head, payload = self.rewrite(packet, consumer.plan)
+            ts = _TS.unpack_from(packet, 4)[0]
+            consumer.forward(b0, packet[1] & 0x80, ext_seq, ts, head + payload, index == 0)
+        return True
+
+    def detach(self, consumer: Consumer) -> None:
+        if consumer in self.consumers:
+            self.consumers.remove(consumer)
+            self._regroup()
+
+    def _regroup(self) -> None:
+        groups: dict[tuple, tuple[ExtensionPlan, list[Consumer]]] = {}
+        for consumer in self.consumers:
+            groups.setdefault(consumer.plan.key, (consumer.plan, []))[1].append(consumer)
+        self._groups = list(groups.values())
+
+    # --- RTCP -------------------------------------------------------------------------------------
+
+    def on_sender_report(self, ntp: int, rtp_ts: int, now: float) -> None:
+        self.sr_ntp, self.sr_rtp, self.sr_arrival = ntp, rtp_ts, now
+
+    def rtp_time_at(self, now: float) -> int | None:
+        """The publisher's RTP clock at `now`, from its latest SR, else from the latest packet."""
+        if self.sr_arrival:
+            return int(self.sr_rtp + (now - self.sr_arrival) * self.clock_rate) & 0xFFFFFFFF
+        if self.last_arrival:
+            return int(self.last_ts + (now - self.last_arrival) * self.clock_rate) & 0xFFFFFFFF
+        return None
+
+    def report_block(self, now: float) -> bytes | None:
+        """An RTCP receiver report block (RFC 3550 §6.4.1) for this source."""
+        if self.highest_seq < 0 or self.ssrc is None:
+            return None
+        ext_highest = self.cycles + self.highest_seq
+        expected = ext_highest - self.base_seq + 1
+        lost = max(0, min(expected - self.packets, 0x7FFFFF))
+        expected_interval = expected - self._rr_expected_prior
+        received_interval = self.packets - self._rr_received_prior
+        self._rr_expected_prior, self._rr_received_prior = expected, self.packets
+        lost_interval = expected_interval - received_interval
+        fraction = (lost_interval << 8) // expected_interval if expected_interval > 0 and lost_interval > 0 else 0
+        lsr = (self.sr_ntp >> 16) & 0xFFFFFFFF
+        dlsr = int((now - self.sr_arrival) * 65536) if self.sr_arrival else 0
+        return struct.pack(
+            "!IB3sIIII", self.ssrc, min(fraction, 255), lost.to_bytes(3, "big"), ext_highest & 0xFFFFFFFF,
+            int(self.jitter) & 0xFFFFFFFF, lsr, dlsr & 0xFFFFFFFF,
+        )
+
+    def close(self) -> None:
+        self.consumers.clear()
+        self._groups = []
+        self.ring = [None] * RING_SIZE  # release packet memory now, not when the last reference dies
+        self.missing.clear()
+
+
+# Re-exported for consumers (the header layout lives in rtp.py).
+__all__ = ["ExtensionPlan", "Producer", "FIXED_HEADER"]

@@ -1,0 +1,186 @@
+"""One WebRTC connection on the shared media port: ICE-lite state, DTLS, SRTP, deadlines.
+
+The transport knows datagrams and keys, not tracks: decrypted RTP and RTCP go to its listener (a
+publisher or player endpoint), which owns the producers or consumers.
+"""
+
+from __future__ import annotations
+
+import logging
+import secrets
+import string
+from typing import TYPE_CHECKING, Protocol
+
+import pylibsrtp
+
+from ..protocol.status import Info
+from .dtls import DtlsError, DtlsIdentity, DtlsServer
+
+if TYPE_CHECKING:
+    from .port import MediaPort
+
+log = logging.getLogger("webcall.media")
+
+Address = tuple[str, int]
+_ICE_CHARS = string.ascii_letters + string.digits
+
+
+class TransportListener(Protocol):
+    def on_transport_connected(self, now: float) -> None: ...
+    def on_transport_failed(self, info: str) -> None: ...
+    def on_rtp(self, packet: bytes, now: float) -> None: ...
+    def on_rtcp(self, packet: bytes, now: float) -> None: ...
+    def on_tick(self, now: float) -> None: ...
+
+
+class TransportState:
+    NEW = "new"  # answer sent, waiting for the first valid STUN check
+    ICE_CONNECTED = "ice-connected"  # peer address known, DTLS in progress
+    CONNECTED = "connected"  # SRTP keys ready
+    CLOSED = "closed"
+
+
+class WebRtcTransport:
+    def __init__(
+        self,
+        port: MediaPort,
+        identity: DtlsIdentity,
+        *,
+        remote_ufrag: str,
+        remote_fingerprints: list[tuple[str, str]],
+        listener: TransportListener,
+        connect_timeout: float,
+        consent_timeout: float,
+        now: float,
+        label: str = "",
+    ) -> None:
+        self.id = secrets.token_hex(4)
+        self.label = label
+        self.port = port
+        self.listener = listener
+        self.local_ufrag = "".join(secrets.choice(_ICE_CHARS) for _ in range(8))
+        self.local_pwd = "".join(secrets.choice(_ICE_CHARS) for _ in range(24))
+        self.remote_ufrag = remote_ufrag
+        self.state = TransportState.NEW
+        self.addr: Address | None = None
+        self._dtls = DtlsServer(identity, remote_fingerprints)
+        self.srtp_profile: str | None = None
+        self._rx: pylibsrtp.Session | None = None
+        self._tx: pylibsrtp.Session | None = None
+        self._connect_deadline = now + connect_timeout
+        self._consent_timeout = consent_timeout
+        self.last_stun = 0.0
+        # Counters (plain ints: they are bumped per packet).
+        self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = 0
+        self.srtp_errors = self.send_errors = 0
+        port.register(self)
+
+    # --- ICE ------------------------------------------------------------------------------------
+
+    def on_binding_request(self, addr: Address, use_candidate: bool, now: float) -> None:
+        """A valid check arrived (the port verified its integrity). Learn or move the peer's address."""
+        self.last_stun = now
+        if self.state == TransportState.CLOSED:
+            return
+        if self.addr is None:
+            self.port.bind_address(self, addr)
+            self.state = TransportState.ICE_CONNECTED
+            log.debug("ice connected transport=%s %s addr=%s:%d", self.id, self.label, addr[0], addr[1])
+        elif use_candidate and addr != self.addr:
+            # The controlling agent nominated another pair: media follows the nomination.
+            self.port.bind_address(self, addr)
+
+    # --- DTLS -----------------------------------------------------------------------------------
+
+    def on_dtls(self, data: bytes, now: float) -> None:
+        try:
+            out, keys = self._dtls.feed(data)
+        except DtlsError as exc:
+            log.info("dtls failed transport=%s %s reason=%s", self.id, self.label, exc)
+            self.fail(Info.FAILED_BY_DTLS_FINGERPRINT_ERROR if exc.fingerprint else Info.FAILED_BY_DTLS_ERROR)
+            return
+        for datagram in out:
+            self.send_raw(datagram)
+        if keys is not None:
+            self._rx, self._tx, self.srtp_profile = keys.rx, keys.tx, keys.profile
+            self.state = TransportState.CONNECTED
+            log.info("connected transport=%s %s srtp=%s", self.id, self.label, keys.profile)
+            self.listener.on_transport_connected(now)
+        elif self._dtls.closed:
+            log.info("dtls closed by peer transport=%s %s", self.id, self.label)
+            self.fail(Info.STOPPED_BY_USER)
+
+    # --- SRTP (the hot path) ----------------------------------------------------------------------
+
+    def on_srtp(self, data: bytes, now: float) -> None:
+        rx = self._rx
+        if rx is None:
+            return
+        try:
+            if 192 <= data[1] <= 223:
+                self.listener.on_rtcp(rx.unprotect_rtcp(data), now)
+                return
+            packet = rx.unprotect(data)
+        except pylibsrtp.Error:
+            self.srtp_errors += 1
+            return
+        self.rx_packets += 1
+        self.rx_bytes += len(data)
+        self.listener.on_rtp(packet, now)
+
+    def send_rtp(self, packet: bytes) -> None:
+        tx = self._tx
+        if tx is None:
+            return
+        data = tx.protect(packet)
+        self.tx_packets += 1
+        self.tx_bytes += len(data)
+        self.send_raw(data)
+
+    def send_rtcp(self, packet: bytes) -> None:
+        if self._tx is not None:
+            self.send_raw(self._tx.protect_rtcp(packet))
+
+    def send_raw(self, data: bytes) -> None:
+        if self.addr is None:
+            return
+        try:
+            self.port.sock.sendto(data, self.addr)
+        except OSError:  # full socket buffer or unreachable peer: UDP drops, and so do we
+            self.send_errors += 1
+
+    # --- time -------------------------------------------------------------------------------------
+
+    def tick(self, now: float) -> None:
+        """Called by the port a few times a second: deadlines, consent, DTLS retransmission, RTCP."""
+        if self.state == TransportState.CONNECTED:
+            if now - self.last_stun > self._consent_timeout:
+                log.info("consent expired transport=%s %s", self.id, self.label)
+                self.fail(Info.FAILED_BY_KEEP_ALIVE)
+                return
+            self.listener.on_tick(now)
+        elif now >= self._connect_deadline:
+            info = Info.FAILED_BY_ICE_TIMEOUT if self.state == TransportState.NEW else Info.FAILED_BY_DTLS_ERROR
+            log.info("connect timeout transport=%s %s state=%s", self.id, self.label, self.state)
+            self.fail(info)
+        elif self.state == TransportState.ICE_CONNECTED:
+            for datagram in self._dtls.handle_timeout():
+                self.send_raw(datagram)
+
+    # --- teardown ---------------------------------------------------------------------------------
+
+    def fail(self, info: str) -> None:
+        if self.state == TransportState.CLOSED:
+            return
+        self.close()
+        self.listener.on_transport_failed(info)
+
+    def close(self) -> None:
+        """Idempotent; tells nobody (the owner called it, or fail() reports it)."""
+        if self.state == TransportState.CLOSED:
+            return
+        for datagram in self._dtls.shutdown():
+            self.send_raw(datagram)
+        self.state = TransportState.CLOSED
+        self.port.unregister(self)
+        self._rx = self._tx = None

@@ -1,0 +1,137 @@
+"""The aiohttp front: WebSocket signalling and demo pages on one port, and the server's lifecycle.
+
+Thin on purpose: frames in → `Session.handle_text`; `Session.send` → an outgoing queue drained by one
+writer task per socket, so the streams layer can emit messages synchronously from media events.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from pathlib import Path
+
+from aiohttp import WSMsgType, web
+
+from ..media.dtls import DtlsIdentity
+from ..media.port import MediaPort
+from ..streams.hub import Hub, StreamSettings
+from ..streams.session import Session
+from .config import Config
+
+log = logging.getLogger("webcall.server")
+
+OUTGOING_QUEUE_LIMIT = 1000  # a client this far behind is not reading: drop it
+
+
+class WebcallServer:
+    def __init__(self, config: Config) -> None:
+        self.config = config
+        self.port = MediaPort()
+        self.hub: Hub | None = None
+        self._runner: web.AppRunner | None = None
+        self.http_port = 0
+        self.media_port = 0
+        self._sockets: set[web.WebSocketResponse] = set()
+
+    async def start(self) -> None:
+        c = self.config
+        self.media_port = await self.port.start(c.media_host, c.media_port)
+        settings = StreamSettings(
+            candidates=tuple((ip, self.media_port) for ip in c.announced_ips()),
+            video_codecs=c.video_codec_list, connect_timeout=c.connect_timeout, consent_timeout=c.consent_timeout,
+            max_bitrate=c.max_bitrate, ping_interval=c.ping_interval, ping_probes=c.ping_probes,
+        )
+        identity = await asyncio.get_running_loop().run_in_executor(None, DtlsIdentity)
+        self.hub = Hub(settings, self.port, identity)
+        app = web.Application()
+        app.router.add_get("/", self._root)
+        app.router.add_get("/player", self._page("player.html"))
+        app.router.add_get("/sdk/flashphoner.js", self._sdk)
+        app.router.add_static("/static/", c.static_dir, show_index=False)
+        self._runner = web.AppRunner(app, access_log=None)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, c.host, c.port)
+        await site.start()
+        self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("listening http+ws=%s:%d media=udp/%s:%d announce=%s", c.host, self.http_port, c.media_host,
+                 self.media_port, ",".join(ip for ip, _ in settings.candidates))
+
+    async def stop(self) -> None:
+        if self.hub is not None:
+            for session in list(self.hub.sessions):
+                session.close()
+        for ws in list(self._sockets):
+            await ws.close()
+        if self._runner is not None:
+            await self._runner.cleanup()
+            self._runner = None
+        await self.port.stop()
+
+    # --- HTTP -------------------------------------------------------------------------------------
+
+    async def _root(self, request: web.Request) -> web.StreamResponse:
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._websocket(request)
+        return web.FileResponse(Path(self.config.static_dir) / "index.html")
+
+    def _page(self, name: str):
+        async def handler(request: web.Request) -> web.StreamResponse:
+            return web.FileResponse(Path(self.config.static_dir) / name)
+        return handler
+
+    async def _sdk(self, request: web.Request) -> web.StreamResponse:
+        path = Path(self.config.sdk_file)
+        if not path.is_file():
+            raise web.HTTPNotFound(text="SDK not installed: run `make sdk`")
+        return web.FileResponse(path)
+
+    # --- WebSocket signalling ---------------------------------------------------------------------
+
+    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+        assert self.hub is not None
+        ws = web.WebSocketResponse(max_msg_size=self.config.max_message_size, heartbeat=None)
+        await ws.prepare(request)
+        self._sockets.add(ws)
+        outgoing: asyncio.Queue[str | None] = asyncio.Queue()
+
+        def send(text: str) -> None:
+            if outgoing.qsize() >= OUTGOING_QUEUE_LIMIT:
+                log.warning("client not reading, closing session=%s", session.id)
+                session.close()
+                return
+            outgoing.put_nowait(text)
+
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        sock = request.transport.get_extra_info("sockname") if request.transport else None
+        remote = f"{peer[0]}:{peer[1]}" if peer else "unknown"
+        local = f"{sock[0]}:{sock[1]}" if sock else "unknown"
+        session = Session(self.hub, send, lambda: outgoing.put_nowait(None), remote, local)
+        writer = asyncio.create_task(self._writer(ws, outgoing), name=f"ws-writer {session.id}")
+        log.info("websocket open session=%s", session.id)
+        try:
+            async for frame in ws:
+                if frame.type == WSMsgType.TEXT:
+                    session.handle_text(frame.data)
+                elif frame.type == WSMsgType.BINARY:
+                    session.handle_text(frame.data)  # JSON in a binary frame is still JSON; garbage fails
+                if session.closed:
+                    break
+        finally:
+            session.close()
+            outgoing.put_nowait(None)
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
+                await asyncio.wait_for(writer, 5)
+            self._sockets.discard(ws)
+            log.info("websocket closed session=%s code=%s", session.id, ws.close_code)
+        return ws
+
+    @staticmethod
+    async def _writer(ws: web.WebSocketResponse, outgoing: asyncio.Queue[str | None]) -> None:
+        try:
+            while (text := await outgoing.get()) is not None:
+                await ws.send_str(text)
+        except (ConnectionError, RuntimeError):
+            pass  # the client went away; the reader side cleans up
+        finally:
+            await ws.close()
