@@ -82,6 +82,7 @@ class Producer:
         self.cycles = 0
         self.missing: dict[int, list[float | int]] = {}  # ext seq -> [next try time, tries]
         self.keyframe_ext_seq = -1  # first packet of the latest keyframe
+        self.keyframe_ts = -1
         self.last_keyframe_request = -1e9
 
         # Timing for sender reports and jitter.
@@ -155,7 +156,11 @@ class Producer:
             size = self._probe(packet, ext_end, end)
             if size is not None:
                 keyframe = True
-                self._keyframe_started(ext_seq, size)
+                if ts != self.keyframe_ts:
+                    if newest:
+                        self._keyframe_started(ext_seq, ts, size)
+                elif ext_seq < self.keyframe_ext_seq:  # an earlier packet of the same access unit
+                    self.keyframe_ext_seq = ext_seq
 
         if not self._groups:
             return
@@ -238,9 +243,11 @@ class Producer:
 
     # --- keyframes --------------------------------------------------------------------------------
 
-    def _keyframe_started(self, ext_seq: int, size: tuple[int, int]) -> None:
+    def _keyframe_started(self, ext_seq: int, ts: int, size: tuple[int, int]) -> None:
+        # H264 may mark several packets of one access unit (SPS, then the IDR): the first one counts.
         self.keyframes += 1
         self.keyframe_ext_seq = ext_seq
+        self.keyframe_ts = ts
         width, height = size
         if width and height and (width, height) != (self.width, self.height):
             self.width, self.height = width, height

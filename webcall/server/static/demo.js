@@ -2,8 +2,9 @@
  * webcall demo pages, built on the official Flashphoner Web SDK (global `Flashphoner`,
  * loaded from /sdk/flashphoner.js).
  *
- *   index.html  (<body data-page="index">)   publish a camera stream, play any stream
- *   player.html (<body data-page="player">)  /player?stream=NAME: muted autoplay, full window
+ *   /        index.html  (<body data-page="index">)   publish a camera stream, play any stream
+ *   /player  player.html (<body data-page="player">)  ?stream=NAME: muted autoplay, full window
+ *   (this file and demo.css are served under /static/)
  *
  * URL parameters (both pages):
  *   server=ws://host:port/   signalling URL (default: this page's host, ws: or wss: to match)

@@ -1,0 +1,81 @@
+"""Shared fixtures: a real webcall server on 127.0.0.1 (ephemeral ports) and its teardown checks."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+from collections.abc import AsyncIterator, Callable
+
+import pytest
+
+from tests.support.peers import install_loopback_only
+from tests.support.wcs_client import WcsClient
+from webcall.server.app import WebcallServer
+from webcall.server.config import Config
+
+install_loopback_only()  # no test traffic may leave 127.0.0.0/8
+
+
+def test_config(**overrides) -> Config:
+    base = Config(host="127.0.0.1", port=0, media_host="127.0.0.1", media_port=0, public_ip="127.0.0.1",
+                  connect_timeout=4.0, consent_timeout=6.0, ping_interval=5.0)
+    return dataclasses.replace(base, **overrides)
+
+
+class RunningServer:
+    def __init__(self, server: WebcallServer) -> None:
+        self.server = server
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.server.http_port}/"
+
+    @property
+    def hub(self):
+        return self.server.hub
+
+    @property
+    def port(self):
+        return self.server.port
+
+    async def client(self, **kwargs) -> WcsClient:
+        return await WcsClient.connect(self.url, **kwargs)
+
+    def assert_empty(self) -> None:
+        """Nothing is left of any client: registry, sessions, transports, address tables."""
+        hub, port = self.hub, self.port
+        assert hub.publications == {}, hub.publications
+        assert hub.sessions == set(), hub.sessions
+        assert port.transports == set(), port.transports
+        assert port.by_addr == {} and port.by_ufrag == {}
+
+    async def wait_empty(self, timeout: float = 5.0) -> None:
+        deadline = asyncio.get_running_loop().time() + timeout
+        while True:
+            try:
+                self.assert_empty()
+                return
+            except AssertionError:
+                if asyncio.get_running_loop().time() > deadline:
+                    raise
+                await asyncio.sleep(0.05)
+
+
+@pytest.fixture
+async def make_server() -> AsyncIterator[Callable[..., "asyncio.Future[RunningServer]"]]:
+    servers: list[WebcallServer] = []
+
+    async def start(**overrides) -> RunningServer:
+        server = WebcallServer(test_config(**overrides))
+        await server.start()
+        servers.append(server)
+        return RunningServer(server)
+
+    yield start
+    for server in servers:
+        await server.stop()
+
+
+@pytest.fixture
+async def server(make_server) -> RunningServer:
+    return await make_server()
