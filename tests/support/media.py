@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import asyncio
 import fractions
+import functools
 import math
 import time
 from dataclasses import dataclass
@@ -99,40 +100,79 @@ def _inner(rect: tuple[float, float, float, float], keep: float = 0.5) -> tuple[
 # Generation
 
 
-def make_pattern_array(
-    counter: int, width: int = 640, height: int = 480, busy: bool = False
-) -> np.ndarray:
-    """The RGB image (height, width, 3) uint8 for frame number `counter`."""
+def _rgb_to_yuv(rgb: tuple[int, int, int]) -> tuple[int, int, int]:
+    """BT.601 limited range, as swscale would convert it."""
+    r, g, b = (c / 255.0 for c in rgb)
+    y = 16 + 65.481 * r + 128.553 * g + 24.966 * b
+    u = 128 - 37.797 * r - 74.203 * g + 112.0 * b
+    v = 128 + 112.0 * r - 93.786 * g - 18.214 * b
+    return round(y), round(u), round(v)
+
+
+_BACKGROUND_YUV, _SQUARE_YUV = _rgb_to_yuv(BACKGROUND_RGB), _rgb_to_yuv(SQUARE_RGB)
+_WHITE_YUV, _BLACK_YUV = _rgb_to_yuv(WHITE_RGB), _rgb_to_yuv(BLACK_RGB)
+
+
+def _planes(buf: np.ndarray, width: int, height: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Y, U, V views of a flat yuv420p buffer."""
+    n, c = width * height, (width // 2) * (height // 2)
+    return (
+        buf[:n].reshape(height, width),
+        buf[n : n + c].reshape(height // 2, width // 2),
+        buf[n + c : n + 2 * c].reshape(height // 2, width // 2),
+    )
+
+
+def _fill(buf: np.ndarray, width: int, height: int, rect: tuple[int, int, int, int], yuv: tuple[int, int, int]) -> None:
+    x0, y0, x1, y1 = rect
+    y, u, v = _planes(buf, width, height)
+    y[y0:y1, x0:x1] = yuv[0]
+    u[y0 // 2 : (y1 + 1) // 2, x0 // 2 : (x1 + 1) // 2] = yuv[1]
+    v[y0 // 2 : (y1 + 1) // 2, x0 // 2 : (x1 + 1) // 2] = yuv[2]
+
+
+@functools.lru_cache(maxsize=8)
+def _template(width: int, height: int) -> np.ndarray:
+    """Background plus the start markers (never changes); copied for every frame."""
+    buf = np.empty(width * height * 3 // 2, dtype=np.uint8)
+    _fill(buf, width, height, (0, 0, width, height), _BACKGROUND_YUV)
     lay = _layout(width, height)
-    img = np.empty((height, width, 3), dtype=np.uint8)
-    img[:, :] = BACKGROUND_RGB
-    if busy:  # deterministic noise band below the square, different every frame
-        y0, y1 = round(_BUSY_Y0 * lay.sy), round(_BUSY_Y1 * lay.sy)
-        rng = np.random.default_rng(counter)
-        img[y0:y1, :] = rng.integers(40, 200, size=(y1 - y0, width, 3), dtype=np.uint8)
-    value = counter % COUNTER_MODULO
-    bits = [(value >> (COUNTER_BITS - 1 - i)) & 1 for i in range(COUNTER_BITS)]
     for row in (0, 1):
-        # start marker: white then black
-        for idx, colour in ((0, WHITE_RGB), (1, BLACK_RGB)):
-            x0, y0, x1, y1 = _px(lay.block_rect(row, idx))
-            img[y0:y1, x0:x1] = colour
-        for i, bit in enumerate(bits):
-            on = bit if row == 0 else 1 - bit
-            x0, y0, x1, y1 = _px(lay.block_rect(row, _MARKER_BLOCKS + i))
-            img[y0:y1, x0:x1] = WHITE_RGB if on else BLACK_RGB
-    x0, y0, x1, y1 = _px(lay.square_rect(counter))
-    img[y0:y1, x0:x1] = SQUARE_RGB
-    return img
+        _fill(buf, width, height, _px(lay.block_rect(row, 0)), _WHITE_YUV)
+        _fill(buf, width, height, _px(lay.block_rect(row, 1)), _BLACK_YUV)
+    buf.flags.writeable = False
+    return buf
+
+
+def make_pattern_yuv(counter: int, width: int = 640, height: int = 480, busy: bool = False) -> np.ndarray:
+    """The yuv420p image for frame number `counter`, as PyAV's (height*3/2, width) array.
+    Drawn directly in YUV: ~10x cheaper than RGB + swscale, which matters at 30 fps."""
+    if width % 2 or height % 2:
+        raise ValueError("width and height must be even (yuv420p)")
+    lay = _layout(width, height)
+    buf = _template(width, height).copy()
+    if busy:  # deterministic noise band below the square, different every frame
+        y0, y1 = round(_BUSY_Y0 * lay.sy) & ~1, round(_BUSY_Y1 * lay.sy) & ~1
+        rng = np.random.default_rng(counter)
+        yp, up, vp = _planes(buf, width, height)
+        yp[y0:y1] = rng.integers(40, 200, size=(y1 - y0, width), dtype=np.uint8)
+        up[y0 // 2 : y1 // 2] = rng.integers(88, 168, size=((y1 - y0) // 2, width // 2), dtype=np.uint8)
+        vp[y0 // 2 : y1 // 2] = rng.integers(88, 168, size=((y1 - y0) // 2, width // 2), dtype=np.uint8)
+    value = counter % COUNTER_MODULO
+    for i in range(COUNTER_BITS):
+        bit = (value >> (COUNTER_BITS - 1 - i)) & 1
+        for row, on in ((0, bit), (1, 1 - bit)):  # row 2 holds the complement
+            rect = _px(lay.block_rect(row, _MARKER_BLOCKS + i))
+            _fill(buf, width, height, rect, _WHITE_YUV if on else _BLACK_YUV)
+    _fill(buf, width, height, _px(lay.square_rect(counter)), _SQUARE_YUV)
+    return buf.reshape(height * 3 // 2, width)
 
 
 def make_pattern_frame(
     counter: int, width: int = 640, height: int = 480, fps: float = 30.0, busy: bool = False
 ) -> av.VideoFrame:
     """A yuv420p VideoFrame for `counter`, with pts on the 90 kHz clock (counter * 90000/fps)."""
-    array = make_pattern_array(counter, width, height, busy)
-    frame = av.VideoFrame.from_ndarray(array, format="rgb24")
-    frame = frame.reformat(format="yuv420p")
+    frame = av.VideoFrame.from_ndarray(make_pattern_yuv(counter, width, height, busy), format="yuv420p")
     frame.pts = int(counter * VIDEO_CLOCK_RATE / fps)
     frame.time_base = VIDEO_TIME_BASE
     return frame

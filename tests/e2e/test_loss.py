@@ -1,0 +1,50 @@
+"""5% packet loss on both legs: players keep decoding without a freeze, thanks to NACK/RTX and PLI."""
+
+from __future__ import annotations
+
+import asyncio
+
+from tests.support import peers
+from tests.support.lossy import LossyRelay
+
+LOSS = 0.05
+WINDOW = 8.0  # seconds of playback examined
+
+
+async def test_players_recover_from_loss(server) -> None:
+    relay = LossyRelay(("127.0.0.1", server.server.media_port), LOSS)
+    relay_port = await relay.start()
+    server.hub.settings.candidates = (("127.0.0.1", relay_port),)  # every client goes through the relay
+    try:
+        pub_client = await server.client()
+        publisher = await peers.publish(pub_client, "lossy")
+        await publisher.wait_status("PUBLISHING", timeout=10)
+        clients = [await server.client() for _ in range(2)]
+        players = [await peers.play(c, "lossy") for c in clients]
+        await asyncio.gather(*(p.wait_decoded_frames(10, timeout=15) for p in players))
+
+        starts = [len(p.frames) for p in players]
+        await asyncio.sleep(WINDOW)
+        for player, start in zip(players, starts):
+            frames = player.frames[start:]
+            assert len(frames) >= 0.7 * 30 * WINDOW, f"only {len(frames)} frames in {WINDOW}s"
+            gaps = [b.t - a.t for a, b in zip(frames, frames[1:])]
+            assert max(gaps) < 1.0, f"freeze of {max(gaps):.2f}s"
+            intact = sum(f.pattern_present for f in frames) / len(frames)
+            assert intact >= 0.9, f"only {intact:.0%} intact frames"
+            counters = [f.counter for f in frames if f.counter is not None]
+            assert all(b > a for a, b in zip(counters, counters[1:]))
+
+        assert relay.dropped["up"] > 20 and relay.dropped["down"] > 20, relay.dropped
+        producer = server.hub.find("lossy").producers["video"]
+        assert producer.nacks_sent > 0 and producer.recovered > 0, "publisher loss not recovered by NACK"
+        assert sum(c.retransmits for c in producer.consumers) > 0, "player NACKs not answered"
+
+        for player in players:
+            await player.stop()
+        await publisher.stop()
+        for client in [pub_client, *clients]:
+            await client.close()
+        await server.wait_empty()
+    finally:
+        relay.close()
