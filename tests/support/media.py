@@ -8,11 +8,11 @@ without any side channel.
 Layout (all positions are fractions of the frame size, so the reader copes with scaled video;
 the numbers are pixels at 640x480):
 
-    y=16..48   row 1: [WHITE][BLACK] b15 b14 ... b0      (b = counter bit, white = 1)
-    y=48..80   row 2: [WHITE][BLACK] ~b15 ~b14 ... ~b0   (complement, used as a checksum)
-    x starts at 16, each block is 32 px wide.
-    square: 64x64 at y=248, x = 16 + (4 * counter) mod 544
-    optional "busy" band y=344..464: per-frame random noise, so the encoder needs real bitrate
+    y=32..64   row 1: [WHITE][BLACK] b15 b14 ... b0      (b = counter bit, white = 1)
+    y=64..96   row 2: [WHITE][BLACK] ~b15 ~b14 ... ~b0   (complement, used as a checksum)
+    x starts at 32, each block is 32 px wide (ends at 608).
+    square: 64x64 at y=256, x = 32 + (4 * counter) mod 512
+    optional "busy" band y=352..464: per-frame luma noise, so the encoder needs real bitrate
     (several RTP packets per frame) instead of a few hundred bytes.
 
 Audio: a continuous 440 Hz sine, 48 kHz, 20 ms frames.
@@ -49,14 +49,16 @@ BLACK_RGB = (0, 0, 0)
 
 # Reference geometry at 640x480; everything is scaled by (width/640, height/480).
 _REF_W, _REF_H = 640.0, 480.0
-_MARGIN_X, _MARGIN_Y = 16.0, 16.0
+# Multiples of 32 so that blocks stay on the 16x16 macroblock grid at 640x480 and 320x240
+# (blocks straddling macroblocks were occasionally left half-updated by VP8 at 320x240).
+_MARGIN_X, _MARGIN_Y = 32.0, 32.0
 _BLOCK_W, _BLOCK_H = 32.0, 32.0
 _MARKER_BLOCKS = 2  # WHITE, BLACK
 _SQUARE = 64.0
-_SQUARE_Y = 248.0
+_SQUARE_Y = 256.0
 _SQUARE_STEP = 4.0  # px per frame
-_SQUARE_TRAVEL = _REF_W - 2 * _MARGIN_X - _SQUARE  # 544
-_BUSY_Y0, _BUSY_Y1 = 344.0, 464.0
+_SQUARE_TRAVEL = _REF_W - 2 * _MARGIN_X - _SQUARE  # 512
+_BUSY_Y0, _BUSY_Y1 = 352.0, 464.0
 
 
 @dataclass(frozen=True)
@@ -154,10 +156,10 @@ def make_pattern_yuv(counter: int, width: int = 640, height: int = 480, busy: bo
     if busy:  # deterministic noise band below the square, different every frame
         y0, y1 = round(_BUSY_Y0 * lay.sy) & ~1, round(_BUSY_Y1 * lay.sy) & ~1
         rng = np.random.default_rng(counter)
-        yp, up, vp = _planes(buf, width, height)
-        yp[y0:y1] = rng.integers(40, 200, size=(y1 - y0, width), dtype=np.uint8)
-        up[y0 // 2 : y1 // 2] = rng.integers(88, 168, size=((y1 - y0) // 2, width // 2), dtype=np.uint8)
-        vp[y0 // 2 : y1 // 2] = rng.integers(88, 168, size=((y1 - y0) // 2, width // 2), dtype=np.uint8)
+        cells = rng.integers(70, 170, size=((y1 - y0 + 3) // 4, (width + 3) // 4), dtype=np.uint8)
+        # 4x4-pixel cells: costly enough for several RTP packets per frame, not pure noise
+        yp = _planes(buf, width, height)[0]
+        yp[y0:y1] = np.repeat(np.repeat(cells, 4, axis=0), 4, axis=1)[: y1 - y0, :width]
     value = counter % COUNTER_MODULO
     for i in range(COUNTER_BITS):
         bit = (value >> (COUNTER_BITS - 1 - i)) & 1

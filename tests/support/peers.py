@@ -508,6 +508,22 @@ class Player(_Stream):
         frames = self.frames[since:]
         return sum(f.pattern_present for f in frames) / len(frames) if frames else 0.0
 
+    def counter_stats(self, since: int = 0) -> dict[str, int]:
+        """Summary of frames[since:]: how many arrived / were readable / intact / black, how
+        often the counter did not advance (frozen or stale picture: a decoder concealing a lost
+        frame shows an OLD counter, correctly read) and the largest forward jump."""
+        frames = self.frames[since:]
+        counters = [f.counter for f in frames if f.counter is not None]
+        steps = [(b - a) % COUNTER_MODULO for a, b in zip(counters, counters[1:])]
+        return {
+            "frames": len(frames),
+            "readable": len(counters),
+            "intact": sum(f.pattern_present for f in frames),
+            "black": sum(f.is_black for f in frames),
+            "not_advancing": sum(1 for s in steps if s == 0 or s > COUNTER_MODULO // 2),
+            "max_jump": max((s for s in steps if s <= COUNTER_MODULO // 2), default=0),
+        }
+
     def latencies(self, sent_at: dict[int, float], since: int = 0) -> list[float]:
         """Capture-to-display delays, using a publisher's PatternVideoTrack.sent_at."""
         out = []

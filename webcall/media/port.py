@@ -16,6 +16,8 @@ from typing import TYPE_CHECKING
 
 from aioice import stun
 
+from ..protocol.status import Info
+
 if TYPE_CHECKING:
     from .transport import Address, WebRtcTransport
 
@@ -54,7 +56,7 @@ class MediaPort(asyncio.DatagramProtocol):
 
     async def stop(self) -> None:
         for transport in list(self.transports):
-            transport.fail("Server shutdown")
+            transport.fail(Info.FAILED_BY_ERROR)
         if self._ticker is not None:
             self._ticker.cancel()
             try:
@@ -73,21 +75,19 @@ class MediaPort(asyncio.DatagramProtocol):
         self.by_ufrag[transport.local_ufrag] = transport
 
     def bind_address(self, transport: WebRtcTransport, addr: Address) -> None:
-        if transport.addr is not None and self.by_addr.get(transport.addr) is transport:
-            del self.by_addr[transport.addr]
         previous = self.by_addr.get(addr)
         if previous is not None and previous is not transport:
             # The same client port now speaks for another connection: the old one is gone.
-            previous.fail("Failed by ICE error")
-        transport.addr = addr
+            previous.fail(Info.FAILED_BY_ICE_ERROR)
         self.by_addr[addr] = transport
 
     def unregister(self, transport: WebRtcTransport) -> None:
         self.transports.discard(transport)
         if self.by_ufrag.get(transport.local_ufrag) is transport:
             del self.by_ufrag[transport.local_ufrag]
-        if transport.addr is not None and self.by_addr.get(transport.addr) is transport:
-            del self.by_addr[transport.addr]
+        for addr in transport.addresses:
+            if self.by_addr.get(addr) is transport:
+                del self.by_addr[addr]
 
     # --- datagrams ----------------------------------------------------------------------------------
 
@@ -107,7 +107,7 @@ class MediaPort(asyncio.DatagramProtocol):
             elif 19 < first < 64:
                 transport = self.by_addr.get(addr)
                 if transport is not None:
-                    transport.on_dtls(data, time.monotonic())
+                    transport.on_dtls(data, addr, time.monotonic())
                     return
             self.dropped += 1
         except Exception:
@@ -116,7 +116,7 @@ class MediaPort(asyncio.DatagramProtocol):
             transport = self.by_addr.get(addr)
             log.exception("media error transport=%s addr=%s", transport.id if transport else None, addr)
             if transport is not None:
-                transport.fail("Failed by error")
+                transport.fail(Info.FAILED_BY_ERROR)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP unreachable from a peer that left: its consent timer will end it.
@@ -166,4 +166,4 @@ class MediaPort(asyncio.DatagramProtocol):
                 except Exception:
                     self.errors += 1
                     log.exception("tick error transport=%s", transport.id)
-                    transport.fail("Failed by error")
+                    transport.fail(Info.FAILED_BY_ERROR)

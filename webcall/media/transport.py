@@ -62,7 +62,8 @@ class WebRtcTransport:
         self.local_pwd = "".join(secrets.choice(_ICE_CHARS) for _ in range(24))
         self.remote_ufrag = remote_ufrag
         self.state = TransportState.NEW
-        self.addr: Address | None = None
+        self.addr: Address | None = None  # where we send
+        self.addresses: set[Address] = set()  # every address that passed a connectivity check
         self._dtls = DtlsServer(identity, remote_fingerprints)
         self.srtp_profile: str | None = None
         self._rx: pylibsrtp.Session | None = None
@@ -78,21 +79,28 @@ class WebRtcTransport:
     # --- ICE ------------------------------------------------------------------------------------
 
     def on_binding_request(self, addr: Address, use_candidate: bool, now: float) -> None:
-        """A valid check arrived (the port verified its integrity). Learn or move the peer's address."""
+        """A valid check arrived (the port verified its integrity): that address may now carry our traffic.
+
+        Every validated address is accepted for input; we send to the nominated one, or to the first one
+        until the client nominates — and to wherever its DTLS comes from, since the client picks the path.
+        """
         self.last_stun = now
         if self.state == TransportState.CLOSED:
             return
-        if self.addr is None:
+        if addr not in self.addresses:
+            self.addresses.add(addr)
             self.port.bind_address(self, addr)
+        if self.addr is None:
+            self.addr = addr
             self.state = TransportState.ICE_CONNECTED
             log.debug("ice connected transport=%s %s addr=%s:%d", self.id, self.label, addr[0], addr[1])
         elif use_candidate and addr != self.addr:
-            # The controlling agent nominated another pair: media follows the nomination.
-            self.port.bind_address(self, addr)
+            self.addr = addr
 
     # --- DTLS -----------------------------------------------------------------------------------
 
-    def on_dtls(self, data: bytes, now: float) -> None:
+    def on_dtls(self, data: bytes, addr: Address, now: float) -> None:
+        self.addr = addr
         try:
             out, keys = self._dtls.feed(data)
         except DtlsError as exc:

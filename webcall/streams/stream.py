@@ -118,7 +118,10 @@ class Publication(_Stream):
             player.on_video_size(width, height)
 
     def on_failed(self, info: str) -> None:
-        self.stop(StreamStatus.FAILED, info)
+        if info == Info.STOPPED_BY_USER:  # the client closed DTLS: an unpublish without the message
+            self.stop(StreamStatus.UNPUBLISHED, Info.STOPPED_BY_PUBLISHER_STOP)
+        else:
+            self.stop(StreamStatus.FAILED, info)
 
     # --- teardown ---------------------------------------------------------------------------------
 
@@ -132,8 +135,9 @@ class Publication(_Stream):
             self.send_status(status, info)
         else:
             self.status = status
-        log.info("publication ended session=%s stream=%s status=%s info=%s players=%d",
-                 self.session.id, self.name, status, info, len(self.players))
+        received = sum(p.packets for p in self.producers.values())
+        log.info("publication ended session=%s stream=%s status=%s info=%s players=%d packets_received=%d",
+                 self.session.id, self.name, status, info, len(self.players), received)
         for player in list(self.players):
             player.stop(StreamStatus.STOPPED, player_info)
         self.hub.release(self)
@@ -179,7 +183,8 @@ class Playback(_Stream):
             self.session.send(msg.notify_video_format(self.media_session_id, width, height))
 
     def on_failed(self, info: str) -> None:
-        self.stop(StreamStatus.FAILED, info)
+        # A DTLS close from the client is a stop without the message; anything else is a failure.
+        self.stop(StreamStatus.STOPPED if info == Info.STOPPED_BY_USER else StreamStatus.FAILED, info)
 
     def stop(self, status: StreamStatus, info: str | None, notify_self: bool = True) -> None:
         if self.closed:
@@ -192,4 +197,6 @@ class Playback(_Stream):
         self.session.forget(self)
         if self.endpoint is not None:
             self.endpoint.close()
-        log.info("playback ended session=%s stream=%s status=%s info=%s", self.session.id, self.name, status, info)
+        sent = sum(c.packets for c in self.endpoint.consumers) if self.endpoint else 0
+        log.info("playback ended session=%s stream=%s status=%s info=%s packets_sent=%d",
+                 self.session.id, self.name, status, info, sent)
