@@ -33,6 +33,7 @@ class LossyRelay(asyncio.DatagramProtocol):
         self.front: asyncio.DatagramTransport | None = None
         self.upstreams: dict[Address, _Upstream] = {}
         self.pending: dict[Address, list[bytes]] = {}
+        self.blackhole = False  # drop everything, STUN included: the client "vanishes"
         self.dropped = {"up": 0, "down": 0}
         self.passed = {"up": 0, "down": 0}
 
@@ -42,7 +43,7 @@ class LossyRelay(asyncio.DatagramProtocol):
         return self.front.get_extra_info("sockname")[1]
 
     def _drop(self, data: bytes, direction: str) -> bool:
-        if 127 < data[0] < 192 and self.rng.random() < self.loss:
+        if self.blackhole or (127 < data[0] < 192 and self.rng.random() < self.loss):
             self.dropped[direction] += 1
             return True
         self.passed[direction] += 1

@@ -297,7 +297,7 @@ def luma(frame: av.VideoFrame) -> np.ndarray:
     """The Y plane as a (height, width) uint8 array (limited or full range, as decoded)."""
     if frame.format.name in ("yuv420p", "yuvj420p", "yuv422p", "yuvj422p", "yuv444p", "nv12"):
         plane = frame.planes[0]
-        buf = np.frombuffer(plane, dtype=np.uint8)
+        buf = np.frombuffer(memoryview(plane), dtype=np.uint8)
         return buf.reshape(-1, plane.line_size)[: frame.height, : frame.width]
     return frame.to_ndarray(format="gray")
 
@@ -325,7 +325,7 @@ def _read_counter_luma(y: np.ndarray) -> int | None:
                 return None
             bits.append(1 if m > threshold else 0)
         values.append(bits)
-    if any(a == b for a, b in zip(values[0], values[1])):  # row 2 must be the complement
+    if any(a == b for a, b in zip(values[0], values[1], strict=True)):  # row 2 must be the complement
         return None
     return int("".join(map(str, values[0])), 2)
 
@@ -436,8 +436,9 @@ def dominant_frequency(samples: np.ndarray, sample_rate: int = AUDIO_SAMPLE_RATE
     x = x - x.mean()
     spectrum = np.abs(np.fft.rfft(x * np.hanning(x.size)))
     k = int(np.argmax(spectrum[1:]) + 1)
-    if 1 <= k < spectrum.size - 1:
+    peak = float(k)
+    if k < spectrum.size - 1:
         a, b, c = np.log(spectrum[k - 1 : k + 2] + 1e-12)
         denom = a - 2 * b + c
-        k = k + (0.5 * (a - c) / denom if denom != 0 else 0.0)
-    return float(k * sample_rate / x.size)
+        peak += 0.5 * (a - c) / denom if denom != 0 else 0.0
+    return float(peak * sample_rate / x.size)

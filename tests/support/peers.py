@@ -266,7 +266,7 @@ class _Stream:
         """Wait for the PeerConnection to reach "connected" (ICE + DTLS done)."""
         try:
             await asyncio.wait_for(self._connected.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise TimeoutError(
                 f"{type(self).__name__} {self.name}: not connected after {timeout}s "
                 f"(states {self.connection_states})"
@@ -334,7 +334,7 @@ class _Stream:
             if not task.done():
                 try:  # tracks end on pc.close(), so the consumers finish by themselves
                     await asyncio.wait_for(asyncio.shield(task), 2.0)
-                except (asyncio.TimeoutError, Exception):
+                except (TimeoutError, Exception):
                     task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -445,6 +445,7 @@ class Player(_Stream):
             except MediaStreamError:
                 break
             now = time.monotonic()
+            assert isinstance(frame, av.VideoFrame)
             a = analyze_frame(frame)
             if self.first_frame_time is None:
                 self.first_frame_time = now
@@ -460,6 +461,7 @@ class Player(_Stream):
             except MediaStreamError:
                 break
             now = time.monotonic()
+            assert isinstance(frame, av.AudioFrame)
             if self.first_audio_time is None:
                 self.first_audio_time = now
             self.audio_rms_values.append(audio_rms(frame))
@@ -471,7 +473,7 @@ class Player(_Stream):
         async with self._progress:
             try:
                 await asyncio.wait_for(self._progress.wait_for(ready), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 raise TimeoutError(
                     f"player {self.name}: {what} not reached after {timeout}s "
                     f"(video frames {len(self.frames)}, audio frames {len(self.audio_rms_values)}, "
@@ -514,7 +516,7 @@ class Player(_Stream):
         frame shows an OLD counter, correctly read) and the largest forward jump."""
         frames = self.frames[since:]
         counters = [f.counter for f in frames if f.counter is not None]
-        steps = [(b - a) % COUNTER_MODULO for a, b in zip(counters, counters[1:])]
+        steps = [(b - a) % COUNTER_MODULO for a, b in zip(counters, counters[1:], strict=False)]
         return {
             "frames": len(frames),
             "readable": len(counters),
@@ -594,9 +596,9 @@ async def publish(
     )
     try:
         # getUserMedia streams list audio first, so the SDK's offer has m=audio then m=video
-        if audio:
+        if audio_track is not None and audio:
             pc.addTransceiver(audio_track, direction="sendonly")
-        if video:
+        if video_track is not None and video:
             vt: RTCRtpTransceiver = pc.addTransceiver(video_track, direction="sendonly")
             if video_codec:
                 vt.setCodecPreferences(codec_preferences("video", video_codec))

@@ -331,7 +331,7 @@ class WcsClient:
         async with self._cond:
             try:
                 await asyncio.wait_for(self._cond.wait_for(ready), timeout)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 recent = "\n  ".join(_short(m) for m in self.messages[-8:])
                 raise WcsTimeout(
                     f"timed out after {timeout}s waiting for {what}; last messages:\n  {recent}"
@@ -341,7 +341,7 @@ class WcsClient:
         """Wait until the server (or anyone) closes the socket; returns the close code."""
         try:
             await asyncio.wait_for(self._closed.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             raise WcsTimeout(f"socket still open after {timeout}s") from None
         return self.close_code
 
@@ -354,12 +354,12 @@ class WcsClient:
             if not self.ws.closed:
                 try:
                     await asyncio.wait_for(self.ws.close(), 5.0)
-                except (asyncio.TimeoutError, ConnectionError, RuntimeError):
+                except (TimeoutError, ConnectionError, RuntimeError):
                     pass
             if not self._reader.done():
                 try:
                     await asyncio.wait_for(asyncio.shield(self._reader), 2.0)
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     self._reader.cancel()
                     await asyncio.gather(self._reader, return_exceptions=True)
         finally:

@@ -14,6 +14,7 @@ from aiortc.codecs import CODECS, depayload, get_decoder, get_encoder
 from aiortc.jitterbuffer import JitterFrame
 
 from tests.support.media import (
+    FrameAnalysis,
     PatternVideoTrack,
     ToneAudioTrack,
     analyze_frame,
@@ -42,17 +43,19 @@ def _codec(mime: str):
     return next(c for c in CODECS["video"] if c.mimeType == mime)
 
 
-def _round_trip(mime: str, n: int, busy: bool, bitrate: int = 600_000) -> tuple[list, int]:
+def _round_trip(mime: str, n: int, busy: bool, bitrate: int = 600_000) -> tuple[list[tuple[int, FrameAnalysis]], int]:
     """Encode frames 0..n-1 with aiortc's encoder, depayload, decode; returns (analyses, bytes)."""
     codec = _codec(mime)
     encoder, decoder = get_encoder(codec), get_decoder(codec)
-    encoder.target_bitrate = bitrate
-    results, total = [], 0
+    encoder.target_bitrate = bitrate  # type: ignore[attr-defined]  # Vp8Encoder/H264Encoder
+    results: list[tuple[int, FrameAnalysis]] = []
+    total = 0
     for i in range(n):
         payloads, timestamp = encoder.encode(make_pattern_frame(i, busy=busy), force_keyframe=(i == 0))
         total += sum(len(p) for p in payloads)
         data = b"".join(depayload(codec, p) for p in payloads)
         for frame in decoder.decode(JitterFrame(data, timestamp)) if data else []:
+            assert isinstance(frame, av.VideoFrame)
             results.append((i, analyze_frame(frame)))
     return results, total
 
@@ -92,7 +95,7 @@ def test_pattern_reader_scales_and_rejects() -> None:
 
 
 def test_pattern_track_paced_and_counting() -> None:
-    async def run() -> tuple[list[int | None], list[int], float]:
+    async def run() -> tuple[list[int | None], list[int | None], float]:
         track = PatternVideoTrack(320, 240, fps=30)
         t0 = time.monotonic()
         frames = [await track.recv() for _ in range(4)]
@@ -130,11 +133,11 @@ def test_tone_survives_opus() -> None:
     audio_codec = next(c for c in CODECS["audio"] if c.mimeType == "audio/opus")
     encoder, decoder = get_encoder(audio_codec), get_decoder(audio_codec)
     tone = ToneAudioTrack()
-    decoded = []
+    decoded: list[av.AudioFrame] = []
     for _ in range(50):
         payloads, ts = encoder.encode(tone.make_frame())
         for p in payloads:
-            decoded += decoder.decode(JitterFrame(p, ts))
+            decoded += [f for f in decoder.decode(JitterFrame(p, ts)) if isinstance(f, av.AudioFrame)]
     assert len(decoded) >= 45
     rms = [audio_rms(f) for f in decoded[5:]]
     assert min(rms) > 0.15
@@ -210,7 +213,8 @@ def test_wcs_client_basics() -> None:
                 msg = json.loads(m.data)
                 received.append(msg)
                 if msg["message"] == "connection":
-                    await ws.send_str(json.dumps({"message": "getUserData", "data": [dict(msg["data"][0], authToken="/t:1/s:2")]}))
+                    user_data = dict(msg["data"][0], authToken="/t:1/s:2")
+                    await ws.send_str(json.dumps({"message": "getUserData", "data": [user_data]}))
                     for _ in range(2):
                         await ws.send_str('{"message":"ping","data":[]}')
                     await ws.send_str("not json")
