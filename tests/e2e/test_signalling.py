@@ -38,6 +38,7 @@ async def test_server_pings_and_drops_silent_clients(make_server) -> None:
     assert not alive.closed
     assert len(server.hub.sessions) == 1
     await alive.close()
+    await silent.close()
     await server.wait_empty()
 
 

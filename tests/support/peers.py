@@ -334,7 +334,7 @@ class _Stream:
             if not task.done():
                 try:  # tracks end on pc.close(), so the consumers finish by themselves
                     await asyncio.wait_for(asyncio.shield(task), 2.0)
-                except (TimeoutError, Exception):
+                except Exception:  # TimeoutError included
                     task.cancel()
         if self._tasks:
             await asyncio.gather(*self._tasks, return_exceptions=True)
