@@ -27,13 +27,14 @@ def random_ssrc() -> int:
 class Consumer:
     __slots__ = (
         "producer", "transport", "kind", "mid", "ssrc", "rtx_ssrc", "payload_type", "rtx_payload_type",
-        "plan", "needs_keyframe", "seq_offset", "ts_offset", "start_ext_seq", "rtx_seq", "_next_seq", "_ts_base",
+        "plan", "needs_keyframe", "_sock", "seq_offset", "ts_offset", "start_ext_seq", "rtx_seq", "_next_seq", "_ts_base",
         "packets", "octets", "retransmits", "nacks", "keyframe_requests", "fraction_lost", "player_lost",
     )
 
     def __init__(self, producer: Producer, track: Track, transport: WebRtcTransport) -> None:
         self.producer = producer
         self.transport = transport
+        self._sock = transport.port.sock
         self.kind = track.kind
         self.mid = track.mid
         self.ssrc = random_ssrc()
@@ -68,12 +69,16 @@ class Consumer:
             self.start_ext_seq = ext_seq
         elif ext_seq < self.start_ext_seq:
             return  # a late packet from before this player started
-        self.transport.send_rtp(
-            FIXED_HEADER.pack(
-                b0, marker | self.payload_type, (ext_seq + self.seq_offset) & 0xFFFF,
-                (ts + self.ts_offset) & 0xFFFFFFFF, self.ssrc,
-            ) + tail
-        )
+        transport = self.transport
+        tx = transport._tx
+        if tx is None:
+            return
+        try:
+            tx.send_rtp(self._sock, transport.addr, FIXED_HEADER, b0, marker | self.payload_type,
+                        (ext_seq + self.seq_offset) & 0xFFFF, (ts + self.ts_offset) & 0xFFFFFFFF, self.ssrc, tail)
+        except OSError:  # full socket buffer: UDP drops, and so do we
+            transport.send_errors += 1
+            return
         self.packets += 1
         self.octets += len(tail)
 

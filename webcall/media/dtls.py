@@ -18,6 +18,8 @@ from aiortc.rtcdtlstransport import (
 )
 from OpenSSL import SSL
 
+from .srtp import SrtpSession
+
 def _profile_available(profile: SRTPProtectionProfile) -> bool:
     try:
         pylibsrtp.Policy(srtp_profile=profile.libsrtp_profile)
@@ -42,8 +44,8 @@ class DtlsError(Exception):
 @dataclass(frozen=True, slots=True)
 class SrtpKeys:
     profile: str
-    rx: pylibsrtp.Session
-    tx: pylibsrtp.Session
+    rx: SrtpSession
+    tx: SrtpSession
 
 
 class DtlsIdentity:
@@ -166,4 +168,4 @@ class DtlsServer:
         for policy in (rx, tx):
             policy.allow_repeat_tx = True  # retransmissions reuse sequence numbers
             policy.window_size = 1024
-        return SrtpKeys(selected.decode(), pylibsrtp.Session(rx), pylibsrtp.Session(tx))
+        return SrtpKeys(selected.decode(), SrtpSession(pylibsrtp.Session(rx)), SrtpSession(pylibsrtp.Session(tx)))

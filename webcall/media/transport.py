@@ -11,10 +11,9 @@ import secrets
 import string
 from typing import TYPE_CHECKING, Protocol
 
-import pylibsrtp
-
 from ..protocol.status import Info
 from .dtls import DtlsError, DtlsIdentity, DtlsServer
+from .srtp import SrtpError, SrtpSession
 
 if TYPE_CHECKING:
     from .port import MediaPort
@@ -66,13 +65,13 @@ class WebRtcTransport:
         self.addresses: set[Address] = set()  # every address that passed a connectivity check
         self._dtls = DtlsServer(identity, remote_fingerprints)
         self.srtp_profile: str | None = None
-        self._rx: pylibsrtp.Session | None = None
-        self._tx: pylibsrtp.Session | None = None
+        self._rx: SrtpSession | None = None
+        self._tx: SrtpSession | None = None
         self._connect_deadline = now + connect_timeout
         self._consent_timeout = consent_timeout
         self.last_stun = 0.0
         # Counters (plain ints: they are bumped per packet).
-        self.rx_packets = self.rx_bytes = self.tx_packets = self.tx_bytes = 0
+        self.rx_packets = self.rx_bytes = 0
         self.srtp_errors = self.send_errors = 0
         port.register(self)
 
@@ -129,7 +128,7 @@ class WebRtcTransport:
                 self.listener.on_rtcp(rx.unprotect_rtcp(data), now)
                 return
             packet = rx.unprotect(data)
-        except pylibsrtp.Error:
+        except SrtpError:
             self.srtp_errors += 1
             return
         self.rx_packets += 1
@@ -137,17 +136,23 @@ class WebRtcTransport:
         self.listener.on_rtp(packet, now)
 
     def send_rtp(self, packet: bytes) -> None:
+        """Protect and send one RTP packet (retransmissions and replays; forwarding uses Consumer.forward)."""
         tx = self._tx
         if tx is None:
             return
-        data = tx.protect(packet)
-        self.tx_packets += 1
-        self.tx_bytes += len(data)
+        try:
+            data = tx.protect(packet)
+        except SrtpError:
+            self.send_errors += 1
+            return
         self.send_raw(data)
 
     def send_rtcp(self, packet: bytes) -> None:
         if self._tx is not None:
-            self.send_raw(self._tx.protect_rtcp(packet))
+            try:
+                self.send_raw(self._tx.protect_rtcp(packet))
+            except SrtpError:
+                self.send_errors += 1
 
     def send_raw(self, data: bytes) -> None:
         if self.addr is None:
