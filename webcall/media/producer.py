@@ -32,18 +32,21 @@ _TS = struct.Struct("!I")
 class ExtensionPlan:
     """How one player layout wants the header extensions: publisher id → player id, plus its own mid."""
 
-    __slots__ = ("key", "mapping", "mid")
+    __slots__ = ("key", "mapping", "mid", "_mid_only")
 
     def __init__(self, mapping: dict[int, int], mid: tuple[int, bytes] | None) -> None:
         self.mapping = mapping
         self.mid = mid
         self.key = (tuple(sorted(mapping.items())), mid)
+        self._mid_only = build_extensions([mid] if mid else [])  # the block when nothing else maps
 
     def build(self, elements: list[tuple[int, bytes]] | None) -> bytes:
-        out = []
-        if elements:
-            mapping = self.mapping
-            out = [(mapping[i], v) for i, v in elements if i in mapping]
+        if not elements or not self.mapping:
+            return self._mid_only
+        mapping = self.mapping
+        out = [(mapping[i], v) for i, v in elements if i in mapping]
+        if not out:
+            return self._mid_only
         if self.mid is not None:
             out.append(self.mid)
         return build_extensions(out)
