@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import random
 import re
+import socket
 import struct
 import uuid
 from typing import Any
@@ -172,10 +173,16 @@ class UdpProbe(asyncio.DatagramProtocol):
         self.received: list[tuple[bytes, tuple[str, int]]] = []
         self._event = asyncio.Event()
 
+    sock: socket.socket
+
     @classmethod
     async def open(cls) -> UdpProbe:
+        sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sock.bind(("127.0.0.1", 0))
+        sock.setblocking(False)
         loop = asyncio.get_running_loop()
-        _, probe = await loop.create_datagram_endpoint(cls, local_addr=("127.0.0.1", 0))
+        _, probe = await loop.create_datagram_endpoint(cls, sock=sock)
+        probe.sock = sock
         return probe
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -191,8 +198,8 @@ class UdpProbe(asyncio.DatagramProtocol):
         return self.transport.get_extra_info("sockname")[:2]
 
     def send(self, data: bytes, addr: tuple[str, int]) -> None:
-        assert self.transport is not None
-        self.transport.sendto(data, addr)
+        # Straight to the socket: asyncio's sendto() silently skips empty datagrams on Python < 3.13.
+        self.sock.sendto(data, addr)
 
     async def transact(self, request: stun.Message, addr: tuple[str, int], timeout: float = 2.0,
                        tries: int = 4) -> stun.Message:
@@ -221,3 +228,13 @@ class UdpProbe(asyncio.DatagramProtocol):
     def close(self) -> None:
         if self.transport is not None:
             self.transport.close()
+
+
+def peer_socket(pc: RTCPeerConnection) -> tuple[socket.socket, tuple[str, int]]:
+    """The UDP socket an aiortc pc uses for its nominated pair, and the server address it sends to.
+    Datagrams sent on it come from an address the server has bound to that pc's transport."""
+    transceiver = pc.getTransceivers()[0]
+    sender_or_receiver = transceiver.receiver if transceiver.receiver.transport else transceiver.sender
+    connection = sender_or_receiver.transport.transport.iceGatherer._connection
+    pair = connection._nominated[1]
+    return pair.protocol.transport.get_extra_info("socket")._sock, pair.remote_addr

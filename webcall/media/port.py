@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import socket
+import struct
 import time
 from typing import TYPE_CHECKING
 
@@ -94,6 +95,9 @@ class MediaPort(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Address) -> None:
         if len(addr) > 2:  # IPv6 tuples carry flow info and scope id
             addr = addr[:2]
+        if not data:  # zero-length UDP is legal, and meaningless
+            self.dropped += 1
+            return
         try:
             first = data[0]
             if 127 < first < 192:
@@ -125,7 +129,7 @@ class MediaPort(asyncio.DatagramProtocol):
     def _on_stun(self, data: bytes, addr: Address) -> None:
         try:
             request = stun.parse_message(data)
-        except ValueError:
+        except (ValueError, struct.error):  # aioice raises struct.error on short fixed-size attributes
             self.dropped += 1
             return
         if request.message_method != stun.Method.BINDING or request.message_class != stun.Class.REQUEST:
