@@ -2,6 +2,7 @@
 #
 #   make serve    set everything up, then run the server on :8080 (ARGS="--port 9000 ...")
 #   make test     set everything up, then run the test suite     (PYTEST_ARGS="-k sdp -x")
+#   make bench    set up the venv, then load-test the server      (ARGS="--steps 10,50,100")
 #
 # Set-up steps are stamped, so they re-run only when their inputs change:
 #   .venv/.webcall-installed          <- requirements.txt, requirements-dev.txt
@@ -21,20 +22,25 @@ PYTEST_ARGS ?=
 
 # Debian packages needed on the machine: "command-or-check:package".
 # A package is installed only if its check fails; apt-get runs only if something is missing.
-SYSTEM_CHECKS := node:nodejs npm:npm
+SYSTEM_CHECKS := node:nodejs npm:npm chromium:chromium firefox-esr:firefox-esr
 
-.PHONY: serve test venv sdk deps-system clean help
+.PHONY: serve test bench venv sdk deps-system clean help
 
 help:
 	@echo "make serve        run the server (ARGS='--port 8080 --public-ip 1.2.3.4')"
 	@echo "make test         run the tests  (PYTEST_ARGS='-k name -x')"
+	@echo "make bench        viewers per core, first-frame time, added latency (ARGS='--steps 10,50,100')"
 	@echo "make venv         create .venv and install requirements-dev.txt"
 	@echo "make sdk          npm ci: the Flashphoner Web SDK into node_modules/"
-	@echo "make deps-system  apt-get install what is missing (python3-venv, nodejs, npm)"
+	@echo "make deps-system  apt-get install what is missing (python3-venv, nodejs, npm, chromium, firefox-esr)"
 	@echo "make clean        remove .venv, node_modules and caches"
 
 serve: deps-system venv sdk
 	$(VENV_PY) -m webcall $(ARGS)
+
+# Starts its own server on 127.0.0.1 unless ARGS has --url; writes artifacts/bench/bench-<time>.{json,png}.
+bench: deps-system venv
+	$(VENV_PY) -m webcall bench $(ARGS)
 
 # pytest exits 5 when it collects no test; that is reported, not treated as a failure.
 test: deps-system venv sdk

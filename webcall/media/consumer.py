@@ -28,7 +28,8 @@ class Consumer:
     __slots__ = (
         "producer", "transport", "kind", "mid", "ssrc", "rtx_ssrc", "payload_type", "rtx_payload_type",
         "plan", "needs_keyframe", "_sock", "seq_offset", "ts_offset", "start_ext_seq", "rtx_seq", "_next_seq", "_ts_base",
-        "packets", "octets", "retransmits", "nacks", "keyframe_requests", "fraction_lost", "player_lost",
+        "packets", "octets", "retransmits", "retransmit_octets", "nacks", "keyframe_requests", "fraction_lost",
+        "player_lost",
     )
 
     def __init__(self, producer: Producer, track: Track, transport: WebRtcTransport) -> None:
@@ -56,10 +57,12 @@ class Consumer:
         self._next_seq = secrets.randbits(15)
         self._ts_base = secrets.randbits(31)
         self.packets = self.octets = self.retransmits = self.nacks = self.keyframe_requests = 0
+        self.retransmit_octets = 0  # payload octets of retransmissions (not in `octets`: that feeds the SR)
         self.fraction_lost = 0
         self.player_lost = 0
 
-    def forward(self, b0: int, marker: int, ext_seq: int, ts: int, tail: bytes, keyframe: bool) -> None:
+    def forward(self, b0: int, marker: int, ext_seq: int, ts: int, tail: bytes, keyframe: bool,
+                size: int) -> None:
         """Send one packet of the producer (called once per packet per player — keep it lean)."""
         if self.seq_offset is None:
             if self.needs_keyframe and not keyframe:
@@ -80,7 +83,7 @@ class Consumer:
             transport.send_errors += 1
             return
         self.packets += 1
-        self.octets += len(tail)
+        self.octets += size  # payload octets, as the SR's octet count wants (RFC 3550 §6.4.1)
 
     def on_nack(self, seqs: list[int]) -> None:
         """Answer a player's NACK from the producer's ring, over RTX when the player negotiated it."""
@@ -103,6 +106,7 @@ class Consumer:
             else:
                 out = FIXED_HEADER.pack(b0, marker | self.payload_type, out_seq & 0xFFFF, ts, self.ssrc) + head + payload
             self.retransmits += 1
+            self.retransmit_octets += len(payload) - (payload[-1] if b0 & 0x20 else 0)  # RFC 3550 payload octets
             self.transport.send_rtp(out)
 
     def request_keyframe(self, now: float) -> None:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from aioice import stun
 
 from ..protocol.status import Info
+from .stats import FanoutCost
 
 if TYPE_CHECKING:
     from .transport import Address, WebRtcTransport
@@ -35,6 +36,7 @@ class MediaPort(asyncio.DatagramProtocol):
         self.transports: set[WebRtcTransport] = set()
         self.dropped = 0  # datagrams nobody could take
         self.errors = 0  # exceptions contained at this boundary
+        self.fanout_cost = FanoutCost()  # sampled by every producer on this port
         self._endpoint: asyncio.DatagramTransport | None = None
         self._ticker: asyncio.Task[None] | None = None
 

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Callable
+from time import perf_counter_ns
 from typing import TYPE_CHECKING
 
 from ..protocol.sdp import EXT_MID, Track
 from .rtp import FIXED_HEADER, KEYFRAME_PROBES, build_extensions, parse_extensions, split
+from .stats import FANOUT_SAMPLE_MASK
 
 if TYPE_CHECKING:
     from .consumer import Consumer
+    from .stats import FanoutCost
 
 RING_SIZE = 1024  # ≈ 7 s of 600 kbps video: enough for NACKs and for a keyframe replay
 RING_MASK = RING_SIZE - 1
@@ -76,6 +79,8 @@ class Producer:
         self._on_keyframe = on_keyframe
 
         self.consumers: list[Consumer] = []
+        # Recorders (media/recorder.py) hook in here: each is called with every packet stored in the ring.
+        self.sinks: list[Callable[[bytes], None]] = []
         self._groups: list[tuple[ExtensionPlan, list[Consumer]]] = []
         self.ring: list[bytes | None] = [None] * RING_SIZE
 
@@ -102,6 +107,9 @@ class Producer:
         self.recovered = self.nacks_sent = self.keyframe_requests = self.keyframes = 0
         self.frames = 0
         self.width = self.height = 0
+        # Fan-out cost sampling: every FANOUT_SAMPLE_EVERY-th fan-out is timed into `fanout_cost`.
+        self.fanouts = 0
+        self.fanout_cost: FanoutCost | None = None
         self._rr_expected_prior = self._rr_received_prior = 0
 
     # --- the hot path ---------------------------------------------------------------------------
@@ -119,10 +127,10 @@ class Producer:
                 self.duplicates += 1
                 return
             if delta < 0x8000:
+                if delta > 1 and self.nack_enabled:  # before the wrap is counted: `highest` is pre-wrap
+                    self._on_gap(self.cycles + highest, delta, now)
                 if seq < highest:
                     self.cycles += 0x10000
-                if delta > 1 and self.nack_enabled:
-                    self._on_gap(self.cycles + highest, delta, now)
                 self.highest_seq = seq
                 ext_seq = self.cycles + seq
             else:  # behind the highest: a retransmission or a reordered packet
@@ -143,6 +151,9 @@ class Producer:
         self.packets += 1
         self.octets += end - ext_end
         self.ring[seq & RING_MASK] = packet
+        if self.sinks:  # recording (rare): hand the stored packet over; one test per packet otherwise
+            for sink in self.sinks:
+                sink(packet)
         ts = _TS.unpack_from(packet, 4)[0]
         if newest:  # timing follows the newest packet only
             self.last_ts, self.last_arrival = ts, now
@@ -160,7 +171,7 @@ class Producer:
             if size is not None:
                 keyframe = True
                 if ts != self.keyframe_ts:
-                    if newest:
+                    if ext_seq > self.keyframe_ext_seq:  # newer keyframe, possibly recovered by NACK
                         self._keyframe_started(ext_seq, ts, size)
                 elif ext_seq < self.keyframe_ext_seq:  # an earlier packet of the same access unit
                     self.keyframe_ext_seq = ext_seq
@@ -172,12 +183,16 @@ class Producer:
         payload = packet[ext_end:]
         b0 = packet[0] & 0xEF
         marker = packet[1] & 0x80
+        fanouts = self.fanouts = self.fanouts + 1
+        started = 0 if fanouts & FANOUT_SAMPLE_MASK else perf_counter_ns()  # time 1 fan-out in 64
         for plan, consumers in self._groups:
             ext = plan.build(elements)
             tail = csrc + ext + payload
             b0_out = b0 | 0x10 if ext else b0
             for consumer in consumers:
-                consumer.forward(b0_out, marker, ext_seq, ts, tail, keyframe)
+                consumer.forward(b0_out, marker, ext_seq, ts, tail, keyframe, end - ext_end)
+        if started and self.fanout_cost is not None:
+            self.fanout_cost.observe(perf_counter_ns() - started, len(self.consumers))
 
     def receive_rtx(self, packet: bytes, now: float) -> None:
         """Unwrap an RTX packet (RFC 4588) into the original and receive that."""
@@ -289,7 +304,8 @@ class Producer:
         for index, (ext_seq, packet) in enumerate(packets):
             b0, head, payload = self.rewrite(packet, consumer.plan)
             ts = _TS.unpack_from(packet, 4)[0]
-            consumer.forward(b0, packet[1] & 0x80, ext_seq, ts, head + payload, index == 0)
+            _, ext_end, end = split(packet)
+            consumer.forward(b0, packet[1] & 0x80, ext_seq, ts, head + payload, index == 0, end - ext_end)
         return True
 
     def detach(self, consumer: Consumer) -> None:
@@ -302,6 +318,15 @@ class Producer:
         for consumer in self.consumers:
             groups.setdefault(consumer.plan.key, (consumer.plan, []))[1].append(consumer)
         self._groups = list(groups.values())
+
+    # --- statistics (read by the streams layer once a second; not on the packet path) ---------------
+
+    @property
+    def lost(self) -> int:
+        """Cumulative packets lost (RFC 3550 A.3: expected − received; retransmissions count as received)."""
+        if self.highest_seq < 0:
+            return 0
+        return max(0, self.cycles + self.highest_seq - self.base_seq + 1 - self.packets)
 
     # --- RTCP -------------------------------------------------------------------------------------
 
@@ -337,6 +362,7 @@ class Producer:
 
     def close(self) -> None:
         self.consumers.clear()
+        self.sinks.clear()
         self._groups = []
         self.ring = [None] * RING_SIZE  # release packet memory now, not when the last reference dies
         self.missing.clear()

@@ -23,6 +23,8 @@ def is_rtcp(data: bytes) -> bool:
 def split(packet: bytes) -> tuple[int, int, int]:
     """(end of CSRCs, end of header extension, end of payload) — raises ValueError on a malformed packet."""
     length = len(packet)
+    if length < 12:
+        raise ValueError("truncated RTP packet")
     b0 = packet[0]
     pos = 12 + 4 * (b0 & 0x0F)
     ext_end = pos
@@ -51,7 +53,7 @@ def parse_extensions(packet: bytes, start: int, end: int) -> list[tuple[int, byt
                 pos += 1
                 continue
             ext_id, size = b >> 4, (b & 0x0F) + 1
-            if ext_id == 15:
+            if ext_id == 15 or pos + 1 + size > end:
                 break
             elements.append((ext_id, packet[pos + 1 : pos + 1 + size]))
             pos += 1 + size
@@ -62,6 +64,8 @@ def parse_extensions(packet: bytes, start: int, end: int) -> list[tuple[int, byt
                 pos += 1
                 continue
             size = packet[pos + 1]
+            if pos + 2 + size > end:
+                break
             elements.append((ext_id, packet[pos + 2 : pos + 2 + size]))
             pos += 2 + size
     return elements
@@ -101,6 +105,8 @@ def vp8_payload_offset(payload: bytes, start: int) -> tuple[int, bool]:
 
 def vp8_keyframe_size(packet: bytes, start: int, end: int) -> tuple[int, int] | None:
     """(width, height) if this packet starts a VP8 keyframe, else None."""
+    if end - start < 11:  # descriptor + frame tag + start code + size: anything shorter is no keyframe start
+        return None
     pos, frame_start = vp8_payload_offset(packet, start)
     if not frame_start or pos + 10 > end or packet[pos] & 0x01:  # P bit set: inter frame
         return None

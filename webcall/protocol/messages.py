@@ -46,6 +46,7 @@ __all__ = [
     "available_stream",
     "notify_stream_event",
     "data_status",
+    "on_data_event",
     "fail",
     "video_rate",
 ]
@@ -588,6 +589,14 @@ def data_status(operation_id: str, status: str, info: str | None = None) -> str:
     if info is not None:
         obj["info"] = info
     return encode("DataStatusEvent", obj)
+
+
+def on_data_event(session_id: str, operation_id: str, payload: object, app_key: str = DEFAULT_APP_KEY) -> str:
+    """Data pushed to a client (spec §9, REST /data/send): the SDK fires SESSION_STATUS.APP_DATA with it."""
+    return encode(
+        "OnDataEvent",
+        {"appKey": app_key, "sessionId": session_id, "operationId": operation_id, "payload": payload},
+    )
 
 
 def fail(

@@ -8,6 +8,8 @@ so that every line is under our control.
 
 from __future__ import annotations
 
+import re
+
 from dataclasses import dataclass, field
 
 from aiortc.sdp import MediaDescription, SessionDescription
@@ -200,13 +202,14 @@ def _negotiate(offer_sdp: str, choose) -> Negotiation:
         fingerprints=[(f.algorithm.lower(), f.value.upper()) for f in first.dtls.fingerprints],
     )
     seen_mids: set[str] = set()
+    sections = re.split(r"\r?\nm=", offer_sdp)[1:]  # per-m-line text, for attributes aiortc does not keep
     for index, media in enumerate(offer.media):
         mid = media.rtp.muxId if media.rtp.muxId is not None else str(index)
         if mid in seen_mids:
             raise SdpError("Bad SDP: duplicate mid")
         seen_mids.add(mid)
         mline = MLine(mid, media.kind, media.profile, [str(f) for f in media.fmt])
-        mline.rtcp_rsize = "a=rtcp-rsize" in offer_sdp
+        mline.rtcp_rsize = index < len(sections) and re.search(r"^a=rtcp-rsize\s*$", sections[index], re.M) is not None
         if media.kind in ("audio", "video") and media.port != 0:
             mline.track = choose(media, mid, _codecs(media))
         neg.mlines.append(mline)

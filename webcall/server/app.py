@@ -1,4 +1,5 @@
-"""The aiohttp front: WebSocket signalling and demo pages on one port, and the server's lifecycle.
+"""The aiohttp front: WebSocket signalling and demo pages on one port, the REST API on another, and the
+server's lifecycle.
 
 Thin on purpose: frames in → `Session.handle_text`; `Session.send` → an outgoing queue drained by one
 writer task per socket, so the streams layer can emit messages synchronously from media events.
@@ -16,8 +17,11 @@ from aiohttp import WSMsgType, web
 from ..media.dtls import DtlsIdentity
 from ..media.port import MediaPort
 from ..streams.hub import Hub, StreamSettings
+from ..streams.recording import RecordSettings
 from ..streams.session import Session
 from .config import Config
+from .rest_recording import record_file_handler
+from .rest import RestApi, health
 
 log = logging.getLogger("webcall.server")
 
@@ -30,8 +34,10 @@ class WebcallServer:
         self.port = MediaPort()
         self.hub: Hub | None = None
         self._runner: web.AppRunner | None = None
+        self._rest_runner: web.AppRunner | None = None
         self.http_port = 0
         self.media_port = 0
+        self.rest_port = 0  # bound REST port; 0 while the REST API is off
         self._sockets: set[web.WebSocketResponse] = set()
 
     async def start(self) -> None:
@@ -41,21 +47,34 @@ class WebcallServer:
             candidates=tuple((ip, self.media_port) for ip in c.announced_ips()),
             video_codecs=c.video_codec_list, connect_timeout=c.connect_timeout, consent_timeout=c.consent_timeout,
             max_bitrate=c.max_bitrate, ping_interval=c.ping_interval, ping_probes=c.ping_probes,
+            rate_interval=c.rate_interval, snapshot_timeout=c.snapshot_timeout,
+            records=RecordSettings(directory=c.records_dir, template=c.record_template, formats=c.record_formats,
+                                   mp4_audio=c.record_mp4_audio, fragment=c.record_fragment),
         )
         identity = await asyncio.get_running_loop().run_in_executor(None, DtlsIdentity)
         self.hub = Hub(settings, self.port, identity)
+        self.hub.start()
         app = web.Application()
         app.router.add_get("/", self._root)
+        app.router.add_get("/health", self._health)
         app.router.add_get("/player", self._page("player.html"))
         app.router.add_get("/sdk/flashphoner.js", self._sdk)
         app.router.add_static("/static/", c.static_dir, show_index=False)
+        app.router.add_get("/client/records/{name}", record_file_handler(c.records_dir))  # spec §14, with Range
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, c.host, c.port)
         await site.start()
         self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        log.info("listening http+ws=%s:%d media=udp/%s:%d announce=%s", c.host, self.http_port, c.media_host,
-                 self.media_port, ",".join(ip for ip, _ in settings.candidates))
+        if c.rest_port >= 0:
+            self._rest_runner = web.AppRunner(RestApi(self.hub, c.max_message_size).app(), access_log=None)
+            await self._rest_runner.setup()
+            rest_site = web.TCPSite(self._rest_runner, c.rest_host, c.rest_port)
+            await rest_site.start()
+            self.rest_port = rest_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        log.info("listening http+ws=%s:%d media=udp/%s:%d rest=%s announce=%s", c.host, self.http_port,
+                 c.media_host, self.media_port, f"{c.rest_host}:{self.rest_port}" if self._rest_runner else "off",
+                 ",".join(ip for ip, _ in settings.candidates))
 
     async def stop(self) -> None:
         if self.hub is not None:
@@ -63,9 +82,14 @@ class WebcallServer:
                 session.close()
         for ws in list(self._sockets):
             await ws.close()
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
+        if self.hub is not None:
+            await self.hub.finish_recordings()  # SIGTERM: every recording's file is finalized
+        for runner in (self._rest_runner, self._runner):
+            if runner is not None:
+                await runner.cleanup()
+        self._runner = self._rest_runner = None
+        if self.hub is not None:
+            await self.hub.close()
         await self.port.stop()
 
     # --- HTTP -------------------------------------------------------------------------------------
@@ -74,6 +98,10 @@ class WebcallServer:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request)
         return web.FileResponse(Path(self.config.static_dir) / "index.html")
+
+    async def _health(self, request: web.Request) -> web.Response:
+        assert self.hub is not None
+        return web.json_response(health(self.hub))
 
     def _page(self, name: str):
         async def handler(request: web.Request) -> web.StreamResponse:

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import asyncio
-import logging
 import signal
+import sys
 
+from ..logs import configure
 from .app import WebcallServer
 from .config import parse_args
 
@@ -16,14 +17,19 @@ async def _serve(server: WebcallServer) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
+    rest = f", REST http://{server.config.rest_host}:{server.rest_port}/rest-api/" if server.rest_port else ""
     print(f"webcall: open http://localhost:{server.http_port}/  (signalling ws://<host>:{server.http_port}, "
-          f"media udp/{server.media_port})", flush=True)
+          f"media udp/{server.media_port}{rest})", flush=True)
     await stop.wait()
     await server.stop()
 
 
 def main(argv: list[str] | None = None) -> None:
+    args = sys.argv[1:] if argv is None else argv
+    if args[:1] == ["bench"]:  # `webcall bench ...`: the load generator (webcall/bench/)
+        from ..bench.cli import main as bench_main
+
+        sys.exit(bench_main(args[1:]))
     config = parse_args(argv)
-    logging.basicConfig(level=config.log_level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    configure(config.log_level)
     asyncio.run(_serve(WebcallServer(config)))

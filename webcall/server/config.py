@@ -1,17 +1,26 @@
-"""Server configuration: one dataclass, defaults that just work, overridable by WEBCALL_* env and CLI flags."""
+"""Server configuration: one dataclass, defaults that just work.
+
+Sources, each overriding the one before: the defaults below < a TOML file (`--config PATH`, or
+`WEBCALL_CONFIG`) < `WEBCALL_<NAME>` environment variables < command-line flags. The README's option
+table is `markdown_table()`'s output (a unit test keeps them equal).
+"""
 
 from __future__ import annotations
 
 import argparse
 import dataclasses
 import os
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import ifaddr
 
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parents[1]
+ENV_PREFIX = "WEBCALL_"
+LOG_LEVELS = ("debug", "info", "warning", "error")
 
 
 @dataclass
@@ -22,6 +31,10 @@ class Config:
     media_port: int = field(default=31001, metadata={"help": "the one UDP port for all WebRTC media"})
     public_ip: str = field(default="auto", metadata={
         "help": "IP announced in ICE candidates (comma-separated); auto = this host's IPv4 addresses"})
+    rest_host: str = field(default="127.0.0.1", metadata={
+        "help": "REST API + /metrics bind address (it can stop any stream: expose it with care)"})
+    rest_port: int = field(default=8081, metadata={
+        "help": "WCS REST API, /metrics and /health port; 0 = any free port, -1 = off"})
     connect_timeout: float = field(default=10.0, metadata={
         "help": "seconds for ICE+DTLS (then first media) before a stream FAILs"})
     consent_timeout: float = field(default=30.0, metadata={
@@ -30,11 +43,27 @@ class Config:
     ping_probes: int = field(default=10, metadata={"help": "missed pongs before a session is closed"})
     max_bitrate: int = field(default=2_500_000, metadata={"help": "bitrate (bit/s) offered to publishers by REMB"})
     video_codecs: str = field(default="VP8,H264", metadata={"help": "publisher video codecs, in preference order"})
+    rate_interval: float = field(default=1.0, metadata={
+        "help": "seconds between inbound/outboundVideoRate messages and rate samples (the SDK assumes 1)"})
+    snapshot_timeout: float = field(default=3.0, metadata={
+        "help": "seconds a snapshot waits for a keyframe before snapshotFailed"})
     max_message_size: int = field(default=256 * 1024, metadata={"help": "largest WebSocket message accepted"})
     static_dir: str = field(default=str(PACKAGE_DIR / "static"), metadata={"help": "demo pages"})
     sdk_file: str = field(default=str(REPO_DIR / "node_modules" / "@flashphoner" / "websdk" / "flashphoner.js"),
                           metadata={"help": "the official Web SDK bundle served at /sdk/flashphoner.js"})
     log_level: str = field(default="info", metadata={"help": "debug, info, warning or error"})
+    # --- recording (spec §14; webcall/streams/recording.py) ---
+    records_dir: str = field(default="records", metadata={
+        "help": "where recordings are written (relative to the working directory); served at /client/records/"})
+    record_template: str = field(default="stream-{mediaSessionId}-{login}", metadata={
+        "help": "recording file name: {streamName} {mediaSessionId} {login} {sessionId} {audioCodec} "
+                "{videoCodec} {startTime} {endTime} {startTimeMillis} {endTimeMillis} {duration}"})
+    record_formats: str = field(default="vp8-webm,h264-mp4", metadata={
+        "help": "container per video codec: vp8-webm or vp8-mkv, h264-mp4 or h264-mkv (audio-only: webm)"})
+    record_mp4_audio: str = field(default="opus", metadata={
+        "help": "audio in MP4 recordings: opus (copied) or aac (transcoded, as WCS does)"})
+    record_fragment: float = field(default=1.0, metadata={
+        "help": "seconds per MP4 fragment / WebM cluster: the most of a recording a crash can lose"})
 
     @property
     def video_codec_list(self) -> tuple[str, ...]:
@@ -51,14 +80,136 @@ class Config:
         ]
         return ips + ["127.0.0.1"]  # loopback last: a browser on this host can still use it
 
+    def validate(self) -> None:
+        """Raise ValueError for values no server can run with."""
+        for name in ("port", "media_port"):
+            if not 0 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{name} must be 0..65535")
+        if not -1 <= self.rest_port <= 65535:
+            raise ValueError("rest_port must be -1..65535")
+        for name in ("connect_timeout", "consent_timeout", "ping_interval", "rate_interval", "snapshot_timeout"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0")
+        if self.ping_probes < 1 or self.max_bitrate < 1 or self.max_message_size < 1024:
+            raise ValueError("ping_probes and max_bitrate must be >= 1, max_message_size >= 1024")
+        if self.log_level.lower() not in LOG_LEVELS:
+            raise ValueError(f"log_level must be one of {', '.join(LOG_LEVELS)}")
+        if not self.video_codec_list:
+            raise ValueError("video_codecs must name at least one codec")
+        formats = {f.strip().lower() for f in self.record_formats.split(",") if f.strip()}
+        if not formats <= {"vp8-webm", "vp8-mkv", "h264-mp4", "h264-mkv"}:
+            raise ValueError("record_formats items must be vp8-webm, vp8-mkv, h264-mp4 or h264-mkv")
+        if self.record_mp4_audio not in ("opus", "aac") or not self.record_fragment > 0:
+            raise ValueError("record_mp4_audio must be opus or aac, record_fragment > 0")
 
-def parse_args(argv: list[str] | None = None) -> Config:
-    """Defaults < WEBCALL_<NAME> environment variables < command-line flags."""
-    parser = argparse.ArgumentParser(prog="webcall", description="WebRTC streaming server speaking the WCS API")
-    for f in dataclasses.fields(Config):
-        env = os.environ.get(f"WEBCALL_{f.name.upper()}")
-        default = env if env is not None else f.default
+
+FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+
+
+class ConfigError(ValueError):
+    pass
+
+
+_TYPE_NAMES = {int: "an integer", float: "a number", str: "a string"}
+
+
+def _convert(name: str, value: Any, source: str, text: bool = False) -> Any:
+    """A value from TOML (typed) or, with `text`, from the environment, as the field's type."""
+    kind = type(FIELDS[name].default)
+    if text and kind is not str:
+        try:
+            return kind(value.strip())
+        except ValueError:
+            raise ConfigError(f"{source}: {name} must be {_TYPE_NAMES[kind]}, not {value!r}") from None
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if type(value) is not kind:
+        raise ConfigError(f"{source}: {name} must be {_TYPE_NAMES[kind]}, not {value!r}")
+    return value
+
+
+def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Option values from a TOML file: top-level keys named like the options (`media_port` or `media-port`)."""
+    try:
+        with open(path, "rb") as f:
+            data = tomllib.load(f)
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    values = {}
+    for key, value in data.items():
+        name = key.replace("-", "_")
+        if name not in FIELDS:
+            raise ConfigError(f"{path}: unknown option {key!r}")
+        values[name] = _convert(name, value, str(path))
+    return values
+
+
+def load_env(environ: dict[str, str]) -> dict[str, Any]:
+    return {
+        name: _convert(name, environ[ENV_PREFIX + name.upper()], ENV_PREFIX + name.upper(), text=True)
+        for name in FIELDS if ENV_PREFIX + name.upper() in environ
+    }
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def _shown_default(name: str) -> str:
+    value = FIELDS[name].default
+    if isinstance(value, str) and value.startswith(str(REPO_DIR) + os.sep):
+        return os.path.relpath(value, REPO_DIR)  # the checkout's own paths, as the README shows them
+    return str(value)
+
+
+def build_parser(defaults: dict[str, Any] | None = None) -> argparse.ArgumentParser:
+    defaults = defaults or {}
+    parser = argparse.ArgumentParser(
+        prog="webcall", description="WebRTC streaming server (SFU) speaking the Flashphoner WCS API.",
+        epilog="Each option can also be set in the TOML file given by --config (key = the option name with "
+               "underscores) or by the environment variable shown; flags win over the environment, which "
+               "wins over the file.")
+    parser.add_argument("--config", metavar="PATH", default=os.environ.get(ENV_PREFIX + "CONFIG"),
+                        help=f"TOML configuration file (env {ENV_PREFIX}CONFIG)")
+    for name, f in FIELDS.items():
         kind = type(f.default)
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, type=kind, default=kind(default),
-                            help=f"{f.metadata.get('help', '')} (default: {f.default})")
-    return Config(**vars(parser.parse_args(argv)))
+        parser.add_argument(_flag(name), dest=name, type=kind, default=defaults.get(name, f.default),
+                            metavar=kind.__name__.upper(),
+                            help=f"{f.metadata.get('help', '')} (default: {_shown_default(name)}; "
+                                 f"env {ENV_PREFIX}{name.upper()})")
+    return parser
+
+
+def parse_args(argv: list[str] | None = None, environ: dict[str, str] | None = None) -> Config:
+    """Defaults < TOML file (--config / WEBCALL_CONFIG) < WEBCALL_<NAME> environment < command-line flags."""
+    environ = dict(os.environ if environ is None else environ)
+    pre = argparse.ArgumentParser(add_help=False)
+    pre.add_argument("--config", default=environ.get(ENV_PREFIX + "CONFIG"))
+    known, _ = pre.parse_known_args(argv)
+    parser = build_parser()
+    try:
+        defaults = load_toml(known.config) if known.config else {}
+        defaults.update(load_env(environ))
+    except ConfigError as exc:
+        parser.error(str(exc))
+    parser = build_parser(defaults)
+    args = vars(parser.parse_args(argv))
+    args.pop("config")
+    config = Config(**args)
+    try:
+        config.validate()
+    except ValueError as exc:
+        parser.error(str(exc))
+    return config
+
+
+def markdown_table() -> str:
+    """The README's configuration table."""
+    lines = ["| flag | environment | TOML key | default | meaning |", "| --- | --- | --- | --- | --- |"]
+    for name, f in FIELDS.items():
+        lines.append(f"| `{_flag(name)}` | `{ENV_PREFIX}{name.upper()}` | `{name}` | `{_shown_default(name)}` | "
+                     f"{f.metadata.get('help', '')} |")
+    return "\n".join(lines)
+

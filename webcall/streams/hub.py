@@ -2,21 +2,32 @@
 
 `Hub` is the one object the front end creates; sessions reach the registry and the media port through
 it. The registry is the only place that knows who publishes what (MediaMTX's path manager is the model).
+The front end's REST API and /metrics read and act through the hub's query methods, never the media
+plane directly.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from dataclasses import dataclass
+import time
+from collections import Counter
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from ..logs import q
 from ..media.dtls import DtlsIdentity
 from ..media.port import MediaPort
+from ..protocol.rest import ConnectionQuery, StreamQuery
 from ..protocol.sdp import LocalEndpoint
+from ..protocol.status import Info, StreamStatus
+from .recording import RecordSettings
+from .snapshots import SnapshotError, Snapshotter
 
 if TYPE_CHECKING:
+    from .recording import Recording
     from .session import Session
-    from .stream import Publication
+    from .stream import Playback, Publication
 
 log = logging.getLogger("webcall.streams")
 
@@ -34,6 +45,9 @@ class StreamSettings:
     ping_probes: int = 10
     max_protocol_errors: int = 20
     server_version: str = "webcall-0.1"
+    rate_interval: float = 1.0  # inbound/outboundVideoRate and metric samples
+    snapshot_timeout: float = 3.0  # how long a snapshot waits for a keyframe
+    records: RecordSettings = field(default_factory=RecordSettings)  # recording (spec §14)
 
 
 class Hub:
@@ -43,6 +57,26 @@ class Hub:
         self.identity = identity
         self.publications: dict[str, Publication] = {}
         self.sessions: set[Session] = set()
+        self.snapshots = Snapshotter(settings.snapshot_timeout)
+        self.retired: Counter[tuple[str, str]] = Counter()  # media counters of streams that have ended
+        self.started_at = time.time()
+        self._recordings: set[Recording] = set()  # being written or finalized
+        self._sampler: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        """Start the once-per-`rate_interval` sampler (rates, inbound/outboundVideoRate)."""
+        if self._sampler is None:
+            self._sampler = asyncio.get_running_loop().create_task(self._sample_loop(), name="rate-sampler")
+
+    async def close(self) -> None:
+        if self._sampler is not None:
+            self._sampler.cancel()
+            try:
+                await self._sampler
+            except asyncio.CancelledError:
+                pass
+            self._sampler = None
+        self.snapshots.close()
 
     # --- registry ---------------------------------------------------------------------------------
 
@@ -59,6 +93,119 @@ class Hub:
     def release(self, publication: Publication) -> None:
         if self.publications.get(publication.name) is publication:
             del self.publications[publication.name]
+
+    # --- queries (REST API, /metrics) -------------------------------------------------------------
+
+    def streams(self) -> list[Publication | Playback]:
+        """Every stream of every session, publications and playbacks, in no particular order."""
+        return [stream for session in list(self.sessions) for stream in list(session.streams.values())]
+
+    def find_streams(self, query: StreamQuery) -> list[Publication | Playback]:
+        found = [
+            s for s in self.streams()
+            if not s.closed and query.matches(name=s.name, media_session_id=s.media_session_id,
+                                              published=s.published, status=str(s.status))
+        ]
+        return sorted(found, key=lambda s: (s.create_date, s.media_session_id))
+
+    def find_session(self, session_id: str) -> Session | None:
+        return next((s for s in self.sessions if s.id == session_id and not s.closed), None)
+
+    def find_sessions(self, query: ConnectionQuery) -> list[Session]:
+        found = [
+            s for s in list(self.sessions)
+            if not s.closed and query.matches(session_id=s.id, app_key=s.app_key,
+                                              client_version=(s.connection or {}).get("clientVersion"))
+        ]
+        return sorted(found, key=lambda s: (s.create_date, s.id))
+
+    # --- actions (REST API) -----------------------------------------------------------------------
+
+    def terminate(self, streams: list[Publication | Playback], info: str = Info.STOPPED_BY_REST_TERMINATE) -> list[str]:
+        """Stop these streams: a publisher gets UNPUBLISHED, its players and named players STOPPED, all with
+        `info`. Returns the mediaSessionIds of the given streams that this call stopped (a publisher's
+        players stop with it, but are listed only if they were given too)."""
+        from .stream import Publication
+
+        live = [stream for stream in streams if not stream.closed]
+        for stream in live:
+            if stream.closed:  # a player whose publisher was stopped a moment ago
+                continue
+            log.info("terminating %s info=%s", stream.label, q(info))
+            if isinstance(stream, Publication):
+                stream.stop(StreamStatus.UNPUBLISHED, info, player_info=info)
+            else:
+                stream.stop(StreamStatus.STOPPED, info)
+        return [stream.media_session_id for stream in live]
+
+    def relay_event(self, name: str, event_type: str, payload: object) -> int | None:
+        """A stream event to the players of `name`, as sendStreamEvent does; None if there is no such stream."""
+        publication = self.find(name)
+        if publication is None or publication.closed:
+            return None
+        return publication.relay_event(event_type, payload)
+
+    async def snapshot(self, name: str) -> bytes:
+        """PNG of stream `name`'s current picture; SnapshotError("Stream not found", ...) otherwise."""
+        publication = self.find(name)
+        if publication is None or publication.closed:
+            raise SnapshotError(Info.STREAM_NOT_FOUND)
+        return await self.snapshots.take(publication)
+
+    # --- statistics -------------------------------------------------------------------------------
+
+    async def _sample_loop(self) -> None:
+        interval = self.settings.rate_interval
+        while True:
+            await asyncio.sleep(interval)
+            self.sample(time.monotonic())
+
+    def sample(self, now: float) -> None:
+        for stream in self.streams():
+            try:
+                stream.sample(now)
+            except Exception:  # one stream's bug must not stop everyone's rates
+                log.exception("rate sampling failed %s", stream.label)
+
+    def retire(self, counters: dict[tuple[str, str], int]) -> None:
+        """Keep an ended stream's media counters, so the /metrics totals never go backwards."""
+        self.retired.update(counters)
+
+    def totals(self) -> Counter[tuple[str, str]]:
+        """Media counters since start: ended streams plus live ones."""
+        totals = Counter(self.retired)
+        for stream in self.streams():
+            if not stream.closed:
+                totals.update(stream.counters())
+        return totals
+
+    # --- recording (spec §14; streams/recording.py, server/rest_recording.py) ----------------------
+
+    def add_recording(self, recording: Recording) -> None:
+        self._recordings.add(recording)
+        recording.done.add_done_callback(lambda _: self._prune_recordings())
+
+    def _prune_recordings(self) -> None:
+        # A failed recording stays listed (status FAILED, with the error) while its stream is live.
+        self._recordings = {r for r in self._recordings
+                            if not r.done.done() or (r.status == "FAILED" and not r.publication.closed)}
+
+    def recordings(self) -> list[Recording]:
+        """Recordings being written or finalized, and failed ones of live streams; oldest first."""
+        self._prune_recordings()
+        return sorted(self._recordings, key=lambda r: r.started_at)
+
+    def find_publication(self, media_session_id: str) -> Publication | None:
+        return next((p for p in list(self.publications.values())
+                     if p.media_session_id == media_session_id and not p.closed), None)
+
+    async def finish_recordings(self, timeout: float = 10.0) -> None:
+        """Stop every recording and wait until its file is finalized (server shutdown)."""
+        for recording in list(self._recordings):
+            recording.stop()
+        pending = [r.done for r in self._recordings if not r.done.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)
 
     # --- answers ----------------------------------------------------------------------------------
 

@@ -7,14 +7,18 @@ message is handled is one hop from here: `_on_<MessageType>`.
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
 import secrets
+import time
 from collections.abc import Callable
 
+from ..logs import q
 from ..protocol import messages as msg
 from ..protocol.sdp import SdpError, negotiate_play, negotiate_publish
 from ..protocol.status import Info, StreamStatus
 from .hub import Hub
+from .snapshots import SnapshotError
 from .stream import Playback, Publication
 
 log = logging.getLogger("webcall.streams")
@@ -28,7 +32,11 @@ class Session:
         self._send = send
         self._close_socket = close_socket
         self.established = False
+        self.app_key = msg.DEFAULT_APP_KEY
+        self.connection: dict | None = None  # the client's `connection` object, as sent
+        self.create_date = int(time.time() * 1000)
         self.streams: dict[str, Publication | Playback] = {}
+        self._tasks: set[asyncio.Task] = set()  # snapshot replies in progress
         self.missed_pongs = 0
         self.protocol_errors = 0
         self.closed = False
@@ -61,7 +69,7 @@ class Session:
 
     def _protocol_error(self, exc: msg.ProtocolError) -> None:
         self.protocol_errors += 1
-        log.info("protocol error session=%s message=%s info=%s", self.id, exc.message_name, exc.info)
+        log.info("protocol error session=%s message=%s info=%s", self.id, exc.message_name, q(exc.info))
         if exc.media_session_id and exc.message_name in ("publishStream", "playStream"):
             self.send(msg.stream_status(media_session_id=exc.media_session_id, name="",
                                         published=exc.message_name == "publishStream",
@@ -78,9 +86,10 @@ class Session:
         if self.established:
             return  # a repeated `connection` changes nothing
         self.established = True
+        self.app_key, self.connection = m.app_key, m.raw
         self.send(msg.get_user_data(m, self.id))
         self.send(msg.get_version(self.hub.settings.server_version))
-        log.info("session established session=%s appKey=%s", self.id, m.app_key)
+        log.info("session established session=%s appKey=%s", self.id, q(m.app_key))
         self._pinger = asyncio.get_running_loop().create_task(self._ping_loop(), name=f"ping {self.id}")
 
     def _on_Ping(self, m: msg.Ping) -> None:
@@ -93,7 +102,8 @@ class Session:
         pass
 
     def _fail_stream(self, m: msg.PublishStream | msg.PlayStream, info: str) -> None:
-        log.info("stream refused session=%s stream=%s info=%s", self.id, m.name, info)
+        log.info("stream refused session=%s mediaSessionId=%s stream=%s info=%s", self.id, q(m.media_session_id),
+                 q(m.name), q(info))
         self.send(msg.stream_status(media_session_id=m.media_session_id, name=m.name,
                                     published=isinstance(m, msg.PublishStream), status=StreamStatus.FAILED,
                                     info=info))
@@ -173,15 +183,28 @@ class Session:
         if publication is None:
             self.send(msg.fail(Info.STREAM_NOT_FOUND, m.media_session_id))
             return
-        payload = m.payload
-        if m.type in ("audioMuted", "audioUnmuted", "videoMuted", "videoUnmuted"):
-            payload = {**(payload if isinstance(payload, dict) else {}), "streamName": publication.name}
-        for player in list(publication.players):
-            player.session.send(msg.notify_stream_event(player.media_session_id, m.type, payload))
+        publication.relay_event(m.type, m.payload)
 
     def _on_Snapshot(self, m: msg.Snapshot) -> None:
-        self.send(msg.notify_stream_event(m.media_session_id, "snapshotFailed",
-                                          {"info": "Snapshots are not supported yet"}))
+        """Grab the current picture of stream `name`; the answer goes to the requesting mediaSessionId."""
+        task = asyncio.get_running_loop().create_task(self._snapshot(m), name=f"snapshot {self.id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _snapshot(self, m: msg.Snapshot) -> None:
+        try:
+            png = await self.hub.snapshot(m.name)
+        except SnapshotError as exc:
+            log.info("snapshot failed session=%s mediaSessionId=%s stream=%s info=%s", self.id,
+                     q(m.media_session_id), q(m.name), q(exc))
+            self.send(msg.notify_stream_event(m.media_session_id, "snapshotFailed", {"info": str(exc)}))
+            return
+        self.send(msg.notify_stream_event(m.media_session_id, "snapshotCompleted",
+                                          {"snapshot": base64.b64encode(png).decode("ascii")}))
+
+    def push_data(self, operation_id: str, payload: object) -> None:
+        """Data from the backend (REST /data/send) to this client as OnDataEvent (spec §9)."""
+        self.send(msg.on_data_event(self.id, operation_id, payload, self.app_key))
 
     # --- keepalive and teardown -------------------------------------------------------------------
 
@@ -211,5 +234,8 @@ class Session:
         if self._pinger is not None and self._pinger is not asyncio.current_task():
             self._pinger.cancel()
         self._pinger = None
+        for task in list(self._tasks):
+            if task is not asyncio.current_task():
+                task.cancel()
         self._close_socket()
         log.info("session closed session=%s", self.id)

@@ -12,10 +12,14 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
+from ..logs import q
 from ..media.endpoints import PlayerEndpoint, PublisherEndpoint, new_session_id
 from ..protocol import messages as msg
+from ..protocol import rest
 from ..protocol.sdp import Negotiation, build_answer
 from ..protocol.status import TERMINAL, Info, StreamStatus
+from .recording import Recording, RecordingError
+from .stats import RateMeter, Rates, Reading
 
 if TYPE_CHECKING:
     from .hub import Hub
@@ -26,6 +30,7 @@ log = logging.getLogger("webcall.streams")
 
 class _Stream:
     published: bool
+    active_status: StreamStatus  # the status in which media flows (PUBLISHING / PLAYING)
 
     def __init__(self, session: Session, request: msg.PublishStream | msg.PlayStream) -> None:
         self.session = session
@@ -39,18 +44,65 @@ class _Stream:
         self.audio_codec: str | None = None
         self.video_codec: str | None = None
         self._timer: asyncio.TimerHandle | None = None
+        self.meter = RateMeter()
 
     @property
     def closed(self) -> bool:
         return self.status in TERMINAL
 
-    def send_status(self, status: StreamStatus, info: str | None = None) -> None:
+    @property
+    def label(self) -> str:
+        """Who this is, for log lines (the media plane logs it with its transport id)."""
+        role = "publish" if self.published else "play"
+        return f"session={self.session.id} mediaSessionId={q(self.media_session_id)} stream={q(self.name)} role={role}"
+
+    # --- statistics ---------------------------------------------------------------------------------
+
+    def reading(self) -> Reading | None:
+        raise NotImplementedError
+
+    def counters(self) -> dict[tuple[str, str], int]:
+        """Cumulative media counters for /metrics: (metric, kind label or "") → value."""
+        raise NotImplementedError
+
+    def metrics(self) -> dict[str, int]:
+        """The WCS `metrics` object of /stream/find (spec §12), live."""
+        raise NotImplementedError
+
+    def _rate_message(self, rates: Rates) -> str | None:
+        raise NotImplementedError
+
+    def sample(self, now: float) -> None:
+        """Called by the hub once per rate interval: update the rates and tell the client (spec §7)."""
+        if self.status != self.active_status:
+            return
+        reading = self.reading()
+        if reading is None:
+            return
+        rates = self.meter.update(now, reading)
+        if rates is not None:
+            message = self._rate_message(rates)
+            if message is not None:
+                self.session.send(message)
+
+    def describe(self) -> dict:
+        """This stream as the REST API shows it (spec §12)."""
+        return rest.stream_object(
+            app_key=self.session.app_key, session_id=self.session.id, media_session_id=self.media_session_id,
+            name=self.name, published=self.published, status=str(self.status),
+            has_audio=self.audio_codec is not None, has_video=self.video_codec is not None,
+            audio_codec=self.audio_codec, video_codec=self.video_codec, record=self.request.record,
+            width=self.width, height=self.height, create_date=self.create_date, request=self.request.raw,
+            fps=self.meter.latest.fps, metrics=self.metrics(), media_provider=self.request.media_provider,
+        )
+
+    def send_status(self, status: StreamStatus, info: str | None = None, extra: dict | None = None) -> None:
         self.status = status
         self.session.send(msg.stream_status(
             media_session_id=self.media_session_id, name=self.name, published=self.published, status=status,
             info=info, has_audio=self.audio_codec is not None, has_video=self.video_codec is not None,
             record=self.request.record, audio_codec=self.audio_codec, video_codec=self.video_codec,
-            width=self.width, height=self.height, create_date=self.create_date,
+            width=self.width, height=self.height, create_date=self.create_date, extra=extra,
         ))
 
     def _answer(self, neg: Negotiation, endpoint: PublisherEndpoint | PlayerEndpoint, direction: str,
@@ -75,24 +127,111 @@ class Publication(_Stream):
     """A published stream: the publisher's endpoint and the players attached to it."""
 
     published = True
+    active_status = StreamStatus.PUBLISHING
 
     def __init__(self, session: Session, request: msg.PublishStream) -> None:
         super().__init__(session, request)
         self.players: set[Playback] = set()
         self.endpoint: PublisherEndpoint | None = None
+        self.recording: Recording | None = None  # the current or latest recording (spec §14)
 
     def start(self, neg: Negotiation) -> None:
         s = self.hub.settings
-        self.endpoint = PublisherEndpoint(self.hub.port, self.hub.identity, neg, s, self,
-                                          label=f"publish={self.name}")
+        self.endpoint = PublisherEndpoint(self.hub.port, self.hub.identity, neg, s, self, label=self.label)
         answer = self._answer(neg, self.endpoint, "recvonly")
         self.session.send(msg.set_remote_sdp(self.media_session_id, answer))
-        log.info("publish offer answered session=%s stream=%s mediaSessionId=%s video=%s audio=%s",
-                 self.session.id, self.name, self.media_session_id, self.video_codec, self.audio_codec)
+        log.info("publish offer answered %s video=%s audio=%s", self.label, self.video_codec, self.audio_codec)
 
     @property
     def producers(self):
         return self.endpoint.producers if self.endpoint else {}
+
+    # --- stream events ------------------------------------------------------------------------------
+
+    def relay_event(self, event_type: str, payload: object) -> int:
+        """A stream event to every player of this stream, each under its own mediaSessionId (spec §9).
+
+        Mute events carry `payload.streamName` = this stream's name. Returns how many players got it.
+        """
+        if event_type in rest.MUTE_EVENT_TYPES:
+            payload = {**(payload if isinstance(payload, dict) else {}), "streamName": self.name}
+        players = [p for p in self.players if not p.closed]
+        for player in players:
+            player.session.send(msg.notify_stream_event(player.media_session_id, event_type, payload))
+        return len(players)
+
+    # --- statistics ---------------------------------------------------------------------------------
+
+    def reading(self) -> Reading | None:
+        video, audio = self.producers.get("video"), self.producers.get("audio")
+        return Reading(
+            video_octets=video.octets if video else 0, audio_octets=audio.octets if audio else 0,
+            video_packets=video.packets if video else 0, audio_packets=audio.packets if audio else 0,
+            frames=video.frames if video else 0,
+        )
+
+    def _rate_message(self, rates: Rates) -> str | None:
+        video = self.producers.get("video")
+        if video is None:
+            return None
+        return msg.video_rate("inboundVideoRate", self.media_session_id, rates.video_rate, rates.fps,
+                              video.nacks_sent, video.keyframe_requests, video.lost, video.width, video.height)
+
+    def counters(self) -> dict[tuple[str, str], int]:
+        out: dict[tuple[str, str], int] = {}
+        for kind, p in self.producers.items():
+            out["rtp_packets_received", kind] = p.packets
+            out["rtp_payload_bytes_received", kind] = p.octets
+            out["rtp_packets_recovered", kind] = p.recovered
+            out["nacks_sent", kind] = p.nacks_sent
+            out["keyframe_requests_sent", kind] = p.keyframe_requests
+        return out
+
+    def metrics(self) -> dict[str, int]:
+        rates = self.meter.latest
+        out: dict[str, int] = {}
+        video, audio = self.producers.get("video"), self.producers.get("audio")
+        if video is not None:
+            out.update(
+                VIDEO_WIDTH=video.width, VIDEO_HEIGHT=video.height, VIDEO_RATE=rates.video_rate,
+                VIDEO_FPS=rates.fps, VIDEO_NACK=video.nacks_sent, VIDEO_PLI=video.keyframe_requests,
+                VIDEO_LOST=video.lost, VIDEO_K_FRAMES=video.keyframes,
+                VIDEO_P_FRAMES=max(0, video.frames - video.keyframes), VIDEO_B_FRAMES=0,
+            )
+        if audio is not None:
+            out.update(AUDIO_RATE=rates.audio_rate, AUDIO_LOST=audio.lost)
+        return out
+
+    # --- recording (spec §14: streams/recording.py; REST in server/rest_recording.py) -------------
+
+    def start_recording(self, template: str | None = None) -> Recording:
+        """Record this stream from now on (a no-op while it is being recorded); raises RecordingError."""
+        current = self.recording
+        if current is not None and current.stopped_at is None:
+            if current.status != "FAILED":
+                return current
+            current.stop()  # a failed recording is replaced by a new one
+        recording = Recording(self, self.hub.settings.records, template)
+        recording.start()
+        self.recording = recording
+        self.hub.add_recording(recording)
+        return recording
+
+    def stop_recording(self) -> str | None:
+        """Stop the current recording; the name of the latest recorded file (for `recordName`), if any."""
+        return self.recording.stop() if self.recording is not None else None
+
+    def _record_on_publish(self) -> None:
+        try:
+            self.start_recording()
+        except RecordingError as exc:
+            log.warning("recording not started %s error=%s", self.label, q(exc))
+            self.on_recording_failed(str(exc))
+
+    def on_recording_failed(self, error: str) -> None:
+        """The live stream goes on; the publisher's app hears it as a stream event (not in the SDK's list)."""
+        if not self.closed:
+            self.session.send(msg.notify_stream_event(self.media_session_id, "recordingFailed", {"info": error}))
 
     # --- media events -------------------------------------------------------------------------
 
@@ -110,7 +249,10 @@ class Publication(_Stream):
         self._cancel_timer()
         if self.status == StreamStatus.PENDING:
             self.send_status(StreamStatus.PUBLISHING)
-            log.info("publishing session=%s stream=%s", self.session.id, self.name)
+            self.meter.update(time.monotonic(), self.reading())  # the first rate comes one interval later
+            log.info("publishing %s", self.label)
+            if self.request.record:
+                self._record_on_publish()
 
     def on_video_size(self, width: int, height: int) -> None:
         self.width, self.height = width, height
@@ -131,25 +273,28 @@ class Publication(_Stream):
         if self.closed:
             return
         self._cancel_timer()
+        record_name = self.stop_recording()  # the file is finalized in the background
         if notify_self:
-            self.send_status(status, info)
+            self.send_status(status, info, extra={"recordName": record_name} if record_name else None)
         else:
             self.status = status
         received = sum(p.packets for p in self.producers.values())
-        log.info("publication ended session=%s stream=%s status=%s info=%s players=%d packets_received=%d",
-                 self.session.id, self.name, status, info, len(self.players), received)
+        log.info("publication ended %s status=%s info=%s players=%d packets_received=%d",
+                 self.label, status, q(info), len(self.players), received)
         for player in list(self.players):
             player.stop(StreamStatus.STOPPED, player_info)
         self.hub.release(self)
         self.session.forget(self)
         if self.endpoint is not None:
             self.endpoint.close()
+        self.hub.retire(self.counters())
 
 
 class Playback(_Stream):
     """A player of a publication."""
 
     published = False
+    active_status = StreamStatus.PLAYING
 
     def __init__(self, session: Session, request: msg.PlayStream, publication: Publication) -> None:
         super().__init__(session, request)
@@ -159,21 +304,21 @@ class Playback(_Stream):
     def start(self, neg: Negotiation) -> None:
         s = self.hub.settings
         self.endpoint = PlayerEndpoint(self.hub.port, self.hub.identity, neg, s, self.publication.producers,
-                                       self, label=f"play={self.name}")
+                                       self, label=self.label)
         answer = self._answer(neg, self.endpoint, "sendonly", self.endpoint.answer_ssrcs)
         self.width, self.height = self.publication.width, self.publication.height
         self.publication.players.add(self)
         if self.audio_codec:
             self.session.send(msg.notify_audio_codec(self.media_session_id, self.audio_codec))
         self.session.send(msg.set_remote_sdp(self.media_session_id, answer))
-        log.info("play offer answered session=%s stream=%s mediaSessionId=%s",
-                 self.session.id, self.name, self.media_session_id)
+        log.info("play offer answered %s video=%s audio=%s", self.label, self.video_codec, self.audio_codec)
 
     def on_connected(self) -> None:
         if self.status != StreamStatus.PENDING:
             return
         self.send_status(StreamStatus.PLAYING)
-        log.info("playing session=%s stream=%s", self.session.id, self.name)
+        self.meter.update(time.monotonic(), self.reading())  # the first rate comes one interval later
+        log.info("playing %s", self.label)
         if self.video_codec and self.publication.width:
             self.on_video_size(self.publication.width, self.publication.height)
 
@@ -198,5 +343,60 @@ class Playback(_Stream):
         if self.endpoint is not None:
             self.endpoint.close()
         sent = sum(c.packets for c in self.endpoint.consumers) if self.endpoint else 0
-        log.info("playback ended session=%s stream=%s status=%s info=%s packets_sent=%d",
-                 self.session.id, self.name, status, info, sent)
+        log.info("playback ended %s status=%s info=%s packets_sent=%d", self.label, status, q(info), sent)
+        self.hub.retire(self.counters())
+
+    # --- statistics ---------------------------------------------------------------------------------
+
+    def _consumer(self, kind: str):
+        if self.endpoint is None:
+            return None
+        return next((c for c in self.endpoint.consumers if c.kind == kind), None)
+
+    def reading(self) -> Reading | None:
+        video, audio = self._consumer("video"), self._consumer("audio")
+        return Reading(
+            video_octets=video.octets + video.retransmit_octets if video else 0,
+            audio_octets=audio.octets + audio.retransmit_octets if audio else 0,
+            video_packets=video.packets + video.retransmits if video else 0,
+            audio_packets=audio.packets + audio.retransmits if audio else 0,
+            # Every frame of the publisher reaches this player once it started: the publisher's frame
+            # count costs nothing per forwarded packet. An interval that forwarded nothing shows 0 fps.
+            frames=video.producer.frames if video else 0,
+        )
+
+    def _fps(self, rates: Rates) -> int:
+        return rates.fps if rates.video_packet_rate > 0 else 0
+
+    def _rate_message(self, rates: Rates) -> str | None:
+        video = self._consumer("video")
+        if video is None:
+            return None
+        return msg.video_rate("outboundVideoRate", self.media_session_id, rates.video_rate, self._fps(rates),
+                              video.nacks, video.keyframe_requests, max(0, video.player_lost),
+                              video.producer.width, video.producer.height)
+
+    def counters(self) -> dict[tuple[str, str], int]:
+        out: dict[tuple[str, str], int] = {}
+        for consumer in self.endpoint.consumers if self.endpoint else ():
+            kind = consumer.kind
+            out["rtp_packets_sent", kind] = consumer.packets
+            out["rtp_payload_bytes_sent", kind] = consumer.octets
+            out["retransmissions", kind] = consumer.retransmits
+            out["nacks_received", kind] = consumer.nacks
+            out["keyframe_requests_received", kind] = consumer.keyframe_requests
+        return out
+
+    def metrics(self) -> dict[str, int]:
+        rates = self.meter.latest
+        out: dict[str, int] = {}
+        video, audio = self._consumer("video"), self._consumer("audio")
+        if video is not None:
+            out.update(
+                VIDEO_WIDTH=video.producer.width, VIDEO_HEIGHT=video.producer.height, VIDEO_RATE=rates.video_rate,
+                VIDEO_FPS=self._fps(rates), VIDEO_NACK=video.nacks, VIDEO_PLI=video.keyframe_requests,
+                VIDEO_LOST=max(0, video.player_lost),
+            )
+        if audio is not None:
+            out.update(AUDIO_RATE=rates.audio_rate, AUDIO_LOST=max(0, audio.player_lost))
+        return out

@@ -1,0 +1,549 @@
+// Browser test driver: the official Flashphoner Web SDK in Debian's chromium (CDP) and firefox-esr
+// (WebDriver BiDi), headless with fake camera and microphone, via puppeteer-core, against a running
+// webcall server. Run by tests/browser/test_browsers.py; usable by hand too:
+//
+//   node tests/browser/driver.mjs --base http://127.0.0.1:8080 [--artifacts DIR] [--browsers chromium,firefox]
+//                                 [--only basic,cross,demo] [--canvas chromium,firefox] [--ttff-count 10]
+//
+// The server must serve tests/browser/harness.{html,js} under /static/ (the pytest test does that with a
+// temporary --static-dir). Each finished scenario prints one line to stdout:
+//   RESULT {"browser": "...", "scenario": "...", "data": {...}}           (or "error": "...")
+// The Python side asserts on them; this script only measures and never fails a check itself.
+
+import fs from "node:fs";
+import os from "node:os";
+import path from "node:path";
+import {parseArgs} from "node:util";
+
+import puppeteer from "puppeteer-core";
+
+const {values: args} = parseArgs({
+    options: {
+        base: {type: "string"},
+        artifacts: {type: "string", default: path.resolve("artifacts/browser")},
+        browsers: {type: "string", default: "chromium,firefox"},
+        only: {type: "string", default: "basic,cross,demo"},
+        "ttff-count": {type: "string", default: "10"},
+        "bitrate-seconds": {type: "string", default: "15"},
+        // Browsers whose main publication (the "basic" scenarios, bitrate included) is the canvas pattern rather
+        // than the fake camera. Firefox's fake camera is one flat colour; Chromium's is so simple a picture that
+        // its encoder spends only ~0.5 Mbit/s on it, so the bitrate figure would measure the picture.
+        // Cross-browser and demo-page runs publish Chromium's fake camera.
+        canvas: {type: "string", default: "chromium,firefox"},
+    },
+});
+if (!args.base) {
+    console.error("usage: driver.mjs --base http://127.0.0.1:PORT");
+    process.exit(2);
+}
+const BASE = args.base.replace(/\/$/, "");
+const WS_URL = BASE.replace(/^http/, "ws") + "/";
+const ARTIFACTS = args.artifacts;
+const BROWSERS = args.browsers.split(",").filter(Boolean);
+const ONLY = new Set(args.only.split(",").filter(Boolean));
+const TTFF_COUNT = Number(args["ttff-count"]);
+const BITRATE_SECONDS = Number(args["bitrate-seconds"]);
+const CANVAS = new Set(args.canvas.split(",").filter(Boolean));
+fs.mkdirSync(ARTIFACTS, {recursive: true});
+
+const T0 = Date.now();
+function note(...parts) {
+    process.stderr.write(`[driver +${((Date.now() - T0) / 1000).toFixed(1)}s] ${parts.join(" ")}\n`);
+}
+
+function emit(browser, scenario, payload) {
+    process.stdout.write("RESULT " + JSON.stringify({browser, scenario, ...payload}) + "\n");
+}
+
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+function firstExisting(paths) {
+    return paths.find((p) => fs.existsSync(p));
+}
+
+// ------------------------------------------------------------------------------------------ browsers
+
+const CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync", "--use-fake-device-for-media-stream",
+    "--use-fake-ui-for-media-stream", "--autoplay-policy=no-user-gesture-required",
+    "--disable-features=Translate,OptimizationHints,MediaRouter,DialMediaRouteProvider,WebRtcHideLocalIpsWithMdns",
+    "--no-default-browser-check", "--disable-domain-reliability", "--metrics-recording-only",
+    "--window-size=1280,900",
+    // Nothing may leave 127.0.0.1: every other host name fails to resolve without asking DNS (sign-in,
+    // autofill and update services still try, whatever the flags above switch off).
+    "--host-resolver-rules=MAP * ~NOTFOUND, EXCLUDE 127.0.0.1, EXCLUDE localhost",
+    "--disable-client-side-phishing-detection", "--disable-default-apps", "--disable-extensions",
+    "--disable-breakpad", "--disable-crash-reporter",
+];
+
+// Nothing may leave 127.0.0.1: puppeteer's own Firefox profile already points update, blocklist and
+// telemetry URLs at a dummy host; these switch the features off as well, and send whatever is left
+// (remote settings ignores its server pref outside automation) to a dead proxy on 127.0.0.1:9, so that no
+// host name is even looked up. Loopback is never proxied.
+const FIREFOX_PREFS = {
+    "network.proxy.type": 1,
+    "network.proxy.http": "127.0.0.1",
+    "network.proxy.http_port": 9,
+    "network.proxy.ssl": "127.0.0.1",
+    "network.proxy.ssl_port": 9,
+    "network.proxy.socks": "127.0.0.1",
+    "network.proxy.socks_port": 9,
+    "network.proxy.socks_remote_dns": true,
+    "network.proxy.no_proxies_on": "127.0.0.1,localhost",
+    "network.proxy.allow_hijacking_localhost": false,
+    "network.proxy.allow_bypass": false,     // service requests would otherwise retry a dead proxy directly
+    "network.proxy.failover_direct": false,
+    "media.navigator.streams.fake": true,
+    "media.navigator.permission.disabled": true,
+    "media.autoplay.default": 0,
+    "media.autoplay.blocking_policy": 0,
+    // ICE on 127.0.0.1: Firefox gathers loopback candidates only with this pref, and gathers on every
+    // interface (not just the default route's) only for an origin with camera/microphone permission,
+    // which a player page never asked for: grant it to all.
+    "media.peerconnection.ice.loopback": true,
+    "media.peerconnection.ice.default_address_only": false,
+    "media.peerconnection.ice.obfuscate_host_addresses": false,
+    "media.peerconnection.ice.force_interface": "lo",   // gather on loopback only
+    "permissions.default.camera": 1,
+    "permissions.default.microphone": 1,
+    "app.update.enabled": false,
+    "app.update.auto": false,
+    "app.update.staging.enabled": false,
+    "app.normandy.enabled": false,
+    "app.shield.optoutstudies.enabled": false,
+    "toolkit.telemetry.enabled": false,
+    "toolkit.telemetry.unified": false,
+    "toolkit.telemetry.archive.enabled": false,
+    "toolkit.telemetry.server": "",
+    "datareporting.healthreport.uploadEnabled": false,
+    "datareporting.policy.dataSubmissionEnabled": false,
+    "network.captive-portal-service.enabled": false,
+    "network.connectivity-service.enabled": false,
+    "network.dns.disablePrefetch": true,
+    "network.prefetch-next": false,
+    "network.predictor.enabled": false,
+    "network.trr.mode": 5,
+    "browser.safebrowsing.malware.enabled": false,
+    "browser.safebrowsing.phishing.enabled": false,
+    "browser.safebrowsing.downloads.enabled": false,
+    "browser.safebrowsing.downloads.remote.enabled": false,
+    "browser.safebrowsing.provider.google.updateURL": "",
+    "browser.safebrowsing.provider.google4.updateURL": "",
+    "browser.safebrowsing.provider.mozilla.updateURL": "",
+    "services.settings.server": "http://127.0.0.1:9/",
+    "services.settings.poll_interval": 86400 * 365,
+    "extensions.blocklist.enabled": false,
+    "extensions.getAddons.cache.enabled": false,
+    "browser.region.network.url": "",
+    "browser.region.update.enabled": false,
+    "browser.search.geoip.url": "",
+    "browser.newtabpage.activity-stream.feeds.telemetry": false,
+    "browser.newtabpage.activity-stream.telemetry": false,
+    "browser.ping-centre.telemetry": false,
+    "browser.discovery.enabled": false,
+    "browser.topsites.contile.enabled": false,
+    "messaging-system.rsexperimentloader.enabled": false,
+    "security.OCSP.enabled": 0,
+    "security.remote_settings.crlite_filters.enabled": false,
+    "security.remote_settings.intermediates.enabled": false,
+    "media.gmp-gmpopenh264.enabled": false,
+    "media.gmp-manager.url": "",
+    "media.gmp-manager.updateEnabled": false,
+    "dom.push.enabled": false,
+    "dom.push.connection.enabled": false,
+    "geo.enabled": false,
+    "browser.tabs.remote.warmup.enabled": false,
+    // keep a page that is not in front running at full speed (canvas timers, video rendering)
+    "dom.min_background_timeout_value": 4,
+    "dom.timeout.enable_budget_timer_throttling": false,
+};
+
+async function launch(name) {
+    if (name === "chromium") {
+        const executablePath = process.env.CHROMIUM_PATH ||
+            firstExisting(["/usr/lib/chromium/chromium", "/usr/bin/chromium"]);
+        const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "webcall-chromium-"));
+        const browser = await puppeteer.launch({
+            browser: "chrome", executablePath, headless: true, userDataDir, args: CHROMIUM_ARGS,
+            protocolTimeout: 60000,
+        });
+        browser.__cleanup = () => fs.rmSync(userDataDir, {recursive: true, force: true});
+        return browser;
+    }
+    if (name === "firefox") {
+        const executablePath = process.env.FIREFOX_PATH ||
+            firstExisting(["/usr/lib/firefox-esr/firefox-esr", "/usr/bin/firefox-esr", "/usr/bin/firefox"]);
+        const browser = await puppeteer.launch({
+            browser: "firefox", executablePath, headless: true, extraPrefsFirefox: FIREFOX_PREFS,
+            protocolTimeout: 60000,
+        });
+        browser.__cleanup = () => {};
+        return browser;
+    }
+    throw new Error("unknown browser " + name);
+}
+
+const consoleLogs = new Map();  // file -> lines
+let currentStep = "setup";       // tags console warnings with the scenario step that was running
+
+async function openHarness(browser, browserName, label) {
+    // A page of its own window: nothing runs as a throttled background tab.
+    let page;
+    try {
+        page = await browser.newPage({type: "window"});
+    } catch (e) {
+        page = await browser.newPage();
+    }
+    const file = path.join(ARTIFACTS, `console-${browserName}.log`);
+    if (!consoleLogs.has(file)) {
+        consoleLogs.set(file, []);
+    }
+    const lines = consoleLogs.get(file);
+    const warnings = [];
+    page.on("console", (msg) => {
+        const line = `${new Date().toISOString()} [${label}] ${msg.type()}: ${msg.text()}`;
+        lines.push(line);
+        if (msg.type() === "error" || msg.type() === "warn" || msg.type() === "warning") {
+            warnings.push(`[${currentStep}] ${msg.type()}: ${msg.text()}`.slice(0, 500));
+        }
+    });
+    page.on("pageerror", (err) => {
+        lines.push(`${new Date().toISOString()} [${label}] pageerror: ${err.message}`);
+        warnings.push(`[${currentStep}] pageerror: ${err.message}`.slice(0, 500));
+    });
+    page.__warnings = warnings;
+    await page.goto(`${BASE}/static/harness.html?server=${encodeURIComponent(WS_URL)}`, {waitUntil: "load"});
+    page.__init = await page.evaluate(() => T.init());
+    return page;
+}
+
+const call = (page, fn, ...a) => page.evaluate(fn, ...a);
+
+function flushConsoleLogs() {
+    for (const [file, lines] of consoleLogs) {
+        fs.writeFileSync(file, lines.join("\n") + "\n");
+    }
+}
+
+function uniq(prefix) {
+    return `${prefix}-${Math.random().toString(36).slice(2, 8)}`;
+}
+
+// Runs one scenario step: emits its result (or the error) and never throws.
+async function step(browserName, scenario, fn) {
+    const started = Date.now();
+    currentStep = scenario;
+    try {
+        const data = await fn();
+        emit(browserName, scenario, {data, ms: Date.now() - started});
+        return data;
+    } catch (e) {
+        note(`${browserName} ${scenario} error: ${e && e.stack || e}`);
+        emit(browserName, scenario, {error: String(e && e.message || e), ms: Date.now() - started});
+        return null;
+    } finally {
+        flushConsoleLogs();
+    }
+}
+
+const percentile = (sorted, p) => sorted.length ?
+    sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil(p / 100 * sorted.length) - 1))] : null;
+
+// ------------------------------------------------------------------------------------------ scenarios
+
+// Everything one browser does against itself: publisher page + player page.
+async function basic(browser, browserName) {
+    const canvas = CANVAS.has(browserName);
+    const name = uniq(`basic-${browserName}`);
+    const pub = await openHarness(browser, browserName, "publisher");
+    const ply = await openHarness(browser, browserName, "player");
+    emit(browserName, "init", {data: {publisher: pub.__init, player: ply.__init}});
+
+    await call(pub, () => T.connect("pub"));
+    await call(ply, () => T.connect("play"));
+
+    let publishedAt = null;
+    const published = await step(browserName, "publish", async () => {
+        await call(pub, (n, c) => T.publish("main", "pub", n, {canvas: c, width: 640, height: 480}), name, canvas);
+        const st = await call(pub, () => T.waitStatus("main", ["PUBLISHING", "FAILED", "UNPUBLISHED"], 15000));
+        publishedAt = Date.now();
+        await call(pub, () => T.startBitrateSampler("main"));
+        return {status: st.status, info: st.info, history: await call(pub, () => T.statuses("main").map((s) => s.status))};
+    });
+    if (!published || published.status !== "PUBLISHING") {
+        return;  // nothing else can work; the Python side reports the publish failure
+    }
+
+    const played = await step(browserName, "play", async () => {
+        await call(ply, (n) => T.play("p1", "play", n), name);
+        const st = await call(ply, () => T.waitStatus("p1", ["PLAYING", "FAILED", "STOPPED"], 15000));
+        return {status: st.status, info: st.info};
+    });
+
+    if (played && played.status === "PLAYING") {
+        await step(browserName, "frames", async () => {
+            await sleep(1500);
+            return await call(ply, () => T.frameCheck("p1", 700));
+        });
+        await step(browserName, "play_stats", async () => {
+            return await call(ply, () => T.stats("p1"));
+        });
+    }
+
+    await step(browserName, "available", async () => {
+        const live = await call(ply, (n) => T.available("play", n), name);
+        const unknown = await call(ply, () => T.available("play", "no-such-stream-" + Date.now()));
+        return {live, unknown};
+    });
+
+    await step(browserName, "send_data", async () => {
+        return await call(ply, () => T.sendData("play", {hello: "webcall", n: 42}));
+    });
+
+    await step(browserName, "mute_event", async () => {
+        const before = await call(ply, () => T.events("p1").length);
+        const state = await call(pub, () => T.mute("main", "muteAudio"));
+        const muted = await call(ply, (f) => T.waitEvent("p1", "audioMuted", 5000, f), before);
+        await call(pub, () => T.mute("main", "unmuteAudio"));
+        const unmuted = await call(ply, (f) => T.waitEvent("p1", "audioUnmuted", 5000, f), before);
+        return {publisherState: state, muted, unmuted};
+    });
+
+    await step(browserName, "play_unknown", async () => {
+        await call(ply, () => T.play("unknown", "play", "no-such-stream-xyz"));
+        const st = await call(ply, () => T.waitStatus("unknown", ["FAILED", "PLAYING", "STOPPED"], 10000));
+        return {status: st.status, info: st.info};
+    });
+
+    await step(browserName, "publish_duplicate", async () => {
+        await call(ply, () => T.connect("dup"));
+        await call(ply, (n, c) => T.publish("dup", "dup", n, {canvas: c, width: 320, height: 240}), name, canvas);
+        const st = await call(ply, () => T.waitStatus("dup", ["FAILED", "PUBLISHING", "UNPUBLISHED"], 10000));
+        const original = await call(pub, () => T.statuses("main").map((s) => s.status));
+        await call(ply, () => T.disconnect("dup"));
+        return {status: st.status, info: st.info, originalPublisher: original};
+    });
+
+    await step(browserName, "play_stop", async () => {
+        await call(ply, () => T.stop("p1"));
+        const st = await call(ply, () => T.waitStatus("p1", ["STOPPED", "FAILED"], 5000));
+        return {status: st.status, info: st.info};
+    });
+
+    await step(browserName, "ttff", async () => {
+        const plays = await call(ply, (n, k) => T.ttff("play", n, k), name, TTFF_COUNT);
+        const values = plays.filter((p) => p.ok).map((p) => p.ttffMs).sort((a, b) => a - b);
+        return {plays, okCount: values.length, count: plays.length, p50: percentile(values, 50),
+            p95: percentile(values, 95), min: values[0] ?? null, max: values[values.length - 1] ?? null,
+            method: plays[0] && plays[0].method};
+    });
+
+    await step(browserName, "publish_bitrate", async () => {
+        const wait = publishedAt + BITRATE_SECONDS * 1000 + 1200 - Date.now();
+        if (wait > 0) {
+            await sleep(wait);
+        }
+        const samples = await call(pub, () => T.bitrateSamples("main"));
+        return bitrateReport(samples, BITRATE_SECONDS);
+    });
+
+    // video mute reaches a second player, then the publisher unpublishes under it
+    await call(ply, (n) => T.play("p2", "play", n), name);
+    const p2 = await call(ply, () => T.waitStatus("p2", ["PLAYING", "FAILED", "STOPPED"], 15000));
+    await step(browserName, "mute_video_event", async () => {
+        if (p2.status !== "PLAYING") {
+            return {playerStatus: p2.status, playerInfo: p2.info};
+        }
+        const state = await call(pub, () => T.mute("main", "muteVideo"));
+        const muted = await call(ply, () => T.waitEvent("p2", "videoMuted", 5000));
+        await call(pub, () => T.mute("main", "unmuteVideo"));
+        const unmuted = await call(ply, () => T.waitEvent("p2", "videoUnmuted", 5000));
+        return {playerStatus: p2.status, publisherState: state, muted, unmuted};
+    });
+
+    await step(browserName, "unpublish", async () => {
+        await call(pub, () => T.stop("main"));
+        const st = await call(pub, () => T.waitStatus("main", ["UNPUBLISHED", "FAILED"], 5000));
+        const playerSt = await call(ply, () => T.waitStatus("p2", ["STOPPED", "FAILED"], 5000, 1));
+        const after = await call(ply, (n) => T.available("play", n), name);
+        return {status: st.status, info: st.info, player: {status: playerSt.status, info: playerSt.info},
+            playerWasPlaying: p2.status === "PLAYING", availableAfter: after};
+    });
+
+    emit(browserName, "console_warnings", {data: {publisher: pub.__warnings.slice(0, 40),
+        player: ply.__warnings.slice(0, 40)}});
+    await pub.close();
+    await ply.close();
+}
+
+function bitrateReport(samples, seconds) {
+    const ok = samples.filter((s) => typeof s.bytesSent === "number");
+    if (ok.length < 2) {
+        return {samples, error: "fewer than 2 stats samples"};
+    }
+    const t0 = ok[0].t;
+    const rate = (a, b) => (b.bytesSent - a.bytesSent) * 8 / ((b.t - a.t) / 1000);
+    // the sample nearest to `seconds` after publishing and the one ~2 s before it
+    const end = ok.reduce((best, s) => Math.abs(s.t - t0 - seconds * 1000) < Math.abs(best.t - t0 - seconds * 1000) ? s : best);
+    const start = ok.reduce((best, s) => Math.abs(s.t - (end.t - 2000)) < Math.abs(best.t - (end.t - 2000)) ? s : best);
+    const perSecond = [];
+    for (let i = 1; i < ok.length; i++) {
+        perSecond.push({atS: Math.round((ok[i].t - t0) / 100) / 10, bps: Math.round(rate(ok[i - 1], ok[i])),
+            w: ok[i].frameWidth, h: ok[i].frameHeight, fps: ok[i].fps, limitation: ok[i].limitation,
+            targetBitrate: ok[i].targetBitrate, available: ok[i].available});
+    }
+    return {
+        bpsAt: end !== start ? Math.round(rate(start, end)) : null,
+        atSeconds: Math.round((end.t - t0) / 100) / 10,
+        averageBps: Math.round(rate(ok[0], end)),
+        frame: {w: end.frameWidth, h: end.frameHeight, fps: end.fps},
+        limitation: end.limitation, encoder: end.encoder,
+        perSecond,
+    };
+}
+
+// Publish in one browser, play in the other.
+async function cross(browsers, from, to) {
+    const scenario = `cross_${from}_to_${to}`;
+    await step(to, scenario, async () => {
+        const name = uniq(`cross-${from}`);
+        const pub = await openHarness(browsers[from], from, `cross-publisher-to-${to}`);
+        const ply = await openHarness(browsers[to], to, `cross-player-from-${from}`);
+        try {
+            await call(pub, () => T.connect("pub"));
+            await call(ply, () => T.connect("play"));
+            await call(pub, (n, c) => T.publish("x", "pub", n, {canvas: c, width: 640, height: 480}), name,
+                from === "firefox");
+            const pst = await call(pub, () => T.waitStatus("x", ["PUBLISHING", "FAILED"], 15000));
+            if (pst.status !== "PUBLISHING") {
+                return {publisher: pst};
+            }
+            await call(ply, (n) => T.play("x", "play", n), name);
+            const st = await call(ply, () => T.waitStatus("x", ["PLAYING", "FAILED", "STOPPED"], 15000));
+            const out = {publisher: {status: pst.status}, player: {status: st.status, info: st.info}};
+            if (st.status === "PLAYING") {
+                await sleep(1500);
+                out.frames = await call(ply, () => T.frameCheck("x", 700));
+                out.stats = await call(ply, () => T.stats("x"));
+            }
+            await call(pub, () => T.stop("x"));
+            out.unpublish = (await call(pub, () => T.waitStatus("x", ["UNPUBLISHED", "FAILED"], 5000))).status;
+            out.playerAfter = (await call(ply, () => T.waitStatus("x", ["STOPPED", "FAILED"], 5000, 1))).status;
+            return out;
+        } finally {
+            await pub.close();
+            await ply.close();
+        }
+    });
+}
+
+// The real demo page (index.html at /): publish and play through its buttons, then a screenshot.
+async function demo(browser, browserName) {
+    await step(browserName, "demo_page", async () => {
+        const name = uniq(`demo-${browserName}`);
+        let page;
+        try {
+            page = await browser.newPage({type: "window"});
+        } catch (e) {
+            page = await browser.newPage();
+        }
+        const lines = [];
+        page.on("console", (msg) => lines.push(`${msg.type()}: ${msg.text()}` +
+            (msg.type() === "error" && msg.location() && msg.location().url ? ` (${msg.location().url})` : "")));
+        page.on("pageerror", (err) => lines.push(`pageerror: ${err.message}`));
+        try {
+            await page.setViewport({width: 1280, height: 900});
+            await page.goto(`${BASE}/?stream=${name}`, {waitUntil: "load"});
+            const text = (id) => page.$eval(id, (el) => el.textContent.trim());
+            const waitText = async (id, wanted, ms) => {
+                const deadline = Date.now() + ms;
+                let last = null;
+                while (Date.now() < deadline) {
+                    last = await text(id);
+                    if (wanted.includes(last)) {
+                        return last;
+                    }
+                    await sleep(100);
+                }
+                return last;
+            };
+            const session = await waitText("#sessionStatus", ["ESTABLISHED"], 10000);
+            await page.click("#publishBtn");
+            const publish = await waitText("#publishStatus", ["PUBLISHING", "FAILED"], 15000);
+            await page.click("#playBtn");
+            const play = await waitText("#playStatus", ["PLAYING", "FAILED"], 15000);
+            await sleep(3000);  // let the stats lines fill in
+            const file = path.join(ARTIFACTS, `demo-index-${browserName}.png`);
+            await page.screenshot({path: file});
+            const shown = {
+                publishStats: await text("#publishStats"), playStats: await text("#playStats"),
+                playInfo: await text("#playInfo"), notice: await page.$eval("#notice", (el) => el.hidden ? "" : el.textContent),
+                remoteVideo: await page.$eval("#remoteDisplay", (d) => {
+                    const v = d.querySelector("video");
+                    return v ? {w: v.videoWidth, h: v.videoHeight, paused: v.paused} : null;
+                }),
+            };
+            await page.click("#publishBtn");  // Stop
+            const stopped = await waitText("#publishStatus", ["UNPUBLISHED", "FAILED"], 8000);
+            const playAfter = await waitText("#playStatus", ["STOPPED", "FAILED"], 8000);
+            return {session, publish, play, screenshot: file, ...shown, stopped, playAfter,
+                console: lines.filter((l) => /^(error|warn|pageerror)/.test(l)).slice(0, 20)};
+        } finally {
+            fs.writeFileSync(path.join(ARTIFACTS, `console-${browserName}-demo.log`), lines.join("\n") + "\n");
+            await page.close();
+        }
+    });
+}
+
+// ------------------------------------------------------------------------------------------ main
+
+async function main() {
+    const browsers = {};
+    let exitCode = 0;
+    try {
+        for (const name of BROWSERS) {
+            const t = Date.now();
+            try {
+                browsers[name] = await launch(name);
+                emit(name, "launch", {data: {version: await browsers[name].version(), ms: Date.now() - t}});
+            } catch (e) {
+                emit(name, "launch", {error: String(e && e.message || e)});
+                exitCode = 1;
+            }
+        }
+        const live = BROWSERS.filter((b) => browsers[b]);
+        for (const name of live) {
+            if (ONLY.has("basic")) {
+                note(`${name}: basic`);
+                await basic(browsers[name], name).catch((e) => {
+                    emit(name, "basic", {error: String(e && e.stack || e)});
+                });
+            }
+        }
+        if (ONLY.has("cross") && live.length === 2) {
+            note("cross");
+            await cross(browsers, live[0], live[1]);
+            await cross(browsers, live[1], live[0]);
+        }
+        if (ONLY.has("demo")) {
+            for (const name of live) {
+                note(`${name}: demo page`);
+                await demo(browsers[name], name);
+            }
+        }
+    } finally {
+        flushConsoleLogs();
+        for (const b of Object.values(browsers)) {
+            await b.close().catch(() => {});
+            b.__cleanup();
+        }
+    }
+    emit("all", "done", {data: {seconds: (Date.now() - T0) / 1000}});
+    return exitCode;
+}
+
+main().then((code) => process.exit(code), (e) => {
+    console.error(e);
+    process.exit(1);
+});

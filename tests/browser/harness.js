@@ -1,0 +1,466 @@
+/*
+ * Browser-side half of the browser tests: a thin layer over the official Flashphoner Web SDK
+ * (loaded from the server's /sdk/flashphoner.js) that tests/browser/driver.mjs calls through
+ * page.evaluate(). Everything here returns plain JSON-able data.
+ *
+ *   harness.html?server=ws://127.0.0.1:PORT/   (default: this page's host)
+ *
+ * Sessions and streams are named by keys the driver chooses; every SDK status and stream event
+ * is recorded with a timestamp, and the wait* helpers poll those records.
+ */
+(function () {
+    "use strict";
+
+    var params = new URLSearchParams(location.search);
+    var SERVER = params.get("server") || ("ws://" + location.host + "/");
+
+    var sessions = {};   // key -> {session, statuses: [...]}
+    var streams = {};    // key -> {stream, name, display, statuses: [...], events: [...]}
+    var log = [];        // every recorded event, in order
+
+    function now() {
+        return Math.round(performance.now());
+    }
+
+    function C() {
+        return Flashphoner.constants;
+    }
+
+    function record(entry) {
+        entry.t = now();
+        log.push(entry);
+        console.log("harness " + JSON.stringify(entry));
+        return entry;
+    }
+
+    function sleep(ms) {
+        return new Promise(function (resolve) { setTimeout(resolve, ms); });
+    }
+
+    function waitFor(pred, timeoutMs, what) {
+        var t0 = now();
+        return new Promise(function (resolve, reject) {
+            (function poll() {
+                var v;
+                try {
+                    v = pred();
+                } catch (e) {
+                    reject(e);
+                    return;
+                }
+                if (v) {
+                    resolve(v);
+                } else if (now() - t0 > timeoutMs) {
+                    reject(new Error("timeout after " + timeoutMs + " ms waiting for " + what));
+                } else {
+                    setTimeout(poll, 20);
+                }
+            })();
+        });
+    }
+
+    function newDisplay(key) {
+        var div = document.createElement("div");
+        div.className = "display";
+        div.id = "display-" + key;
+        document.getElementById("displays").appendChild(div);
+        return div;
+    }
+
+    function videoOf(key) {
+        var s = streams[key];
+        return s ? s.display.querySelector("video") : null;
+    }
+
+    // A moving test pattern for browsers whose fake camera is a flat colour (Firefox): colour bars
+    // that scroll, a bouncing box, a frame counter and some random blocks so the encoder has detail.
+    function canvasStream(width, height, fps) {
+        var canvas = document.createElement("canvas");
+        canvas.width = width;
+        canvas.height = height;
+        var ctx = canvas.getContext("2d");
+        var frame = 0;
+        var colours = ["#c00", "#0c0", "#00c", "#cc0", "#0cc", "#c0c", "#fff", "#888"];
+
+        function draw() {
+            frame++;
+            var barW = width / colours.length;
+            for (var i = 0; i < colours.length; i++) {
+                ctx.fillStyle = colours[(i + Math.floor(frame / 10)) % colours.length];
+                ctx.fillRect(((i * barW + frame * 4) % width), 0, barW + 1, height);
+            }
+            for (var j = 0; j < 60; j++) {
+                ctx.fillStyle = "rgb(" + ((Math.random() * 255) | 0) + "," + ((Math.random() * 255) | 0) + "," +
+                    ((Math.random() * 255) | 0) + ")";
+                ctx.fillRect((Math.random() * width) | 0, (Math.random() * height) | 0, 16, 16);
+            }
+            var x = Math.abs((frame * 7) % (2 * (width - 80)) - (width - 80));
+            var y = Math.abs((frame * 5) % (2 * (height - 80)) - (height - 80));
+            ctx.fillStyle = "#000";
+            ctx.fillRect(x, y, 80, 80);
+            ctx.fillStyle = "#fff";
+            ctx.font = "bold 40px monospace";
+            ctx.fillText(String(frame), 20, height - 20);
+        }
+
+        draw();
+        setInterval(draw, 1000 / fps);
+        var stream = canvas.captureStream(fps);
+        return stream;
+    }
+
+    function attachStream(key, stream, name, display) {
+        var entry = {stream: stream, name: name, display: display, statuses: [], events: []};
+        streams[key] = entry;
+        var ST = C().STREAM_STATUS;
+        [ST.PENDING, ST.PUBLISHING, ST.PLAYING, ST.UNPUBLISHED, ST.STOPPED, ST.FAILED, ST.NOT_ENOUGH_BANDWIDTH,
+            ST.RESIZE, ST.PLAYBACK_PROBLEM].forEach(function (status) {
+            if (!status) {
+                return;
+            }
+            stream.on(status, function (s) {
+                var info = s.getInfo ? s.getInfo() : undefined;
+                var errorInfo = s.getErrorInfo ? s.getErrorInfo() : undefined;
+                // `status` is the callback that fired: RESIZE fires its own callback while s.status()
+                // stays PLAYING
+                entry.statuses.push(record({kind: "status", key: key, status: status, streamStatus: s.status(),
+                    info: info, errorInfo: errorInfo}));
+            });
+        });
+        stream.on(C().STREAM_EVENT, function (ev) {
+            entry.events.push(record({kind: "event", key: key, type: ev.type, payload: ev.payload}));
+        });
+        return entry;
+    }
+
+    function summarizeStats(raw) {
+        var out = {inbound: {}, outbound: {}, pair: null};
+        var keep = ["bytesReceived", "bytesSent", "packetsReceived", "packetsSent", "packetsLost", "framesDecoded",
+            "framesEncoded", "framesReceived", "framesDropped", "keyFramesDecoded", "keyFramesEncoded", "frameWidth",
+            "frameHeight", "framesPerSecond", "qualityLimitationReason", "nackCount", "pliCount", "firCount", "jitter",
+            "totalSamplesReceived", "concealedSamples", "retransmittedBytesSent", "targetBitrate", "encoderImplementation",
+            "decoderImplementation", "ssrc", "mid"];
+        function pick(report) {
+            var o = {};
+            keep.forEach(function (k) {
+                if (report[k] !== undefined) {
+                    o[k] = report[k];
+                }
+            });
+            return o;
+        }
+        (raw["inbound-rtp"] || []).forEach(function (r) {
+            out.inbound[r.kind] = pick(r);
+        });
+        (raw["outbound-rtp"] || []).forEach(function (r) {
+            out.outbound[r.kind] = pick(r);
+        });
+        (raw["candidate-pair"] || []).forEach(function (r) {
+            if (r.nominated && r.state === "succeeded") {
+                out.pair = {availableOutgoingBitrate: r.availableOutgoingBitrate,
+                    availableIncomingBitrate: r.availableIncomingBitrate, currentRoundTripTime: r.currentRoundTripTime};
+            }
+        });
+        (raw["codec"] || []).forEach(function (r) {
+            out.codecs = out.codecs || [];
+            out.codecs.push(r.mimeType);
+        });
+        return out;
+    }
+
+    // Grey-scale thumbnail of the element's current frame.
+    function grab(video, w, h) {
+        var canvas = document.createElement("canvas");
+        canvas.width = w;
+        canvas.height = h;
+        var ctx = canvas.getContext("2d", {willReadFrequently: true});
+        ctx.drawImage(video, 0, 0, w, h);
+        var data = ctx.getImageData(0, 0, w, h).data;
+        var grey = new Float32Array(w * h);
+        for (var i = 0; i < w * h; i++) {
+            grey[i] = 0.299 * data[4 * i] + 0.587 * data[4 * i + 1] + 0.114 * data[4 * i + 2];
+        }
+        return grey;
+    }
+
+    var T = {
+        server: SERVER,
+        log: log,
+
+        init: async function () {
+            await Flashphoner.init({preferredMediaProviders: ["WebRTC"]});
+            return {providers: Flashphoner.getMediaProviders(), userAgent: navigator.userAgent,
+                rvfc: "requestVideoFrameCallback" in HTMLVideoElement.prototype,
+                nativePromise: /\[native code\]/.test(String(window.Promise))};
+        },
+
+        connect: function (key) {
+            var ST = C().SESSION_STATUS;
+            return new Promise(function (resolve, reject) {
+                var session = Flashphoner.createSession({urlServer: SERVER});
+                var entry = {session: session, statuses: []};
+                sessions[key] = entry;
+                [ST.ESTABLISHED, ST.DISCONNECTED, ST.FAILED, ST.WARN].forEach(function (status) {
+                    session.on(status, function (s, obj) {
+                        entry.statuses.push(record({kind: "session", key: key, status: status,
+                            info: status === ST.WARN ? obj : undefined}));
+                        if (status === ST.ESTABLISHED) {
+                            resolve(status);
+                        } else if (status !== ST.WARN) {
+                            reject(new Error("session " + key + " " + status));
+                        }
+                    });
+                });
+            });
+        },
+
+        disconnect: function (key) {
+            sessions[key].session.disconnect();
+        },
+
+        sessionStatuses: function (key) {
+            return sessions[key].statuses.map(function (e) { return e.status; });
+        },
+
+        // opts: {width, height, canvas: bool, fps}
+        publish: function (key, sessionKey, name, opts) {
+            opts = opts || {};
+            var width = opts.width || 640, height = opts.height || 480;
+            var constraints = {audio: true, video: {width: width, height: height}};
+            if (opts.canvas) {
+                constraints.customStream = canvasStream(width, height, opts.fps || 30);
+                constraints.video = false;  // the SDK asks getUserMedia for the audio only and adds it
+            }
+            var display = newDisplay(key);
+            var stream = sessions[sessionKey].session.createStream({
+                name: name, display: display, constraints: constraints, cacheLocalResources: false,
+                receiveVideo: false, receiveAudio: false
+            });
+            attachStream(key, stream, name, display);
+            record({kind: "call", key: key, call: "publish", name: name});
+            stream.publish();
+            return key;
+        },
+
+        play: function (key, sessionKey, name, opts) {
+            opts = opts || {};
+            var display = newDisplay(key);
+            var options = {name: name, display: display};
+            if (opts.constraints) {
+                options.constraints = opts.constraints;
+            }
+            var stream = sessions[sessionKey].session.createStream(options);
+            attachStream(key, stream, name, display);
+            record({kind: "call", key: key, call: "play", name: name});
+            stream.play();
+            return key;
+        },
+
+        stop: function (key) {
+            record({kind: "call", key: key, call: "stop"});
+            streams[key].stream.stop();
+        },
+
+        statuses: function (key) {
+            return streams[key].statuses;
+        },
+
+        events: function (key) {
+            return streams[key].events;
+        },
+
+        // The first recorded status (from index `from`) that is one of `wanted`.
+        waitStatus: function (key, wanted, timeoutMs, from) {
+            from = from || 0;
+            return waitFor(function () {
+                var list = streams[key].statuses;
+                for (var i = from; i < list.length; i++) {
+                    if (wanted.indexOf(list[i].status) >= 0) {
+                        return list[i];
+                    }
+                }
+                return null;
+            }, timeoutMs || 10000, key + " status " + wanted.join("|")).catch(function (e) {
+                return {status: "TIMEOUT", info: e.message, history: streams[key].statuses.map(function (s) {
+                    return s.status;
+                })};
+            });
+        },
+
+        waitEvent: function (key, type, timeoutMs, from) {
+            from = from || 0;
+            return waitFor(function () {
+                var list = streams[key].events;
+                for (var i = from; i < list.length; i++) {
+                    if (list[i].type === type) {
+                        return list[i];
+                    }
+                }
+                return null;
+            }, timeoutMs || 5000, key + " event " + type).catch(function (e) {
+                return {type: "TIMEOUT", info: e.message};
+            });
+        },
+
+        mute: function (key, what) {
+            var s = streams[key].stream;
+            record({kind: "call", key: key, call: what});
+            s[what]();
+            return {audioMuted: s.isAudioMuted(), videoMuted: s.isVideoMuted()};
+        },
+
+        stats: function (key) {
+            return new Promise(function (resolve, reject) {
+                var timer = setTimeout(function () { reject(new Error("getStats did not answer")); }, 5000);
+                streams[key].stream.getStats(function (raw) {
+                    clearTimeout(timer);
+                    resolve(summarizeStats(raw));
+                }, true);
+            });
+        },
+
+        // Samples the outbound video every second: bytesSent, frame size, fps, limitation.
+        startBitrateSampler: function (key) {
+            var entry = streams[key];
+            entry.bitrate = [];
+            entry.bitrateTimer = setInterval(function () {
+                T.stats(key).then(function (st) {
+                    var v = st.outbound.video || {};
+                    entry.bitrate.push({t: now(), bytesSent: v.bytesSent, frameWidth: v.frameWidth,
+                        frameHeight: v.frameHeight, fps: v.framesPerSecond, limitation: v.qualityLimitationReason,
+                        targetBitrate: v.targetBitrate, available: st.pair && st.pair.availableOutgoingBitrate,
+                        encoder: v.encoderImplementation});
+                }, function () {});
+            }, 1000);
+        },
+
+        bitrateSamples: function (key) {
+            var entry = streams[key];
+            clearInterval(entry.bitrateTimer);
+            return entry.bitrate || [];
+        },
+
+        // Two thumbnails of the remote video `gapMs` apart: how much changed, and whether it is a picture.
+        frameCheck: function (key, gapMs) {
+            var video = videoOf(key);
+            if (!video) {
+                return Promise.resolve({error: "no <video> in the display"});
+            }
+            return waitFor(function () { return video.videoWidth > 0 && video.readyState >= 2; }, 5000,
+                "video dimensions").then(function () {
+                var w = 160, h = 120;
+                var a = grab(video, w, h);
+                return sleep(gapMs || 700).then(function () {
+                    var b = grab(video, w, h);
+                    var diff = 0, changed = 0, sum = 0, sumSq = 0;
+                    for (var i = 0; i < a.length; i++) {
+                        var d = Math.abs(a[i] - b[i]);
+                        diff += d;
+                        if (d > 16) {
+                            changed++;
+                        }
+                        sum += b[i];
+                        sumSq += b[i] * b[i];
+                    }
+                    var n = a.length, mean = sum / n;
+                    return {videoWidth: video.videoWidth, videoHeight: video.videoHeight,
+                        meanAbsDiff: diff / n, changedFraction: changed / n, meanLuma: mean,
+                        stdLuma: Math.sqrt(Math.max(0, sumSq / n - mean * mean)), paused: video.paused,
+                        currentTime: video.currentTime};
+                });
+            }, function (e) {
+                return {error: e.message, videoWidth: video.videoWidth, readyState: video.readyState};
+            });
+        },
+
+        // The SDK's own promises may come from its bundled Promise polyfill, which the driver's
+        // evaluate() does not await: always hand back a native promise (async function).
+        available: async function (sessionKey, name) {
+            var stream = sessions[sessionKey].session.createStream({name: name, display: newDisplay("avail-" + name)});
+            try {
+                await stream.available();
+                return {available: true, info: stream.getInfo()};
+            } catch (e) {
+                return {available: false, info: stream.getInfo()};
+            }
+        },
+
+        sendData: async function (sessionKey, payload) {
+            try {
+                return {result: "resolved", info: await sessions[sessionKey].session.sendData(payload)};
+            } catch (info) {
+                return {result: "rejected", info: info};
+            }
+        },
+
+        // Time to first frame: play() -> first frame presented (requestVideoFrameCallback, else 'playing'),
+        // then stop() -> STOPPED, `count` times in a row.
+        ttff: async function (sessionKey, name, count) {
+            var out = [];
+            for (let i = 0; i < count; i++) {
+                const key = "ttff-" + name + "-" + i;
+                const display = newDisplay(key);
+                let firstFrame = null, playingAt = null, method = null, hooked = false;
+                const hook = (video) => {
+                    if (hooked) {
+                        return;
+                    }
+                    hooked = true;
+                    if (video.requestVideoFrameCallback) {
+                        video.requestVideoFrameCallback(() => {
+                            if (firstFrame === null) {
+                                firstFrame = performance.now();
+                                method = "requestVideoFrameCallback";
+                            }
+                        });
+                    }
+                    video.addEventListener("playing", () => {
+                        if (playingAt === null) {
+                            playingAt = performance.now();
+                        }
+                    });
+                };
+                const observer = new MutationObserver(() => {
+                    const v = display.querySelector("video");
+                    if (v) {
+                        hook(v);
+                    }
+                });
+                observer.observe(display, {childList: true, subtree: true});
+                const stream = sessions[sessionKey].session.createStream({name: name, display: display});
+                const entry = attachStream(key, stream, name, display);
+                const t0 = performance.now();
+                stream.play();
+                const v0 = display.querySelector("video");
+                if (v0) {
+                    hook(v0);
+                }
+                const hasRvfc = "requestVideoFrameCallback" in HTMLVideoElement.prototype;
+                const hasStatus = (st) => entry.statuses.some((s) => s.status === st);
+                // wait for the frame and for PLAYING (the first frame may be shown just before PLAYING is read)
+                const ok = await waitFor(() => hasStatus("FAILED") || (hasStatus("PLAYING") &&
+                        (firstFrame !== null || (!hasRvfc && playingAt !== null))), 10000, "first frame")
+                    .then(() => true, () => false);
+                if (firstFrame === null && playingAt !== null) {
+                    firstFrame = playingAt;
+                    method = "playing";
+                }
+                const playingStatus = entry.statuses.filter((s) => s.status === "PLAYING")[0];
+                observer.disconnect();
+                const result = {i: i, ok: ok && firstFrame !== null, method: method,
+                    ttffMs: firstFrame !== null ? Math.round(firstFrame - t0) : null,
+                    playingEventMs: playingAt !== null ? Math.round(playingAt - t0) : null,
+                    playingStatusMs: playingStatus ? Math.round(playingStatus.t - t0) : null,
+                    statuses: entry.statuses.map((s) => s.status)};
+                stream.stop();
+                const stopped = await T.waitStatus(key, ["STOPPED", "FAILED"], 5000);
+                result.stop = stopped.status;
+                out.push(result);
+                display.remove();
+            }
+            return out;
+        }
+    };
+
+    window.T = T;
+})();

@@ -1,0 +1,128 @@
+"""Rates, the fan-out histogram, /metrics text, REST body parsing and log formatting, without sockets."""
+
+from __future__ import annotations
+
+import json
+import logging
+
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from webcall.logs import OneLineFormatter, q
+from webcall.media.port import MediaPort
+from webcall.media.stats import FANOUT_BUCKETS, FanoutCost
+from webcall.protocol import messages as msg
+from webcall.protocol import rest
+from webcall.server import prometheus
+from webcall.streams.hub import Hub, StreamSettings
+from webcall.streams.stats import RateMeter, Reading
+
+
+def test_rate_meter_deltas_over_elapsed_time() -> None:
+    meter = RateMeter()
+    assert meter.update(10.0, Reading(video_octets=1000, frames=5)) is None  # baseline only
+    rates = meter.update(12.0, Reading(video_octets=251_000, audio_octets=8000, video_packets=200, frames=65))
+    assert rates is not None
+    assert (rates.video_rate, rates.audio_rate, rates.fps, rates.interval) == (1_000_000, 32_000, 30, 2.0)
+    assert rates.video_packet_rate == 100.0 and meter.latest is rates
+    assert meter.update(12.0, Reading()) is None  # no time passed: no rate
+
+
+def test_fanout_histogram_buckets() -> None:
+    cost = FanoutCost()
+    for ns, players in ((3_000, 1), (5_000, 1), (40_000, 4), (10**9, 100)):
+        cost.observe(ns, players)
+    cumulative = dict(cost.cumulative())
+    assert cumulative[5e-6] == 2 and cumulative[50e-6] == 3 and cumulative[FANOUT_BUCKETS[-1]] == 3
+    assert cumulative[float("inf")] == cost.samples == 4 and cost.players == 106
+
+
+def test_metrics_text_parses() -> None:
+    hub = Hub(StreamSettings(candidates=()), MediaPort(), identity=None)  # type: ignore[arg-type]
+    try:
+        hub.retire({("rtp_packets_received", "video"): 7, ("nacks_sent", "video"): 2})
+        hub.port.fanout_cost.observe(12_000, 3)
+        text = prometheus.render(hub, hub.port)
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
+        assert families["webcall_sessions"].type == "gauge"
+        assert families["webcall_rtp_packets_received"].type == "counter"
+        assert families["webcall_fanout_seconds"].type == "histogram"
+        assert samples["webcall_rtp_packets_received_total", (("kind", "video"),)] == 7
+        assert samples["webcall_rtp_packets_received_total", (("kind", "audio"),)] == 0
+        assert samples["webcall_nacks_sent_total", (("kind", "video"),)] == 2
+        assert samples["webcall_fanout_seconds_count", ()] == 1
+        assert samples["webcall_fanout_seconds_sum", ()] == pytest.approx(12e-6)
+        assert samples["webcall_fanout_seconds_bucket", (("le", "1e-05"),)] == 0
+        assert samples["webcall_fanout_seconds_bucket", (("le", "2.5e-05"),)] == 1
+        assert samples["webcall_snapshots_total", (("result", "refused"),)] == 0
+    finally:
+        hub.snapshots.close()
+
+
+def test_stream_query_filters() -> None:
+    query = rest.parse_stream_query({"name": "a", "published": True, "mediaSessionId": None, "nodeId": "x"})
+    assert query.matches(name="a", media_session_id="1", published=True, status="PUBLISHING")
+    assert not query.matches(name="a", media_session_id="1", published=False, status="PLAYING")
+    assert rest.parse_stream_query({}).empty and not query.empty
+    ids = rest.parse_stream_query({"mediaSessionIds": ["1", "2"]})
+    assert ids.matches(name="x", media_session_id="2", published=False, status="PLAYING")
+    assert not ids.matches(name="x", media_session_id="3", published=False, status="PLAYING")
+
+
+@pytest.mark.parametrize(
+    ("parse", "body", "message"),
+    [
+        (rest.parse_stream_query, [], "the body must be a JSON object"),
+        (rest.parse_stream_query, {"published": 1}, "published must be a boolean"),
+        (rest.parse_stream_query, {"name": ""}, "name must be a non-empty string"),
+        (rest.parse_stream_query, {"name": "a\nb"}, "name must not contain control characters"),
+        (rest.parse_stream_query, {"display": "metrics"}, "display must be a list of strings"),
+        (rest.parse_snapshot, {"name": "x"}, "streamName is required"),
+        (rest.parse_stream_event, {"streamName": "x"}, "payload is required"),
+        (rest.parse_stream_event, {"streamName": "x", "type": "snapshot", "payload": {}}, "type must be one of"),
+        (rest.parse_data_send, {"payload": {}}, "sessionId is required"),
+        (rest.parse_session_id, {"sessionId": 5}, "sessionId must be a non-empty string"),
+    ],
+)
+def test_bad_bodies(parse, body, message: str) -> None:
+    with pytest.raises(rest.RestError) as exc:
+        parse(body)
+    assert exc.value.status == 400 and message in exc.value.message
+
+
+def test_stream_event_and_data_defaults() -> None:
+    event = rest.parse_stream_event({"streamName": "s", "type": "audioMuted"})
+    assert (event.type, event.payload) == ("audioMuted", None)
+    assert rest.parse_stream_event({"streamName": "s", "payload": [1]}).type == "data"
+    data = rest.parse_data_send({"sessionId": "/a/b", "payload": {"x": 1}})
+    assert data.operation_id  # generated when the caller gives none
+
+
+def test_connection_object_never_leaks_credentials() -> None:
+    obj = rest.connection_object(app_key="app", session_id="/s", status="ESTABLISHED", create_date=1,
+                                 connection={"authToken": "t", "sipPassword": "p", "sipLogin": "l",
+                                             "clientVersion": "2.0", "custom": {"k": 1}},
+                                 streams=["m"])
+    assert obj == {"appKey": "app", "sessionId": "/s", "status": "ESTABLISHED", "createDate": 1,
+                   "mediaSessionIds": ["m"], "clientVersion": "2.0", "custom": {"k": 1}}
+
+
+def test_on_data_event_message() -> None:
+    frame = json.loads(msg.on_data_event("/s", "op", {"a": 1}, "app"))
+    assert frame == {"message": "OnDataEvent",
+                     "data": [{"appKey": "app", "sessionId": "/s", "operationId": "op", "payload": {"a": 1}}]}
+
+
+def test_log_values_and_lines() -> None:
+    assert q("live-1") == "live-1" and q("/1.2.3.4:5/6.7.8.9:10/ab") == "/1.2.3.4:5/6.7.8.9:10/ab"
+    assert q("Stopped by user") == '"Stopped by user"' and q("a=b") == '"a=b"' and q("") == '""'
+    record = logging.LogRecord("webcall", logging.INFO, __file__, 1, "stream=%s", (q("x\ny"),), None)
+    assert "\n" not in OneLineFormatter("%(message)s").format(record)
+    try:
+        raise ValueError("boom")
+    except ValueError:
+        import sys
+        record = logging.LogRecord("webcall", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    line = OneLineFormatter("%(message)s").format(record)
+    assert "\n" not in line and "Traceback" in line and "ValueError: boom" in line

@@ -1,0 +1,152 @@
+"""Reading a bench result: the text table and the PNG plot (server CPU, loss and latency against players)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+
+def _fmt(value, spec: str = "", none: str = "-") -> str:
+    if value is None:
+        return none
+    return format(value, spec)
+
+
+def table(result: dict) -> str:
+    """The per-step table, plus the ceiling and the knee."""
+    head = ("players", "srv CPU%", "kernel%", "ms/s/pl", "µs/pkt", "x ceil", "pl/core", "loss% (worst)", "kbps/pl",
+            "TTFF p50/p95 ms", "lat p50/p99 ms", "srv MB", "KB/pl", "load CPU%", "lag p99 ms", "ok")
+    rows = [head]
+    for s in result.get("steps", []):
+        cpu = s.get("server_cpu") or {}
+        d = s["delivery"]
+        worst = None if d["min_ratio"] is None else 100 * max(0.0, 1 - d["min_ratio"])
+        rows.append((
+            str(s["players"]),
+            _fmt(None if cpu.get("fraction") is None else 100 * cpu["fraction"], ".1f"),
+            _fmt(None if cpu.get("sys_share") is None else 100 * cpu["sys_share"], ".0f"),
+            _fmt(cpu.get("ms_per_s_per_player"), ".3f"),
+            _fmt(cpu.get("us_per_packet"), ".1f"),
+            _fmt(cpu.get("ratio_to_ceiling"), ".2f"),
+            _fmt(cpu.get("players_per_core"), ".0f"),
+            f"{_fmt(d['loss_pct'], '.2f')} ({_fmt(worst, '.2f')})",
+            _fmt(d["kbps_per_player"], ".0f"),
+            f"{_fmt(s['ttff_ms']['p50'], '.0f')}/{_fmt(s['ttff_ms']['p95'], '.0f')}",
+            f"{_fmt(s['latency_ms']['p50'], '.2f')}/{_fmt(s['latency_ms']['p99'], '.2f')}",
+            _fmt(s["memory"].get("server_rss_mb"), ".0f"),
+            _fmt(s["memory"].get("per_player_kb"), ".0f"),
+            _fmt(None if s["loadgen"]["cpu_fraction"] is None else 100 * s["loadgen"]["cpu_fraction"], ".0f"),
+            _fmt(s["loadgen"]["read_lag_ms_p99"], ".2f"),
+            "yes" if s["ok"] else "NO",
+        ))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    c = result.get("ceiling")
+    if c:
+        lines.append(f"ceiling (minimal Python loop, this machine): {c['us_per_output_packet']:.2f} µs per forwarded "
+                     f"packet + {c['us_per_input_packet']:.2f} µs per publisher packet "
+                     f"({c['us_per_forwarded_packet']:.2f} µs at fan-out {c['fanout']}, "
+                     f"{100 * c.get('sys_share', 0):.0f}% in the kernel, SRTP {c['srtp_profile']}); "
+                     f"through pylibsrtp's plain API: {c.get('naive_us_per_output_packet', 0):.2f} + "
+                     f"{c.get('naive_us_per_input_packet', 0):.2f} µs")
+        if c.get("runs"):
+            lines.append("  (mean of a run before and one after the steps: "
+                         + " and ".join(f"{r['us_per_output_packet']:.2f}" for r in c["runs"])
+                         + " µs per forwarded packet)")
+    knee = result.get("knee") or {}
+    if knee.get("reached"):
+        held = (f"{knee['capacity_players']} players held" if knee.get("capacity_players")
+                else "below the first step")
+        lines.append(f"knee: {held}; {knee['broke_at']} broke ({'; '.join(knee['reasons'])})")
+    elif knee:
+        lines.append(f"knee: not reached — {knee.get('note')}; at the last step the server ran "
+                     f"{_fmt(knee.get('estimated_players_per_core'), '.0f')} players per core")
+    for s in result.get("steps", []):
+        for failure in s.get("failures", []):
+            lines.append(f"  step {s['players']}: {failure}")
+        for warning in s.get("warnings", []):
+            lines.append(f"  step {s['players']}: warning: {warning}")
+    return "\n".join(lines)
+
+
+def plot(result: dict, path: Path) -> Path:
+    """Server CPU, loss and latency against players, one panel each (PNG)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = result.get("steps", [])
+    x = [s["players"] for s in steps]
+
+    def series(get):
+        out = []
+        for s in steps:
+            try:
+                value = get(s)
+            except (KeyError, TypeError):
+                value = None
+            out.append(float("nan") if value is None else value)
+        return out
+
+    fig, axes = plt.subplots(4, 1, figsize=(8, 11), sharex=True)
+    ax = axes[0]
+    ax.plot(x, series(lambda s: 100 * s["server_cpu"]["fraction"]), "o-", label="server CPU (% of a core)")
+    ax.plot(x, series(lambda s: 100 * s["loadgen"]["cpu_fraction"]), "s--", color="grey",
+            label="load generator CPU (%)")
+    ax.plot(x, series(lambda s: 100 * s["machine"]["other_processes_cores"]), "x:", color="brown",
+            label="other processes on the machine (%)")
+    ax.axhline(100, color="red", lw=0.8, ls=":")
+    ax.set_ylabel("CPU %")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+
+    ax = axes[1]
+    ax.plot(x, series(lambda s: s["server_cpu"]["us_per_packet"]), "o-", label="server µs per forwarded packet")
+    ax.plot(x, series(lambda s: s["server_cpu"]["ceiling_us_per_packet"]), "--", color="green",
+            label="ceiling: minimal Python loop")
+    ax.set_ylabel("µs / packet")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper right", fontsize=8)
+    ax.grid(alpha=0.3)
+
+    ax = axes[2]
+    ax.plot(x, series(lambda s: s["delivery"]["loss_pct"]), "o-", label="loss, all players (%)")
+    ax.plot(x, series(lambda s: 100 * max(0.0, 1 - s["delivery"]["min_ratio"])), "v--", label="loss, worst player (%)")
+    ax.axhline(100 * (1 - result["config"]["min_delivery"]), color="red", lw=0.8, ls=":", label="limit")
+    ax.set_ylabel("loss %")
+    ax.set_ylim(bottom=0)
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3)
+
+    ax = axes[3]
+    ax.plot(x, series(lambda s: s["latency_ms"]["p50"]), "o-", label="added latency p50 (ms)")
+    ax.plot(x, series(lambda s: s["latency_ms"]["p99"]), "^-", label="added latency p99 (ms)")
+    ax.plot(x, series(lambda s: s["ttff_ms"]["p95"]), "s:", color="grey", label="time to first frame p95 (ms)")
+    ax.set_ylabel("ms")
+    ax.set_yscale("log")
+    ax.set_xlabel("players")
+    ax.legend(loc="upper left", fontsize=8)
+    ax.grid(alpha=0.3, which="both")
+
+    knee = result.get("knee") or {}
+    half = max(0.5, 0.01 * (max(x) - min(x))) if x else 0.5
+    for ax in axes:
+        for s in steps:
+            if not s["ok"]:
+                ax.axvspan(s["players"] - half, s["players"] + half, color="red", alpha=0.2, lw=0)
+        if knee.get("reached") and knee.get("capacity_players"):
+            ax.axvline(knee["capacity_players"], color="red", lw=1, ls="--")
+    axes[0].set_title("red: steps that broke; dashed: the knee (last step that held)", fontsize=8)
+
+    cfg = result.get("config", {})
+    machine = result.get("machine", {})
+    fig.suptitle(f"webcall bench — {cfg.get('publishers')}× {cfg.get('codec')} "
+                 f"{cfg.get('width')}x{cfg.get('height')} "
+                 f"@ {cfg.get('bitrate', 0) // 1000} kbps + Opus; {machine.get('cpus')} CPUs "
+                 f"{machine.get('cpu_model', '')}", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -1,0 +1,727 @@
+"""The benchmark run: a server, publishers, players added step by step, and what each step costs.
+
+Per step, over a measurement window W (after the new players got their first keyframe and settled):
+
+* server CPU: user+sys of the server process (/proc/<pid>/stat) over W — per second, per player, per
+  forwarded packet; players per core = players ÷ the server's CPU fraction;
+* delivery: each player's RTP packets and bytes with a kernel receive time inside W, against the packets its
+  publisher sent inside W; a step passes only if every player got ≥ `min_delivery` of them;
+* latency: publisher send → player receive for every video packet (same host clock), p50/p99;
+* time to first frame of the players that joined in this step: playStream sent → first keyframe complete;
+* memory: the server's RSS growth per player; the load generator's own CPU, apart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import gc
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from urllib.parse import urlparse
+
+import aiohttp
+
+from . import procstat
+from .ceiling import cost_at
+from .player import BenchPlayer, ClientIdentity, parse_answer
+from .publisher import BenchPublisher, Window, encode_audio_clip, encode_video_clip, use_loopback_candidates
+from .signalling import WcsConnection
+
+
+@dataclass
+class BenchConfig:
+    url: str | None = None  # a running server's signalling URL; None = start one on 127.0.0.1
+    server_pid: int | None = None  # its pid, for CPU figures (found by media port when local)
+    steps: list[int] = field(default_factory=lambda: [10, 25, 50, 100, 150, 200])
+    publishers: int = 1
+    codec: str = "VP8"
+    width: int = 640
+    height: int = 480
+    fps: float = 30.0
+    bitrate: int = 600_000  # video, bit/s
+    audio_bitrate: int = 32_000
+    clip_seconds: float = 10.0  # the encoded clip replayed by publishers: one keyframe per clip (and per PLI)
+    window: float = 10.0  # seconds measured per step
+    settle: float = 1.5  # seconds between the last first-frame of a step and its window
+    join_concurrency: int = 25
+    join_timeout: float = 20.0
+    first_frame_timeout: float = 10.0
+    min_delivery: float = 0.99
+    max_latency_ms: float = 50.0  # p99 above this breaks the step
+    stop_at_knee: bool = True
+    sample_every: int = 100  # decrypt one packet in this many to check integrity
+    ceiling: bool = True
+    ceiling_packets: int = 2000
+    pin: bool = True  # server on the last CPU, the load generator on the others (when it starts the server)
+    profile: bool = False  # py-spy record the server during each window
+    profile_native: bool = False  # ... with C frames (libsrtp, sendto) too
+    server_args: list[str] = field(default_factory=list)
+    output: str = ""  # JSON path; the PNG goes next to it
+    plot: bool = True
+    progress: bool = True
+
+
+def percentile(values: list[float], q: float) -> float | None:
+    if not values:
+        return None
+    ordered = sorted(values)
+    k = (len(ordered) - 1) * q / 100
+    lo, hi = math.floor(k), math.ceil(k)
+    return ordered[lo] + (ordered[hi] - ordered[lo]) * (k - lo)
+
+
+def _ms(value: float | None, digits: int = 2) -> float | None:
+    return None if value is None else round(1000 * value, digits)
+
+
+def _free_port(kind: int) -> int:
+    with socket.socket(socket.AF_INET, kind) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Progress:
+    """One status line rewritten in place (\\r) on stderr."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled and sys.stderr.isatty()
+        self.text = ""
+        self._width = 0
+
+    def show(self, text: str) -> None:
+        self.text = text
+        if self.enabled:
+            pad = max(0, self._width - len(text))
+            sys.stderr.write("\r" + text + " " * pad)
+            sys.stderr.flush()
+            self._width = len(text)
+
+    def clear(self) -> None:
+        if self.enabled and self._width:
+            sys.stderr.write("\r" + " " * self._width + "\r")
+            sys.stderr.flush()
+            self._width = 0
+
+    def line(self, text: str) -> None:
+        """A permanent line (step summaries), printed above the status line."""
+        if self.enabled:
+            sys.stderr.write("\r" + " " * self._width + "\r")
+            self._width = 0
+        sys.stderr.write(text + "\n")
+        sys.stderr.flush()
+
+
+class ServerProcess:
+    """`python -m webcall` on 127.0.0.1 with ephemeral ports, its output in a log file."""
+
+    def __init__(self, extra_args: list[str], log_path: Path) -> None:
+        self.http_port = _free_port(socket.SOCK_STREAM)
+        self.media_port = _free_port(socket.SOCK_DGRAM)
+        self.log_path = log_path
+        self.args = [sys.executable, "-m", "webcall", "--host", "127.0.0.1", "--port", str(self.http_port),
+                     "--media-host", "127.0.0.1", "--media-port", str(self.media_port), "--public-ip", "127.0.0.1",
+                     "--log-level", "warning", *_rest_off(), *extra_args]
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"ws://127.0.0.1:{self.http_port}/"
+
+    async def start(self, http: aiohttp.ClientSession, timeout: float = 20.0) -> None:
+        self.log_path.parent.mkdir(parents=True, exist_ok=True)
+        log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child
+        root = Path(__file__).resolve().parents[2]
+        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
+        self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                                     env=env)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"server exited with {self.proc.returncode}; see {self.log_path}")
+            try:
+                conn = await WcsConnection.open(http, self.url, 2.0)
+                await conn.close()
+                return
+            except (OSError, aiohttp.ClientError, asyncio.TimeoutError):
+                if time.monotonic() > deadline:
+                    raise RuntimeError(f"server not answering after {timeout}s; see {self.log_path}") from None
+                await asyncio.sleep(0.1)
+
+    def stop(self) -> int | None:
+        if self.proc is None:
+            return None
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait(5)
+        return self.proc.returncode
+
+
+def _rest_off() -> list[str]:
+    """Newer servers also open a REST port (8081 by default): take any free one instead, never a fixed one."""
+    import dataclasses
+
+    from ..server.config import Config
+
+    return ["--rest-port", "0"] if "rest_port" in {f.name for f in dataclasses.fields(Config)} else []
+
+
+async def measure_ceiling(fanout: int, packets: int) -> dict:
+    """The minimal forwarding loop, in a process of its own (see ceiling.py)."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "webcall.bench.ceiling", "--fanout", str(fanout), "--packets", str(packets),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, preexec_fn=_all_cpus,
+        env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+            filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))))
+    out, err = await proc.communicate()
+    if proc.returncode != 0:
+        raise RuntimeError(f"ceiling measurement failed: {err.decode(errors='replace')[-2000:]}")
+    return json.loads(out)
+
+
+def summarize_profile(raw_path: Path, top: int = 20) -> dict:
+    """Self and inclusive sample counts per function from py-spy's raw (collapsed) output."""
+    self_counts: dict[str, int] = {}
+    incl_counts: dict[str, int] = {}
+    total = 0
+    try:
+        lines = raw_path.read_text().splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        stack, _, count = line.rpartition(" ")
+        if not stack or not count.isdigit():
+            continue
+        n = int(count)
+        total += n
+        frames = []
+        for frame in stack.split(";"):
+            name, _, where = frame.partition(" (")
+            file = where.rsplit(":", 1)[0].rstrip(")")
+            short = "/".join(Path(file).parts[-2:]) if file else ""
+            frames.append(f"{name} ({short})" if short else name)
+        if not frames:
+            continue
+        self_counts[frames[-1]] = self_counts.get(frames[-1], 0) + n
+        if frames[-1].split(" (")[0].endswith(("select", "poll")):
+            continue  # waiting for the next event: not part of any busy path
+        for f in set(frames):
+            incl_counts[f] = incl_counts.get(f, 0) + n
+
+    idle = sum(v for k, v in self_counts.items() if k.split(" (")[0].endswith(("select", "poll")))
+    busy = max(total - idle, 1)
+
+    def table(counts: dict[str, int]) -> list[dict]:
+        return [{"function": k, "samples": v, "pct_of_busy": round(100 * v / busy, 1)}
+                for k, v in sorted(counts.items(), key=lambda kv: -kv[1])
+                if not k.split(" (")[0].endswith(("select", "poll"))][:top]
+
+    return {"samples": total, "idle_samples": idle, "self": table(self_counts), "inclusive": table(incl_counts)}
+
+
+class Bench:
+    def __init__(self, config: BenchConfig) -> None:
+        self.cfg = config
+        self.window = Window()
+        self.progress = Progress(config.progress)
+        self.publishers: list[BenchPublisher] = []
+        self.players: list[BenchPlayer] = []
+        self.server: ServerProcess | None = None
+        self.server_pid: int | None = config.server_pid
+        self.result: dict = {}
+        self._phase = "starting"
+        self._stop_ticker = asyncio.Event()
+        self.video_clip: list[tuple[bytes, bool]] = []
+        self.audio_clip: list[bytes] = []
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        self.output = Path(config.output or f"artifacts/bench/bench-{stamp}.json")
+
+    # --- the run ------------------------------------------------------------------------------------
+
+    async def run(self) -> dict:
+        cfg = self.cfg
+        steps = sorted(set(cfg.steps))
+        self.result = {
+            "version": 1,
+            "started": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "machine": {**procstat.machine(), "python": sys.version.split()[0]},
+            "config": asdict(cfg),
+            "ceiling": None,
+            "server": {},
+            "publishers": [],
+            "steps": [],
+            "knee": None,
+        }
+        if cfg.ceiling:
+            self.progress.show("measuring the ceiling (minimal forwarding loop)...")
+            fanout = max(1, min(200, steps[-1] // max(cfg.publishers, 1)))
+            self.result["ceiling"] = await measure_ceiling(fanout, cfg.ceiling_packets)
+            c = self.result["ceiling"]
+            self.progress.line(f"ceiling (minimal Python loop): {c['us_per_output_packet']:.2f} µs per forwarded "
+                               f"packet + {c['us_per_input_packet']:.2f} µs per publisher packet "
+                               f"({c['us_per_forwarded_packet']:.2f} µs/packet at fan-out {c['fanout']})")
+        self.progress.show(f"encoding {cfg.clip_seconds:.0f} s of {cfg.codec} {cfg.width}x{cfg.height} at "
+                           f"{cfg.bitrate // 1000} kbps (replayed by the publishers)...")
+        loop = asyncio.get_running_loop()
+        self.video_clip = await loop.run_in_executor(None, encode_video_clip, cfg.codec, cfg.width, cfg.height,
+                                                     cfg.fps, cfg.bitrate, cfg.clip_seconds)
+        self.audio_clip = await loop.run_in_executor(None, encode_audio_clip, cfg.audio_bitrate)
+        clip_bytes = sum(len(d) for d, _ in self.video_clip)
+        self.result["clip"] = {"frames": len(self.video_clip), "keyframe_bytes": len(self.video_clip[0][0]),
+                               "video_kbps": round(8 * clip_bytes / (len(self.video_clip) / cfg.fps) / 1000, 1),
+                               "audio_kbps": round(8 * sum(map(len, self.audio_clip))
+                                                   / (0.02 * len(self.audio_clip)) / 1000, 1)}
+        connector = aiohttp.TCPConnector(limit=0, force_close=False)
+        async with aiohttp.ClientSession(connector=connector) as http:
+            ticker = asyncio.create_task(self._tick(), name="bench-ticker")
+            try:
+                await self._run(http, steps)
+            finally:
+                self._phase = "stopping"
+                await self._teardown()
+                self._stop_ticker.set()
+                await asyncio.gather(ticker, return_exceptions=True)
+                self.progress.clear()
+        if cfg.ceiling and self.result["ceiling"] and self.result["steps"]:
+            # Again after the run: this figure moves with whatever else the machine does, so the ratios use
+            # the mean of the two measurements.
+            self.progress.show("measuring the ceiling again...")
+            try:
+                after = await measure_ceiling(self.result["ceiling"]["fanout"], cfg.ceiling_packets)
+            except RuntimeError:
+                after = None
+            if after is not None:
+                self._average_ceiling(after)
+        self.result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+        return self.result
+
+    def _average_ceiling(self, after: dict) -> None:
+        before = self.result["ceiling"]
+        mean = dict(before)
+        for key, value in before.items():
+            if key.startswith(("us_", "naive_us_")):
+                mean[key] = round((value + after[key]) / 2, 3)
+        mean["runs"] = [before, after]
+        self.result["ceiling"] = mean
+        for step in self.result["steps"]:
+            cpu = step.get("server_cpu")
+            if not cpu:
+                continue
+            cost = cost_at(mean, step["players"] / max(len(self.publishers), 1))
+            cpu["ceiling_us_per_packet"] = round(cost, 2)
+            cpu["ratio_to_ceiling"] = round(cpu["us_per_packet"] / cost, 2) if cpu["us_per_packet"] else None
+
+    async def _run(self, http: aiohttp.ClientSession, steps: list[int]) -> None:
+        cfg = self.cfg
+        url = cfg.url
+        if url is None:
+            self.server = ServerProcess(cfg.server_args, self.output.with_suffix(".server.log"))
+            self.progress.show("starting the server...")
+            await self.server.start(http)
+            url = self.server.url
+            self.server_pid = self.server.proc.pid if self.server.proc else None
+            if cfg.pin and self.server_pid:
+                self.result["pinned"] = _pin(self.server_pid)
+        host = urlparse(url).hostname or ""
+        if host in ("localhost", "::1") or host.startswith("127."):
+            use_loopback_candidates()
+        self.result["server"] = {"url": url, "started_by_bench": self.server is not None,
+                                 "args": self.server.args[1:] if self.server else None}
+
+        self._phase = "publishing"
+        self.progress.show(f"publishing {cfg.publishers} stream(s)...")
+        tag = os.urandom(3).hex()
+        for i in range(cfg.publishers):
+            publisher = BenchPublisher(f"bench-{tag}-{i}", self.window, self.video_clip, self.audio_clip,
+                                       codec=cfg.codec, width=cfg.width, height=cfg.height, fps=cfg.fps)
+            self.publishers.append(publisher)
+            await publisher.start(http, url)
+        await asyncio.gather(*(p.wait_media() for p in self.publishers))
+        await asyncio.sleep(2.0)  # let the encoders reach their rate
+        if self.server_pid is None and self.server is None:
+            self.server_pid = _local_server_pid(self.publishers[0].answer_sdp or "")
+        self.result["server"]["pid"] = self.server_pid
+        if self.server_pid is not None:
+            self.result["server"]["rss_kb_before_players"] = procstat.rss_kb(self.server_pid)
+
+        identity = ClientIdentity()
+        previous_ok: dict | None = None
+        for index, target in enumerate(steps):
+            if target <= len(self.players):
+                continue
+            step = await self._step(http, url, identity, index, len(steps), target)
+            self.result["steps"].append(step)
+            self.progress.line(_step_line(step))
+            if step["ok"]:
+                previous_ok = step
+            elif cfg.stop_at_knee:
+                break
+            if any(p.failed for p in self.publishers):
+                break  # nothing left to measure
+        self.result["knee"] = _knee(self.result["steps"], previous_ok)
+        self.result["publishers"] = [self._publisher_summary(p) for p in self.publishers]
+
+    async def _step(self, http, url: str, identity: ClientIdentity, index: int, count: int, target: int) -> dict:
+        cfg = self.cfg
+        first_new = len(self.players)
+        new = []
+        for i in range(first_new, target):
+            publisher = self.publishers[i % len(self.publishers)]
+            new.append(BenchPlayer(i, publisher.name, publisher.log, identity, self.window,
+                                   sample_every=cfg.sample_every))
+        self.players.extend(new)
+        self._phase = f"step {index + 1}/{count}: joining {len(new)} players"
+        semaphore = asyncio.Semaphore(cfg.join_concurrency)
+
+        async def join(player: BenchPlayer) -> None:
+            async with semaphore:
+                try:
+                    await player.start(http, url, cfg.join_timeout)
+                except Exception as exc:  # noqa: BLE001 - a failed join is a figure, not a crash
+                    player.failed = player.failed or f"join: {type(exc).__name__}: {exc}"
+
+        join_started = time.monotonic()
+        await asyncio.gather(*(join(p) for p in new))
+        join_seconds = time.monotonic() - join_started
+        self._phase = f"step {index + 1}/{count}: waiting for first frames"
+        deadline = time.monotonic() + cfg.first_frame_timeout
+        while time.monotonic() < deadline and any(p.ttff is None and p.failed is None for p in new):
+            await asyncio.sleep(0.05)
+        # The load generator's own garbage collector must not pause the publisher mid-window (a pause makes it
+        # send a burst, which the server then queues): collect now and move what exists out of the collector's
+        # sight. Only this process — the server is measured as it is.
+        gc.collect()
+        gc.freeze()
+        await asyncio.sleep(cfg.settle)
+
+        # --- the window ---
+        for p in self.players:
+            p.reset_window()
+        for pub in self.publishers:
+            pub.log.reset_window()
+        t0 = time.time() + 0.2
+        t1 = t0 + cfg.window
+        self.window.set(t0, t1)
+        await asyncio.sleep(max(0.0, t0 - time.time()))
+        cpu0 = procstat.cpu_times(self.server_pid) if self.server_pid else None
+        own0 = time.process_time()
+        machine0 = procstat.machine_ticks()
+        wall0 = time.time()
+        self._phase = f"step {index + 1}/{count}: measuring {target} players"
+        profile_task = None
+        profile_path = None
+        if cfg.profile and self.server_pid:
+            profile_path = self.output.with_suffix(f".profile-{target}.txt")
+            profile_task = asyncio.create_task(_py_spy(self.server_pid, cfg.window, profile_path, cfg.profile_native))
+        await asyncio.sleep(max(0.0, t1 - time.time()))
+        cpu1 = procstat.cpu_times(self.server_pid) if self.server_pid else None
+        own1 = time.process_time()
+        machine1 = procstat.machine_ticks()
+        wall = time.time() - wall0
+        await asyncio.sleep(0.3)  # packets stamped before t1 may still be queued in our sockets
+        self.window.set(math.inf, math.inf)
+        profile = None
+        if profile_task is not None:
+            error = await profile_task
+            profile = summarize_profile(profile_path) if profile_path else {}
+            profile["raw"] = str(profile_path)
+            if error:
+                profile["error"] = error
+        machine = ((machine1[0] - machine0[0]) / procstat.CLK_TCK, (machine1[1] - machine0[1]) / procstat.CLK_TCK)
+        return self._step_result(target, new, join_seconds, wall, cpu0, cpu1, own1 - own0, machine, profile)
+
+    def _step_result(self, target: int, new: list[BenchPlayer], join_seconds: float, wall: float,
+                     cpu0: tuple[float, float] | None, cpu1: tuple[float, float] | None, own_cpu: float,
+                     machine: tuple[float, float],
+                     profile: dict | None) -> dict:
+        cfg = self.cfg
+        window = cfg.window
+        players = self.players
+        alive = [p for p in players if p.failed is None and p.dtls_at]
+        failed = [p for p in players if p not in alive]
+        per_player = []
+        deliveries = []
+        for p in players:
+            expected = p.log.win_packets
+            ratio = p.win_packets / expected if expected else 0.0
+            if p in alive:
+                deliveries.append(ratio)
+            per_player.append({
+                "index": p.index, "stream": p.stream, "packets": p.win_packets, "bytes": p.win_bytes,
+                "expected_packets": expected, "loss_pct": round(100 * max(0.0, 1 - ratio), 3),
+                "kbps": round(8 * p.win_bytes / window / 1000, 1), "ttff_ms": _ms(p.ttff, 1),
+                "latency_p50_ms": _ms(percentile(p.latencies, 50), 3), "failed": p.failed,
+                "srtp_profile": p.srtp_profile,
+            })
+        received = sum(p.win_packets for p in players)
+        received_bytes = sum(p.win_bytes for p in players)
+        sent_total = sum(p.log.win_packets for p in players)  # what the players should have got, together
+        latencies = [x for p in players for x in p.latencies]
+        lags = [x for p in players for x in p.lags]
+        ttffs_new = [p.ttff for p in new if p.ttff is not None]
+        ttffs_all = [p.ttff for p in players if p.ttff is not None]
+        n = len(players)
+        step: dict = {
+            "players": n,
+            "connected": len(alive),
+            "failed": len(failed),
+            "failures": sorted({p.failed for p in failed if p.failed})[:10],
+            "join_seconds": round(join_seconds, 2),
+            "window_s": round(wall, 3),
+            "publisher_packets": sum(pub.log.win_packets for pub in self.publishers),
+            "publisher_video_kbps": [round(8 * pub.log.win_video_bytes / window / 1000, 1) for pub in self.publishers],
+            "publisher_audio_kbps": [round(8 * pub.log.win_audio_bytes / window / 1000, 1) for pub in self.publishers],
+        }
+        cpu = None
+        if cpu0 is not None and cpu1 is not None:
+            user, system = cpu1[0] - cpu0[0], cpu1[1] - cpu0[1]
+            seconds = user + system
+            fraction = seconds / wall if wall > 0 else 0.0
+            us_per_packet = 1e6 * seconds / received if received else None
+            ceiling = self.result.get("ceiling")
+            fanout = n / max(len(self.publishers), 1)
+            ceiling_cost = cost_at(ceiling, fanout) if ceiling else None
+            cpu = {
+                "seconds": round(seconds, 3),
+                "fraction": round(fraction, 4),  # of one core: CPU seconds per second
+                "sys_share": round(system / seconds, 3) if seconds > 0 else None,  # kernel: sendto, loopback
+                "ms_per_s_per_player": round(1000 * fraction / n, 4) if n else None,
+                "us_per_packet": round(us_per_packet, 2) if us_per_packet else None,
+                "players_per_core": round(n / fraction, 1) if fraction > 0 else None,
+                "ceiling_us_per_packet": round(ceiling_cost, 2) if ceiling_cost else None,
+                "ratio_to_ceiling": round(us_per_packet / ceiling_cost, 2) if us_per_packet and ceiling_cost else None,
+            }
+        step["server_cpu"] = cpu
+        step["delivery"] = {
+            "packets_received": received,
+            "bytes_received": received_bytes,
+            "packets_expected": sent_total,
+            "packets_lost": max(0, sent_total - received),
+            "loss_pct": round(100 * max(0.0, 1 - received / sent_total), 3) if sent_total else None,
+            "min_ratio": round(min(deliveries), 4) if deliveries else None,
+            "players_below_min": sum(1 for d in deliveries if d < cfg.min_delivery),
+            "kbps_per_player": round(8 * received_bytes / window / 1000 / max(len(alive), 1), 1),
+        }
+        step["ttff_ms"] = {
+            "p50": _ms(percentile(ttffs_new, 50), 1), "p95": _ms(percentile(ttffs_new, 95), 1),
+            "max": _ms(max(ttffs_new), 1) if ttffs_new else None, "measured": len(ttffs_new),
+            "missing": sum(1 for p in new if p.ttff is None),
+            "all_p50": _ms(percentile(ttffs_all, 50), 1), "all_p95": _ms(percentile(ttffs_all, 95), 1),
+        }
+        step["latency_ms"] = {
+            "p50": _ms(percentile(latencies, 50), 3), "p99": _ms(percentile(latencies, 99), 3),
+            "max": _ms(max(latencies), 3) if latencies else None, "samples": len(latencies),
+        }
+        memory: dict = {}
+        if self.server_pid is not None:
+            with contextlib.suppress(OSError):
+                rss = procstat.rss_kb(self.server_pid)
+                base = self.result["server"].get("rss_kb_before_players") or rss
+                memory = {"server_rss_mb": round(rss / 1024, 1),
+                          "per_player_kb": round((rss - base) / n, 1) if n else None}
+        step["memory"] = memory
+        step["loadgen"] = {
+            "cpu_fraction": round(own_cpu / wall, 4) if wall > 0 else None,
+            "rss_mb": round(procstat.rss_kb(os.getpid()) / 1024, 1),
+            "read_lag_ms_p50": _ms(percentile(lags, 50), 3),
+            "read_lag_ms_p99": _ms(percentile(lags, 99), 3),
+        }
+        busy, steal = machine
+        server_seconds = sum(cpu1) - sum(cpu0) if cpu0 is not None and cpu1 is not None else 0.0
+        local_server = self.server is not None or self.server_pid is not None
+        other = max(0.0, busy - own_cpu - (server_seconds if local_server else 0.0)) / wall if wall > 0 else 0.0
+        step["machine"] = {
+            "cpus": os.cpu_count(),
+            "busy_cores": round(busy / wall, 3) if wall > 0 else None,
+            "other_processes_cores": round(other, 3),  # neither the server nor the load generator
+            "steal_cores": round(steal / wall, 3) if wall > 0 else None,  # taken by the hypervisor
+        }
+        step["integrity"] = {
+            "sampled": sum(p.sampled for p in players), "ok": sum(p.sample_ok for p in players),
+            "bad": sum(p.sample_bad for p in players),
+            "first_keyframes_intact": sum(1 for p in players if p.keyframe_intact),
+            "offsets_learned": sum(1 for p in players if p.seq_off is not None),
+        }
+        reasons = []
+        if failed:
+            reasons.append(f"{len(failed)} player(s) failed")
+        if step["delivery"]["players_below_min"]:
+            reasons.append(f"{step['delivery']['players_below_min']} player(s) under "
+                           f"{100 * cfg.min_delivery:.0f}% delivery "
+                           f"(worst {100 * (step['delivery']['min_ratio'] or 0):.1f}%)")
+        if step["ttff_ms"]["missing"]:
+            reasons.append(f"{step['ttff_ms']['missing']} player(s) without a first frame")
+        p99 = step["latency_ms"]["p99"]
+        if p99 is None:
+            reasons.append("no latency sample")
+        elif p99 > cfg.max_latency_ms:
+            reasons.append(f"latency p99 {p99:.1f} ms > {cfg.max_latency_ms:.0f} ms")
+        for pub in self.publishers:
+            expected = window * (self.cfg.fps * 0.5 + 25)  # far below a healthy publisher's packet rate
+            if pub.failed or pub.log.win_packets < expected:
+                reasons.append(f"publisher {pub.name} {'failed: ' + pub.failed if pub.failed else 'stalled'} "
+                               f"({pub.log.win_packets} packets in the window)")
+        warnings = []
+        if step["machine"]["other_processes_cores"] > 0.25:
+            warnings.append(f"other processes used {step['machine']['other_processes_cores']:.2f} cores of "
+                            f"{os.cpu_count()}: figures are not clean")
+        if (step["machine"]["steal_cores"] or 0) > 0.05:
+            warnings.append(f"the hypervisor stole {step['machine']['steal_cores']:.2f} cores")
+        lag = step["loadgen"]["read_lag_ms_p99"]
+        if lag is not None and lag > 20:
+            warnings.append(f"the load generator read its sockets late (p99 {lag:.0f} ms): it may be the bottleneck")
+        step["ok"] = not reasons
+        step["reasons"] = reasons
+        step["warnings"] = warnings
+        step["profile"] = profile
+        step["per_player"] = per_player
+        return step
+
+    def _publisher_summary(self, p: BenchPublisher) -> dict:
+        return {"name": p.name, "codec": p.codec, "size": [p.width, p.height], "fps": p.fps,
+                "keyframes_on_request": p.video_track.forced_keyframes,
+                "video_packets": p.log.video_packets, "audio_packets": p.log.audio_packets,
+                "video_bytes": p.log.video_bytes, "audio_bytes": p.log.audio_bytes, "failed": p.failed}
+
+    # --- background: consent, progress ---------------------------------------------------------------
+
+    async def _tick(self) -> None:
+        last_cpu = last_own = None
+        last_t = time.monotonic()
+        while not self._stop_ticker.is_set():
+            with contextlib.suppress(asyncio.TimeoutError):
+                await asyncio.wait_for(self._stop_ticker.wait(), 0.5)
+            now = time.monotonic()
+            for player in self.players:
+                player.keepalive(now)
+            cpu = None
+            if self.server_pid:
+                with contextlib.suppress(OSError):
+                    cpu = procstat.cpu_seconds(self.server_pid)
+            own = time.process_time()
+            dt = now - last_t
+            parts = [self._phase]
+            if self.players:
+                connected = sum(1 for p in self.players if p.dtls_at and p.failed is None)
+                framed = sum(1 for p in self.players if p.ttff is not None)
+                failed = sum(1 for p in self.players if p.failed)
+                parts.append(f"players {connected}/{len(self.players)} connected, {framed} with video, {failed} failed")
+            if self.window.t0 != math.inf:
+                left = self.window.t1 - time.time()
+                if left > 0:
+                    parts.append(f"window {self.cfg.window - left:4.1f}/{self.cfg.window:.0f}s")
+            if cpu is not None and last_cpu is not None and dt > 0:
+                parts.append(f"server CPU {100 * (cpu - last_cpu) / dt:3.0f}%")
+            if last_own is not None and dt > 0:
+                parts.append(f"load CPU {100 * (own - last_own) / dt:3.0f}%")
+            self.progress.show(" | ".join(parts))
+            last_cpu, last_own, last_t = cpu, own, now
+
+    async def _teardown(self) -> None:
+        await asyncio.gather(*(p.stop() for p in self.players), return_exceptions=True)
+        await asyncio.gather(*(p.stop() for p in self.publishers), return_exceptions=True)
+        if self.result.get("pinned"):
+            _all_cpus()
+        if self.server is not None:
+            code = self.server.stop()
+            self.result.setdefault("server", {})["exit_code"] = code
+            self.result["server"]["log"] = str(self.server.log_path)
+
+
+async def _py_spy(pid: int, duration: float, path: Path, native: bool = False) -> str | None:
+    """py-spy record into `path` (raw collapsed stacks); returns an error message, or None."""
+    exe = Path(sys.executable).with_name("py-spy")
+    command = str(exe) if exe.exists() else "py-spy"
+    # --nonblocking reads the server without stopping it; native (C) stacks need it stopped for each sample.
+    mode = ["--native"] if native else ["--nonblocking"]
+    try:
+        proc = await asyncio.create_subprocess_exec(
+            command, "record", "--pid", str(pid), "--duration", str(max(1, int(duration))), "--rate", "200",
+            *mode, "--format", "raw", "--output", str(path),
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    except FileNotFoundError:
+        return "py-spy not installed (make venv installs it)"
+    _, err = await proc.communicate()
+    if proc.returncode != 0:
+        return f"py-spy failed: {err.decode(errors='replace').strip()[-300:]}"
+    return None
+
+
+def _all_cpus() -> None:
+    """Undo `_pin` (in a child about to exec, or in this process once the server is gone)."""
+    with contextlib.suppress(OSError):
+        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+
+
+def _pin(server_pid: int) -> dict | None:
+    """The server alone on the last CPU, this process (players, publishers) on the others: the load generator
+    then cannot take the server's core, and a starved server is not mistaken for a slow one."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None
+    server_cpus, own_cpus = {cpus[-1]}, set(cpus[:-1])
+    try:
+        os.sched_setaffinity(server_pid, server_cpus)
+        os.sched_setaffinity(0, own_cpus)
+    except OSError:
+        return None
+    return {"server_cpus": sorted(server_cpus), "loadgen_cpus": sorted(own_cpus)}
+
+
+def _local_server_pid(answer_sdp: str) -> int | None:
+    """The pid behind the media port announced in an answer, if that port is on this host."""
+    import ifaddr
+
+    local = {"127.0.0.1", "::1"} | {
+        ip.ip if isinstance(ip.ip, str) else ip.ip[0] for adapter in ifaddr.get_adapters() for ip in adapter.ips}
+    for ip, port in parse_answer(answer_sdp).candidates:
+        if ip in local:
+            return procstat.udp_port_owner(port)
+    return None
+
+
+def _knee(steps: list[dict], last_ok: dict | None) -> dict:
+    broken = next((s for s in steps if not s["ok"]), None)
+    if broken is None:
+        last = steps[-1] if steps else {}
+        return {"reached": False, "capacity_players": None,
+                "note": f"no step broke: the capacity is above {last.get('players', 0)} players",
+                "estimated_players_per_core": (last.get("server_cpu") or {}).get("players_per_core")}
+    return {"reached": True, "capacity_players": last_ok["players"] if last_ok else None,
+            "broke_at": broken["players"], "reasons": broken["reasons"]}
+
+
+def _step_line(step: dict) -> str:
+    cpu = step.get("server_cpu") or {}
+    lat = step["latency_ms"]
+    ttff = step["ttff_ms"]
+    return (f"{step['players']:5d} players: server CPU {100 * (cpu.get('fraction') or 0):5.1f}% "
+            f"{cpu.get('us_per_packet') or 0:6.1f} µs/pkt (x{cpu.get('ratio_to_ceiling') or 0:.2f} ceiling) | "
+            f"loss {step['delivery']['loss_pct'] or 0:.2f}% | TTFF p50 {ttff['p50']} ms | "
+            f"latency p50 {lat['p50']} p99 {lat['p99']} ms | "
+            f"load CPU {100 * (step['loadgen']['cpu_fraction'] or 0):.0f}%"
+            f" | {'ok' if step['ok'] else 'BROKEN: ' + '; '.join(step['reasons'])}"
+            + "".join(f"\n        warning: {w}" for w in step.get("warnings", [])))
+
+
+def write_json(result: dict, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+    os.close(fd)
+    tmp = Path(name)
+    tmp.write_text(json.dumps(result, indent=1))
+    tmp.chmod(0o644)
+    tmp.replace(path)

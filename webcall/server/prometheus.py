@@ -1,0 +1,106 @@
+"""/metrics in the Prometheus text exposition format (0.0.4), written by hand: no client library needed.
+
+Everything comes from the hub (sessions, streams, media counters of live and ended streams) and from the
+media port's own counters (dropped datagrams, contained errors, the sampled fan-out cost).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from ..media.port import MediaPort
+    from ..streams.hub import Hub
+
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+KINDS = ("audio", "video")
+
+# (name in the hub's totals, help). Exposed as webcall_<name>_total{kind="audio"|"video"}.
+MEDIA_COUNTERS = (
+    ("rtp_packets_received", "RTP packets received from publishers (retransmissions included, duplicates not)"),
+    ("rtp_payload_bytes_received", "RTP payload bytes received from publishers"),
+    ("rtp_packets_recovered", "Publisher packets recovered by a NACK retransmission"),
+    ("nacks_sent", "NACK packets sent to publishers"),
+    ("keyframe_requests_sent", "PLI keyframe requests sent to publishers"),
+    ("rtp_packets_sent", "RTP packets forwarded to players (retransmissions not included)"),
+    ("rtp_payload_bytes_sent", "RTP bytes after the fixed header (payload and header extensions) forwarded to players"),
+    ("retransmissions", "Packets retransmitted to players in answer to their NACKs"),
+    ("nacks_received", "NACK packets received from players"),
+    ("keyframe_requests_received", "PLI/FIR keyframe requests received from players"),
+)
+
+
+def _number(value: float) -> str:
+    if value == math.inf:
+        return "+Inf"
+    if isinstance(value, int):
+        return str(value)
+    return repr(float(value))
+
+
+class _Writer:
+    def __init__(self) -> None:
+        self.lines: list[str] = []
+
+    def family(self, name: str, kind: str, help_text: str) -> None:
+        self.lines.append(f"# HELP {name} {help_text}")
+        self.lines.append(f"# TYPE {name} {kind}")
+
+    def sample(self, name: str, value: float, labels: dict[str, str] | None = None) -> None:
+        label_text = ""
+        if labels:
+            inner = ",".join(f'{k}="{_escape(v)}"' for k, v in labels.items())
+            label_text = "{" + inner + "}"
+        self.lines.append(f"{name}{label_text} {_number(value)}")
+
+    def text(self) -> str:
+        return "\n".join(self.lines) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def render(hub: Hub, port: MediaPort) -> str:
+    w = _Writer()
+    streams = hub.streams()
+
+    w.family("webcall_sessions", "gauge", "Open WebSocket sessions")
+    w.sample("webcall_sessions", len(hub.sessions))
+    w.family("webcall_streams", "gauge", "Published streams (any status before the final one)")
+    w.sample("webcall_streams", sum(1 for s in streams if s.published and not s.closed))
+    w.family("webcall_players", "gauge", "Players (any status before the final one)")
+    w.sample("webcall_players", sum(1 for s in streams if not s.published and not s.closed))
+    w.family("webcall_start_time_seconds", "gauge", "Unix time the server started")
+    w.sample("webcall_start_time_seconds", round(hub.started_at, 3))
+
+    totals = hub.totals()
+    for key, help_text in MEDIA_COUNTERS:
+        name = f"webcall_{key}_total"
+        w.family(name, "counter", help_text)
+        for kind in KINDS:
+            w.sample(name, totals.get((key, kind), 0), {"kind": kind})
+
+    w.family("webcall_media_datagrams_dropped_total", "counter",
+             "UDP datagrams on the media port that no connection could take")
+    w.sample("webcall_media_datagrams_dropped_total", port.dropped)
+    w.family("webcall_media_errors_total", "counter", "Exceptions contained at the media port (each ended one connection)")
+    w.sample("webcall_media_errors_total", port.errors)
+
+    snaps = hub.snapshots
+    w.family("webcall_snapshots_total", "counter", "Snapshot jobs by result (refused: too many at once)")
+    for result, value in (("completed", snaps.completed), ("failed", snaps.failed), ("refused", snaps.refused)):
+        w.sample("webcall_snapshots_total", value, {"result": result})
+
+    cost = port.fanout_cost
+    w.family("webcall_fanout_seconds", "histogram",
+             "Time to forward one publisher packet to all of its players (1 fan-out in 64 is timed)")
+    for bound, count in cost.cumulative():
+        w.sample("webcall_fanout_seconds_bucket", count, {"le": _number(bound)})
+    w.sample("webcall_fanout_seconds_sum", cost.sum_ns / 1e9)
+    w.sample("webcall_fanout_seconds_count", cost.samples)
+    w.family("webcall_fanout_players_total", "counter",
+             "Players reached by the timed fan-outs (fanout_seconds_sum / this = seconds per forwarded packet)")
+    w.sample("webcall_fanout_players_total", cost.players)
+    return w.text()

@@ -1,0 +1,209 @@
+"""The WCS REST API (spec §12), /metrics and /health, on their own port (`rest_port`, default 8081).
+
+Requests are POST with a JSON body (`Content-Type: application/json` — which also means a web page on
+another origin cannot forge one without a CORS preflight this server never grants), or GET with no
+body for the read-only queries, as the SDK's rest-module sends `find_all`. Bodies are parsed by
+`protocol/rest.py`; what is read or done goes through the hub. Errors are JSON:
+`{"status", "error", "message", "path"}` — 400 bad body, 404 nothing found, 415 not JSON, 500 failure.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import web
+
+from ..logs import q
+from ..protocol import rest
+from ..protocol.rest import RestError
+from ..protocol.status import Info
+from ..streams.hub import Hub
+from ..streams.snapshots import SnapshotError
+from . import prometheus
+from .rest_recording import add_recording_routes
+
+log = logging.getLogger("webcall.rest")
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+
+def _json(data: Any, status: int = 200) -> web.Response:
+    return web.json_response(data, status=status, dumps=lambda obj: json.dumps(obj, separators=(",", ":")))
+
+
+def _not_found(message: str) -> RestError:
+    return RestError(404, message)
+
+
+@web.middleware
+async def _errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    try:
+        return await handler(request)
+    except RestError as exc:
+        return _json(rest.error_body(exc.status, _reason(exc.status), exc.message, request.path), exc.status)
+    except web.HTTPException as exc:
+        if exc.status < 400:
+            raise
+        return _json(rest.error_body(exc.status, exc.reason, exc.reason, request.path), exc.status)
+    except Exception:
+        log.exception("rest error path=%s", q(request.path))
+        return _json(rest.error_body(500, "Internal Server Error", "internal error", request.path), 500)
+
+
+def _reason(status: int) -> str:
+    return {400: "Bad Request", 404: "Not Found", 415: "Unsupported Media Type", 500: "Internal Server Error"}.get(
+        status, "Error")
+
+
+async def _body(request: web.Request, required: bool = False) -> Any:
+    """The JSON body; {} for a GET or an empty body where none is required."""
+    raw = b"" if request.method == "GET" else await request.read()
+    if not raw.strip():
+        if required:
+            raise RestError(400, "a JSON body is required")
+        return {}
+    content_type = request.content_type
+    if content_type != "application/json" and not content_type.endswith("+json"):
+        raise RestError(415, "Content-Type must be application/json")
+    try:
+        return json.loads(raw)
+    except (ValueError, UnicodeDecodeError):
+        raise RestError(400, "the body is not valid JSON") from None
+
+
+class RestApi:
+    def __init__(self, hub: Hub, max_body: int) -> None:
+        self.hub = hub
+        self.max_body = max_body
+
+    def app(self) -> web.Application:
+        app = web.Application(middlewares=[_errors], client_max_size=self.max_body)
+        routes = [
+            ("/rest-api/stream/find", self.stream_find, True),
+            ("/rest-api/stream/find_all", self.stream_find_all, True),
+            ("/rest-api/stream/metrics", self.stream_metrics, False),
+            ("/rest-api/stream/terminate", self.stream_terminate, False),
+            ("/rest-api/stream/snapshot", self.stream_snapshot, False),
+            ("/rest-api/stream/event/send", self.stream_event_send, False),
+            ("/rest-api/data/send", self.data_send, False),
+            ("/rest-api/connection/find", self.connection_find, True),
+            ("/rest-api/connection/find_all", self.connection_find_all, True),
+            ("/rest-api/connection/terminate", self.connection_terminate, False),
+        ]
+        for path, handler, readonly in routes:
+            app.router.add_post(path, handler)
+            if readonly:
+                app.router.add_get(path, handler)
+        add_recording_routes(app.router, self.hub)  # startRecording, stopRecording, recorder/*, client/records
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/health", self.health)
+        return app
+
+    # --- streams ------------------------------------------------------------------------------------
+
+    async def stream_find(self, request: web.Request) -> web.Response:
+        query = rest.parse_stream_query(await _body(request))
+        found = self.hub.find_streams(query)
+        if not found:
+            raise _not_found(Info.STREAM_NOT_FOUND)
+        return _json([s.describe() for s in found])
+
+    async def stream_find_all(self, request: web.Request) -> web.Response:
+        rest.parse_stream_query(await _body(request))  # a body, if any, must still be well-formed
+        return _json([s.describe() for s in self.hub.find_streams(rest.StreamQuery())])
+
+    async def stream_metrics(self, request: web.Request) -> web.Response:
+        query = rest.parse_stream_query(await _body(request, required=True))
+        if query.media_session_id is None:
+            raise RestError(400, "mediaSessionId is required")
+        found = self.hub.find_streams(query)
+        if not found:
+            raise _not_found(Info.STREAM_NOT_FOUND)
+        return _json(found[0].metrics())
+
+    async def stream_terminate(self, request: web.Request) -> web.Response:
+        """{mediaSessionId} | {mediaSessionIds} | {name, published, status} filters; an explicit {} stops all."""
+        query = rest.parse_stream_query(await _body(request, required=True))
+        found = self.hub.find_streams(query)
+        if not found:
+            raise _not_found(Info.STREAM_NOT_FOUND)
+        stopped = self.hub.terminate(found, Info.STOPPED_BY_REST_TERMINATE)
+        log.info("rest terminate streams=%d mediaSessionIds=%s", len(stopped), q(",".join(stopped)))
+        return _json({"terminated": stopped})
+
+    async def stream_snapshot(self, request: web.Request) -> web.Response:
+        name = rest.parse_snapshot(await _body(request, required=True))
+        try:
+            png = await self.hub.snapshot(name)
+        except SnapshotError as exc:
+            raise RestError(404 if str(exc) == Info.STREAM_NOT_FOUND else 500, str(exc)) from None
+        return _json({"data": base64.b64encode(png).decode("ascii")})
+
+    async def stream_event_send(self, request: web.Request) -> web.Response:
+        event = rest.parse_stream_event(await _body(request, required=True))
+        delivered = self.hub.relay_event(event.stream_name, event.type, event.payload)
+        if delivered is None:
+            raise _not_found(Info.STREAM_NOT_FOUND)
+        log.info("rest stream event stream=%s type=%s players=%d", q(event.stream_name), event.type, delivered)
+        return _json({"delivered": delivered})
+
+    # --- connections ----------------------------------------------------------------------------
+
+    async def data_send(self, request: web.Request) -> web.Response:
+        data = rest.parse_data_send(await _body(request, required=True))
+        session = self.hub.find_session(data.session_id)
+        if session is None or not session.established:
+            raise _not_found(Info.SESSION_DOES_NOT_EXIST)
+        session.push_data(data.operation_id, data.payload)
+        log.info("rest data sent session=%s operationId=%s", session.id, q(data.operation_id))
+        return _json({"operationId": data.operation_id})
+
+    def _describe_session(self, session) -> dict[str, Any]:
+        return rest.connection_object(
+            app_key=session.app_key, session_id=session.id,
+            status="ESTABLISHED" if session.established else "PENDING", create_date=session.create_date,
+            connection=session.connection, streams=list(session.streams),
+        )
+
+    async def connection_find(self, request: web.Request) -> web.Response:
+        query = rest.parse_connection_query(await _body(request))
+        found = self.hub.find_sessions(query)
+        if not found:
+            raise _not_found(Info.SESSION_DOES_NOT_EXIST)
+        return _json([self._describe_session(s) for s in found])
+
+    async def connection_find_all(self, request: web.Request) -> web.Response:
+        rest.parse_connection_query(await _body(request))
+        return _json([self._describe_session(s) for s in self.hub.find_sessions(rest.ConnectionQuery())])
+
+    async def connection_terminate(self, request: web.Request) -> web.Response:
+        session_id = rest.parse_session_id(await _body(request, required=True))
+        session = self.hub.find_session(session_id)
+        if session is None:
+            raise _not_found(Info.SESSION_DOES_NOT_EXIST)
+        log.info("rest terminate session=%s", session.id)
+        session.close()
+        return _json({"terminated": [session_id]})
+
+    # --- operations -------------------------------------------------------------------------------
+
+    async def metrics(self, request: web.Request) -> web.Response:
+        text = prometheus.render(self.hub, self.hub.port)
+        return web.Response(body=text.encode(), headers={"Content-Type": prometheus.CONTENT_TYPE})
+
+    async def health(self, request: web.Request) -> web.Response:
+        return _json(health(self.hub))
+
+
+def health(hub: Hub) -> dict[str, Any]:
+    streams = hub.streams()
+    return {
+        "status": "ok",
+        "sessions": len(hub.sessions),
+        "streams": sum(1 for s in streams if s.published and not s.closed),
+        "players": sum(1 for s in streams if not s.published and not s.closed),
+    }

@@ -1,0 +1,61 @@
+"""Per-stream rates: deltas of the media plane's counters over the time between two samples.
+
+The media plane only counts (plain ints on the packet path); the hub samples every stream about once a
+second (`rate_interval`) and turns two consecutive readings into rates here. What "video rate" means is
+chosen to match what the official SDK compares it with (spec §7): the browser's getStats
+`bytesSent`/`bytesReceived` per RFC 3550 §6.4.1 — RTP payload octets, retransmissions included.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class Reading:
+    """Cumulative counters of one stream at one instant (what the media plane counted so far)."""
+
+    video_octets: int = 0  # RTP payload octets of video (publisher: received; player: sent, incl. RTX)
+    audio_octets: int = 0
+    video_packets: int = 0
+    audio_packets: int = 0
+    frames: int = 0  # video frames (RTP marker bits)
+
+
+@dataclass(frozen=True, slots=True)
+class Rates:
+    """What one interval measured."""
+
+    video_rate: int = 0  # bit/s
+    audio_rate: int = 0  # bit/s
+    video_packet_rate: float = 0.0  # packets/s
+    audio_packet_rate: float = 0.0
+    fps: int = 0  # frames/s, rounded
+    interval: float = 0.0  # seconds the rates are averaged over (0: no interval measured yet)
+
+
+class RateMeter:
+    """Turns successive readings of one stream into rates; the first reading only sets the baseline."""
+
+    __slots__ = ("_time", "_reading", "latest")
+
+    def __init__(self) -> None:
+        self._time: float | None = None
+        self._reading = Reading()
+        self.latest = Rates()
+
+    def update(self, now: float, reading: Reading) -> Rates | None:
+        previous, since = self._reading, self._time
+        self._time, self._reading = now, reading
+        if since is None or now <= since:
+            return None
+        dt = now - since
+        self.latest = Rates(
+            video_rate=round(8 * max(0, reading.video_octets - previous.video_octets) / dt),
+            audio_rate=round(8 * max(0, reading.audio_octets - previous.audio_octets) / dt),
+            video_packet_rate=max(0, reading.video_packets - previous.video_packets) / dt,
+            audio_packet_rate=max(0, reading.audio_packets - previous.audio_packets) / dt,
+            fps=round(max(0, reading.frames - previous.frames) / dt),
+            interval=dt,
+        )
+        return self.latest
