@@ -171,12 +171,8 @@ class ServerProcess:
 
 
 def _rest_off() -> list[str]:
-    """Newer servers also open a REST port (8081 by default): take any free one instead, never a fixed one."""
-    import dataclasses
-
-    from ..server.config import Config
-
-    return ["--rest-port", "0"] if "rest_port" in {f.name for f in dataclasses.fields(Config)} else []
+    """The server also opens REST (8081) and HTTPS (8443) ports by default: any free REST port, no HTTPS."""
+    return ["--rest-port", "0", "--tls-port", "-1"]
 
 
 async def measure_ceiling(fanout: int, packets: int) -> dict:

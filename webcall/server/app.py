@@ -22,6 +22,7 @@ from ..streams.session import Session
 from .config import Config
 from .rest_recording import record_file_handler
 from .rest import RestApi, health
+from .tls import server_context
 
 log = logging.getLogger("webcall.server")
 
@@ -38,6 +39,7 @@ class WebcallServer:
         self.http_port = 0
         self.media_port = 0
         self.rest_port = 0  # bound REST port; 0 while the REST API is off
+        self.tls_port = 0  # bound HTTPS/WSS port; 0 while TLS is off
         self._sockets: set[web.WebSocketResponse] = set()
 
     async def start(self) -> None:
@@ -57,6 +59,7 @@ class WebcallServer:
         app = web.Application()
         app.router.add_get("/", self._root)
         app.router.add_get("/health", self._health)
+        app.router.add_get("/streams", self._streams)
         app.router.add_get("/player", self._page("player.html"))
         app.router.add_get("/sdk/flashphoner.js", self._sdk)
         app.router.add_static("/static/", c.static_dir, show_index=False)
@@ -66,13 +69,20 @@ class WebcallServer:
         site = web.TCPSite(self._runner, c.host, c.port)
         await site.start()
         self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        if c.tls_port >= 0:
+            context = await asyncio.get_running_loop().run_in_executor(
+                None, server_context, c.tls_cert, c.tls_key, c.tls_dir, [ip for ip, _ in settings.candidates])
+            tls_site = web.TCPSite(self._runner, c.host, c.tls_port, ssl_context=context)
+            await tls_site.start()
+            self.tls_port = tls_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         if c.rest_port >= 0:
             self._rest_runner = web.AppRunner(RestApi(self.hub, c.max_message_size).app(), access_log=None)
             await self._rest_runner.setup()
             rest_site = web.TCPSite(self._rest_runner, c.rest_host, c.rest_port)
             await rest_site.start()
             self.rest_port = rest_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        log.info("listening http+ws=%s:%d media=udp/%s:%d rest=%s announce=%s", c.host, self.http_port,
+        log.info("listening http+ws=%s:%d https+wss=%s media=udp/%s:%d rest=%s announce=%s", c.host, self.http_port,
+                 self.tls_port or "off",
                  c.media_host, self.media_port, f"{c.rest_host}:{self.rest_port}" if self._rest_runner else "off",
                  ",".join(ip for ip, _ in settings.candidates))
 
@@ -102,6 +112,18 @@ class WebcallServer:
     async def _health(self, request: web.Request) -> web.Response:
         assert self.hub is not None
         return web.json_response(health(self.hub))
+
+    async def _streams(self, request: web.Request) -> web.Response:
+        """Live publications for the demo's home page: name, status, size, codecs and live rates."""
+        assert self.hub is not None
+        out = []
+        for stream in self.hub.streams():
+            if stream.published and not stream.closed:
+                obj = stream.describe()
+                out.append({k: obj.get(k) for k in ("name", "status", "width", "height", "videoCodec",
+                                                     "audioCodec", "createDate", "metrics")}
+                           | {"players": len(stream.players)})
+        return web.json_response(sorted(out, key=lambda s: s["name"]))
 
     def _page(self, name: str):
         async def handler(request: web.Request) -> web.StreamResponse:

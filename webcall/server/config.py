@@ -31,6 +31,11 @@ class Config:
     media_port: int = field(default=31001, metadata={"help": "the one UDP port for all WebRTC media"})
     public_ip: str = field(default="auto", metadata={
         "help": "IP announced in ICE candidates (comma-separated); auto = this host's IPv4 addresses"})
+    tls_port: int = field(default=8443, metadata={
+        "help": "HTTPS + WSS port (same pages and signalling as --port); 0 = any free port, -1 = off"})
+    tls_cert: str = field(default="", metadata={"help": "PEM certificate for HTTPS; empty = self-signed"})
+    tls_key: str = field(default="", metadata={"help": "PEM private key for --tls-cert"})
+    tls_dir: str = field(default="certs", metadata={"help": "where the self-signed certificate is kept"})
     rest_host: str = field(default="127.0.0.1", metadata={
         "help": "REST API + /metrics bind address (it can stop any stream: expose it with care)"})
     rest_port: int = field(default=8081, metadata={
@@ -85,8 +90,11 @@ class Config:
         for name in ("port", "media_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name} must be 0..65535")
-        if not -1 <= self.rest_port <= 65535:
-            raise ValueError("rest_port must be -1..65535")
+        for name in ("rest_port", "tls_port"):
+            if not -1 <= getattr(self, name) <= 65535:
+                raise ValueError(f"{name} must be -1..65535")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("give both tls_cert and tls_key, or neither")
         for name in ("connect_timeout", "consent_timeout", "ping_interval", "rate_interval", "snapshot_timeout"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be > 0")

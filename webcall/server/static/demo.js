@@ -541,8 +541,58 @@
 
     // ------------------------------------------------------------------ start
 
+    // The home page's list of live streams, from GET /streams (same origin), refreshed every 2 s.
+    function streamList() {
+        var rows = $("streamRows");
+        if (!rows) {
+            return;
+        }
+        function cell(tr, content) {
+            var td = document.createElement("td");
+            if (content instanceof Node) {
+                td.appendChild(content);
+            } else {
+                td.textContent = content;
+            }
+            tr.appendChild(td);
+        }
+        function refresh() {
+            fetch("/streams", {cache: "no-store"}).then(function (r) { return r.json(); }).then(function (list) {
+                rows.textContent = "";
+                if (!list.length) {
+                    var tr = document.createElement("tr");
+                    cell(tr, "nothing is being published");
+                    tr.firstChild.colSpan = 6;
+                    tr.firstChild.className = "placeholder";
+                    rows.appendChild(tr);
+                }
+                list.forEach(function (s) {
+                    var tr = document.createElement("tr");
+                    var m = s.metrics || {};
+                    cell(tr, s.name);
+                    cell(tr, s.status);
+                    cell(tr, (s.videoCodec || "—") + (s.width ? " " + s.width + "×" + s.height : ""));
+                    cell(tr, m.VIDEO_RATE ? Math.round(m.VIDEO_RATE / 1000) + " kbit/s · " + (m.VIDEO_FPS || 0) + " fps" : "—");
+                    cell(tr, String(s.players));
+                    var a = document.createElement("a");
+                    a.href = "/player?stream=" + encodeURIComponent(s.name);
+                    a.target = "_blank";
+                    a.rel = "noopener";
+                    a.textContent = "open player";
+                    cell(tr, a);
+                    rows.appendChild(tr);
+                });
+            }).catch(function () { /* the server restarts: try again next time */ });
+        }
+        refresh();
+        setInterval(refresh, 2000);
+    }
+
     function start() {
         var page = document.body.getAttribute("data-page") || "index";
+        if (page !== "player") {
+            streamList();
+        }
         initSdk().then(function (providers) {
             console.log("webcall: SDK ready, media providers " + JSON.stringify(providers));
             if (page === "player") {
