@@ -268,13 +268,32 @@
             function idle() {
                 clearTimers();
                 stream = null;
+                setMuteButtons(null);
                 button.textContent = opts.startLabel;
                 button.disabled = !established();
                 input.disabled = false;
                 setText(statsEl, "");
             }
 
+            // Publisher only: mute/unmute the local tracks; the SDK tells the server, which tells players.
+            function setMuteButtons(s) {
+                if (!opts.publish) {
+                    return;
+                }
+                [["muteAudioBtn", "Audio", function (x) { return x.isAudioMuted(); }],
+                 ["muteVideoBtn", "Video", function (x) { return x.isVideoMuted(); }]].forEach(function (b) {
+                    var el = $(b[0]);
+                    el.disabled = !s;
+                    el.textContent = (s && b[2](s) ? "Unmute " : "Mute ") + b[1].toLowerCase();
+                    el.onclick = !s ? null : function () {
+                        if (b[2](s)) { s["unmute" + b[1]](); } else { s["mute" + b[1]](); }
+                        setMuteButtons(s);
+                    };
+                });
+            }
+
             function running(s) {
+                setMuteButtons(s);
                 button.textContent = "Stop";
                 button.disabled = false;
                 input.disabled = true;
@@ -329,6 +348,8 @@
                 }).on(STREAM_EVENT, function (ev) {
                     if (ev.type === STREAM_EVENT_TYPE.UNMUTE_REQUIRED) {
                         setText(infoEl, "Autoplay muted the sound: use the video controls to unmute");
+                    } else if (/^(audio|video)(Muted|Unmuted)$/.test(ev.type)) {
+                        setText(infoEl, "Publisher " + ev.type.replace(/([A-Z])/, " $1").toLowerCase());
                     } else if (ev.type === STREAM_EVENT_TYPE.RESIZE && ev.payload) {
                         setText(infoEl, "Resolution " + ev.payload.streamerVideoWidth + "×" +
                             ev.payload.streamerVideoHeight);
