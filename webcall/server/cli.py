@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 import sys
 
@@ -13,6 +14,10 @@ from .config import parse_args
 
 async def _serve(server: WebcallServer) -> None:
     await server.start()
+    # Everything loaded at start-up lives as long as the process: keep it out of the collector's scans,
+    # whose full passes otherwise pause forwarding for tens of milliseconds under load.
+    gc.collect()
+    gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
