@@ -34,14 +34,10 @@ from dataclasses import dataclass, field
 
 import pylibsrtp
 from aioice import stun
-from aiortc.rtcdtlstransport import (
-    SRTP_AEAD_AES_128_GCM,
-    SRTP_AES128_CM_SHA1_80,
-    RTCCertificate,
-    certificate_digest,
-)
+from aiortc.rtcdtlstransport import RTCCertificate, certificate_digest
 from OpenSSL import SSL
 
+from ..media.dtls import SRTP_PROFILES  # the same profiles the server offers
 from ..media.rtp import KEYFRAME_PROBES, split
 from .publisher import SendLog, Window
 from .signalling import SignallingError, WcsConnection, new_media_session_id, play_request
@@ -54,15 +50,6 @@ CONSENT_INTERVAL = 5.0
 LAG_SAMPLE_EVERY = 64
 
 
-def _profile_available(profile) -> bool:
-    try:
-        pylibsrtp.Policy(srtp_profile=profile.libsrtp_profile)
-    except pylibsrtp.Error:
-        return False
-    return True
-
-
-SRTP_PROFILES = tuple(p for p in (SRTP_AEAD_AES_128_GCM, SRTP_AES128_CM_SHA1_80) if _profile_available(p))
 
 
 class ClientIdentity:
