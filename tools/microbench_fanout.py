@@ -22,7 +22,7 @@ import pylibsrtp  # noqa: E402
 
 from webcall.media.consumer import Consumer  # noqa: E402
 from webcall.media.producer import Producer  # noqa: E402
-from webcall.media.srtp import SrtpSession  # noqa: E402
+from webcall.media.srtp import SendBatch, SrtpSession  # noqa: E402
 from webcall.protocol.sdp import EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, Codec, Track  # noqa: E402
 
 
@@ -47,7 +47,7 @@ class BenchTransport:
         self.send_raw = WebRtcTransport.send_raw.__get__(self)
 
 
-def main(players: int, packets: int) -> None:
+def main(players: int, packets: int, batch: bool = True) -> None:
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
     sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
@@ -57,6 +57,8 @@ def main(players: int, packets: int) -> None:
     producer = Producer(track, send_nack=lambda *a: None, send_keyframe_request=lambda *a: None,
                         on_keyframe=lambda *a: None)
     port = SinkPort()
+    if batch:
+        producer.batch = SendBatch(port.sock)  # as the server does: one sendmmsg per publisher packet
     for _ in range(players):
         consumer = Consumer(producer, Track("1", "video", codec, {EXT_ABS_SEND_TIME: 3}), BenchTransport(port, addr))
         consumer.needs_keyframe = False
@@ -83,5 +85,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--players", type=int, default=100)
     parser.add_argument("--packets", type=int, default=2000)
+    parser.add_argument("--no-batch", action="store_true", help="one sendto per player instead of sendmmsg")
     args = parser.parse_args()
-    main(args.players, args.packets)
+    main(args.players, args.packets, not args.no_batch)

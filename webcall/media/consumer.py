@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING
 from ..protocol.sdp import EXT_MID, Track
 from .producer import ExtensionPlan, Producer
 from .rtp import FIXED_HEADER
+from .srtp import SendBatch, sockaddr
 
 if TYPE_CHECKING:
     from .transport import WebRtcTransport
@@ -27,7 +28,7 @@ def random_ssrc() -> int:
 class Consumer:
     __slots__ = (
         "producer", "transport", "kind", "mid", "ssrc", "rtx_ssrc", "payload_type", "rtx_payload_type",
-        "plan", "needs_keyframe", "_sock", "seq_offset", "ts_offset", "start_ext_seq", "rtx_seq", "_next_seq", "_ts_base",
+        "plan", "needs_keyframe", "_sock", "_addr", "_sockaddr", "seq_offset", "ts_offset", "start_ext_seq", "rtx_seq", "_next_seq", "_ts_base",
         "packets", "octets", "retransmits", "retransmit_octets", "nacks", "keyframe_requests", "fraction_lost",
         "player_lost",
     )
@@ -36,6 +37,8 @@ class Consumer:
         self.producer = producer
         self.transport = transport
         self._sock = transport.port.sock
+        self._addr: object = None  # the transport address _sockaddr was made for
+        self._sockaddr = None
         self.kind = track.kind
         self.mid = track.mid
         self.ssrc = random_ssrc()
@@ -62,8 +65,11 @@ class Consumer:
         self.player_lost = 0
 
     def forward(self, b0: int, marker: int, ext_seq: int, ts: int, tail: bytes, keyframe: bool,
-                size: int) -> None:
-        """Send one packet of the producer (called once per packet per player — keep it lean)."""
+                size: int, batch: SendBatch | None = None) -> None:
+        """Send one packet of the producer (called once per packet per player — keep it lean).
+
+        With a batch, the packet is protected in place and queued for the producer's single sendmmsg.
+        """
         if self.seq_offset is None:
             if self.needs_keyframe and not keyframe:
                 return
@@ -76,14 +82,27 @@ class Consumer:
         tx = transport._tx
         if tx is None:
             return
+        seq = (ext_seq + self.seq_offset) & 0xFFFF
+        ts = (ts + self.ts_offset) & 0xFFFFFFFF
+        if batch is not None:
+            addr = transport.addr
+            if addr is not self._addr:  # the peer's address changed (or first packet): new sockaddr
+                self._addr, self._sockaddr = addr, sockaddr(addr)
+            if self._sockaddr is not None:
+                length = tx.protect_in_place(FIXED_HEADER, b0, marker | self.payload_type, seq, ts, self.ssrc, tail)
+                if length:
+                    batch.add(tx.pointer, length, self._sockaddr)
+                    self.packets += 1
+                    self.octets += size  # payload octets, as the SR's octet count wants (RFC 3550 §6.4.1)
+                return
         try:
-            tx.send_rtp(self._sock, transport.addr, FIXED_HEADER, b0, marker | self.payload_type,
-                        (ext_seq + self.seq_offset) & 0xFFFF, (ts + self.ts_offset) & 0xFFFFFFFF, self.ssrc, tail)
+            tx.send_rtp(self._sock, transport.addr, FIXED_HEADER, b0, marker | self.payload_type, seq, ts, self.ssrc,
+                        tail)
         except OSError:  # full socket buffer: UDP drops, and so do we
             transport.send_errors += 1
             return
         self.packets += 1
-        self.octets += size  # payload octets, as the SR's octet count wants (RFC 3550 §6.4.1)
+        self.octets += size
 
     def on_nack(self, seqs: list[int]) -> None:
         """Answer a player's NACK from the producer's ring, over RTX when the player negotiated it."""

@@ -89,6 +89,7 @@ class PublisherEndpoint(_Endpoint):
             producer = Producer(track, send_nack=self._send_nack, send_keyframe_request=self._send_pli,
                                 on_keyframe=self._on_keyframe)
             producer.fanout_cost = port.fanout_cost
+            producer.batch = port.batch
             self.producers[track.kind] = producer
             self._by_pt[producer.payload_type] = producer
             if producer.rtx_payload_type is not None:

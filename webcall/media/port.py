@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from aioice import stun
 
 from ..protocol.status import Info
+from .srtp import SendBatch
 from .stats import FanoutCost
 
 if TYPE_CHECKING:
@@ -36,6 +37,7 @@ class MediaPort(asyncio.DatagramProtocol):
         self.transports: set[WebRtcTransport] = set()
         self.dropped = 0  # datagrams nobody could take
         self.errors = 0  # exceptions contained at this boundary
+        self.batch: SendBatch | None = None
         self.fanout_cost = FanoutCost()  # sampled by every producer on this port
         self._endpoint: asyncio.DatagramTransport | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -52,6 +54,8 @@ class MediaPort(asyncio.DatagramProtocol):
         sock.bind((host, port))
         sock.setblocking(False)
         self.sock = sock
+        # Shared by every producer: a fan-out runs to completion (flush included) before the next one starts.
+        self.batch = SendBatch(sock) if SendBatch.available else None
         loop = asyncio.get_running_loop()
         self._endpoint, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
         self._ticker = asyncio.create_task(self._tick_loop(), name="media-port-ticker")

@@ -14,6 +14,7 @@ from time import perf_counter_ns
 from typing import TYPE_CHECKING
 
 from ..protocol.sdp import EXT_MID, Track
+from .srtp import SendBatch
 from .rtp import FIXED_HEADER, KEYFRAME_PROBES, build_extensions, parse_extensions, split
 from .stats import FANOUT_SAMPLE_MASK
 
@@ -79,6 +80,7 @@ class Producer:
         self._on_keyframe = on_keyframe
 
         self.consumers: list[Consumer] = []
+        self.batch: SendBatch | None = None  # the port's sendmmsg batch, set by the endpoint when available
         # Recorders (media/recorder.py) hook in here: each is called with every packet stored in the ring.
         self.sinks: list[Callable[[bytes], None]] = []
         self._groups: list[tuple[ExtensionPlan, list[Consumer]]] = []
@@ -185,12 +187,17 @@ class Producer:
         marker = packet[1] & 0x80
         fanouts = self.fanouts = self.fanouts + 1
         started = 0 if fanouts & FANOUT_SAMPLE_MASK else perf_counter_ns()  # time 1 fan-out in 64
-        for plan, consumers in self._groups:
-            ext = plan.build(elements)
-            tail = csrc + ext + payload
-            b0_out = b0 | 0x10 if ext else b0
-            for consumer in consumers:
-                consumer.forward(b0_out, marker, ext_seq, ts, tail, keyframe, end - ext_end)
+        batch = self.batch
+        try:
+            for plan, consumers in self._groups:
+                ext = plan.build(elements)
+                tail = csrc + ext + payload
+                b0_out = b0 | 0x10 if ext else b0
+                for consumer in consumers:
+                    consumer.forward(b0_out, marker, ext_seq, ts, tail, keyframe, end - ext_end, batch)
+        finally:
+            if batch is not None and batch.count:
+                batch.flush()  # one sendmmsg for every player of this packet
         if started and self.fanout_cost is not None:
             self.fanout_cost.observe(perf_counter_ns() - started, len(self.consumers))
 
