@@ -74,18 +74,9 @@ class SrtpSession:
     def send_rtp(self, sock: socket.socket, addr: tuple[str, int], header: struct.Struct, b0: int, b1: int,
                  seq: int, ts: int, ssrc: int, tail: bytes) -> int:
         """Assemble header + tail in place, protect, send. Returns bytes sent (0 if dropped)."""
-        n = 12 + len(tail)
-        if n > _MAX_PACKET:
-            return 0
-        view = self._view
-        header.pack_into(view, 0, b0, b1, seq, ts, ssrc)
-        view[12:n] = tail
-        length = self._len
-        length[0] = n
-        if lib.srtp_protect(self._srtp, self._cdata, length):
-            return 0
-        n = length[0]
-        sock.sendto(view[:n], addr)
+        n = self.protect_in_place(header, b0, b1, seq, ts, ssrc, tail)
+        if n:
+            sock.sendto(self._view[:n], addr)
         return n
 
     def protect_in_place(self, header: struct.Struct, b0: int, b1: int, seq: int, ts: int, ssrc: int,
