@@ -98,3 +98,16 @@ class FakePublisher:
 def ntp(seconds: float) -> int:
     """An NTP timestamp (RFC 3550 §4) for a wall time in seconds."""
     return int(seconds * 4294967296) & 0xFFFFFFFFFFFFFFFF
+
+
+def vp8_descriptor_length(payload: bytes) -> int:
+    """Length of the RFC 7741 payload descriptor in front of a VP8 packet's bitstream, parsed independently of
+    webcall.media.rtp so tests can check it."""
+    pos = 1
+    if payload[0] & 0x80:
+        x = payload[1]
+        pos = 2
+        if x & 0x80:
+            pos += 2 if payload[pos] & 0x80 else 1
+        pos += bool(x & 0x40) + bool(x & 0x30)
+    return pos

@@ -18,6 +18,7 @@ import pytest
 from aiortc.codecs import get_encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
+from tests.support.rtpgen import vp8_descriptor_length
 from webcall.media.consumer import Consumer
 from webcall.media.producer import (
     KEYFRAME_MIN_INTERVAL,
@@ -264,20 +265,9 @@ def frames() -> list[Frame]:
     assert all(len(f.payloads) >= 2 for f in out if f.key), "keyframes should span several packets"
     # the keyframe flag is what the encoder produced (VP8 frame tag P bit of the first partition)
     for f in out:
-        descriptor_len = _vp8_descriptor_len(f.payloads[0])
+        descriptor_len = vp8_descriptor_length(f.payloads[0])
         assert (f.payloads[0][descriptor_len] & 0x01 == 0) == f.key
     return out
-
-
-def _vp8_descriptor_len(payload: bytes) -> int:
-    pos = 1
-    if payload[0] & 0x80:
-        x = payload[1]
-        pos = 2
-        if x & 0x80:
-            pos += 2 if payload[pos] & 0x80 else 1
-        pos += bool(x & 0x40) + bool(x & 0x30)
-    return pos
 
 
 @dataclass

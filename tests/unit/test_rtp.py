@@ -16,6 +16,7 @@ import pytest
 from aiortc.codecs import get_encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
+from tests.support.rtpgen import vp8_descriptor_length
 from webcall.media.rtp import (
     build_extensions,
     h264_keyframe_size,
@@ -350,18 +351,8 @@ def test_vp8_keyframe_size_real_encoder(size: tuple[int, int], vp8_640) -> None:
 
 
 def _vp8_strip_descriptor(payload: bytes) -> bytes:
-    """The VP8 bitstream behind aiortc's payload descriptor (parsed here independently)."""
-    pos = 1
-    if payload[0] & 0x80:
-        x = payload[1]
-        pos = 2
-        if x & 0x80:
-            pos += 2 if payload[pos] & 0x80 else 1
-        if x & 0x40:
-            pos += 1
-        if x & 0x30:
-            pos += 1
-    return payload[pos:]
+    """The VP8 bitstream behind aiortc's payload descriptor."""
+    return payload[vp8_descriptor_length(payload):]
 
 
 @pytest.mark.parametrize(
