@@ -3,10 +3,12 @@
 #   make serve    set everything up, then run the server on :8080 (ARGS="--port 9000 ...")
 #   make test     set everything up, then run the test suite     (PYTEST_ARGS="-k sdp -x")
 #   make bench    set up the venv, then load-test the server      (ARGS="--steps 10,50,100")
+#   make core     compile the fan-out core (webcall/media/_fanout.so; serve, test and bench do it)
 #
 # Set-up steps are stamped, so they re-run only when their inputs change:
 #   .venv/.webcall-installed          <- requirements.txt, requirements-dev.txt
 #   node_modules/.webcall-installed   <- package.json, package-lock.json
+#   webcall/media/_fanout.so          <- webcall/media/fanout.c
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -22,33 +24,43 @@ PYTEST_ARGS ?=
 
 # Debian packages needed on the machine: "command-or-check:package".
 # A package is installed only if its check fails; apt-get runs only if something is missing.
-SYSTEM_CHECKS := node:nodejs npm:npm chromium:chromium firefox-esr:firefox-esr
+SYSTEM_CHECKS := gcc:gcc node:nodejs npm:npm chromium:chromium firefox-esr:firefox-esr
+CC          ?= gcc
+CORE_SRC    := webcall/media/fanout.c
+CORE_LIB    := webcall/media/_fanout.so
 
-.PHONY: serve test bench venv sdk deps-system clean help
+.PHONY: serve test bench core venv sdk deps-system clean help
 
 help:
 	@echo "make serve        run the server (ARGS='--port 8080 --public-ip 1.2.3.4')"
 	@echo "make test         run the tests  (PYTEST_ARGS='-k name -x')"
 	@echo "make bench        viewers per core, first-frame time, added latency (ARGS='--steps 10,50,100')"
+	@echo "make core         compile the fan-out core (C, loaded with cffi; without it forwarding runs in Python)"
 	@echo "make venv         create .venv and install requirements-dev.txt"
 	@echo "make sdk          npm ci: the Flashphoner Web SDK into node_modules/"
-	@echo "make deps-system  apt-get install what is missing (python3-venv, nodejs, npm, chromium, firefox-esr)"
+	@echo "make deps-system  apt-get install what is missing (python3-venv, gcc, nodejs, npm, chromium, firefox-esr)"
 	@echo "make clean        remove .venv, node_modules and caches"
 
-serve: deps-system venv sdk
+serve: deps-system venv sdk core
 	$(VENV_PY) -m webcall $(ARGS)
 
 # Starts its own server on 127.0.0.1 unless ARGS has --url; writes artifacts/bench/bench-<time>.{json,png}.
-bench: deps-system venv
+bench: deps-system venv core
 	$(VENV_PY) -m webcall bench $(ARGS)
 
 # pytest exits 5 when it collects no test; that is reported, not treated as a failure.
-test: deps-system venv sdk
+test: deps-system venv sdk core
 	@rc=0; $(VENV_PY) -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)"; exit 0; fi; \
 	exit $$rc
 
 venv: $(VENV_STAMP)
+
+core: $(CORE_LIB)
+
+# A plain shared library (no Python headers): fanout.py dlopens it and checks its ABI version.
+$(CORE_LIB): $(CORE_SRC) | deps-system
+	$(CC) -O2 -Wall -Wextra -Werror -fPIC -shared -o $@ $<
 
 $(VENV_STAMP): requirements.txt requirements-dev.txt | deps-system
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
@@ -84,5 +96,5 @@ deps-system:
 	fi
 
 clean:
-	rm -rf $(VENV) node_modules .pytest_cache
+	rm -rf $(VENV) node_modules .pytest_cache $(CORE_LIB)
 	find . -name __pycache__ -type d -prune -not -path './.git/*' -exec rm -rf {} +

@@ -3,7 +3,7 @@
 No network peers: each consumer's transport has real SRTP keys and sends real datagrams to a local UDP sink.
 Prints µs per forwarded packet for a fan-out of N players.
 
-    .venv/bin/python tools/microbench_fanout.py --players 100 --packets 2000
+    .venv/bin/python tools/microbench_fanout.py --players 100 --packets 2000 [--core python]
 """
 
 from __future__ import annotations
@@ -21,8 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import pylibsrtp  # noqa: E402
 
 from webcall.media.consumer import Consumer  # noqa: E402
+from webcall.media.fanout import FanoutCore, load_error, load_library  # noqa: E402
 from webcall.media.producer import Producer  # noqa: E402
-from webcall.media.srtp import SendBatch, SrtpSession  # noqa: E402
+from webcall.media.srtp import SendBatch, SrtpSession, sockaddr  # noqa: E402
 from webcall.protocol.sdp import EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, Codec, Track  # noqa: E402
 
 
@@ -39,6 +40,7 @@ class BenchTransport:
     def __init__(self, port: SinkPort, addr) -> None:
         from webcall.media.transport import WebRtcTransport
         self.port, self.addr = port, addr
+        self.sockaddr = sockaddr(addr)
         policy = pylibsrtp.Policy(key=os.urandom(28), ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
                                   srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM)
         self._tx = SrtpSession(pylibsrtp.Session(policy))
@@ -47,7 +49,7 @@ class BenchTransport:
         self.send_raw = WebRtcTransport.send_raw.__get__(self)
 
 
-def main(players: int, packets: int, batch: bool = True) -> None:
+def main(players: int, packets: int, batch: bool = True, core: str = "c") -> None:
     sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sink.bind(("127.0.0.1", 0))
     sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
@@ -59,6 +61,11 @@ def main(players: int, packets: int, batch: bool = True) -> None:
     port = SinkPort()
     if batch:
         producer.batch = SendBatch(port.sock)  # as the server does: one sendmmsg per publisher packet
+    if core == "c":
+        lib = load_library()
+        if lib is None:
+            sys.exit(f"no compiled core: {load_error()}")
+        producer.core = FanoutCore(lib, port.sock)
     for _ in range(players):
         consumer = Consumer(producer, Track("1", "video", codec, {EXT_ABS_SEND_TIME: 3}), BenchTransport(port, addr))
         consumer.needs_keyframe = False
@@ -73,10 +80,10 @@ def main(players: int, packets: int, batch: bool = True) -> None:
         producer.receive(packet, index / 100)
     elapsed = time.process_time() - t0
     forwarded = sum(c.packets for c in producer.consumers)
-    errors = sum(c.transport.send_errors for c in producer.consumers)
+    errors = sum(c.transport.send_errors for c in producer.consumers) + (producer.core.dropped if producer.core else 0)
     if errors:
         print(f"warning: {errors} sends failed (socket buffer full): the figure is not representative")
-    print(f"players={players} publisher_packets={packets} forwarded={forwarded} "
+    print(f"core={core} players={players} publisher_packets={packets} forwarded={forwarded} "
           f"=> {1e6 * elapsed / forwarded:.2f} us per forwarded packet "
           f"({1e6 * elapsed / packets:.0f} us per publisher packet)")
 
@@ -86,5 +93,6 @@ if __name__ == "__main__":
     parser.add_argument("--players", type=int, default=100)
     parser.add_argument("--packets", type=int, default=2000)
     parser.add_argument("--no-batch", action="store_true", help="one sendto per player instead of sendmmsg")
+    parser.add_argument("--core", choices=("c", "python"), default="c", help="compiled fan-out core or Python")
     args = parser.parse_args()
-    main(args.players, args.packets, not args.no_batch)
+    main(args.players, args.packets, not args.no_batch, args.core)

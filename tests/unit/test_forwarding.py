@@ -109,6 +109,7 @@ class FakeTransport:
         self.sent: list[bytes] = []
         self.port = SimpleNamespace(sock=FakeSocket(self.sent))
         self.addr = ("127.0.0.1", 50000)
+        self.sockaddr = None  # no sendmmsg address: the Consumer sends with sendto, recorded above
         self._tx = PlainTx()
         self.send_errors = 0
 

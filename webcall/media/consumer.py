@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from ..protocol.sdp import EXT_MID, Track
 from .producer import ExtensionPlan, Producer
 from .rtp import FIXED_HEADER
-from .srtp import SendBatch, sockaddr
+from .srtp import SendBatch
 
 if TYPE_CHECKING:
     from .transport import WebRtcTransport
@@ -28,17 +28,15 @@ def random_ssrc() -> int:
 class Consumer:
     __slots__ = (
         "producer", "transport", "kind", "mid", "ssrc", "rtx_ssrc", "payload_type", "rtx_payload_type",
-        "plan", "needs_keyframe", "_sock", "_addr", "_sockaddr", "seq_offset", "ts_offset", "start_ext_seq", "rtx_seq", "_next_seq", "_ts_base",
-        "packets", "octets", "retransmits", "retransmit_octets", "nacks", "keyframe_requests", "fraction_lost",
-        "player_lost",
+        "plan", "needs_keyframe", "_sock", "seq_offset", "ts_offset", "start_ext_seq", "rtx_seq", "_next_seq",
+        "_ts_base", "target", "_target_refs", "_packets", "_octets", "retransmits", "retransmit_octets", "nacks",
+        "keyframe_requests", "fraction_lost", "player_lost",
     )
 
     def __init__(self, producer: Producer, track: Track, transport: WebRtcTransport) -> None:
         self.producer = producer
         self.transport = transport
         self._sock = transport.port.sock
-        self._addr: object = None  # the transport address _sockaddr was made for
-        self._sockaddr = None
         self.kind = track.kind
         self.mid = track.mid
         self.ssrc = random_ssrc()
@@ -59,16 +57,33 @@ class Consumer:
         self.rtx_seq = secrets.randbits(15)
         self._next_seq = secrets.randbits(15)
         self._ts_base = secrets.randbits(31)
-        self.packets = self.octets = self.retransmits = self.nacks = self.keyframe_requests = 0
+        # Once promoted to the compiled fan-out core (fanout.py), its `struct wc_target`; the objects its
+        # pointers lead to (SRTP session, address) are held in _target_refs so they outlive it.
+        self.target = None
+        self._target_refs: tuple = ()
+        self._packets = self._octets = 0  # sent by forward() in Python; the core counts in `target`
+        self.retransmits = self.nacks = self.keyframe_requests = 0
         self.retransmit_octets = 0  # payload octets of retransmissions (not in `octets`: that feeds the SR)
         self.fraction_lost = 0
         self.player_lost = 0
 
+    @property
+    def packets(self) -> int:
+        target = self.target
+        return self._packets + (target.packets if target is not None else 0)
+
+    @property
+    def octets(self) -> int:
+        """Payload octets sent (not retransmissions), as the SR's octet count wants (RFC 3550 §6.4.1)."""
+        target = self.target
+        return self._octets + (target.octets if target is not None else 0)
+
     def forward(self, b0: int, marker: int, ext_seq: int, ts: int, tail: bytes, keyframe: bool,
                 size: int, batch: SendBatch | None = None) -> None:
-        """Send one packet of the producer (called once per packet per player — keep it lean).
+        """Send one packet of the producer in Python (once per packet per player — keep it lean).
 
         With a batch, the packet is protected in place and queued for the producer's single sendmmsg.
+        Once started, a consumer asks its producer to move it to the compiled core, if there is one.
         """
         if self.seq_offset is None:
             if self.needs_keyframe and not keyframe:
@@ -84,25 +99,24 @@ class Consumer:
             return
         seq = (ext_seq + self.seq_offset) & 0xFFFF
         ts = (ts + self.ts_offset) & 0xFFFFFFFF
-        if batch is not None:
-            addr = transport.addr
-            if addr is not self._addr:  # the peer's address changed (or first packet): new sockaddr
-                self._addr, self._sockaddr = addr, sockaddr(addr)
-            if self._sockaddr is not None:
-                length = tx.protect_in_place(FIXED_HEADER, b0, marker | self.payload_type, seq, ts, self.ssrc, tail)
-                if length:
-                    batch.add(tx.pointer, length, self._sockaddr)
-                    self.packets += 1
-                    self.octets += size  # payload octets, as the SR's octet count wants (RFC 3550 §6.4.1)
-                return
+        name = transport.sockaddr
+        if name is not None and self.target is None and self.producer.core is not None:
+            self.producer.promote(self, tx, name)  # from the next packet on
+        if batch is not None and name is not None:
+            length = tx.protect_in_place(FIXED_HEADER, b0, marker | self.payload_type, seq, ts, self.ssrc, tail)
+            if length:
+                batch.add(tx.pointer, length, name)
+                self._packets += 1
+                self._octets += size
+            return
         try:
             tx.send_rtp(self._sock, transport.addr, FIXED_HEADER, b0, marker | self.payload_type, seq, ts, self.ssrc,
                         tail)
         except OSError:  # full socket buffer: UDP drops, and so do we
             transport.send_errors += 1
             return
-        self.packets += 1
-        self.octets += size
+        self._packets += 1
+        self._octets += size
 
     def on_nack(self, seqs: list[int]) -> None:
         """Answer a player's NACK from the producer's ring, over RTX when the player negotiated it."""

@@ -90,6 +90,7 @@ class PublisherEndpoint(_Endpoint):
                                 on_keyframe=self._on_keyframe)
             producer.fanout_cost = port.fanout_cost
             producer.batch = port.batch
+            producer.core = port.core
             self.producers[track.kind] = producer
             self._by_pt[producer.payload_type] = producer
             if producer.rtx_payload_type is not None:

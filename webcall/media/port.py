@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 from aioice import stun
 
 from ..protocol.status import Info
+from .fanout import FanoutCore, new_core
 from .srtp import SendBatch
 from .stats import FanoutCost
 
@@ -30,7 +31,9 @@ TICK_INTERVAL = 0.1
 
 
 class MediaPort(asyncio.DatagramProtocol):
-    def __init__(self) -> None:
+    def __init__(self, fanout_core: str = "auto") -> None:
+        self.fanout_mode = fanout_core  # auto, c or python (see fanout.py)
+        self.core: FanoutCore | None = None
         self.sock: socket.socket | None = None
         self.by_ufrag: dict[str, WebRtcTransport] = {}
         self.by_addr: dict[Address, WebRtcTransport] = {}
@@ -56,6 +59,7 @@ class MediaPort(asyncio.DatagramProtocol):
         self.sock = sock
         # Shared by every producer: a fan-out runs to completion (flush included) before the next one starts.
         self.batch = SendBatch(sock) if SendBatch.available else None
+        self.core = new_core(sock, self.fanout_mode)
         loop = asyncio.get_running_loop()
         self._endpoint, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
         self._ticker = asyncio.create_task(self._tick_loop(), name="media-port-ticker")

@@ -1,9 +1,10 @@
 """A Producer is one incoming track of a publisher; it fans each packet out to its Consumers.
 
 `receive()` is the hottest function of the server: it runs once per publisher packet and calls
-`Consumer.forward()` once per player. Work that does not depend on the player (loss tracking, keyframe
-detection, header-extension parsing) is done here once; header-extension rewriting is done once per
-distinct player layout ("plan"), not once per player.
+`Consumer.forward()` once per player — or, with the compiled core (fanout.py), `wc_fanout` once for all
+started players of a layout. Work that does not depend on the player (loss tracking, keyframe detection,
+header-extension parsing) is done here once; header-extension rewriting is done once per distinct player
+layout ("plan"), not once per player.
 """
 
 from __future__ import annotations
@@ -20,6 +21,8 @@ from .stats import FANOUT_SAMPLE_MASK
 
 if TYPE_CHECKING:
     from .consumer import Consumer
+    from .fanout import FanoutCore
+    from .srtp import SrtpSession
     from .stats import FanoutCost
 
 RING_SIZE = 1024  # ≈ 7 s of 600 kbps video: enough for NACKs and for a keyframe replay
@@ -81,9 +84,12 @@ class Producer:
 
         self.consumers: list[Consumer] = []
         self.batch: SendBatch | None = None  # the port's sendmmsg batch, set by the endpoint when available
+        self.core: FanoutCore | None = None  # the port's compiled fan-out core, when there is one
         # Recorders (media/recorder.py) hook in here: each is called with every packet stored in the ring.
         self.sinks: list[Callable[[bytes], None]] = []
-        self._groups: list[tuple[ExtensionPlan, list[Consumer]]] = []
+        # Per player layout: (plan, consumers served in Python, the core's target array, its length, the
+        # promoted consumers — kept here so the targets the array points to stay alive while it is used).
+        self._groups: list[tuple[ExtensionPlan, list[Consumer], object, int, list[Consumer]]] = []
         self.ring: list[bytes | None] = [None] * RING_SIZE
 
         # Sequence state: extended = cycles + seq (RFC 3550 A.1).
@@ -188,13 +194,17 @@ class Producer:
         fanouts = self.fanouts = self.fanouts + 1
         started = 0 if fanouts & FANOUT_SAMPLE_MASK else perf_counter_ns()  # time 1 fan-out in 64
         batch = self.batch
+        size = end - ext_end
         try:
-            for plan, consumers in self._groups:
+            for plan, consumers, targets, count, _ in self._groups:
                 ext = plan.build(elements)
                 tail = csrc + ext + payload
                 b0_out = b0 | 0x10 if ext else b0
+                if count:
+                    core = self.core
+                    core.fanout(core.sender, targets, count, tail, len(tail), b0_out, marker, ext_seq, ts, size)
                 for consumer in consumers:
-                    consumer.forward(b0_out, marker, ext_seq, ts, tail, keyframe, end - ext_end, batch)
+                    consumer.forward(b0_out, marker, ext_seq, ts, tail, keyframe, size, batch)
         finally:
             if batch is not None and batch.count:
                 batch.flush()  # one sendmmsg for every player of this packet
@@ -320,11 +330,27 @@ class Producer:
             self.consumers.remove(consumer)
             self._regroup()
 
+    def promote(self, consumer: Consumer, tx: SrtpSession, name: object) -> None:
+        """Hand a started consumer to the compiled core (Consumer.forward calls this once it has offsets)."""
+        core = self.core
+        if core is None or consumer not in self.consumers or consumer.seq_offset is None:
+            return
+        consumer.target = core.new_target(tx, name, consumer.ssrc, consumer.payload_type, consumer.seq_offset,
+                                          consumer.ts_offset, consumer.start_ext_seq)
+        consumer._target_refs = (tx, name)
+        self._regroup()
+
     def _regroup(self) -> None:
-        groups: dict[tuple, tuple[ExtensionPlan, list[Consumer]]] = {}
+        groups: dict[tuple, tuple[ExtensionPlan, list[Consumer], list[Consumer]]] = {}
         for consumer in self.consumers:
-            groups.setdefault(consumer.plan.key, (consumer.plan, []))[1].append(consumer)
-        self._groups = list(groups.values())
+            _, slow, fast = groups.setdefault(consumer.plan.key, (consumer.plan, [], []))
+            (fast if consumer.target is not None else slow).append(consumer)
+        core = self.core
+        self._groups = [
+            (plan, slow, core.target_array([c.target for c in fast]) if fast and core else None,
+             len(fast) if core else 0, fast)
+            for plan, slow, fast in groups.values()
+        ]
 
     # --- statistics (read by the streams layer once a second; not on the packet path) ---------------
 

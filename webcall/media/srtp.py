@@ -17,8 +17,8 @@ from pylibsrtp._binding import ffi, lib
 
 # sendmmsg(2) through cffi's ABI mode (no compiler needed): one system call sends a publisher packet to every
 # player, instead of one sendto per player (the Python wrapper parses the address tuple on every call).
-_ffi = cffi.FFI()
-_ffi.cdef("""
+abi_ffi = cffi.FFI()
+abi_ffi.cdef("""
 struct iovec { void *iov_base; size_t iov_len; };
 struct msghdr { void *msg_name; unsigned int msg_namelen; struct iovec *msg_iov; size_t msg_iovlen;
                 void *msg_control; size_t msg_controllen; int msg_flags; };
@@ -26,7 +26,7 @@ struct mmsghdr { struct msghdr msg_hdr; unsigned int msg_len; };
 int sendmmsg(int sockfd, struct mmsghdr *msgvec, unsigned int vlen, int flags);
 """)
 try:
-    _libc = _ffi.dlopen(None)
+    _libc = abi_ffi.dlopen(None)
     _sendmmsg = _libc.sendmmsg
 except (OSError, AttributeError):  # not Linux/glibc: forwarding falls back to one sendto per player
     _sendmmsg = None
@@ -41,13 +41,18 @@ class SrtpError(Exception):
 class SrtpSession:
     __slots__ = ("_session", "_srtp", "_cdata", "_view", "_len", "pointer")
 
+    @property
+    def context(self):
+        """The libsrtp `srtp_t` (pylibsrtp's cdata), for the compiled fan-out core."""
+        return self._srtp
+
     def __init__(self, session: pylibsrtp.Session) -> None:
         self._session = session  # owns the libsrtp context and the buffer; keep it alive
         self._srtp = session._srtp[0]
         self._cdata = session._cdata
         self._view = memoryview(session._buffer)
         self._len = ffi.new("int *")
-        self.pointer = _ffi.cast("void *", int(ffi.cast("uintptr_t", self._cdata)))  # the buffer, for sendmmsg
+        self.pointer = abi_ffi.cast("void *", int(ffi.cast("uintptr_t", self._cdata)))  # the buffer, for sendmmsg
 
     def _run(self, func, data: bytes) -> bytes:
         n = len(data)
@@ -96,13 +101,19 @@ class SrtpSession:
         return length[0]
 
 
-def sockaddr(addr: tuple[str, int]):
-    """A `struct sockaddr_in` for sendmmsg, or None for addresses it does not take (IPv6)."""
+def pack_sockaddr(addr: tuple[str, int]) -> bytes | None:
+    """The bytes of a `struct sockaddr_in` for sendmmsg, or None for addresses it does not take (IPv6)."""
     try:
         packed = socket.inet_pton(socket.AF_INET, addr[0])
     except OSError:
         return None
-    return _ffi.new("char[16]", struct.pack("=H", socket.AF_INET) + struct.pack("!H", addr[1]) + packed + bytes(8))
+    return struct.pack("=H", socket.AF_INET) + struct.pack("!H", addr[1]) + packed + bytes(8)
+
+
+def sockaddr(addr: tuple[str, int]):
+    """A `struct sockaddr_in` for sendmmsg (cdata), or None for addresses it does not take (IPv6)."""
+    packed = pack_sockaddr(addr)
+    return None if packed is None else abi_ffi.new("char[16]", packed)
 
 
 class SendBatch:
@@ -115,8 +126,8 @@ class SendBatch:
     def __init__(self, sock: socket.socket, capacity: int = 512) -> None:
         self._fd = sock.fileno()
         self._capacity = capacity
-        self._msgs = _ffi.new("struct mmsghdr[]", capacity)
-        self._iovs = _ffi.new("struct iovec[]", capacity)
+        self._msgs = abi_ffi.new("struct mmsghdr[]", capacity)
+        self._iovs = abi_ffi.new("struct iovec[]", capacity)
         for i in range(capacity):
             header = self._msgs[i].msg_hdr
             header.msg_iov = self._iovs + i

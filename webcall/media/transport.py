@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..protocol.status import Info
 from .dtls import DtlsError, DtlsIdentity, DtlsServer
-from .srtp import SrtpError, SrtpSession
+from .srtp import SrtpError, SrtpSession, abi_ffi, pack_sockaddr
 
 if TYPE_CHECKING:
     from .port import MediaPort
@@ -63,6 +63,9 @@ class WebRtcTransport:
         self.state = TransportState.NEW
         self.addr: Address | None = None  # where we send
         self.addresses: set[Address] = set()  # every address that passed a connectivity check
+        # `addr` as a struct sockaddr_in for sendmmsg, rewritten in place when the peer moves: the players'
+        # fan-out targets point at it. None until an address is known, or when it is not IPv4.
+        self.sockaddr = None
         self._dtls = DtlsServer(identity, remote_fingerprints)
         self.srtp_profile: str | None = None
         self._rx: SrtpSession | None = None
@@ -90,16 +93,28 @@ class WebRtcTransport:
             self.addresses.add(addr)
             self.port.bind_address(self, addr)
         if self.addr is None:
-            self.addr = addr
+            self._send_to(addr)
             self.state = TransportState.ICE_CONNECTED
             log.debug("ice connected transport=%s %s addr=%s:%d", self.id, self.label, addr[0], addr[1])
         elif use_candidate and addr != self.addr:
-            self.addr = addr
+            self._send_to(addr)
+
+    def _send_to(self, addr: Address) -> None:
+        if addr == self.addr:
+            return
+        self.addr = addr
+        packed = pack_sockaddr(addr)
+        if packed is None:
+            self.sockaddr = None
+        elif self.sockaddr is None:
+            self.sockaddr = abi_ffi.new("char[16]", packed)
+        else:
+            abi_ffi.memmove(self.sockaddr, packed, 16)
 
     # --- DTLS -----------------------------------------------------------------------------------
 
     def on_dtls(self, data: bytes, addr: Address, now: float) -> None:
-        self.addr = addr
+        self._send_to(addr)
         try:
             out, keys = self._dtls.feed(data)
         except DtlsError as exc:

@@ -47,6 +47,8 @@ class Config:
     ping_interval: float = field(default=5.0, metadata={"help": "seconds between server pings"})
     ping_probes: int = field(default=10, metadata={"help": "missed pongs before a session is closed"})
     max_bitrate: int = field(default=2_500_000, metadata={"help": "bitrate (bit/s) offered to publishers by REMB"})
+    fanout_core: str = field(default="auto", metadata={
+        "help": "forwarding to players: c (the compiled core, `make core`), python, or auto (c when built)"})
     video_codecs: str = field(default="VP8,H264", metadata={"help": "publisher video codecs, in preference order"})
     rate_interval: float = field(default=1.0, metadata={
         "help": "seconds between inbound/outboundVideoRate messages and rate samples (the SDK assumes 1)"})
@@ -107,6 +109,8 @@ class Config:
         formats = {f.strip().lower() for f in self.record_formats.split(",") if f.strip()}
         if not formats <= {"vp8-webm", "vp8-mkv", "h264-mp4", "h264-mkv"}:
             raise ValueError("record_formats items must be vp8-webm, vp8-mkv, h264-mp4 or h264-mkv")
+        if self.fanout_core not in ("auto", "c", "python"):
+            raise ValueError("fanout_core must be auto, c or python")
         if self.record_mp4_audio not in ("opus", "aac") or not self.record_fragment > 0:
             raise ValueError("record_mp4_audio must be opus or aac, record_fragment > 0")
 

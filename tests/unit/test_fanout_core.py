@@ -1,0 +1,206 @@
+"""The compiled fan-out core (webcall/media/fanout.c via fanout.py) against the Python forwarding path.
+
+Two players with identical labels (SSRC, offsets, extension layout) take the same publisher packets, one
+through `wc_fanout`, one through `Consumer.forward`; each sends real SRTP to its own UDP socket on
+127.0.0.1. Both are decrypted with the players' own keys and must be byte-identical. Header fields are
+also checked with `struct`, independently of webcall's RTP helpers.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import struct
+from types import SimpleNamespace
+
+import pylibsrtp
+import pytest
+
+from webcall.media.consumer import Consumer
+from webcall.media.fanout import FanoutCore, load_error, load_library
+from webcall.media.producer import Producer
+from webcall.media.srtp import SendBatch, SrtpSession, abi_ffi, pack_sockaddr, sockaddr
+from webcall.media.transport import WebRtcTransport
+from webcall.protocol.sdp import EXT_ABS_SEND_TIME, EXT_MID, EXT_TOFFSET, Codec, Track
+
+LIB = load_library()
+if LIB is None:
+    if os.environ.get("CI"):
+        pytest.fail(f"the fan-out core must be built for CI: {load_error()}", pytrace=False)
+    pytest.skip(f"fan-out core not built: {load_error()}", allow_module_level=True)
+
+PROFILES = {
+    "AEAD_AES_128_GCM": (pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM, 28),
+    "AES_CM_128_HMAC_SHA1_80": (pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 30),
+}
+PUB_SSRC = 0x01020304
+
+
+class Player:
+    """A transport's send half with real SRTP, a real UDP socket to receive on, and the matching keys."""
+
+    def __init__(self, sock: socket.socket, profile: str) -> None:
+        srtp_profile, key_length = PROFILES[profile]
+        key = os.urandom(key_length)
+        self.port = SimpleNamespace(sock=sock)
+        self._tx = SrtpSession(pylibsrtp.Session(pylibsrtp.Policy(
+            key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=srtp_profile)))
+        self._rx = pylibsrtp.Session(pylibsrtp.Policy(
+            key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND, srtp_profile=srtp_profile))
+        self.inbox = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.inbox.bind(("127.0.0.1", 0))
+        self.inbox.settimeout(2)
+        self.addr = None
+        self.sockaddr = None
+        self.send_errors = 0
+        self.move_to(self.inbox.getsockname())
+        self.send_rtp = WebRtcTransport.send_rtp.__get__(self)
+        self.send_raw = WebRtcTransport.send_raw.__get__(self)
+        self._send_to = WebRtcTransport._send_to.__get__(self)
+
+    def move_to(self, addr) -> None:
+        WebRtcTransport._send_to(self, addr)
+
+    def receive(self, count: int) -> list[bytes]:
+        return [self._rx.unprotect(self.inbox.recv(2048)) for _ in range(count)]
+
+    def pending(self) -> int:
+        self.inbox.setblocking(False)
+        n = 0
+        try:
+            while True:
+                self.inbox.recv(2048)
+                n += 1
+        except BlockingIOError:
+            return n
+        finally:
+            self.inbox.settimeout(2)
+
+
+def vp8(rtx: bool = False) -> Codec:
+    return Codec("VP8", 96, 90000, None, "", ("nack", "nack pli"), 97 if rtx else None)
+
+
+def packet(seq: int, ts: int, payload: bytes, marker: bool = False, ext: bool = True) -> bytes:
+    header = struct.pack("!BBHII", 0x90 if ext else 0x80, (0x80 if marker else 0) | 96, seq & 0xFFFF, ts, PUB_SSRC)
+    if ext:  # abs-send-time (id 2, 3 bytes) and toffset (id 5, 3 bytes), one-byte form
+        header += struct.pack("!HH", 0xBEDE, 2) + bytes([0x22, 1, 2, 3, 0x52, 0, 0, 9])
+    return header + payload
+
+
+def keyframe_payload(n: int) -> bytes:
+    # VP8 descriptor (S=1, partition 0) + a keyframe header: 3-byte tag, start code, 640x480
+    return bytes([0x10, 0x50, 0x01, 0x00, 0x9D, 0x01, 0x2A, 0x80, 0x02, 0xE0, 0x01]) + os.urandom(n)
+
+
+@pytest.fixture
+def sender():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    sock.setblocking(False)
+    yield sock
+    sock.close()
+
+
+def make_pair(sock: socket.socket, profile: str, extensions: dict[str, int]):
+    track = Track("1", "video", vp8(), {EXT_ABS_SEND_TIME: 2, EXT_TOFFSET: 5, EXT_MID: 4}, PUB_SSRC)
+    producer = Producer(track, send_nack=lambda *a: None, send_keyframe_request=lambda *a: None,
+                        on_keyframe=lambda *a: None)
+    producer.batch = SendBatch(sock)
+    producer.core = FanoutCore(LIB, sock)
+    players, consumers = [], []
+    for _ in range(2):
+        player = Player(sock, profile)
+        consumer = Consumer(producer, Track("v", "video", vp8(), extensions), player)
+        players.append(player)
+        consumers.append(consumer)
+    # The same labels for both, so their decrypted output must be identical.
+    twin = consumers[1]
+    twin.ssrc, twin._next_seq, twin._ts_base = consumers[0].ssrc, consumers[0]._next_seq, consumers[0]._ts_base
+    for consumer in consumers:
+        producer.attach(consumer, 0.0)
+    return producer, players, consumers
+
+
+@pytest.mark.parametrize("profile", sorted(PROFILES))
+def test_core_output_is_identical_to_python_output(sender, profile):
+    extensions = {EXT_MID: 3, EXT_ABS_SEND_TIME: 6}
+    producer, (p_core, p_py), (c_core, c_py) = make_pair(sender, profile, extensions)
+    # Only the first consumer may use the core: the second one stays in Python.
+    c_py.producer = SimpleNamespace(core=None)
+
+    sent = [packet(1000, 5000, keyframe_payload(900))]
+    sent += [packet(1000 + i, 5000 + 3000 * (i // 3), os.urandom(700 + i), marker=i % 3 == 2) for i in range(1, 40)]
+    sent.append(packet(1040, 200000, os.urandom(1100), ext=False))
+    for i, data in enumerate(sent):
+        producer.receive(data, i / 100)
+        if i == 0:
+            assert c_core.target is not None, "the started consumer was promoted to the core"
+            assert c_py.target is None
+
+    got_core = p_core.receive(len(sent))
+    got_py = p_py.receive(len(sent))
+    assert got_core == got_py
+    assert p_core.pending() == 0 and p_py.pending() == 0
+
+    # Independent check of the labels: continuous sequence, shifted timestamps, our SSRC and payload type.
+    first_seq, first_ts = struct.unpack_from("!HI", got_core[0], 2)
+    for data, original in zip(got_core, sent):
+        b0, b1, seq, ts, ssrc = struct.unpack_from("!BBHII", data)
+        o_b1, o_seq, o_ts = struct.unpack_from("!BHI", original, 1)
+        assert ssrc == c_core.ssrc and b1 & 0x7F == 96 and b1 & 0x80 == o_b1 & 0x80
+        assert seq == (first_seq + o_seq - 1000) & 0xFFFF
+        assert ts == (first_ts + o_ts - 5000) & 0xFFFFFFFF
+        ext_words = struct.unpack_from("!H", data, 14)[0]
+        body = data[16 + 4 * ext_words:]
+        o_ext_words = struct.unpack_from("!H", original, 14)[0] if original[0] & 0x10 else -1
+        assert body == original[16 + 4 * o_ext_words:] if o_ext_words >= 0 else body == original[12:]
+        assert b0 & 0x10  # the player's mid extension is always there
+    assert c_core.packets == c_py.packets == len(sent)
+    assert c_core.octets == c_py.octets > 0
+    assert producer.core.dropped == 0
+
+
+def test_core_skips_late_and_oversized_packets_and_follows_a_moved_peer(sender):
+    producer, (player, other), (consumer, second) = make_pair(sender, "AEAD_AES_128_GCM", {EXT_MID: 3})
+    second.close()  # one player is enough here
+    producer.receive(packet(500, 0, keyframe_payload(500)), 0.0)
+    producer.receive(packet(501, 0, os.urandom(500), marker=True), 0.01)
+    assert consumer.target is not None
+    assert len(player.receive(2)) == 2
+
+    producer.receive(packet(499, 0, os.urandom(100)), 0.02)  # from before this player started
+    producer.receive(packet(502, 3000, os.urandom(1500)), 0.03)  # too long once protected
+    assert player.pending() == 0
+    assert consumer.target.dropped == 1 and consumer.packets == 2
+
+    # The peer moves (ICE nomination): the transport rewrites its address in place, the core follows.
+    moved = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    moved.bind(("127.0.0.1", 0))
+    moved.settimeout(2)
+    before = player.sockaddr
+    player.move_to(moved.getsockname())
+    assert player.sockaddr is before and bytes(abi_ffi.buffer(before)) == pack_sockaddr(moved.getsockname())
+    producer.receive(packet(503, 6000, os.urandom(300)), 0.04)
+    data = player._rx.unprotect(moved.recv(2048))
+    assert struct.unpack_from("!I", data, 8)[0] == consumer.ssrc
+    assert player.pending() == 0
+    moved.close()
+
+
+def test_detached_player_gets_nothing_more(sender):
+    producer, (p1, p2), (c1, c2) = make_pair(sender, "AEAD_AES_128_GCM", {EXT_MID: 3})
+    producer.receive(packet(10, 0, keyframe_payload(200)), 0.0)
+    assert c1.target is not None and c2.target is not None
+    assert len(p1.receive(1)) == len(p2.receive(1)) == 1
+    c2.close()
+    for i in range(1, 5):
+        producer.receive(packet(10 + i, 3000 * i, os.urandom(200)), i / 100)
+    assert len(p1.receive(4)) == 4
+    assert p2.pending() == 0
+    assert c2.packets == 1  # its counters survive the detach (the streams layer reads them afterwards)
+
+
+def test_sockaddr_is_ipv4_only():
+    assert sockaddr(("::1", 5000)) is None
+    assert pack_sockaddr(("127.0.0.1", 5000))[2:4] == struct.pack("!H", 5000)

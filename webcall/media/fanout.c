@@ -1,0 +1,157 @@
+/* The compiled fan-out core: one call sends one publisher packet to every started player of a group.
+ *
+ * Per player it does what Consumer.forward does in Python — write this player's RTP header (payload type,
+ * sequence number, timestamp, SSRC) and the shared tail into the player's SRTP buffer, protect it in place,
+ * queue it — then one sendmmsg(2) sends the whole group. It owns no keys and no sessions: the SRTP
+ * contexts and buffers are pylibsrtp's (created by the DTLS layer), and `protect` is pylibsrtp's own
+ * srtp_protect, so there is one libsrtp in the process. Loaded with cffi's ABI mode (see fanout.py);
+ * built by `make core` with the system C compiler, nothing else.
+ *
+ * Memory rules: Python owns every pointer handed in here (targets, buffers, addresses) and keeps them
+ * alive while they are reachable from a group; this file only allocates the sender's message arrays.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+
+#define WC_ABI_VERSION 1  /* bump with any change to the structs or signatures below (fanout.py checks it) */
+#define WC_BUFFER 1500       /* pylibsrtp's per-session buffer */
+#define WC_MAX_PACKET 1480   /* leaves room for the auth tag (GCM 16, HMAC-SHA1-80 10) */
+
+typedef int (*wc_protect_fn)(void *srtp, void *rtp, int *len);
+
+int wc_abi_version(void) { return WC_ABI_VERSION; }
+
+struct wc_target {
+    void *srtp;               /* libsrtp srtp_t of the player's outbound session */
+    uint8_t *buf;             /* that session's buffer (WC_BUFFER bytes) */
+    const void *name;         /* struct sockaddr_in, kept current by the transport */
+    int64_t seq_offset;       /* player seq = (ext_seq + seq_offset) mod 2^16 */
+    int64_t ts_offset;        /* player ts = (ts + ts_offset) mod 2^32 */
+    int64_t start_ext_seq;    /* packets from before the player started are not sent */
+    uint32_t ssrc;
+    uint32_t payload_type;
+    uint64_t packets;         /* forwarded packets and their payload octets (for SRs and stats) */
+    uint64_t octets;
+    uint64_t dropped;         /* too long, or refused by libsrtp */
+};
+
+typedef struct wc_sender {
+    int fd;
+    unsigned int capacity;
+    wc_protect_fn protect;
+    struct mmsghdr *msgs;
+    struct iovec *iovs;
+    uint64_t sent;            /* datagrams the kernel took */
+    uint64_t dropped;         /* datagrams it refused (full socket buffer) */
+} wc_sender;
+
+wc_sender *wc_sender_new(int fd, int capacity, void *protect)
+{
+    if (capacity <= 0 || protect == NULL)
+        return NULL;
+    wc_sender *s = calloc(1, sizeof(*s));
+    if (s == NULL)
+        return NULL;
+    s->msgs = calloc((size_t)capacity, sizeof(*s->msgs));
+    s->iovs = calloc((size_t)capacity, sizeof(*s->iovs));
+    if (s->msgs == NULL || s->iovs == NULL) {
+        free(s->msgs);
+        free(s->iovs);
+        free(s);
+        return NULL;
+    }
+    s->fd = fd;
+    s->capacity = (unsigned int)capacity;
+    s->protect = (wc_protect_fn)protect;
+    for (int i = 0; i < capacity; i++) {
+        s->msgs[i].msg_hdr.msg_iov = &s->iovs[i];
+        s->msgs[i].msg_hdr.msg_iovlen = 1;
+    }
+    return s;
+}
+
+void wc_sender_free(wc_sender *s)
+{
+    if (s == NULL)
+        return;
+    free(s->msgs);
+    free(s->iovs);
+    free(s);
+}
+
+uint64_t wc_sender_sent(const wc_sender *s) { return s->sent; }
+uint64_t wc_sender_dropped(const wc_sender *s) { return s->dropped; }
+
+static void flush(wc_sender *s, unsigned int n)
+{
+    unsigned int done = 0;
+    while (done < n) {
+        int r = sendmmsg(s->fd, s->msgs + done, n - done, 0);
+        if (r < 0 && errno == EINTR)
+            continue;
+        if (r <= 0) {  /* non-blocking socket with a full buffer: UDP drops, and so do we */
+            s->dropped += n - done;
+            return;
+        }
+        done += (unsigned int)r;
+        s->sent += (uint64_t)r;
+    }
+}
+
+static inline void put16(uint8_t *p, uint32_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
+static inline void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
+}
+
+/* Send one packet (fixed header fields + `tail` = CSRCs, extension block and payload, already rewritten
+ * for this group's layout) to `n` targets. Returns how many were queued for sending. */
+int wc_fanout(wc_sender *s, struct wc_target *const *targets, int n, const uint8_t *tail, int tail_len,
+              int b0, int marker, int64_t ext_seq, uint32_t ts, int payload_size)
+{
+    if (s == NULL || n <= 0 || tail_len < 0)
+        return 0;
+    const int length = 12 + tail_len;
+    unsigned int queued = 0, total = 0;
+    for (int i = 0; i < n; i++) {
+        struct wc_target *t = targets[i];
+        if (ext_seq < t->start_ext_seq)
+            continue;  /* a late packet from before this player started */
+        if (length > WC_MAX_PACKET) {
+            t->dropped++;
+            continue;
+        }
+        uint8_t *buf = t->buf;
+        buf[0] = (uint8_t)b0;
+        buf[1] = (uint8_t)(marker | t->payload_type);
+        put16(buf + 2, (uint32_t)((ext_seq + t->seq_offset) & 0xFFFF));
+        put32(buf + 4, (uint32_t)(((int64_t)ts + t->ts_offset) & 0xFFFFFFFF));
+        put32(buf + 8, t->ssrc);
+        memcpy(buf + 12, tail, (size_t)tail_len);
+        int len = length;
+        if (s->protect(t->srtp, buf, &len) != 0 || len <= 0 || len > WC_BUFFER) {
+            t->dropped++;
+            continue;
+        }
+        struct mmsghdr *m = &s->msgs[queued];
+        m->msg_hdr.msg_name = (void *)t->name;
+        m->msg_hdr.msg_namelen = 16;
+        s->iovs[queued].iov_base = buf;
+        s->iovs[queued].iov_len = (size_t)len;
+        t->packets++;
+        t->octets += (uint64_t)payload_size;
+        if (++queued == s->capacity) {
+            flush(s, queued);
+            total += queued;
+            queued = 0;
+        }
+    }
+    if (queued)
+        flush(s, queued);
+    return (int)(total + queued);
+}

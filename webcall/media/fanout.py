@@ -1,0 +1,135 @@
+"""The compiled fan-out core (fanout.c) as seen from Python: loading it, and the per-player targets.
+
+`make core` builds `_fanout.so` next to this file with the system C compiler; it is loaded with cffi's
+ABI mode, so there is no Python extension to build. Without it — or with `--fanout-core python` — every
+player is served by `Consumer.forward` in Python: same packets, more CPU (both are measured by the bench).
+
+A player's Consumer starts in Python (keyframe gating, offsets, GOP replay) and is then *promoted*: it
+gets a `struct wc_target` holding its offsets, SSRC, payload type, SRTP context, buffer and address, and
+from then on the producer hands each packet to `wc_fanout` once for all promoted players of a layout.
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+from pathlib import Path
+from typing import Any
+
+from pylibsrtp._binding import ffi as srtp_ffi, lib as srtp_lib
+
+from .srtp import SrtpSession, abi_ffi as ffi
+
+log = logging.getLogger("webcall.media")
+
+LIBRARY = Path(__file__).with_name("_fanout.so")
+ABI_VERSION = 1  # must match WC_ABI_VERSION in fanout.c: a stale build is refused, not trusted
+SEND_CAPACITY = 1024  # datagrams per sendmmsg; a bigger fan-out is sent in several calls
+
+ffi.cdef("""
+struct wc_target {
+    void *srtp; void *buf; const void *name;
+    int64_t seq_offset; int64_t ts_offset; int64_t start_ext_seq;
+    uint32_t ssrc; uint32_t payload_type;
+    uint64_t packets; uint64_t octets; uint64_t dropped;
+};
+typedef struct wc_sender wc_sender;
+int wc_abi_version(void);
+wc_sender *wc_sender_new(int fd, int capacity, void *protect);
+void wc_sender_free(wc_sender *s);
+uint64_t wc_sender_sent(const wc_sender *s);
+uint64_t wc_sender_dropped(const wc_sender *s);
+int wc_fanout(wc_sender *s, struct wc_target *const *targets, int n, const char *tail, int tail_len,
+              int b0, int marker, int64_t ext_seq, uint32_t ts, int payload_size);
+""")
+
+_library: Any = None
+_load_error = ""
+
+
+def load_library(path: Path = LIBRARY) -> Any:
+    """The loaded core, or None (the reason is in `load_error()`)."""
+    global _library, _load_error
+    if _library is None and not _load_error:
+        if not path.exists():
+            _load_error = f"{path.name} is not built (run `make core`)"
+        else:
+            try:
+                lib = ffi.dlopen(str(path))
+                version = lib.wc_abi_version()
+            except (OSError, AttributeError) as exc:
+                _load_error = f"{path.name} cannot be loaded: {exc}"
+            else:
+                if version != ABI_VERSION:
+                    _load_error = f"{path.name} is stale (ABI {version}, want {ABI_VERSION}; run `make core`)"
+                else:
+                    _library = lib
+    return _library
+
+
+def load_error() -> str:
+    return _load_error
+
+
+def _srtp_protect_pointer():
+    """pylibsrtp's own srtp_protect: the sessions were made by its libsrtp, so they must be used by it."""
+    address = int(srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, "srtp_protect")))
+    return ffi.cast("void *", address)
+
+
+class FanoutCore:
+    """One per media port: the library and a sender (its sendmmsg arrays) for the port's socket."""
+
+    def __init__(self, lib: Any, sock: socket.socket) -> None:
+        if sock.family != socket.AF_INET:
+            raise ValueError("the fan-out core sends to IPv4 addresses only")
+        sender = lib.wc_sender_new(sock.fileno(), SEND_CAPACITY, _srtp_protect_pointer())
+        if sender == ffi.NULL:
+            raise MemoryError("wc_sender_new")
+        self.lib = lib
+        self.sender = ffi.gc(sender, lib.wc_sender_free)
+        self.fanout = lib.wc_fanout
+
+    @property
+    def sent(self) -> int:
+        return self.lib.wc_sender_sent(self.sender)
+
+    @property
+    def dropped(self) -> int:
+        return self.lib.wc_sender_dropped(self.sender)
+
+    @staticmethod
+    def new_target(tx: SrtpSession, name: Any, ssrc: int, payload_type: int, seq_offset: int, ts_offset: int,
+                   start_ext_seq: int) -> Any:
+        target = ffi.new("struct wc_target *")
+        target.srtp = ffi.cast("void *", int(srtp_ffi.cast("uintptr_t", tx.context)))
+        target.buf = tx.pointer
+        target.name = name
+        target.seq_offset = seq_offset
+        target.ts_offset = ts_offset
+        target.start_ext_seq = start_ext_seq
+        target.ssrc = ssrc
+        target.payload_type = payload_type
+        return target
+
+    @staticmethod
+    def target_array(targets: list[Any]) -> Any:
+        """A `struct wc_target *[]` for wc_fanout. It does not own the targets: keep the list too."""
+        return ffi.new("struct wc_target *[]", targets)
+
+
+def new_core(sock: socket.socket, mode: str) -> FanoutCore | None:
+    """The core for `--fanout-core MODE` (auto, c or python); raises if `c` was asked and cannot be had."""
+    if mode == "python":
+        return None
+    lib = load_library()
+    reason = load_error()
+    if lib is not None and sock.family != socket.AF_INET:
+        lib, reason = None, "the media socket is not IPv4"
+    if lib is None:
+        if mode == "c":
+            raise RuntimeError(f"--fanout-core c: {reason}")
+        log.warning("fan-out core unavailable, forwarding in Python: %s", reason)
+        return None
+    log.info("fan-out core loaded library=%s", LIBRARY.name)
+    return FanoutCore(lib, sock)
