@@ -145,3 +145,20 @@ def test_parse_answer() -> None:
     assert (answer.ice_ufrag, answer.ice_pwd, answer.fingerprint) == ("u", "pw", ("sha-256", "AB:CD"))
     assert answer.tracks["audio"].ssrc == 1111 and answer.tracks["video"].ssrc == 2222
     assert answer.tracks["video"].codec == "VP8"
+
+
+def test_pacer_spreads_a_burst_at_its_rate() -> None:
+    import asyncio
+    import time
+
+    from webcall.bench.publisher import Pacer
+
+    async def burst() -> float:
+        pacer = Pacer(800_000)  # 100 kB/s: 1000-byte packets every 10 ms
+        start = time.monotonic()
+        for _ in range(11):
+            await pacer.wait(1000)
+        assert pacer.delayed >= 9
+        return time.monotonic() - start
+
+    assert asyncio.run(burst()) >= 0.095  # 10 intervals; a burst would take ~0

@@ -28,6 +28,18 @@ STREAM_FIELDS = {
 }
 
 
+async def all_rates_measured(server, count: int, timeout: float = 5.0) -> None:
+    """Each stream is sampled once per rate interval at its own phase: wait until all have non-zero rates."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        _, streams = await call(server, "/rest-api/stream/find_all", method="GET")
+        rates = [v for s in streams for k, v in s["metrics"].items() if k in ("VIDEO_RATE", "AUDIO_RATE")]
+        if len(streams) == count and rates and all(v > 0 for v in rates):
+            return
+        assert asyncio.get_running_loop().time() < deadline, streams
+        await asyncio.sleep(0.1)
+
+
 async def call(server, path: str, body: Any = None, *, method: str = "POST", data: bytes | None = None,
                content_type: str = "application/json") -> tuple[int, Any]:
     async with aiohttp.ClientSession() as http:
@@ -87,6 +99,7 @@ async def test_find_and_terminate(server) -> None:
     await a2.wait_frames(5, timeout=10)
     await alpha_client.wait_for("inboundVideoRate", timeout=5)  # rates have been measured
     await a2_client.wait_for("outboundVideoRate", timeout=5)
+    await all_rates_measured(server, count=5)
 
     # find_all: GET with no body (the SDK's rest-module) and POST with {}.
     status, everything = await call(server, "/rest-api/stream/find_all", method="GET")

@@ -126,3 +126,33 @@ def test_log_values_and_lines() -> None:
         record = logging.LogRecord("webcall", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
     line = OneLineFormatter("%(message)s").format(record)
     assert "\n" not in line and "Traceback" in line and "ValueError: boom" in line
+
+
+def test_rate_sampling_is_spread_over_slots_each_stream_once() -> None:
+    """The sampler visits a slice of the streams per wake-up; over one interval every stream is sampled once."""
+    from types import SimpleNamespace
+
+    from webcall.streams.hub import SAMPLE_SLOTS
+
+    hub = Hub(StreamSettings(candidates=()), MediaPort(), identity=None)  # type: ignore[arg-type]
+    try:
+        sampled: list[str] = []
+        streams = [SimpleNamespace(media_session_id=f"id-{i}", label=f"s{i}",
+                                   sample=lambda now, i=i: sampled.append(f"id-{i}")) for i in range(200)]
+        class FakeSession:  # hashable, as sessions are
+            pass
+
+        session = FakeSession()
+        session.streams = {s.media_session_id: s for s in streams}  # type: ignore[attr-defined]
+        hub.sessions.add(session)  # type: ignore[arg-type]
+        per_slot = []
+        for slot in range(SAMPLE_SLOTS):
+            before = len(sampled)
+            hub.sample(1.0, slot)
+            per_slot.append(len(sampled) - before)
+        assert sorted(sampled) == sorted(s.media_session_id for s in streams)  # each exactly once
+        assert max(per_slot) < 200 // SAMPLE_SLOTS * 2  # no slot takes a big share
+        hub.sample(2.0)  # no slot: everyone (REST and tests use this)
+        assert len(sampled) == 400
+    finally:
+        hub.snapshots.close()

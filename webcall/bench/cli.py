@@ -58,6 +58,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default=f"{d.width}x{d.height}", help="video size WxH (default 640x480)")
     p.add_argument("--fps", type=float, default=d.fps)
     p.add_argument("--bitrate", type=int, default=d.bitrate, help="video bitrate in bit/s (default 600000)")
+    p.add_argument("--pacing-factor", type=float, default=d.pacing_factor,
+                   help="publishers pace video at this × --bitrate, as browsers do (default 2.5, Chrome's); "
+                        "0 sends each frame as one burst")
     p.add_argument("--audio-bitrate", type=int, default=d.audio_bitrate, help="Opus bitrate (default 32000)")
     p.add_argument("--clip-seconds", type=float, default=d.clip_seconds,
                    help="length of the encoded clip the publishers loop (one keyframe each; default 10)")
@@ -96,7 +99,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         url=args.url, server_pid=args.server_pid, steps=[args.players] if args.players else args.steps,
         publishers=args.publishers, codec=args.codec, width=int(width), height=int(height), fps=args.fps,
         bitrate=args.bitrate, audio_bitrate=args.audio_bitrate, clip_seconds=args.clip_seconds, window=args.window,
-        settle=args.settle, join_concurrency=args.join_concurrency,
+        settle=args.settle, join_concurrency=args.join_concurrency, pacing_factor=args.pacing_factor,
         min_delivery=args.min_delivery, max_latency_ms=args.max_latency_ms, stop_at_knee=not args.keep_going,
         sample_every=args.sample_every, ceiling=not args.no_ceiling, ceiling_packets=args.ceiling_packets,
         pin=not args.no_pin, profile=args.profile or args.profile_native, profile_native=args.profile_native,

@@ -46,6 +46,30 @@ class Window:
 # libvpx, and an encoder thread would fight the event loop for the GIL and blur the send times. aiortc still
 # does everything else a browser's sender does: RTP packetization, SRTP, sender reports, NACK → RTX. A PLI
 # makes the replay jump to the clip's keyframe, as a browser's encoder would produce one.
+#
+# What aiortc does not do is pace: it hands a frame's packets to the socket back to back, so a keyframe
+# arrives as a burst of dozens of packets. Browsers pace their video (Chrome's paced sender: 2.5 × the target
+# bitrate), and so does the bench publisher by default — `--pacing-factor 0` sends aiortc's bursts.
+
+
+class Pacer:
+    """A browser-like paced sender for one publisher's video: each packet leaves no earlier than the previous
+    one plus its size at `rate`; up to `burst` seconds of lag are sent at once (the event loop's wake-up
+    granularity), as a pacer sends in short intervals."""
+
+    def __init__(self, rate_bps: float, burst: float = 0.002) -> None:
+        self.rate = rate_bps / 8  # bytes per second
+        self.burst = burst
+        self._next = 0.0
+        self.delayed = 0  # packets that had to wait
+
+    async def wait(self, size: int) -> None:
+        now = time.monotonic()
+        start = self._next if self._next > now else now
+        self._next = start + size / self.rate
+        if start - now > self.burst:
+            self.delayed += 1
+            await asyncio.sleep(start - now)
 
 def _synthetic_picture(index: int, width: int, height: int, rng: np.random.Generator) -> np.ndarray:
     """A moving gradient, a moving square and a band of noise (so the encoder needs its whole bitrate)."""
@@ -301,8 +325,10 @@ def _install_wire_hook() -> None:
 
 class BenchPublisher:
     def __init__(self, name: str, window: Window, video_clip: list[tuple[bytes, bool]], audio_clip: list[bytes], *,
-                 codec: str = "VP8", width: int = 640, height: int = 480, fps: float = 30.0) -> None:
+                 codec: str = "VP8", width: int = 640, height: int = 480, fps: float = 30.0,
+                 pacing_bps: float = 0.0) -> None:
         self.name = name
+        self.pacer = Pacer(pacing_bps) if pacing_bps > 0 else None
         self.codec = codec
         self.video_track = ClipVideoTrack(video_clip, fps)
         self.audio_track = ClipAudioTrack(audio_clip)
@@ -356,10 +382,16 @@ class BenchPublisher:
             original = dtls._send_rtp
             on_plain = self.log.on_plain
             video_ssrc = self.log.video_ssrc.to_bytes(4, "big")
+            audio_ssrc = self.log.audio_ssrc.to_bytes(4, "big")
+            pacer = self.pacer
 
-            async def send_rtp(data: bytes, original=original, on_plain=on_plain, video_ssrc=video_ssrc) -> None:
-                if data[8:12] == video_ssrc and not 192 <= data[1] <= 223:
-                    on_plain(data)
+            async def send_rtp(data: bytes, original=original, on_plain=on_plain, video_ssrc=video_ssrc,
+                               audio_ssrc=audio_ssrc, pacer=pacer) -> None:
+                if not 192 <= data[1] <= 223:  # RTP, not RTCP
+                    if data[8:12] == video_ssrc:
+                        on_plain(data)
+                    if pacer is not None and data[8:12] != audio_ssrc:  # video and its RTX; audio goes first
+                        await pacer.wait(len(data))
                 await original(data)
 
             dtls._send_rtp = send_rtp

@@ -48,6 +48,7 @@ class BenchConfig:
     height: int = 480
     fps: float = 30.0
     bitrate: int = 600_000  # video, bit/s
+    pacing_factor: float = 2.5  # publishers pace video at this × bitrate, as Chrome does; 0 = aiortc's bursts
     audio_bitrate: int = 32_000
     clip_seconds: float = 10.0  # the encoded clip replayed by publishers: one keyframe per clip (and per PLI)
     window: float = 10.0  # seconds measured per step
@@ -342,7 +343,8 @@ class Bench:
         tag = os.urandom(3).hex()
         for i in range(cfg.publishers):
             publisher = BenchPublisher(f"bench-{tag}-{i}", self.window, self.video_clip, self.audio_clip,
-                                       codec=cfg.codec, width=cfg.width, height=cfg.height, fps=cfg.fps)
+                                       codec=cfg.codec, width=cfg.width, height=cfg.height, fps=cfg.fps,
+                                       pacing_bps=cfg.pacing_factor * cfg.bitrate)
             self.publishers.append(publisher)
             await publisher.start(http, url)
         await asyncio.gather(*(p.wait_media() for p in self.publishers))
@@ -516,6 +518,9 @@ class Bench:
             "max": _ms(max(ttffs_new), 1) if ttffs_new else None, "measured": len(ttffs_new),
             "missing": sum(1 for p in new if p.ttff is None),
             "all_p50": _ms(percentile(ttffs_all, 50), 1), "all_p95": _ms(percentile(ttffs_all, 95), 1),
+            # Where the time goes, phase by phase (p50/p95 of the new players): playStream → setRemoteSDP,
+            # → ICE connected, → DTLS done (SRTP keys), → the first keyframe complete.
+            "phases": _phases(new),
         }
         step["latency_ms"] = {
             "p50": _ms(percentile(latencies, 50), 3), "p99": _ms(percentile(latencies, 99), 3),
@@ -589,6 +594,7 @@ class Bench:
     def _publisher_summary(self, p: BenchPublisher) -> dict:
         return {"name": p.name, "codec": p.codec, "size": [p.width, p.height], "fps": p.fps,
                 "keyframes_on_request": p.video_track.forced_keyframes,
+                "paced_packets": p.pacer.delayed if p.pacer else 0,
                 "video_packets": p.log.video_packets, "audio_packets": p.log.audio_packets,
                 "video_bytes": p.log.video_bytes, "audio_bytes": p.log.audio_bytes, "failed": p.failed}
 
@@ -700,12 +706,24 @@ def _knee(steps: list[dict], last_ok: dict | None) -> dict:
             "broke_at": broken["players"], "reasons": broken["reasons"]}
 
 
+def _phases(players: list[BenchPlayer]) -> dict:
+    done = [p for p in players if p.ttff is not None and p.dtls_at]
+    spans = {
+        "answer": [p.answer_at - p.play_sent_at for p in done],
+        "ice": [p.ice_at - p.answer_at for p in done],
+        "dtls": [p.dtls_at - p.ice_at for p in done],
+        "keyframe": [p.first_frame_at - p.dtls_at for p in done],
+    }
+    return {name: [_ms(percentile(values, 50), 1), _ms(percentile(values, 95), 1)] for name, values in spans.items()}
+
+
 def _step_line(step: dict) -> str:
     cpu = step.get("server_cpu") or {}
     lat = step["latency_ms"]
     ttff = step["ttff_ms"]
+    ratio = cpu.get("ratio_to_ceiling")
     return (f"{step['players']:5d} players: server CPU {100 * (cpu.get('fraction') or 0):5.1f}% "
-            f"{cpu.get('us_per_packet') or 0:6.1f} µs/pkt (x{cpu.get('ratio_to_ceiling') or 0:.2f} ceiling) | "
+            f"{cpu.get('us_per_packet') or 0:6.1f} µs/pkt" + (f" (x{ratio:.2f} ceiling)" if ratio else "") + " | "
             f"loss {step['delivery']['loss_pct'] or 0:.2f}% | TTFF p50 {ttff['p50']} ms | "
             f"latency p50 {lat['p50']} p99 {lat['p99']} ms | "
             f"load CPU {100 * (step['loadgen']['cpu_fraction'] or 0):.0f}%"

@@ -7,6 +7,7 @@ plane never sees WCS messages.
 from __future__ import annotations
 
 import logging
+import random
 import secrets
 import struct
 import time
@@ -36,6 +37,12 @@ from .transport import WebRtcTransport
 log = logging.getLogger("webcall.media")
 
 RTCP_INTERVAL = 1.0
+
+
+def rtcp_interval() -> float:
+    """RFC 3550 §6.3.1: randomized to 0.5–1.5 × the interval, so that reports of connections made together
+    do not stay together (hundreds of players' SRs in one tick would hold up forwarding)."""
+    return RTCP_INTERVAL * random.uniform(0.5, 1.5)
 _SSRC = struct.Struct("!I")
 
 
@@ -154,7 +161,7 @@ class PublisherEndpoint(_Endpoint):
             if producer.missing:
                 producer.retry_nacks(now)
         if now >= self._next_rtcp:
-            self._next_rtcp = now + RTCP_INTERVAL
+            self._next_rtcp = now + rtcp_interval()
             self._send_reports(now)
 
     # --- feedback to the publisher ----------------------------------------------------------------
@@ -248,7 +255,7 @@ class PlayerEndpoint(_Endpoint):
     def on_tick(self, now: float) -> None:
         if now < self._next_rtcp:
             return
-        self._next_rtcp = now + RTCP_INTERVAL
+        self._next_rtcp = now + rtcp_interval()
         ntp = current_ntp_time()
         for consumer in self.consumers:
             body = consumer.sender_report(now, ntp)
