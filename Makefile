@@ -60,7 +60,7 @@ core: $(CORE_LIB)
 
 # A plain shared library (no Python headers): fanout.py dlopens it and checks its ABI version.
 $(CORE_LIB): $(CORE_SRC) | deps-system
-	$(CC) -O2 -Wall -Wextra -Werror -fPIC -shared -o $@ $<
+	$(CC) -O2 -Wall -Wextra -Werror -fPIC -shared -pthread -o $@ $<
 
 $(VENV_STAMP): requirements.txt requirements-dev.txt | deps-system
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \

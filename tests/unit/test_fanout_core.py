@@ -204,3 +204,33 @@ def test_detached_player_gets_nothing_more(sender):
 def test_sockaddr_is_ipv4_only():
     assert sockaddr(("::1", 5000)) is None
     assert pack_sockaddr(("127.0.0.1", 5000))[2:4] == struct.pack("!H", 5000)
+
+
+def test_helper_thread_splits_a_big_fanout_and_every_player_gets_every_packet(sender):
+    from webcall.media.fanout import SPLIT_MIN
+
+    track = Track("1", "video", vp8(), {EXT_ABS_SEND_TIME: 2, EXT_TOFFSET: 5, EXT_MID: 4}, PUB_SSRC)
+    producer = Producer(track, send_nack=lambda *a: None, send_keyframe_request=lambda *a: None,
+                        on_keyframe=lambda *a: None)
+    producer.batch = SendBatch(sender)
+    core = producer.core = FanoutCore(LIB, sender, threads=2)
+    assert core.threads == 2
+    players = [Player(sender, "AEAD_AES_128_GCM") for _ in range(SPLIT_MIN + 11)]
+    consumers = [Consumer(producer, Track("v", "video", vp8(), {EXT_MID: 3}), p) for p in players]
+    for consumer in consumers:
+        producer.attach(consumer, 0.0)
+    sent = [packet(7000, 0, keyframe_payload(600))] + [packet(7000 + i, 3000 * i, os.urandom(500 + i))
+                                                       for i in range(1, 20)]
+    for i, data in enumerate(sent):
+        producer.receive(data, i / 100)
+    assert core.split_fanouts == len(sent) - 1  # the first packet went through Python (promotion)
+    for player, consumer in zip(players, consumers):
+        got = player.receive(len(sent))
+        seqs = [struct.unpack_from("!H", d, 2)[0] for d in got]
+        assert seqs == [(seqs[0] + i) & 0xFFFF for i in range(len(sent))]
+        assert {struct.unpack_from("!I", d, 8)[0] for d in got} == {consumer.ssrc}
+        assert [d[-len(o) + 16 + 4 * 2:] for d, o in zip(got[1:], sent[1:])] == [o[16 + 4 * 2:] for o in sent[1:]]
+        assert player.pending() == 0
+    assert core.dropped == 0 and core.sent == (len(sent) - 1) * len(players)
+    for player in players:
+        player.inbox.close()

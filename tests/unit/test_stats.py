@@ -146,9 +146,11 @@ def test_rate_sampling_is_spread_over_slots_each_stream_once() -> None:
         session.streams = {s.media_session_id: s for s in streams}  # type: ignore[attr-defined]
         hub.sessions.add(session)  # type: ignore[arg-type]
         per_slot = []
-        for slot in range(SAMPLE_SLOTS):
+        slices = hub.sample_slices()
+        assert len(slices) == SAMPLE_SLOTS
+        for part in slices:
             before = len(sampled)
-            hub.sample(1.0, slot)
+            hub.sample(1.0, part)
             per_slot.append(len(sampled) - before)
         assert sorted(sampled) == sorted(s.media_session_id for s in streams)  # each exactly once
         assert max(per_slot) < 200 // SAMPLE_SLOTS * 2  # no slot takes a big share

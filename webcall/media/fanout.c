@@ -12,13 +12,14 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-#define WC_ABI_VERSION 1  /* bump with any change to the structs or signatures below (fanout.py checks it) */
+#define WC_ABI_VERSION 2  /* bump with any change to the structs or signatures below (fanout.py checks it) */
 #define WC_BUFFER 1500       /* pylibsrtp's per-session buffer */
 #define WC_MAX_PACKET 1480   /* leaves room for the auth tag (GCM 16, HMAC-SHA1-80 10) */
 
@@ -40,6 +41,20 @@ struct wc_target {
     uint64_t dropped;         /* too long, or refused by libsrtp */
 };
 
+/* One publisher packet for a range of targets. */
+typedef struct wc_job {
+    struct wc_target *const *targets;
+    int n;
+    const uint8_t *tail;
+    int tail_len;
+    int b0, marker;
+    int64_t ext_seq;
+    uint32_t ts;
+    int payload_size;
+} wc_job;
+
+struct wc_helper;
+
 typedef struct wc_sender {
     int fd;
     unsigned int capacity;
@@ -48,7 +63,25 @@ typedef struct wc_sender {
     struct iovec *iovs;
     uint64_t sent;            /* datagrams the kernel took */
     uint64_t dropped;         /* datagrams it refused (full socket buffer) */
+    struct wc_helper *helper; /* a second thread for big fan-outs, or NULL */
 } wc_sender;
+
+/* The helper thread takes the second half of a fan-out of at least `min_split` targets while the calling
+ * thread (the event loop's, the GIL released by cffi) does the first half; the call returns when both are
+ * done, so every pointer in the job stays valid. Targets are disjoint, so are their SRTP sessions and buffers;
+ * the helper has its own message arrays. */
+typedef struct wc_helper {
+    pthread_t thread;
+    pthread_mutex_t lock;
+    pthread_cond_t wake, finished;
+    wc_sender *sender;
+    wc_job job;
+    int min_split;
+    int pending;              /* a job is posted and not finished */
+    int stop;
+    int result;
+    uint64_t jobs;
+} wc_helper;
 
 wc_sender *wc_sender_new(int fd, int capacity, void *protect)
 {
@@ -75,17 +108,30 @@ wc_sender *wc_sender_new(int fd, int capacity, void *protect)
     return s;
 }
 
+static void helper_stop(wc_helper *h);
+
 void wc_sender_free(wc_sender *s)
 {
     if (s == NULL)
         return;
+    if (s->helper != NULL)
+        helper_stop(s->helper);
     free(s->msgs);
     free(s->iovs);
     free(s);
 }
 
-uint64_t wc_sender_sent(const wc_sender *s) { return s->sent; }
-uint64_t wc_sender_dropped(const wc_sender *s) { return s->dropped; }
+uint64_t wc_sender_sent(const wc_sender *s)
+{
+    return s->sent + (s->helper != NULL ? s->helper->sender->sent : 0);
+}
+
+uint64_t wc_sender_dropped(const wc_sender *s)
+{
+    return s->dropped + (s->helper != NULL ? s->helper->sender->dropped : 0);
+}
+
+uint64_t wc_sender_helper_jobs(const wc_sender *s) { return s->helper != NULL ? s->helper->jobs : 0; }
 
 static void flush(wc_sender *s, unsigned int n)
 {
@@ -109,17 +155,13 @@ static inline void put32(uint8_t *p, uint32_t v)
     p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
 }
 
-/* Send one packet (fixed header fields + `tail` = CSRCs, extension block and payload, already rewritten
- * for this group's layout) to `n` targets. Returns how many were queued for sending. */
-int wc_fanout(wc_sender *s, struct wc_target *const *targets, int n, const uint8_t *tail, int tail_len,
-              int b0, int marker, int64_t ext_seq, uint32_t ts, int payload_size)
+static int fanout_range(wc_sender *s, const wc_job *j)
 {
-    if (s == NULL || n <= 0 || tail_len < 0)
-        return 0;
-    const int length = 12 + tail_len;
+    const int length = 12 + j->tail_len;
+    const int64_t ext_seq = j->ext_seq;
     unsigned int queued = 0, total = 0;
-    for (int i = 0; i < n; i++) {
-        struct wc_target *t = targets[i];
+    for (int i = 0; i < j->n; i++) {
+        struct wc_target *t = j->targets[i];
         if (ext_seq < t->start_ext_seq)
             continue;  /* a late packet from before this player started */
         if (length > WC_MAX_PACKET) {
@@ -127,12 +169,12 @@ int wc_fanout(wc_sender *s, struct wc_target *const *targets, int n, const uint8
             continue;
         }
         uint8_t *buf = t->buf;
-        buf[0] = (uint8_t)b0;
-        buf[1] = (uint8_t)(marker | t->payload_type);
+        buf[0] = (uint8_t)j->b0;
+        buf[1] = (uint8_t)(j->marker | t->payload_type);
         put16(buf + 2, (uint32_t)((ext_seq + t->seq_offset) & 0xFFFF));
-        put32(buf + 4, (uint32_t)(((int64_t)ts + t->ts_offset) & 0xFFFFFFFF));
+        put32(buf + 4, (uint32_t)(((int64_t)j->ts + t->ts_offset) & 0xFFFFFFFF));
         put32(buf + 8, t->ssrc);
-        memcpy(buf + 12, tail, (size_t)tail_len);
+        memcpy(buf + 12, j->tail, (size_t)j->tail_len);
         int len = length;
         if (s->protect(t->srtp, buf, &len) != 0 || len <= 0 || len > WC_BUFFER) {
             t->dropped++;
@@ -144,7 +186,7 @@ int wc_fanout(wc_sender *s, struct wc_target *const *targets, int n, const uint8
         s->iovs[queued].iov_base = buf;
         s->iovs[queued].iov_len = (size_t)len;
         t->packets++;
-        t->octets += (uint64_t)payload_size;
+        t->octets += (uint64_t)j->payload_size;
         if (++queued == s->capacity) {
             flush(s, queued);
             total += queued;
@@ -154,4 +196,95 @@ int wc_fanout(wc_sender *s, struct wc_target *const *targets, int n, const uint8
     if (queued)
         flush(s, queued);
     return (int)(total + queued);
+}
+
+static void *helper_main(void *arg)
+{
+    wc_helper *h = arg;
+    pthread_mutex_lock(&h->lock);
+    for (;;) {
+        while (!h->pending && !h->stop)
+            pthread_cond_wait(&h->wake, &h->lock);
+        if (h->stop)
+            break;
+        wc_job job = h->job;
+        pthread_mutex_unlock(&h->lock);
+        int result = fanout_range(h->sender, &job);
+        pthread_mutex_lock(&h->lock);
+        h->result = result;
+        h->pending = 0;
+        h->jobs++;
+        pthread_cond_signal(&h->finished);
+    }
+    pthread_mutex_unlock(&h->lock);
+    return NULL;
+}
+
+/* Start the helper thread of a sender; 0 on success. */
+int wc_sender_start_helper(wc_sender *s, int min_split)
+{
+    if (s == NULL || s->helper != NULL || min_split < 2)
+        return -1;
+    wc_helper *h = calloc(1, sizeof(*h));
+    if (h == NULL)
+        return -1;
+    h->sender = wc_sender_new(s->fd, (int)s->capacity, (void *)s->protect);
+    if (h->sender == NULL) {
+        free(h);
+        return -1;
+    }
+    h->min_split = min_split;
+    pthread_mutex_init(&h->lock, NULL);
+    pthread_cond_init(&h->wake, NULL);
+    pthread_cond_init(&h->finished, NULL);
+    if (pthread_create(&h->thread, NULL, helper_main, h) != 0) {
+        wc_sender_free(h->sender);
+        free(h);
+        return -1;
+    }
+    s->helper = h;
+    return 0;
+}
+
+static void helper_stop(wc_helper *h)
+{
+    pthread_mutex_lock(&h->lock);
+    h->stop = 1;
+    pthread_cond_signal(&h->wake);
+    pthread_mutex_unlock(&h->lock);
+    pthread_join(h->thread, NULL);
+    pthread_cond_destroy(&h->wake);
+    pthread_cond_destroy(&h->finished);
+    pthread_mutex_destroy(&h->lock);
+    wc_sender_free(h->sender);
+    free(h);
+}
+
+/* Send one packet (fixed header fields + `tail` = CSRCs, extension block and payload, already rewritten
+ * for this group's layout) to `n` targets. Returns how many were queued for sending. */
+int wc_fanout(wc_sender *s, struct wc_target *const *targets, int n, const uint8_t *tail, int tail_len,
+              int b0, int marker, int64_t ext_seq, uint32_t ts, int payload_size)
+{
+    if (s == NULL || n <= 0 || tail_len < 0)
+        return 0;
+    wc_job job = {targets, n, tail, tail_len, b0, marker, ext_seq, ts, payload_size};
+    wc_helper *h = s->helper;
+    if (h == NULL || n < h->min_split)
+        return fanout_range(s, &job);
+    wc_job theirs = job;
+    job.n = n / 2;
+    theirs.targets = targets + job.n;
+    theirs.n = n - job.n;
+    pthread_mutex_lock(&h->lock);
+    h->job = theirs;
+    h->pending = 1;
+    pthread_cond_signal(&h->wake);
+    pthread_mutex_unlock(&h->lock);
+    int mine = fanout_range(s, &job);
+    pthread_mutex_lock(&h->lock);
+    while (h->pending)
+        pthread_cond_wait(&h->finished, &h->lock);
+    int theirs_sent = h->result;
+    pthread_mutex_unlock(&h->lock);
+    return mine + theirs_sent;
 }

@@ -31,8 +31,9 @@ TICK_INTERVAL = 0.1
 
 
 class MediaPort(asyncio.DatagramProtocol):
-    def __init__(self, fanout_core: str = "auto") -> None:
+    def __init__(self, fanout_core: str = "auto", fanout_threads: int = 1) -> None:
         self.fanout_mode = fanout_core  # auto, c or python (see fanout.py)
+        self.fanout_threads = fanout_threads
         self.core: FanoutCore | None = None
         self.sock: socket.socket | None = None
         self.by_ufrag: dict[str, WebRtcTransport] = {}
@@ -59,7 +60,7 @@ class MediaPort(asyncio.DatagramProtocol):
         self.sock = sock
         # Shared by every producer: a fan-out runs to completion (flush included) before the next one starts.
         self.batch = SendBatch(sock) if SendBatch.available else None
-        self.core = new_core(sock, self.fanout_mode)
+        self.core = new_core(sock, self.fanout_mode, self.fanout_threads)
         loop = asyncio.get_running_loop()
         self._endpoint, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
         self._ticker = asyncio.create_task(self._tick_loop(), name="media-port-ticker")

@@ -32,7 +32,7 @@ OUTGOING_QUEUE_LIMIT = 1000  # a client this far behind is not reading: drop it
 class WebcallServer:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.port = MediaPort(config.fanout_core)
+        self.port = MediaPort(config.fanout_core, config.fanout_threads)
         self.hub: Hub | None = None
         self._runner: web.AppRunner | None = None
         self._rest_runner: web.AppRunner | None = None

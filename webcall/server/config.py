@@ -49,6 +49,8 @@ class Config:
     max_bitrate: int = field(default=2_500_000, metadata={"help": "bitrate (bit/s) offered to publishers by REMB"})
     fanout_core: str = field(default="auto", metadata={
         "help": "forwarding to players: c (the compiled core, `make core`), python, or auto (c when built)"})
+    fanout_threads: int = field(default=1, metadata={
+        "help": "2: the compiled core splits fan-outs to 64+ players over a second thread (a spare core)"})
     video_codecs: str = field(default="VP8,H264", metadata={"help": "publisher video codecs, in preference order"})
     rate_interval: float = field(default=1.0, metadata={
         "help": "seconds between inbound/outboundVideoRate messages and rate samples (the SDK assumes 1)"})
@@ -111,6 +113,8 @@ class Config:
             raise ValueError("record_formats items must be vp8-webm, vp8-mkv, h264-mp4 or h264-mkv")
         if self.fanout_core not in ("auto", "c", "python"):
             raise ValueError("fanout_core must be auto, c or python")
+        if self.fanout_threads not in (1, 2):
+            raise ValueError("fanout_threads must be 1 or 2")
         if self.record_mp4_audio not in ("opus", "aac") or not self.record_fragment > 0:
             raise ValueError("record_mp4_audio must be opus or aac, record_fragment > 0")
 

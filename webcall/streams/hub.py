@@ -161,18 +161,26 @@ class Hub:
     async def _sample_loop(self) -> None:
         interval = self.settings.rate_interval
         slot = 0
+        slices: list[list[Publication | Playback]] = []
         while True:
             await asyncio.sleep(interval / SAMPLE_SLOTS)
-            self.sample(time.monotonic(), slot)
+            if slot == 0:
+                slices = self.sample_slices()  # streams created since are sampled from the next interval on
+            self.sample(time.monotonic(), slices[slot])
             slot = (slot + 1) % SAMPLE_SLOTS
 
-    def sample(self, now: float, slot: int | None = None) -> None:
-        """Sample every stream, or those of one slot. With slots each stream still gets one sample (and one
-        rate message) per interval, but a thousand players' messages are not built in one loop iteration —
-        that would hold up forwarding for milliseconds once a second."""
+    def sample_slices(self) -> list[list[Publication | Playback]]:
+        """Every stream in one of SAMPLE_SLOTS slices, by its id: the sampler takes one slice per wake-up, so each
+        stream gets one sample (and one rate message) per interval, and a thousand players' messages are not
+        built in one loop iteration — that would hold up forwarding for milliseconds once a second."""
+        slices: list[list[Publication | Playback]] = [[] for _ in range(SAMPLE_SLOTS)]
         for stream in self.streams():
-            if slot is not None and zlib.crc32(stream.media_session_id.encode()) % SAMPLE_SLOTS != slot:
-                continue
+            slices[zlib.crc32(stream.media_session_id.encode()) % SAMPLE_SLOTS].append(stream)
+        return slices
+
+    def sample(self, now: float, streams: list[Publication | Playback] | None = None) -> None:
+        """Sample these streams (default: all of them)."""
+        for stream in self.streams() if streams is None else streams:
             try:
                 stream.sample(now)
             except Exception:  # one stream's bug must not stop everyone's rates
