@@ -26,7 +26,7 @@ def bench(tmp_path_factory) -> tuple[dict, Path, subprocess.CompletedProcess]:
     out = tmp_path_factory.mktemp("bench") / "result.json"
     proc = subprocess.run(
         [sys.executable, "-m", "webcall", "bench", "--players", str(PLAYERS), "--window", "3", "--settle", "0.5",
-         "--clip-seconds", "2", "--ceiling-packets", "400", "--max-latency-ms", "1000", "--quiet", "-o", str(out)],
+         "--clip-seconds", "2", "--ceiling-packets", "400", "--max-latency-ms", "1000", "--probe-joins", "2", "--quiet", "-o", str(out)],
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 0, f"bench failed:\n{proc.stdout}\n{proc.stderr}"
@@ -91,6 +91,10 @@ def test_first_frame_and_latency_measured_for_every_player(bench) -> None:
         assert player["latency_p50_ms"] is not None and player["latency_p50_ms"] > 0, player
         assert player["srtp_profile"]
     assert step["ttff_ms"]["p50"] <= step["ttff_ms"]["p95"]
+    lone = step["ttff_ms"]["lone"]  # players that joined one at a time after the window, then left
+    assert lone["measured"] == 2 and lone["missing"] == 0 and 0 < lone["p50"] <= lone["p95"] < 15_000, lone
+    phases = lone["phases"]
+    assert set(phases) == {"answer", "ice", "dtls", "keyframe"} and all(p50 is not None for p50, _ in phases.values())
     lat = step["latency_ms"]
     assert lat["samples"] > 10 * PLAYERS
     assert 0 < lat["p50"] <= lat["p99"] <= lat["max"]

@@ -67,6 +67,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--window", type=float, default=d.window, help="seconds measured per step (default 10)")
     p.add_argument("--settle", type=float, default=d.settle, help="seconds between joining and measuring")
     p.add_argument("--join-concurrency", type=int, default=d.join_concurrency)
+    p.add_argument("--probe-joins", type=int, default=d.probe_joins,
+                   help="after each window, players that join one at a time: TTFF of a lone joiner (default 10)")
     p.add_argument("--min-delivery", type=float, default=d.min_delivery,
                    help="a step passes only if every player got this share of the packets (default 0.99)")
     p.add_argument("--max-latency-ms", type=float, default=d.max_latency_ms,
@@ -99,7 +101,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         url=args.url, server_pid=args.server_pid, steps=[args.players] if args.players else args.steps,
         publishers=args.publishers, codec=args.codec, width=int(width), height=int(height), fps=args.fps,
         bitrate=args.bitrate, audio_bitrate=args.audio_bitrate, clip_seconds=args.clip_seconds, window=args.window,
-        settle=args.settle, join_concurrency=args.join_concurrency, pacing_factor=args.pacing_factor,
+        settle=args.settle, join_concurrency=args.join_concurrency, probe_joins=args.probe_joins, pacing_factor=args.pacing_factor,
         min_delivery=args.min_delivery, max_latency_ms=args.max_latency_ms, stop_at_knee=not args.keep_going,
         sample_every=args.sample_every, ceiling=not args.no_ceiling, ceiling_packets=args.ceiling_packets,
         pin=not args.no_pin, profile=args.profile or args.profile_native, profile_native=args.profile_native,

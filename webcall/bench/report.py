@@ -14,12 +14,13 @@ def _fmt(value, spec: str = "", none: str = "-") -> str:
 def table(result: dict) -> str:
     """The per-step table, plus the ceiling and the knee."""
     head = ("players", "srv CPU%", "kernel%", "ms/s/pl", "µs/pkt", "x ceil", "pl/core", "loss% (worst)", "kbps/pl",
-            "TTFF p50/p95 ms", "lat p50/p99 ms", "srv MB", "KB/pl", "load CPU%", "lag p99 ms", "ok")
+            "TTFF p50/p95 ms", "alone p50/p95", "lat p50/p99 ms", "srv MB", "KB/pl", "load CPU%", "lag p99 ms", "ok")
     rows = [head]
     for s in result.get("steps", []):
         cpu = s.get("server_cpu") or {}
         d = s["delivery"]
         worst = None if d["min_ratio"] is None else 100 * max(0.0, 1 - d["min_ratio"])
+        lone = s["ttff_ms"].get("lone") or {}
         rows.append((
             str(s["players"]),
             _fmt(None if cpu.get("fraction") is None else 100 * cpu["fraction"], ".1f"),
@@ -31,6 +32,7 @@ def table(result: dict) -> str:
             f"{_fmt(d['loss_pct'], '.2f')} ({_fmt(worst, '.2f')})",
             _fmt(d["kbps_per_player"], ".0f"),
             f"{_fmt(s['ttff_ms']['p50'], '.0f')}/{_fmt(s['ttff_ms']['p95'], '.0f')}",
+            f"{_fmt(lone.get('p50'), '.0f')}/{_fmt(lone.get('p95'), '.0f')}",
             f"{_fmt(s['latency_ms']['p50'], '.2f')}/{_fmt(s['latency_ms']['p99'], '.2f')}",
             _fmt(s["memory"].get("server_rss_mb"), ".0f"),
             _fmt(s["memory"].get("per_player_kb"), ".0f"),
@@ -123,6 +125,8 @@ def plot(result: dict, path: Path) -> Path:
     ax.plot(x, series(lambda s: s["latency_ms"]["p50"]), "o-", label="added latency p50 (ms)")
     ax.plot(x, series(lambda s: s["latency_ms"]["p99"]), "^-", label="added latency p99 (ms)")
     ax.plot(x, series(lambda s: s["ttff_ms"]["p95"]), "s:", color="grey", label="time to first frame p95 (ms)")
+    ax.plot(x, series(lambda s: (s["ttff_ms"].get("lone") or {}).get("p95")), "d:", color="black",
+            label="... of a lone joiner, p95 (ms)")
     ax.set_ylabel("ms")
     ax.set_yscale("log")
     ax.set_xlabel("players")

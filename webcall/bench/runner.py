@@ -54,6 +54,7 @@ class BenchConfig:
     window: float = 10.0  # seconds measured per step
     settle: float = 1.5  # seconds between the last first-frame of a step and its window
     join_concurrency: int = 25
+    probe_joins: int = 10  # after each window, this many players join one at a time (TTFF of a lone joiner)
     join_timeout: float = 20.0
     first_frame_timeout: float = 10.0
     min_delivery: float = 0.99
@@ -439,7 +440,40 @@ class Bench:
             if error:
                 profile["error"] = error
         machine = ((machine1[0] - machine0[0]) / procstat.CLK_TCK, (machine1[1] - machine0[1]) / procstat.CLK_TCK)
-        return self._step_result(target, new, join_seconds, wall, cpu0, cpu1, own1 - own0, machine, profile)
+        step = self._step_result(target, new, join_seconds, wall, cpu0, cpu1, own1 - own0, machine, profile)
+        self._phase = f"step {index + 1}/{count}: {cfg.probe_joins} lone joiners"
+        step["ttff_ms"]["lone"] = await self._lone_joins(http, url, identity, cfg.probe_joins)
+        return step
+
+    async def _lone_joins(self, http, url: str, identity: ClientIdentity, count: int) -> dict:
+        """TTFF of a viewer who joins this audience alone — the step's own figure is a crowd of new players
+        joining together, which measures handshake queueing as much as the stream. Each probe joins, waits for
+        its first frame, and leaves; the audience is the step's."""
+        ttffs: list[float] = []
+        probes: list[BenchPlayer] = []
+        failed = 0
+        publisher = self.publishers[0]
+        for i in range(count):
+            probe = BenchPlayer(-1 - i, publisher.name, publisher.log, identity, self.window,
+                                sample_every=self.cfg.sample_every)
+            try:
+                await probe.start(http, url, self.cfg.join_timeout)
+                deadline = time.monotonic() + self.cfg.first_frame_timeout
+                while probe.ttff is None and probe.failed is None and time.monotonic() < deadline:
+                    await asyncio.sleep(0.005)
+            except Exception as exc:  # noqa: BLE001 - a failed probe is a figure
+                probe.failed = probe.failed or f"join: {type(exc).__name__}: {exc}"
+            finally:
+                await probe.stop()
+            if probe.ttff is None:
+                failed += 1
+            else:
+                ttffs.append(probe.ttff)
+                probes.append(probe)
+            await asyncio.sleep(0.1)
+        return {"p50": _ms(percentile(ttffs, 50), 1), "p95": _ms(percentile(ttffs, 95), 1),
+                "max": _ms(max(ttffs), 1) if ttffs else None, "measured": len(ttffs), "missing": failed,
+                "phases": _phases(probes)}
 
     def _step_result(self, target: int, new: list[BenchPlayer], join_seconds: float, wall: float,
                      cpu0: tuple[float, float] | None, cpu1: tuple[float, float] | None, own_cpu: float,
@@ -724,7 +758,8 @@ def _step_line(step: dict) -> str:
     ratio = cpu.get("ratio_to_ceiling")
     return (f"{step['players']:5d} players: server CPU {100 * (cpu.get('fraction') or 0):5.1f}% "
             f"{cpu.get('us_per_packet') or 0:6.1f} µs/pkt" + (f" (x{ratio:.2f} ceiling)" if ratio else "") + " | "
-            f"loss {step['delivery']['loss_pct'] or 0:.2f}% | TTFF p50 {ttff['p50']} ms | "
+            f"loss {step['delivery']['loss_pct'] or 0:.2f}% | TTFF p50 {ttff['p50']} ms"
+            + (f" (alone {ttff['lone']['p50']})" if ttff.get("lone") else "") + " | "
             f"latency p50 {lat['p50']} p99 {lat['p99']} ms | "
             f"load CPU {100 * (step['loadgen']['cpu_fraction'] or 0):.0f}%"
             f" | {'ok' if step['ok'] else 'BROKEN: ' + '; '.join(step['reasons'])}"
