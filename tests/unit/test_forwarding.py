@@ -572,11 +572,13 @@ def test_retry_nacks_up_to_the_limit() -> None:
     assert calls.nacks == [[3, 4]]  # not due yet
     producer.receive(make_rtp(b"\x00" * 20, 4, 90000), t + 0.01)  # 4 recovered
     now = t
+    requests = calls.keyframe_requests
     for _ in range(NACK_RETRIES + 3):
         now += NACK_RETRY_INTERVAL + 0.001
         producer.retry_nacks(now)
     assert calls.nacks == [[3, 4]] + [[3]] * (NACK_RETRIES - 1)
     assert producer.missing == {}
+    assert calls.keyframe_requests == requests + 1  # 3 is lost for good: players need a keyframe
 
 
 def test_no_nack_without_nack_feedback() -> None:

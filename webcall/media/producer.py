@@ -28,7 +28,7 @@ if TYPE_CHECKING:
 RING_SIZE = 1024  # ≈ 7 s of 600 kbps video: enough for NACKs and for a keyframe replay
 RING_MASK = RING_SIZE - 1
 MAX_NACK_BATCH = 64  # a bigger gap is a burst loss: ask for a keyframe instead
-NACK_RETRIES = 3
+NACK_RETRIES = 6  # ≈ 0.5 s of tries: at 5 % loss each way one try fails ~10 % of the time, six ~1e-6
 NACK_RETRY_INTERVAL = 0.08
 KEYFRAME_MIN_INTERVAL = 0.3
 REPLAY_MAX_PACKETS = 400  # replay the current GOP to a new player only if it is this short
@@ -246,11 +246,13 @@ class Producer:
     def retry_nacks(self, now: float) -> None:
         """Called from the endpoint's tick while packets are missing."""
         due = []
+        gave_up = False
         for ext_seq, state in list(self.missing.items()):
             if state[0] > now:
                 continue
             if state[1] >= NACK_RETRIES:
                 del self.missing[ext_seq]
+                gave_up = True
                 continue
             state[0] = now + NACK_RETRY_INTERVAL
             state[1] += 1
@@ -258,6 +260,8 @@ class Producer:
         if due:
             self.nacks_sent += 1
             self._send_nack(self, due)
+        if gave_up:  # a packet players will never get: their frames are broken until the next keyframe
+            self.request_keyframe(now)
         if len(self.missing) > 4 * MAX_NACK_BATCH:  # hopeless: start over from a keyframe
             self.missing.clear()
             self.request_keyframe(now)
