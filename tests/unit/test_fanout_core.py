@@ -102,18 +102,20 @@ def sender():
     sock.close()
 
 
-def make_pair(sock: socket.socket, profile: str, extensions: dict[str, int]):
+def make_players(sock: socket.socket, profile: str, extensions: dict[str, int], count: int, threads: int = 1):
+    """A producer with the core, and `count` attached players with real SRTP and their own sockets."""
     track = Track("1", "video", vp8(), {EXT_ABS_SEND_TIME: 2, EXT_TOFFSET: 5, EXT_MID: 4}, PUB_SSRC)
     producer = Producer(track, send_nack=lambda *a: None, send_keyframe_request=lambda *a: None,
                         on_keyframe=lambda *a: None)
     producer.batch = SendBatch(sock)
-    producer.core = FanoutCore(LIB, sock)
-    players, consumers = [], []
-    for _ in range(2):
-        player = Player(sock, profile)
-        consumer = Consumer(producer, Track("v", "video", vp8(), extensions), player)
-        players.append(player)
-        consumers.append(consumer)
+    producer.core = FanoutCore(LIB, sock, threads)
+    players = [Player(sock, profile) for _ in range(count)]
+    consumers = [Consumer(producer, Track("v", "video", vp8(), extensions), p) for p in players]
+    return producer, players, consumers
+
+
+def make_pair(sock: socket.socket, profile: str, extensions: dict[str, int]):
+    producer, players, consumers = make_players(sock, profile, extensions, 2)
     # The same labels for both, so their decrypted output must be identical.
     twin = consumers[1]
     twin.ssrc, twin._next_seq, twin._ts_base = consumers[0].ssrc, consumers[0]._next_seq, consumers[0]._ts_base
@@ -209,14 +211,9 @@ def test_sockaddr_is_ipv4_only():
 def test_helper_thread_splits_a_big_fanout_and_every_player_gets_every_packet(sender):
     from webcall.media.fanout import SPLIT_MIN
 
-    track = Track("1", "video", vp8(), {EXT_ABS_SEND_TIME: 2, EXT_TOFFSET: 5, EXT_MID: 4}, PUB_SSRC)
-    producer = Producer(track, send_nack=lambda *a: None, send_keyframe_request=lambda *a: None,
-                        on_keyframe=lambda *a: None)
-    producer.batch = SendBatch(sender)
-    core = producer.core = FanoutCore(LIB, sender, threads=2)
+    producer, players, consumers = make_players(sender, "AEAD_AES_128_GCM", {EXT_MID: 3}, SPLIT_MIN + 11, threads=2)
+    core = producer.core
     assert core.threads == 2
-    players = [Player(sender, "AEAD_AES_128_GCM") for _ in range(SPLIT_MIN + 11)]
-    consumers = [Consumer(producer, Track("v", "video", vp8(), {EXT_MID: 3}), p) for p in players]
     for consumer in consumers:
         producer.attach(consumer, 0.0)
     sent = [packet(7000, 0, keyframe_payload(600))] + [packet(7000 + i, 3000 * i, os.urandom(500 + i))
