@@ -49,7 +49,8 @@ class RunningServer:
     def assert_empty(self) -> None:
         """Nothing is left of any client: registry, sessions, transports, address tables."""
         hub, port = self.hub, self.port
-        assert hub.publications == {}, hub.publications
+        assert hub.registry.names() == set(), hub.registry.names()
+        assert hub.registry.readers_count() == 0
         assert hub.sessions == set(), hub.sessions
         assert port.transports == set(), port.transports
         assert port.by_addr == {} and port.by_ufrag == {}

@@ -43,7 +43,7 @@ class BenchTransport:
         self.sockaddr = sockaddr(addr)
         policy = pylibsrtp.Policy(key=os.urandom(28), ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
                                   srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM)
-        self._tx = SrtpSession(pylibsrtp.Session(policy))
+        self.tx = SrtpSession(pylibsrtp.Session(policy))
         self.send_errors = 0
         self.send_rtp = WebRtcTransport.send_rtp.__get__(self)
         self.send_raw = WebRtcTransport.send_raw.__get__(self)

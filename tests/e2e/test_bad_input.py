@@ -51,7 +51,7 @@ class Live:
         self.pub_client = await self.server.client()
         self.publisher = await peers.publish(self.pub_client, LIVE)
         await self.publisher.wait_status("PUBLISHING", timeout=10)
-        self.publication = self.server.hub.find(LIVE)
+        self.publication = self.server.hub.registry.find(LIVE)
         self.play_client = await self.server.client()
         self.player = await peers.play(self.play_client, LIVE)
         await self.player.wait_status("PLAYING", timeout=10)
@@ -94,7 +94,7 @@ class Live:
         assert all(b > a for a, b in zip(new, new[1:])), f"counters not increasing after {what}: {new}"
         if before:
             assert new[0] > before[-1], f"counter went back after {what}: {before[-1]} -> {new[0]}"
-        assert self.server.hub.find(LIVE) is self.publication, f"live publication replaced after {what}"
+        assert self.server.hub.registry.find(LIVE) is self.publication, f"live publication replaced after {what}"
         assert self.publisher.status == "PUBLISHING" and self.player.status == "PLAYING", (
             f"live stream status changed after {what}: {self.publisher.statuses} / {self.player.statuses}")
 
@@ -245,7 +245,7 @@ async def test_broken_envelopes_get_fail_and_socket_stays_open(live: Live) -> No
                                                                media_session_id=msid))
     failure = await expect_failure(client, msid)
     assert failure["info"] == "Session not ready", failure
-    assert "early" not in live.server.hub.publications
+    assert "early" not in live.server.hub.registry.names()
     await client.send("connection", {"appKey": "defaultApp", "mediaProviders": ["WebRTC"]})
     await client.wait_for("getUserData", timeout=5)
     await assert_still_answered(client)
@@ -289,7 +289,7 @@ async def test_stream_requests_with_bad_fields(live: Live) -> None:
         assert failure["published"] is (role == "publish"), (case, failure)
         assert expected in failure["info"], (case, failure)
         assert not client.find("setRemoteSDP"), case
-        assert set(live.server.hub.publications) == {LIVE}, case
+        assert set(live.server.hub.registry.names()) == {LIVE}, case
         await assert_still_answered(client)
         await live.assert_flowing(case)
 
@@ -304,7 +304,7 @@ async def test_stream_requests_with_bad_fields(live: Live) -> None:
         await client.send("publishStream", request)
         failure = await expect_failure(client)
         assert failure["info"] == "MediaSessionId is null", (case, failure)
-        assert "no-msid" not in live.server.hub.publications
+        assert "no-msid" not in live.server.hub.registry.names()
         await assert_still_answered(client)
         await live.assert_flowing(case)
 
@@ -380,7 +380,7 @@ async def test_bad_sdp_fails_and_leaves_the_name_free(live: Live) -> None:
         else:
             assert failure["info"].startswith(expected), (case, failure)
         assert not client.find("setRemoteSDP"), case
-        assert "badsdp" not in live.server.hub.publications, case
+        assert "badsdp" not in live.server.hub.registry.names(), case
         await assert_still_answered(client)
         await live.assert_flowing(case)
     assert len(live.server.port.transports) == 2  # only the live publisher's and player's
@@ -425,7 +425,7 @@ async def test_duplicate_name_unknown_stream_and_foreign_ids(live: Live) -> None
     await client.send("publishStream", hostile.stream_request("publish", "twice-2", sdp, msid))
     failure = await expect_failure(client, msid)
     assert failure["info"] == "MediaSessionId is already in use", failure
-    assert "twice-2" not in live.server.hub.publications and "twice" in live.server.hub.publications
+    assert "twice-2" not in live.server.hub.registry.names() and "twice" in live.server.hub.registry.names()
 
     # Playing a name nobody publishes.
     client = await live.client()
@@ -476,7 +476,7 @@ async def test_client_that_never_does_ice_fails_by_ice_timeout(live: Live) -> No
         assert failure["info"] == "Failed by ICE timeout", failure
         assert CONNECT_TIMEOUT - 0.3 <= elapsed <= CONNECT_TIMEOUT + 1.0, elapsed
     assert pub_fail["published"] is True and play_fail["published"] is False
-    assert set(live.server.hub.publications) == {LIVE}
+    assert set(live.server.hub.registry.names()) == {LIVE}
     assert len(live.publication.players) == 1
     assert len(live.server.port.transports) == 2 and len(live.server.port.by_ufrag) == 2
     await live.assert_flowing("ICE timeouts")
@@ -516,7 +516,7 @@ async def test_client_that_does_ice_but_never_dtls_fails_by_dtls_error(live: Liv
     for elapsed, failure in results:
         assert failure["info"] == "Failed by DTLS error", failure
         assert CONNECT_TIMEOUT - 0.3 <= elapsed <= CONNECT_TIMEOUT + 1.0, elapsed
-    assert set(live.server.hub.publications) == {LIVE}
+    assert set(live.server.hub.registry.names()) == {LIVE}
     assert len(live.publication.players) == 1
     assert len(live.server.port.transports) == 2 and len(live.server.port.by_addr) == 2
     await live.assert_flowing("DTLS timeouts")

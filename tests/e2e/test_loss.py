@@ -14,7 +14,7 @@ WINDOW = 8.0  # seconds of playback examined
 async def test_players_recover_from_loss(server) -> None:
     relay = LossyRelay(("127.0.0.1", server.server.media_port), LOSS)
     relay_port = await relay.start()
-    server.hub.settings.candidates = (("127.0.0.1", relay_port),)  # every client goes through the relay
+    server.hub.plane.candidates = (("127.0.0.1", relay_port),)  # every client goes through the relay
     try:
         pub_client = await server.client()
         publisher = await peers.publish(pub_client, "lossy")
@@ -42,9 +42,10 @@ async def test_players_recover_from_loss(server) -> None:
             assert all(b > a for a, b in zip(counters, counters[1:]))
 
         assert relay.dropped["up"] > 20 and relay.dropped["down"] > 20, relay.dropped
-        producer = server.hub.find("lossy").producers["video"]
+        router = server.hub.registry.find("lossy").router.tracks["video"]
+        producer = router.producer
         assert producer.nacks_sent > 0 and producer.recovered > 0, "publisher loss not recovered by NACK"
-        assert sum(c.retransmits for c in producer.consumers) > 0, "player NACKs not answered"
+        assert sum(c.retransmits for c in router.consumers) > 0, "player NACKs not answered"
 
         for player in players:
             await player.stop()

@@ -253,7 +253,7 @@ class OutageRelay(LossyRelay):
 async def test_loss_shows_in_nack_and_lost_packets(server) -> None:
     relay = OutageRelay(("127.0.0.1", server.server.media_port), 0.05)
     relay_port = await relay.start()
-    server.hub.settings.candidates = (("127.0.0.1", relay_port),)
+    server.hub.plane.candidates = (("127.0.0.1", relay_port),)
     try:
         pub_client = await server.client()
         publisher = await peers.publish(pub_client, "lossy-rates", busy=True)  # several packets per frame
@@ -279,7 +279,7 @@ async def test_loss_shows_in_nack_and_lost_packets(server) -> None:
             if inbound["lostPackets"] > 0 and outbound["lostPackets"] > 0 or time.monotonic() > deadline:
                 break
             await asyncio.sleep(0.5)
-        producer = server.hub.find("lossy-rates").producers["video"]
+        producer = server.hub.registry.find("lossy-rates").producers["video"]
         print(f"\ninbound {inbound}\noutbound {outbound}\nrelay dropped {relay.dropped}, "
               f"publisher packets {producer.packets}, recovered {producer.recovered}")
         assert inbound["nack"] > 0, inbound  # NACKs the server sent to the publisher

@@ -63,9 +63,9 @@ async def test_publish_to_three_players(server, codec: str) -> None:
         assert "a=sendonly" in sdp[1] and "a=ssrc:" in sdp[1] and "a=candidate:" in sdp[1]
 
     # Each player has its own SSRCs; the server forwarded (not re-encoded) to all of them.
-    producer = server.hub.find("live").producers["video"]
-    assert len(producer.consumers) == PLAYERS
-    assert len({c.ssrc for c in producer.consumers}) == PLAYERS
+    router = server.hub.registry.find("live").router.tracks["video"]
+    assert len(router.consumers) == PLAYERS
+    assert len({c.ssrc for c in router.consumers}) == PLAYERS
 
     # stopStream → STOPPED "Stopped by user" for that player only.
     await players[0].stop()

@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 async def _caught_up(server, name: str, publisher: peers.Publisher, timeout: float = 3.0) -> int:
     """Frames the track produced, once the server has received them all (a loaded machine encodes late)."""
-    producer = server.hub.find(name).producers["video"]
+    producer = server.hub.registry.find(name).producers["video"]
     deadline = time.monotonic() + timeout
     while producer.frames < publisher.video_track.frames_sent - 1 and time.monotonic() < deadline:
         await asyncio.sleep(0.02)
@@ -54,8 +54,8 @@ async def _record(server, name: str, codec: str, seconds: float, login: str = "a
 async def _finalized(hub, timeout: float = 10.0) -> None:
     """Wait until every recording's file is finalized."""
     deadline = time.monotonic() + timeout
-    while hub.recordings():
-        assert time.monotonic() < deadline, [r.describe() for r in hub.recordings()]
+    while hub.recordings.list():
+        assert time.monotonic() < deadline, [r.describe() for r in hub.recordings.list()]
         await asyncio.sleep(0.05)
 
 
@@ -164,7 +164,7 @@ async def test_rest_start_stop_find_all(make_server, tmp_path) -> None:
             assert found == [{"fileName": "rest-rec-live.mp4", "mediaSessionId": msid, "streamName": "rest-rec",
                               "status": "RECORDING"}]
             await asyncio.sleep(4.0)
-            started = server.hub.recordings()[0].started_at
+            started = server.hub.recordings.list()[0].started_at
             sent = await _caught_up(server, "rest-rec", publisher)
             span = time.monotonic() - t_start
             status, body = await post("/recorder/terminate", {"mediaSessionId": msid})
@@ -276,7 +276,7 @@ async def test_recording_under_loss_has_no_broken_frames(make_server, tmp_path) 
     server = await make_server(records_dir=str(tmp_path))
     relay = LossyRelay(("127.0.0.1", server.server.media_port), 0.05)
     relay_port = await relay.start()
-    server.hub.settings.candidates = (("127.0.0.1", relay_port),)
+    server.hub.plane.candidates = (("127.0.0.1", relay_port),)
     try:
         run = await _record(server, "lossy-rec", "VP8", 6.0, busy=True)
     finally:

@@ -48,14 +48,14 @@ async def test_vanished_player_fails_by_consent(make_server) -> None:
         pub_client = await server.client()
         publisher = await peers.publish(pub_client, "consent")
         await publisher.wait_status("PUBLISHING", timeout=10)
-        server.hub.settings.candidates = (("127.0.0.1", relay_port),)  # only the player goes through it
+        server.hub.plane.candidates = (("127.0.0.1", relay_port),)  # only the player goes through it
         client = await server.client()
         player = await peers.play(client, "consent")
         await player.wait_frames(3, timeout=10)
         relay.blackhole = True  # the player's network is gone; nothing tells the server
         msg = await player.wait_status("FAILED", timeout=10)
         assert msg["data"][0]["info"] == "Failed by ICE keep alive"
-        assert server.hub.find("consent").players == set()
+        assert server.hub.registry.find("consent").players == []
         await player.close()
         await publisher.stop()
         await pub_client.close()

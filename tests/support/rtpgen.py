@@ -13,6 +13,7 @@ from aiortc.codecs import get_encoder
 from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from webcall.media.producer import Producer
+from webcall.media.router import TrackRouter
 from webcall.protocol.sdp import Codec, Track
 
 from .media import ToneAudioTrack, make_pattern_frame
@@ -79,17 +80,19 @@ def audio_track() -> Track:
 
 
 class FakePublisher:
-    """Producers as a PublisherEndpoint makes them, with the feedback they would send kept in lists."""
+    """Producers (and their routers) as a PublisherEndpoint makes them, with the feedback they would send kept in lists."""
 
     def __init__(self, codec: str | None = "VP8", audio: bool = True) -> None:
         self.nacks: list[list[int]] = []
         self.keyframe_requests = 0
         self.producers: dict[str, Producer] = {}
+        self.routers: dict[str, TrackRouter] = {}
         tracks = ([audio_track()] if audio else []) + ([video_track(codec)] if codec else [])
         for track in tracks:
             self.producers[track.kind] = Producer(
                 track, send_nack=lambda p, seqs: self.nacks.append(seqs),
                 send_keyframe_request=self._pli, on_keyframe=lambda p, w, h: None)
+            self.routers[track.kind] = TrackRouter(self.producers[track.kind])
 
     def _pli(self, producer: Producer) -> None:
         self.keyframe_requests += 1

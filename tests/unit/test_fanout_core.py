@@ -19,6 +19,7 @@ import pytest
 from webcall.media.consumer import Consumer
 from webcall.media.fanout import FanoutCore, load_error, load_library
 from webcall.media.producer import Producer
+from webcall.media.router import TrackRouter
 from webcall.media.srtp import SendBatch, SrtpSession, abi_ffi, pack_sockaddr, sockaddr
 from webcall.media.transport import WebRtcTransport
 from webcall.protocol.sdp import EXT_ABS_SEND_TIME, EXT_MID, EXT_TOFFSET, Codec, Track
@@ -43,7 +44,7 @@ class Player:
         srtp_profile, key_length = PROFILES[profile]
         key = os.urandom(key_length)
         self.port = SimpleNamespace(sock=sock)
-        self._tx = SrtpSession(pylibsrtp.Session(pylibsrtp.Policy(
+        self.tx = SrtpSession(pylibsrtp.Session(pylibsrtp.Policy(
             key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND, srtp_profile=srtp_profile)))
         self._rx = pylibsrtp.Session(pylibsrtp.Policy(
             key=key, ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND, srtp_profile=srtp_profile))
@@ -107,35 +108,43 @@ def make_players(sock: socket.socket, profile: str, extensions: dict[str, int], 
     track = Track("1", "video", vp8(), {EXT_ABS_SEND_TIME: 2, EXT_TOFFSET: 5, EXT_MID: 4}, PUB_SSRC)
     producer = Producer(track, send_nack=lambda *a: None, send_keyframe_request=lambda *a: None,
                         on_keyframe=lambda *a: None)
-    producer.batch = SendBatch(sock)
-    producer.core = FanoutCore(LIB, sock, threads)
+    router = TrackRouter(producer, core=FanoutCore(LIB, sock, threads), batch=SendBatch(sock))
     players = [Player(sock, profile) for _ in range(count)]
     consumers = [Consumer(producer, Track("v", "video", vp8(), extensions), p) for p in players]
-    return producer, players, consumers
+    return router, players, consumers
+
+
+class PythonOnlyConsumer(Consumer):
+    """A consumer that never moves to the compiled core: the Python twin of the comparison."""
+
+    __slots__ = ()
+
+    def promote(self, core) -> bool:
+        return False
 
 
 def make_pair(sock: socket.socket, profile: str, extensions: dict[str, int]):
-    producer, players, consumers = make_players(sock, profile, extensions, 2)
+    router, players, consumers = make_players(sock, profile, extensions, 2)
     # The same labels for both, so their decrypted output must be identical.
     twin = consumers[1]
     twin.ssrc, twin._next_seq, twin._ts_base = consumers[0].ssrc, consumers[0]._next_seq, consumers[0]._ts_base
     for consumer in consumers:
-        producer.attach(consumer, 0.0)
-    return producer, players, consumers
+        router.attach(consumer, 0.0)
+    return router, players, consumers
 
 
 @pytest.mark.parametrize("profile", sorted(PROFILES))
 def test_core_output_is_identical_to_python_output(sender, profile):
     extensions = {EXT_MID: 3, EXT_ABS_SEND_TIME: 6}
-    producer, (p_core, p_py), (c_core, c_py) = make_pair(sender, profile, extensions)
+    router, (p_core, p_py), (c_core, c_py) = make_pair(sender, profile, extensions)
     # Only the first consumer may use the core: the second one stays in Python.
-    c_py.producer = SimpleNamespace(core=None)
+    c_py.__class__ = PythonOnlyConsumer
 
     sent = [packet(1000, 5000, keyframe_payload(900))]
     sent += [packet(1000 + i, 5000 + 3000 * (i // 3), os.urandom(700 + i), marker=i % 3 == 2) for i in range(1, 40)]
     sent.append(packet(1040, 200000, os.urandom(1100), ext=False))
     for i, data in enumerate(sent):
-        producer.receive(data, i / 100)
+        router.producer.receive(data, i / 100)
         if i == 0:
             assert c_core.target is not None, "the started consumer was promoted to the core"
             assert c_py.target is None
@@ -160,19 +169,19 @@ def test_core_output_is_identical_to_python_output(sender, profile):
         assert b0 & 0x10  # the player's mid extension is always there
     assert c_core.packets == c_py.packets == len(sent)
     assert c_core.octets == c_py.octets > 0
-    assert producer.core.dropped == 0
+    assert router.core.dropped == 0
 
 
 def test_core_skips_late_and_oversized_packets_and_follows_a_moved_peer(sender):
-    producer, (player, other), (consumer, second) = make_pair(sender, "AEAD_AES_128_GCM", {EXT_MID: 3})
-    second.close()  # one player is enough here
-    producer.receive(packet(500, 0, keyframe_payload(500)), 0.0)
-    producer.receive(packet(501, 0, os.urandom(500), marker=True), 0.01)
+    router, (player, other), (consumer, second) = make_pair(sender, "AEAD_AES_128_GCM", {EXT_MID: 3})
+    router.detach(second)  # one player is enough here
+    router.producer.receive(packet(500, 0, keyframe_payload(500)), 0.0)
+    router.producer.receive(packet(501, 0, os.urandom(500), marker=True), 0.01)
     assert consumer.target is not None
     assert len(player.receive(2)) == 2
 
-    producer.receive(packet(499, 0, os.urandom(100)), 0.02)  # from before this player started
-    producer.receive(packet(502, 3000, os.urandom(1500)), 0.03)  # too long once protected
+    router.producer.receive(packet(499, 0, os.urandom(100)), 0.02)  # from before this player started
+    router.producer.receive(packet(502, 3000, os.urandom(1500)), 0.03)  # too long once protected
     assert player.pending() == 0
     assert consumer.target.dropped == 1 and consumer.packets == 2
 
@@ -183,7 +192,7 @@ def test_core_skips_late_and_oversized_packets_and_follows_a_moved_peer(sender):
     before = player.sockaddr
     player.move_to(moved.getsockname())
     assert player.sockaddr is before and bytes(abi_ffi.buffer(before)) == pack_sockaddr(moved.getsockname())
-    producer.receive(packet(503, 6000, os.urandom(300)), 0.04)
+    router.producer.receive(packet(503, 6000, os.urandom(300)), 0.04)
     data = player._rx.unprotect(moved.recv(2048))
     assert struct.unpack_from("!I", data, 8)[0] == consumer.ssrc
     assert player.pending() == 0
@@ -191,13 +200,13 @@ def test_core_skips_late_and_oversized_packets_and_follows_a_moved_peer(sender):
 
 
 def test_detached_player_gets_nothing_more(sender):
-    producer, (p1, p2), (c1, c2) = make_pair(sender, "AEAD_AES_128_GCM", {EXT_MID: 3})
-    producer.receive(packet(10, 0, keyframe_payload(200)), 0.0)
+    router, (p1, p2), (c1, c2) = make_pair(sender, "AEAD_AES_128_GCM", {EXT_MID: 3})
+    router.producer.receive(packet(10, 0, keyframe_payload(200)), 0.0)
     assert c1.target is not None and c2.target is not None
     assert len(p1.receive(1)) == len(p2.receive(1)) == 1
-    c2.close()
+    router.detach(c2)
     for i in range(1, 5):
-        producer.receive(packet(10 + i, 3000 * i, os.urandom(200)), i / 100)
+        router.producer.receive(packet(10 + i, 3000 * i, os.urandom(200)), i / 100)
     assert len(p1.receive(4)) == 4
     assert p2.pending() == 0
     assert c2.packets == 1  # its counters survive the detach (the streams layer reads them afterwards)
@@ -211,15 +220,15 @@ def test_sockaddr_is_ipv4_only():
 def test_helper_thread_splits_a_big_fanout_and_every_player_gets_every_packet(sender):
     from webcall.media.fanout import SPLIT_MIN
 
-    producer, players, consumers = make_players(sender, "AEAD_AES_128_GCM", {EXT_MID: 3}, SPLIT_MIN + 11, threads=2)
-    core = producer.core
+    router, players, consumers = make_players(sender, "AEAD_AES_128_GCM", {EXT_MID: 3}, SPLIT_MIN + 11, threads=2)
+    core = router.core
     assert core.threads == 2
     for consumer in consumers:
-        producer.attach(consumer, 0.0)
+        router.attach(consumer, 0.0)
     sent = [packet(7000, 0, keyframe_payload(600))] + [packet(7000 + i, 3000 * i, os.urandom(500 + i))
                                                        for i in range(1, 20)]
     for i, data in enumerate(sent):
-        producer.receive(data, i / 100)
+        router.producer.receive(data, i / 100)
     assert core.split_fanouts == len(sent) - 1  # the first packet went through Python (promotion)
     for player, consumer in zip(players, consumers):
         got = player.receive(len(sent))

@@ -20,6 +20,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from tests.support.rtpgen import vp8_descriptor_length
 from webcall.media.consumer import Consumer
+from webcall.media.router import TrackRouter
 from webcall.media.producer import (
     KEYFRAME_MIN_INTERVAL,
     MAX_NACK_BATCH,
@@ -103,18 +104,18 @@ class PlainTx:
 
 class FakeTransport:
     """Records every RTP packet a Consumer sends, whether by the forwarding fast path
-    (`transport._tx.send_rtp(transport.port.sock, transport.addr, ...)`) or by `transport.send_rtp(packet)`."""
+    (`transport.tx.send_rtp(transport.port.sock, transport.addr, ...)`) or by `transport.send_rtp(packet)`."""
 
     def __init__(self) -> None:
         self.sent: list[bytes] = []
         self.port = SimpleNamespace(sock=FakeSocket(self.sent))
         self.addr = ("127.0.0.1", 50000)
         self.sockaddr = None  # no sendmmsg address: the Consumer sends with sendto, recorded above
-        self._tx = PlainTx()
+        self.tx = PlainTx()
         self.send_errors = 0
 
     def send_rtp(self, packet: bytes) -> None:
-        self.port.sock.sendto(self._tx.protect(packet), self.addr)
+        self.port.sock.sendto(self.tx.protect(packet), self.addr)
 
     def parsed(self) -> list[Rtp]:
         return [parse(p) for p in self.sent]
@@ -141,13 +142,21 @@ def make_producer(track: Track) -> tuple[Producer, Calls]:
 
     producer = Producer(track, send_nack=send_nack, send_keyframe_request=send_keyframe_request,
                         on_keyframe=on_keyframe)
+    TrackRouter(producer)  # reads the producer from now on (producer.deliver)
     return producer, calls
+
+
+def router_of(producer: Producer) -> TrackRouter:
+    """The router reading this producer: its `deliver` is the router's bound method."""
+    router = producer.deliver.__self__  # type: ignore[union-attr]
+    assert isinstance(router, TrackRouter)
+    return router
 
 
 def attach(producer: Producer, track: Track, now: float) -> tuple[Consumer, FakeTransport]:
     transport = FakeTransport()
     consumer = Consumer(producer, track, transport)
-    producer.attach(consumer, now)
+    router_of(producer).attach(consumer, now)
     return consumer, transport
 
 

@@ -14,7 +14,7 @@ from typing import Any
 
 import pytest
 
-from webcall.protocol.messages import (
+from webcall.wcs.messages import (
     IGNORED_MESSAGES,
     MAX_FRAME_CHARS,
     MAX_NAME_LENGTH,
@@ -48,7 +48,7 @@ from webcall.protocol.messages import (
     stream_status,
     video_rate,
 )
-from webcall.protocol.status import TERMINAL, Info, StreamStatus
+from webcall.wcs.status import TERMINAL, Info, StreamStatus
 
 # --------------------------------------------------------------------------- fixtures
 

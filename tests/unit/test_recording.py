@@ -245,8 +245,9 @@ def test_sink_queue_is_bounded_and_counts_what_it_drops() -> None:
 def _stub_publication(login: str | None = "alice"):
     session = SimpleNamespace(id="/127.0.0.1:5000/127.0.0.1:8080/abcd",
                               connection={"custom": {"login": login}} if login is not None else {})
-    return SimpleNamespace(name="my stream", media_session_id="90e14ad0-fdb2-11e8", session=session,
-                           audio_codec="opus", video_codec="H264", producers={}, label="test")
+    return SimpleNamespace(name="my stream", media_session_id="90e14ad0-fdb2-11e8", session_id=session.id,
+                           login=login_of(session.connection), audio_codec="opus", video_codec="H264", router=None,
+                           label="test", closed=False)
 
 
 async def test_every_placeholder_is_rendered() -> None:
@@ -308,7 +309,7 @@ async def _record(path: str, codec: str = "VP8", container: str = "webm", audio:
     audio_frames = encode_audio(int(video_frames / 30 / 0.02), ts0=987_654)
     loop = asyncio.get_running_loop()
     done: asyncio.Future = loop.create_future()
-    recorder = Recorder(path, [pub.producers["video"], pub.producers["audio"]],
+    recorder = Recorder(path, [pub.routers["video"], pub.routers["audio"]],
                         RecorderOptions(container=container, audio=audio, sr_wait=0.5), loop,
                         on_done=done.set_result, label="unit")
     recorder.start()
@@ -369,8 +370,8 @@ async def test_disk_full_stops_the_recording_not_the_stream(tmp_path) -> None:
     pub = FakePublisher("VP8")
     loop = asyncio.get_running_loop()
     done: asyncio.Future = loop.create_future()
-    producers = [pub.producers["video"], pub.producers["audio"]]
-    recorder = Recorder(str(path), producers, RecorderOptions(sr_wait=0.0, fragment=0.1), loop,
+    routers = [pub.routers["video"], pub.routers["audio"]]
+    recorder = Recorder(str(path), routers, RecorderOptions(sr_wait=0.0, fragment=0.1), loop,
                         on_done=done.set_result, label="full")
     recorder.start()
     now = time.monotonic()
@@ -382,7 +383,7 @@ async def test_disk_full_stops_the_recording_not_the_stream(tmp_path) -> None:
         pub.producers["audio"].receive(packet, now)
     await asyncio.wait_for(done, 10)
     assert recorder.state == "failed" and "No space left" in (recorder.error or ""), recorder.error
-    assert all(p.sinks == [] for p in producers)  # the live path no longer feeds it
+    assert all(r.readers == () for r in routers)  # the live path no longer feeds it
     pub.producers["video"].receive(rtp(len(encoded) + 5, 999, b"\x10\x00", True, PT["VP8"], VIDEO_SSRC), now)
     assert os.path.exists("/dev/full") and path.is_symlink()  # nothing but regular empty files is removed
 
@@ -393,7 +394,7 @@ async def test_single_track_publications_are_recorded(tmp_path, kind) -> None:
     loop = asyncio.get_running_loop()
     done: asyncio.Future = loop.create_future()
     path = str(tmp_path / "one.webm")
-    recorder = Recorder(path, list(pub.producers.values()), RecorderOptions(sr_wait=0.2), loop,
+    recorder = Recorder(path, list(pub.routers.values()), RecorderOptions(sr_wait=0.2), loop,
                         on_done=done.set_result, label="one")
     recorder.start()
     now = time.monotonic()

@@ -15,17 +15,17 @@ from tests.support.media import make_pattern_frame, pattern_present, read_frame_
 from webcall.media.producer import Producer
 from webcall.media.snapshot import SnapshotError, decode_png, keyframe_packets
 from webcall.protocol.sdp import Codec, Track
-from webcall.protocol.status import StreamStatus
+from webcall.media.router import Router, TrackRouter
 from webcall.streams.snapshots import Snapshotter
 
 MIME = {"VP8": "video/VP8", "H264": "video/H264"}
 
 
 class FakePublication:
-    """What the snapshotter reads of a Publication (hashable by identity, like the real one)."""
+    """What the snapshotter reads of a stream core source (hashable by identity, like the real one)."""
 
     def __init__(self, p: Producer, label: str = "test") -> None:
-        self.producers, self.closed, self.status, self.label = {"video": p}, False, StreamStatus.PUBLISHING, label
+        self.router, self.closed, self.live, self.name = Router({"video": TrackRouter(p)}), False, True, label
 
 
 def rtp_packets(codec: str, frames: int, first_seq: int = 65530, keyframe_at: tuple[int, ...] = (0,)) -> list[bytes]:

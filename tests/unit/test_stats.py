@@ -11,11 +11,12 @@ from prometheus_client.parser import text_string_to_metric_families
 from webcall.logs import OneLineFormatter, q
 from webcall.media.port import MediaPort
 from webcall.media.stats import FANOUT_BUCKETS, FanoutCost
-from webcall.protocol import messages as msg
-from webcall.protocol import rest
+from webcall.wcs import messages as msg
+from webcall.wcs import rest
 from webcall.server import prometheus
-from webcall.streams.hub import Hub, StreamSettings
-from webcall.streams.stats import RateMeter, Reading
+from webcall.media.plane import MediaPlane
+from webcall.wcs.hub import Hub, StreamSettings
+from webcall.wcs.rates import RateMeter, Reading
 
 
 def test_rate_meter_deltas_over_elapsed_time() -> None:
@@ -38,11 +39,12 @@ def test_fanout_histogram_buckets() -> None:
 
 
 def test_metrics_text_parses() -> None:
-    hub = Hub(StreamSettings(candidates=()), MediaPort(), identity=None)  # type: ignore[arg-type]
+    settings = StreamSettings(candidates=())
+    hub = Hub(settings, MediaPlane(MediaPort(), None, settings, ()))  # type: ignore[arg-type]
     try:
-        hub.retire({("rtp_packets_received", "video"): 7, ("nacks_sent", "video"): 2})
-        hub.port.fanout_cost.observe(12_000, 3)
-        text = prometheus.render(hub, hub.port)
+        hub.retired.update({("rtp_packets_received", "video"): 7, ("nacks_sent", "video"): 2})
+        hub.plane.port.fanout_cost.observe(12_000, 3)
+        text = prometheus.render(hub, hub.plane.port)
         families = {f.name: f for f in text_string_to_metric_families(text)}
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
         assert families["webcall_sessions"].type == "gauge"
@@ -132,9 +134,10 @@ def test_rate_sampling_is_spread_over_slots_each_stream_once() -> None:
     """The sampler visits a slice of the streams per wake-up; over one interval every stream is sampled once."""
     from types import SimpleNamespace
 
-    from webcall.streams.hub import SAMPLE_SLOTS
+    from webcall.wcs.sampler import SAMPLE_SLOTS
 
-    hub = Hub(StreamSettings(candidates=()), MediaPort(), identity=None)  # type: ignore[arg-type]
+    settings = StreamSettings(candidates=())
+    hub = Hub(settings, MediaPlane(MediaPort(), None, settings, ()))  # type: ignore[arg-type]
     try:
         sampled: list[str] = []
         streams = [SimpleNamespace(media_session_id=f"id-{i}", label=f"s{i}",
@@ -146,15 +149,15 @@ def test_rate_sampling_is_spread_over_slots_each_stream_once() -> None:
         session.streams = {s.media_session_id: s for s in streams}  # type: ignore[attr-defined]
         hub.sessions.add(session)  # type: ignore[arg-type]
         per_slot = []
-        slices = hub.sample_slices()
+        slices = hub.sampler.slices()
         assert len(slices) == SAMPLE_SLOTS
         for part in slices:
             before = len(sampled)
-            hub.sample(1.0, part)
+            hub.sampler.sample(1.0, part)
             per_slot.append(len(sampled) - before)
         assert sorted(sampled) == sorted(s.media_session_id for s in streams)  # each exactly once
         assert max(per_slot) < 200 // SAMPLE_SLOTS * 2  # no slot takes a big share
-        hub.sample(2.0)  # no slot: everyone (REST and tests use this)
+        hub.sampler.sample(2.0)  # no slot: everyone (REST and tests use this)
         assert len(sampled) == 400
     finally:
         hub.snapshots.close()

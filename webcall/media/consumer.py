@@ -11,11 +11,12 @@ import struct
 from typing import TYPE_CHECKING
 
 from ..protocol.sdp import EXT_MID, Track
-from .producer import ExtensionPlan, Producer
-from .rtp import FIXED_HEADER
+from .producer import Producer
+from .rtp import FIXED_HEADER, ExtensionPlan, rewrite
 from .srtp import SendBatch
 
 if TYPE_CHECKING:
+    from .fanout import FanoutCore
     from .transport import WebRtcTransport
 
 _U16 = struct.Struct("!H")
@@ -82,8 +83,8 @@ class Consumer:
                 size: int, batch: SendBatch | None = None) -> None:
         """Send one packet of the producer in Python (once per packet per player — keep it lean).
 
-        With a batch, the packet is protected in place and queued for the producer's single sendmmsg.
-        Once started, a consumer asks its producer to move it to the compiled core, if there is one.
+        With a batch, the packet is protected in place and queued for the router's single sendmmsg.
+        Once started, the router moves it to the compiled core, if there is one (`promote`).
         """
         if self.seq_offset is None:
             if self.needs_keyframe and not keyframe:
@@ -94,14 +95,12 @@ class Consumer:
         elif ext_seq < self.start_ext_seq:
             return  # a late packet from before this player started
         transport = self.transport
-        tx = transport._tx
+        tx = transport.tx
         if tx is None:
             return
         seq = (ext_seq + self.seq_offset) & 0xFFFF
         ts = (ts + self.ts_offset) & 0xFFFFFFFF
         name = transport.sockaddr
-        if name is not None and self.target is None and self.producer.core is not None:
-            self.producer.promote(self, tx, name)  # from the next packet on
         if batch is not None and name is not None:
             length = tx.protect_in_place(FIXED_HEADER, b0, marker | self.payload_type, seq, ts, self.ssrc, tail)
             if length:
@@ -118,6 +117,16 @@ class Consumer:
         self._packets += 1
         self._octets += size
 
+    def promote(self, core: FanoutCore) -> bool:
+        """Become a `struct wc_target` of the compiled core (once started, with keys and an IPv4 address)."""
+        tx, name = self.transport.tx, self.transport.sockaddr
+        if self.seq_offset is None or tx is None or name is None:
+            return False
+        self.target = core.new_target(tx, name, self.ssrc, self.payload_type, self.seq_offset, self.ts_offset,
+                                      self.start_ext_seq)
+        self._target_refs = (tx, name)
+        return True
+
     def on_nack(self, seqs: list[int]) -> None:
         """Answer a player's NACK from the producer's ring, over RTX when the player negotiated it."""
         self.nacks += 1
@@ -129,7 +138,7 @@ class Consumer:
             packet = producer.lookup(seq)
             if packet is None:
                 continue
-            b0, head, payload = producer.rewrite(packet, self.plan)
+            b0, head, payload = rewrite(packet, self.plan)
             ts = (struct.unpack_from("!I", packet, 4)[0] + self.ts_offset) & 0xFFFFFFFF
             marker = packet[1] & 0x80
             if self.rtx_ssrc is not None:
@@ -161,6 +170,3 @@ class Consumer:
             "!IQIII", self.ssrc, ntp, (rtp_now + self.ts_offset) & 0xFFFFFFFF,
             self.packets & 0xFFFFFFFF, self.octets & 0xFFFFFFFF,
         )
-
-    def close(self) -> None:
-        self.producer.detach(self)

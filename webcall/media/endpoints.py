@@ -30,8 +30,10 @@ from aiortc.rtp import (
 from ..protocol.sdp import Negotiation
 from .consumer import Consumer, random_ssrc
 from .dtls import DtlsIdentity
+from .failures import Failure
 from .port import MediaPort
 from .producer import Producer
+from .router import Router, TrackRouter
 from .transport import WebRtcTransport
 
 log = logging.getLogger("webcall.media")
@@ -48,7 +50,7 @@ _SSRC = struct.Struct("!I")
 
 class EndpointEvents(Protocol):
     def on_connected(self) -> None: ...
-    def on_failed(self, info: str) -> None: ...
+    def on_failed(self, reason: Failure) -> None: ...
 
 
 class PublisherEvents(EndpointEvents, Protocol):
@@ -88,6 +90,7 @@ class PublisherEndpoint(_Endpoint):
         super().__init__(port, identity, neg, settings, label)
         self.events = events
         self.producers: dict[str, Producer] = {}
+        tracks: dict[str, TrackRouter] = {}
         self._by_ssrc: dict[int, Producer] = {}
         self._rtx_by_ssrc: dict[int, Producer] = {}
         self._by_pt: dict[int, Producer] = {}
@@ -95,9 +98,8 @@ class PublisherEndpoint(_Endpoint):
         for track in neg.tracks:
             producer = Producer(track, send_nack=self._send_nack, send_keyframe_request=self._send_pli,
                                 on_keyframe=self._on_keyframe)
-            producer.fanout_cost = port.fanout_cost
-            producer.batch = port.batch
-            producer.core = port.core
+            tracks[track.kind] = TrackRouter(producer, core=port.core, batch=port.batch,
+                                             fanout_cost=port.fanout_cost)
             self.producers[track.kind] = producer
             self._by_pt[producer.payload_type] = producer
             if producer.rtx_payload_type is not None:
@@ -106,6 +108,7 @@ class PublisherEndpoint(_Endpoint):
                 self._by_ssrc[producer.ssrc] = producer
             if producer.rtx_ssrc is not None:
                 self._rtx_by_ssrc[producer.rtx_ssrc] = producer
+        self.router = Router(tracks)  # who reads this publication: players, recorders (media/router.py)
         self.media_started = False
 
     # --- transport events -------------------------------------------------------------------------
@@ -113,9 +116,9 @@ class PublisherEndpoint(_Endpoint):
     def on_transport_connected(self, now: float) -> None:
         self.events.on_connected()
 
-    def on_transport_failed(self, info: str) -> None:
+    def on_transport_failed(self, reason: Failure) -> None:
         if not self.closed:
-            self.events.on_failed(info)
+            self.events.on_failed(reason)
 
     def on_rtp(self, packet: bytes, now: float) -> None:
         ssrc = _SSRC.unpack_from(packet, 8)[0]
@@ -194,21 +197,21 @@ class PublisherEndpoint(_Endpoint):
             return
         self.closed = True
         self.transport.close()
-        for producer in self.producers.values():
-            for consumer in list(producer.consumers):
-                consumer.close()
-            producer.close()
+        self.router.close()
 
 
 class PlayerEndpoint(_Endpoint):
     def __init__(self, port: MediaPort, identity: DtlsIdentity, neg: Negotiation, settings: MediaSettings,
-                 sources: dict[str, Producer], events: EndpointEvents, label: str = "") -> None:
+                 source: Router, events: EndpointEvents, label: str = "") -> None:
         super().__init__(port, identity, neg, settings, label)
         self.events = events
         self.consumers: list[Consumer] = []
+        self._routes: list[tuple[TrackRouter, Consumer]] = []
         self._by_ssrc: dict[int, Consumer] = {}
         for track in neg.tracks:
-            consumer = Consumer(sources[track.kind], track, self.transport)
+            router = source.tracks[track.kind]
+            consumer = Consumer(router.producer, track, self.transport)
+            self._routes.append((router, consumer))
             self.consumers.append(consumer)
             self._by_ssrc[consumer.ssrc] = consumer
         self.attached = False
@@ -221,14 +224,14 @@ class PlayerEndpoint(_Endpoint):
         if self.closed:
             return
         self.attached = True
-        for consumer in self.consumers:
-            consumer.producer.attach(consumer, now)
+        for router, consumer in self._routes:
+            router.attach(consumer, now)
         self.events.on_connected()
 
-    def on_transport_failed(self, info: str) -> None:
+    def on_transport_failed(self, reason: Failure) -> None:
         if not self.closed:
             self._detach()
-            self.events.on_failed(info)
+            self.events.on_failed(reason)
 
     def on_rtp(self, packet: bytes, now: float) -> None:
         pass  # players send no media to a sendonly answer
@@ -263,8 +266,8 @@ class PlayerEndpoint(_Endpoint):
                 self.transport.send_rtcp(struct.pack("!BBH", 0x80, 200, 6) + body)
 
     def _detach(self) -> None:
-        for consumer in self.consumers:
-            consumer.close()
+        for router, consumer in self._routes:
+            router.detach(consumer)
 
     def close(self) -> None:
         if self.closed:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 
 from aioice import stun
 
-from ..protocol.status import Info
+from .failures import Failure
 from .fanout import FanoutCore, new_core
 from .srtp import SendBatch
 from .stats import FanoutCost
@@ -68,7 +68,7 @@ class MediaPort(asyncio.DatagramProtocol):
 
     async def stop(self) -> None:
         for transport in list(self.transports):
-            transport.fail(Info.FAILED_BY_ERROR)
+            transport.fail(Failure.INTERNAL_ERROR)
         if self._ticker is not None:
             self._ticker.cancel()
             try:
@@ -90,7 +90,7 @@ class MediaPort(asyncio.DatagramProtocol):
         previous = self.by_addr.get(addr)
         if previous is not None and previous is not transport:
             # The same client port now speaks for another connection: the old one is gone.
-            previous.fail(Info.FAILED_BY_ICE_ERROR)
+            previous.fail(Failure.ICE_ERROR)
         self.by_addr[addr] = transport
 
     def unregister(self, transport: WebRtcTransport) -> None:
@@ -131,7 +131,7 @@ class MediaPort(asyncio.DatagramProtocol):
             transport = self.by_addr.get(addr)
             log.exception("media error transport=%s addr=%s", transport.id if transport else None, addr)
             if transport is not None:
-                transport.fail(Info.FAILED_BY_ERROR)
+                transport.fail(Failure.INTERNAL_ERROR)
 
     def error_received(self, exc: Exception) -> None:
         # ICMP unreachable from a peer that left: its consent timer will end it.
@@ -181,4 +181,4 @@ class MediaPort(asyncio.DatagramProtocol):
                 except Exception:
                     self.errors += 1
                     log.exception("tick error transport=%s", transport.id)
-                    transport.fail(Info.FAILED_BY_ERROR)
+                    transport.fail(Failure.INTERNAL_ERROR)

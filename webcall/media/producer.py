@@ -1,29 +1,21 @@
-"""A Producer is one incoming track of a publisher; it fans each packet out to its Consumers.
+"""A Producer is one incoming track of a publisher: arrival, the ring, NACKs upstream, keyframes.
 
-`receive()` is the hottest function of the server: it runs once per publisher packet and calls
-`Consumer.forward()` once per player — or, with the compiled core (fanout.py), `wc_fanout` once for all
-started players of a layout. Work that does not depend on the player (loss tracking, keyframe detection,
-header-extension parsing) is done here once; header-extension rewriting is done once per distinct player
-layout ("plan"), not once per player.
+`receive()` is the hottest function of the server: it runs once per publisher packet. Work that does not
+depend on any reader (loss tracking, keyframe detection, storing in the ring) is done here once; then the
+packet goes to `deliver`, the track's router (media/router.py), which fans it out to its readers. The
+producer knows no reader: late joiners of any kind start from `current_gop()`.
 """
 
 from __future__ import annotations
 
 import struct
 from collections.abc import Callable
-from time import perf_counter_ns
-from typing import TYPE_CHECKING
 
 from ..protocol.sdp import EXT_MID, Track
-from .srtp import SendBatch
-from .rtp import FIXED_HEADER, KEYFRAME_PROBES, build_extensions, parse_extensions, split
-from .stats import FANOUT_SAMPLE_MASK
+from .rtp import KEYFRAME_PROBES, split
 
-if TYPE_CHECKING:
-    from .consumer import Consumer
-    from .fanout import FanoutCore
-    from .srtp import SrtpSession
-    from .stats import FanoutCost
+# deliver(packet, ext_seq, ts, keyframe, csrc_end, ext_end, end): the router's entry (media/router.py)
+Deliver = Callable[[bytes, int, int, bool, int, int, int], None]
 
 RING_SIZE = 1024  # ≈ 7 s of 600 kbps video: enough for NACKs and for a keyframe replay
 RING_MASK = RING_SIZE - 1
@@ -31,32 +23,8 @@ MAX_NACK_BATCH = 64  # a bigger gap is a burst loss: ask for a keyframe instead
 NACK_RETRIES = 6  # ≈ 0.5 s of tries: at 5 % loss each way one try fails ~10 % of the time, six ~1e-6
 NACK_RETRY_INTERVAL = 0.08
 KEYFRAME_MIN_INTERVAL = 0.3
-REPLAY_MAX_PACKETS = 400  # replay the current GOP to a new player only if it is this short
 
 _TS = struct.Struct("!I")
-
-
-class ExtensionPlan:
-    """How one player layout wants the header extensions: publisher id → player id, plus its own mid."""
-
-    __slots__ = ("key", "mapping", "mid", "_mid_only")
-
-    def __init__(self, mapping: dict[int, int], mid: tuple[int, bytes] | None) -> None:
-        self.mapping = mapping
-        self.mid = mid
-        self.key = (tuple(sorted(mapping.items())), mid)
-        self._mid_only = build_extensions([mid] if mid else [])  # the block when nothing else maps
-
-    def build(self, elements: list[tuple[int, bytes]] | None) -> bytes:
-        if not elements or not self.mapping:
-            return self._mid_only
-        mapping = self.mapping
-        out = [(mapping[i], v) for i, v in elements if i in mapping]
-        if not out:
-            return self._mid_only
-        if self.mid is not None:
-            out.append(self.mid)
-        return build_extensions(out)
 
 
 class Producer:
@@ -82,14 +50,7 @@ class Producer:
         self._send_keyframe_request = send_keyframe_request
         self._on_keyframe = on_keyframe
 
-        self.consumers: list[Consumer] = []
-        self.batch: SendBatch | None = None  # the port's sendmmsg batch, set by the endpoint when available
-        self.core: FanoutCore | None = None  # the port's compiled fan-out core, when there is one
-        # Recorders (media/recorder.py) hook in here: each is called with every packet stored in the ring.
-        self.sinks: list[Callable[[bytes], None]] = []
-        # Per player layout: (plan, consumers served in Python, the core's target array, its length, the
-        # promoted consumers — kept here so the targets the array points to stay alive while it is used).
-        self._groups: list[tuple[ExtensionPlan, list[Consumer], object, int, list[Consumer]]] = []
+        self.deliver: Deliver | None = None  # the track's router, once one reads this producer
         self.ring: list[bytes | None] = [None] * RING_SIZE
 
         # Sequence state: extended = cycles + seq (RFC 3550 A.1).
@@ -115,9 +76,6 @@ class Producer:
         self.recovered = self.nacks_sent = self.keyframe_requests = self.keyframes = 0
         self.frames = 0
         self.width = self.height = 0
-        # Fan-out cost sampling: every FANOUT_SAMPLE_EVERY-th fan-out is timed into `fanout_cost`.
-        self.fanouts = 0
-        self.fanout_cost: FanoutCost | None = None
         self._rr_expected_prior = self._rr_received_prior = 0
 
     # --- the hot path ---------------------------------------------------------------------------
@@ -159,9 +117,6 @@ class Producer:
         self.packets += 1
         self.octets += end - ext_end
         self.ring[seq & RING_MASK] = packet
-        if self.sinks:  # recording (rare): hand the stored packet over; one test per packet otherwise
-            for sink in self.sinks:
-                sink(packet)
         ts = _TS.unpack_from(packet, 4)[0]
         if newest:  # timing follows the newest packet only
             self.last_ts, self.last_arrival = ts, now
@@ -184,32 +139,9 @@ class Producer:
                 elif ext_seq < self.keyframe_ext_seq:  # an earlier packet of the same access unit
                     self.keyframe_ext_seq = ext_seq
 
-        if not self._groups:
-            return
-        elements = parse_extensions(packet, csrc_end, ext_end) if ext_end > csrc_end else None
-        csrc = packet[12:csrc_end]
-        payload = packet[ext_end:]
-        b0 = packet[0] & 0xEF
-        marker = packet[1] & 0x80
-        fanouts = self.fanouts = self.fanouts + 1
-        started = 0 if fanouts & FANOUT_SAMPLE_MASK else perf_counter_ns()  # time 1 fan-out in 64
-        batch = self.batch
-        size = end - ext_end
-        try:
-            for plan, consumers, targets, count, _ in self._groups:
-                ext = plan.build(elements)
-                tail = csrc + ext + payload
-                b0_out = b0 | 0x10 if ext else b0
-                if count:
-                    core = self.core
-                    core.fanout(core.sender, targets, count, tail, len(tail), b0_out, marker, ext_seq, ts, size)
-                for consumer in consumers:
-                    consumer.forward(b0_out, marker, ext_seq, ts, tail, keyframe, size, batch)
-        finally:
-            if batch is not None and batch.count:
-                batch.flush()  # one sendmmsg for every player of this packet
-        if started and self.fanout_cost is not None:
-            self.fanout_cost.observe(perf_counter_ns() - started, len(self.consumers))
+        deliver = self.deliver
+        if deliver is not None:
+            deliver(packet, ext_seq, ts, keyframe, csrc_end, ext_end, end)
 
     def receive_rtx(self, packet: bytes, now: float) -> None:
         """Unwrap an RTX packet (RFC 4588) into the original and receive that."""
@@ -272,14 +204,6 @@ class Producer:
             return packet
         return None
 
-    def rewrite(self, packet: bytes, plan: ExtensionPlan) -> tuple[int, bytes, bytes]:
-        """(first header byte, CSRCs + extension block, payload) of a stored packet for one plan."""
-        csrc_end, ext_end, _ = split(packet)
-        elements = parse_extensions(packet, csrc_end, ext_end) if ext_end > csrc_end else None
-        ext = plan.build(elements)
-        b0 = packet[0] & 0xEF
-        return (b0 | 0x10 if ext else b0), packet[12:csrc_end] + ext, packet[ext_end:]
-
     # --- keyframes --------------------------------------------------------------------------------
 
     def _keyframe_started(self, ext_seq: int, ts: int, size: tuple[int, int]) -> None:
@@ -300,61 +224,31 @@ class Producer:
         self.keyframe_requests += 1
         self._send_keyframe_request(self)
 
-    # --- consumers --------------------------------------------------------------------------------
+    # --- the current group of pictures ----------------------------------------------------------------
 
-    def attach(self, consumer: Consumer, now: float) -> None:
-        """Start forwarding to a consumer: replay the current GOP if it is short, and ask for a keyframe."""
-        self.consumers.append(consumer)
-        self._regroup()
-        if self._probe is None:
-            return
-        replayed = False
-        newest = self.cycles + self.highest_seq
-        if 0 <= self.keyframe_ext_seq and newest - self.keyframe_ext_seq < REPLAY_MAX_PACKETS:
-            replayed = self._replay(consumer, self.keyframe_ext_seq, newest)
-        if not replayed or now - self.last_keyframe_request > 2.0:
-            self.request_keyframe(now)
+    @property
+    def newest_ext_seq(self) -> int:
+        """Extended sequence number of the newest packet (-1 before the first)."""
+        return self.cycles + self.highest_seq if self.highest_seq >= 0 else -1
 
-    def _replay(self, consumer: Consumer, first: int, last: int) -> bool:
+    def current_gop(self, max_packets: int = RING_SIZE) -> list[tuple[int, bytes]] | None:
+        """(ext_seq, packet) from the latest keyframe's first packet on, in order, up to the first hole.
+
+        What a late joiner of any kind starts from (a player's replay, a snapshot, a muxer). None when there is
+        no keyframe in the ring, or when the GOP is longer than `max_packets`. The packets are references into
+        the ring: nothing is copied. A caller that needs the whole GOP checks that the last one is the newest.
+        """
+        first = self.keyframe_ext_seq
+        newest = self.newest_ext_seq
+        if first < 0 or newest < 0 or newest - first >= min(max_packets, RING_SIZE):
+            return None
         packets = []
-        for ext_seq in range(first, last + 1):
+        for ext_seq in range(first, newest + 1):
             packet = self.lookup(ext_seq & 0xFFFF)
             if packet is None:
-                return False  # a hole in the GOP would only show a broken picture
+                break  # a hole: what follows cannot be decoded cleanly
             packets.append((ext_seq, packet))
-        for index, (ext_seq, packet) in enumerate(packets):
-            b0, head, payload = self.rewrite(packet, consumer.plan)
-            ts = _TS.unpack_from(packet, 4)[0]
-            _, ext_end, end = split(packet)
-            consumer.forward(b0, packet[1] & 0x80, ext_seq, ts, head + payload, index == 0, end - ext_end)
-        return True
-
-    def detach(self, consumer: Consumer) -> None:
-        if consumer in self.consumers:
-            self.consumers.remove(consumer)
-            self._regroup()
-
-    def promote(self, consumer: Consumer, tx: SrtpSession, name: object) -> None:
-        """Hand a started consumer to the compiled core (Consumer.forward calls this once it has offsets)."""
-        core = self.core
-        if core is None or consumer not in self.consumers or consumer.seq_offset is None:
-            return
-        consumer.target = core.new_target(tx, name, consumer.ssrc, consumer.payload_type, consumer.seq_offset,
-                                          consumer.ts_offset, consumer.start_ext_seq)
-        consumer._target_refs = (tx, name)
-        self._regroup()
-
-    def _regroup(self) -> None:
-        groups: dict[tuple, tuple[ExtensionPlan, list[Consumer], list[Consumer]]] = {}
-        for consumer in self.consumers:
-            _, slow, fast = groups.setdefault(consumer.plan.key, (consumer.plan, [], []))
-            (fast if consumer.target is not None else slow).append(consumer)
-        core = self.core
-        self._groups = [
-            (plan, slow, core.target_array([c.target for c in fast]) if fast and core else None,
-             len(fast) if core else 0, fast)
-            for plan, slow, fast in groups.values()
-        ]
+        return packets or None
 
     # --- statistics (read by the streams layer once a second; not on the packet path) ---------------
 
@@ -398,12 +292,7 @@ class Producer:
         )
 
     def close(self) -> None:
-        self.consumers.clear()
-        self.sinks.clear()
-        self._groups = []
+        self.deliver = None
         self.ring = [None] * RING_SIZE  # release packet memory now, not when the last reference dies
         self.missing.clear()
 
-
-# Re-exported for consumers (the header layout lives in rtp.py).
-__all__ = ["ExtensionPlan", "Producer", "FIXED_HEADER"]

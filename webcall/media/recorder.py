@@ -1,7 +1,7 @@
 """Recording a publisher's tracks to a file, without re-encoding video.
 
 The event loop's only work is `TrackSink.call`: a `deque.append` of the packet the Producer has just stored
-(see `Producer.sinks`), or a dropped-packet count when the bounded queue is full. Everything else runs in
+(a reader of its track router, media/router.py), or a dropped-packet count when the bounded queue is full. Everything else runs in
 one worker thread per recording (it holds the GIL for ~2% of the time of a 2 Mbit/s stream):
 
     queue → ReorderBuffer (waits `loss_wait` for NACKed retransmissions) → frame assembly (depacketize.py;
@@ -41,6 +41,7 @@ from .depacketize import ASSEMBLERS, Frame, ReorderBuffer
 
 if TYPE_CHECKING:
     from .producer import Producer
+    from .router import TrackRouter
 
 log = logging.getLogger("webcall.recorder")
 
@@ -68,8 +69,8 @@ class RecorderOptions:
 
 
 class TrackSink:
-    """The per-producer hook. `call` is what goes into `Producer.sinks`: it runs on the event loop for every
-    stored packet, so it is a closure (≈0.17 µs; a `__call__` method costs three times that) that only
+    """The per-track hook. `call` is a reader of the track router (media/router.py): it runs on the event loop
+    for every stored packet, so it is a closure (≈0.17 µs; a `__call__` method costs three times that) that only
     appends (track index, arrival time, packet) to the recorder's queue, or counts a drop when it is full."""
 
     __slots__ = ("call", "_dropped")
@@ -78,7 +79,7 @@ class TrackSink:
         dropped = self._dropped = [0]
         append, now = queue.append, time.monotonic
 
-        def call(packet: bytes) -> None:
+        def call(packet: bytes, keyframe: bool = False) -> None:
             if len(queue) < limit:
                 append((index, now(), packet))
             else:
@@ -286,7 +287,7 @@ class _Track:
 class Recorder:
     """Records some producers into one file. `start()`/`stop()` on the event loop; the rest in a thread."""
 
-    def __init__(self, path: str, producers: Sequence[Producer], options: RecorderOptions,
+    def __init__(self, path: str, routers: Sequence[TrackRouter], options: RecorderOptions,
                  loop: asyncio.AbstractEventLoop, on_done: Callable[[Recorder], None] | None = None,
                  label: str = "") -> None:
         self.path = path
@@ -295,7 +296,8 @@ class Recorder:
         self.loop = loop
         self.on_done = on_done
         self.queue: deque[tuple[int, float, bytes]] = deque()
-        self.tracks = [_Track(i, p, options) for i, p in enumerate(producers) if p.codec.name.upper() in ASSEMBLERS]
+        self.routers = [r for r in routers if r.producer.codec.name.upper() in ASSEMBLERS]
+        self.tracks = [_Track(i, r.producer, options) for i, r in enumerate(self.routers)]
         self.sinks = [TrackSink(self.queue, t.index, options.queue_limit) for t in self.tracks]
         self.video = next((t for t in self.tracks if t.kind == "video"), None)
         self.audio = next((t for t in self.tracks if t.kind == "audio"), None)
@@ -318,8 +320,8 @@ class Recorder:
     # --- event loop side --------------------------------------------------------------------------
 
     def start(self) -> None:
-        for track, sink in zip(self.tracks, self.sinks):
-            track.producer.sinks.append(sink.call)
+        for router, sink in zip(self.routers, self.sinks):
+            router.add_reader(sink.call)
         self._packets_at_start = sum(t.producer.packets for t in self.tracks)
         self._attached = True
         self._thread.start()
@@ -336,9 +338,8 @@ class Recorder:
         if not self._attached:
             return
         self._attached = False
-        for track, sink in zip(self.tracks, self.sinks):
-            if sink.call in track.producer.sinks:
-                track.producer.sinks.remove(sink.call)
+        for router, sink in zip(self.routers, self.sinks):
+            router.remove_reader(sink.call)
 
     def _keyframe_on_loop(self, producer: Producer) -> None:
         if self._attached:

@@ -237,3 +237,35 @@ def h264_sps_size(nal: bytes) -> tuple[int, int]:
 
 
 KEYFRAME_PROBES = {"VP8": vp8_keyframe_size, "H264": h264_keyframe_size}
+
+
+class ExtensionPlan:
+    """How one player layout wants the header extensions: publisher id → player id, plus its own mid."""
+
+    __slots__ = ("key", "mapping", "mid", "_mid_only")
+
+    def __init__(self, mapping: dict[int, int], mid: tuple[int, bytes] | None) -> None:
+        self.mapping = mapping
+        self.mid = mid
+        self.key = (tuple(sorted(mapping.items())), mid)
+        self._mid_only = build_extensions([mid] if mid else [])  # the block when nothing else maps
+
+    def build(self, elements: list[tuple[int, bytes]] | None) -> bytes:
+        if not elements or not self.mapping:
+            return self._mid_only
+        mapping = self.mapping
+        out = [(mapping[i], v) for i, v in elements if i in mapping]
+        if not out:
+            return self._mid_only
+        if self.mid is not None:
+            out.append(self.mid)
+        return build_extensions(out)
+
+
+def rewrite(packet: bytes, plan: ExtensionPlan) -> tuple[int, bytes, bytes]:
+    """(first header byte, CSRCs + extension block, payload) of a stored packet for one player layout."""
+    csrc_end, ext_end, _ = split(packet)
+    elements = parse_extensions(packet, csrc_end, ext_end) if ext_end > csrc_end else None
+    ext = plan.build(elements)
+    b0 = packet[0] & 0xEF
+    return (b0 | 0x10 if ext else b0), packet[12:csrc_end] + ext, packet[ext_end:]

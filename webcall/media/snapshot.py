@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING
 import av
 from aiortc.codecs.h264 import h264_depayload
 
-from .producer import RING_SIZE
 from .rtp import split, vp8_payload_offset
 
 if TYPE_CHECKING:
@@ -30,19 +29,8 @@ def keyframe_packets(producer: Producer) -> list[bytes] | None:
 
     None when there is no keyframe in the ring (none seen yet, or it has been overwritten).
     """
-    first = producer.keyframe_ext_seq
-    if first < 0 or producer.highest_seq < 0:
-        return None
-    newest = producer.cycles + producer.highest_seq
-    if newest - first >= RING_SIZE:
-        return None
-    packets = []
-    for ext_seq in range(first, newest + 1):
-        packet = producer.lookup(ext_seq & 0xFFFF)
-        if packet is None:
-            break  # a hole: what follows cannot be decoded cleanly
-        packets.append(packet)
-    return packets or None
+    gop = producer.current_gop()
+    return [packet for _, packet in gop] if gop else None
 
 
 def _vp8_payload(packet: bytes, start: int, end: int) -> bytes:

@@ -9,14 +9,12 @@ from __future__ import annotations
 import logging
 import secrets
 import string
-from typing import TYPE_CHECKING, Protocol
+import socket
+from typing import Protocol
 
-from ..protocol.status import Info
+from .failures import Failure
 from .dtls import DtlsError, DtlsIdentity, DtlsServer
 from .srtp import SrtpError, SrtpSession, abi_ffi, pack_sockaddr
-
-if TYPE_CHECKING:
-    from .port import MediaPort
 
 log = logging.getLogger("webcall.media")
 
@@ -26,10 +24,20 @@ _ICE_CHARS = string.ascii_letters + string.digits
 
 class TransportListener(Protocol):
     def on_transport_connected(self, now: float) -> None: ...
-    def on_transport_failed(self, info: str) -> None: ...
+    def on_transport_failed(self, reason: Failure) -> None: ...
     def on_rtp(self, packet: bytes, now: float) -> None: ...
     def on_rtcp(self, packet: bytes, now: float) -> None: ...
     def on_tick(self, now: float) -> None: ...
+
+
+class PortRegistry(Protocol):
+    """What a transport needs of the UDP port it lives on (media/port.py): a socket and the demux tables."""
+
+    sock: socket.socket | None
+
+    def register(self, transport: WebRtcTransport) -> None: ...
+    def bind_address(self, transport: WebRtcTransport, addr: Address) -> None: ...
+    def unregister(self, transport: WebRtcTransport) -> None: ...
 
 
 class TransportState:
@@ -42,7 +50,7 @@ class TransportState:
 class WebRtcTransport:
     def __init__(
         self,
-        port: MediaPort,
+        port: PortRegistry,
         identity: DtlsIdentity,
         *,
         remote_ufrag: str,
@@ -69,7 +77,7 @@ class WebRtcTransport:
         self._dtls = DtlsServer(identity, remote_fingerprints)
         self.srtp_profile: str | None = None
         self._rx: SrtpSession | None = None
-        self._tx: SrtpSession | None = None
+        self.tx: SrtpSession | None = None
         self._connect_deadline = now + connect_timeout
         self._consent_timeout = consent_timeout
         self.last_stun = 0.0
@@ -119,18 +127,18 @@ class WebRtcTransport:
             out, keys = self._dtls.feed(data)
         except DtlsError as exc:
             log.info("dtls failed transport=%s %s reason=%s", self.id, self.label, exc)
-            self.fail(Info.FAILED_BY_DTLS_FINGERPRINT_ERROR if exc.fingerprint else Info.FAILED_BY_DTLS_ERROR)
+            self.fail(Failure.DTLS_FINGERPRINT if exc.fingerprint else Failure.DTLS_ERROR)
             return
         for datagram in out:
             self.send_raw(datagram)
         if keys is not None:
-            self._rx, self._tx, self.srtp_profile = keys.rx, keys.tx, keys.profile
+            self._rx, self.tx, self.srtp_profile = keys.rx, keys.tx, keys.profile
             self.state = TransportState.CONNECTED
             log.info("connected transport=%s %s srtp=%s", self.id, self.label, keys.profile)
             self.listener.on_transport_connected(now)
         elif self._dtls.closed:
             log.info("dtls closed by peer transport=%s %s", self.id, self.label)
-            self.fail(Info.STOPPED_BY_USER)
+            self.fail(Failure.PEER_CLOSED)
 
     # --- SRTP (the hot path) ----------------------------------------------------------------------
 
@@ -152,7 +160,7 @@ class WebRtcTransport:
 
     def send_rtp(self, packet: bytes) -> None:
         """Protect and send one RTP packet (retransmissions and replays; forwarding uses Consumer.forward)."""
-        tx = self._tx
+        tx = self.tx
         if tx is None:
             return
         try:
@@ -163,9 +171,9 @@ class WebRtcTransport:
         self.send_raw(data)
 
     def send_rtcp(self, packet: bytes) -> None:
-        if self._tx is not None:
+        if self.tx is not None:
             try:
-                self.send_raw(self._tx.protect_rtcp(packet))
+                self.send_raw(self.tx.protect_rtcp(packet))
             except SrtpError:
                 self.send_errors += 1
 
@@ -184,24 +192,24 @@ class WebRtcTransport:
         if self.state == TransportState.CONNECTED:
             if now - self.last_stun > self._consent_timeout:
                 log.info("consent expired transport=%s %s", self.id, self.label)
-                self.fail(Info.FAILED_BY_KEEP_ALIVE)
+                self.fail(Failure.CONSENT_EXPIRED)
                 return
             self.listener.on_tick(now)
         elif now >= self._connect_deadline:
-            info = Info.FAILED_BY_ICE_TIMEOUT if self.state == TransportState.NEW else Info.FAILED_BY_DTLS_ERROR
+            reason = Failure.ICE_TIMEOUT if self.state == TransportState.NEW else Failure.DTLS_ERROR
             log.info("connect timeout transport=%s %s state=%s", self.id, self.label, self.state)
-            self.fail(info)
+            self.fail(reason)
         elif self.state == TransportState.ICE_CONNECTED:
             for datagram in self._dtls.handle_timeout():
                 self.send_raw(datagram)
 
     # --- teardown ---------------------------------------------------------------------------------
 
-    def fail(self, info: str) -> None:
+    def fail(self, reason: Failure) -> None:
         if self.state == TransportState.CLOSED:
             return
         self.close()
-        self.listener.on_transport_failed(info)
+        self.listener.on_transport_failed(reason)
 
     def close(self) -> None:
         """Idempotent; tells nobody (the owner called it, or fail() reports it)."""
@@ -211,4 +219,4 @@ class WebRtcTransport:
             self.send_raw(datagram)
         self.state = TransportState.CLOSED
         self.port.unregister(self)
-        self._rx = self._tx = None
+        self._rx = self.tx = None

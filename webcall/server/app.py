@@ -15,10 +15,11 @@ from pathlib import Path
 from aiohttp import WSMsgType, web
 
 from ..media.dtls import DtlsIdentity
+from ..media.plane import MediaPlane
 from ..media.port import MediaPort
-from ..streams.hub import Hub, StreamSettings
 from ..streams.recording import RecordSettings
-from ..streams.session import Session
+from ..wcs.hub import Hub, StreamSettings
+from ..wcs.session import Session
 from .config import Config
 from .rest_recording import record_file_handler
 from .rest import RestApi, health
@@ -54,7 +55,7 @@ class WebcallServer:
                                    mp4_audio=c.record_mp4_audio, fragment=c.record_fragment),
         )
         identity = await asyncio.get_running_loop().run_in_executor(None, DtlsIdentity)
-        self.hub = Hub(settings, self.port, identity)
+        self.hub = Hub(settings, MediaPlane(self.port, identity, settings, settings.candidates))
         self.hub.start()
         app = web.Application()
         app.router.add_get("/", self._root)
@@ -93,7 +94,7 @@ class WebcallServer:
         for ws in list(self._sockets):
             await ws.close()
         if self.hub is not None:
-            await self.hub.finish_recordings()  # SIGTERM: every recording's file is finalized
+            await self.hub.recordings.finish()  # SIGTERM: every recording's file is finalized
         for runner in (self._rest_runner, self._runner):
             if runner is not None:
                 await runner.cleanup()

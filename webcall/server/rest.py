@@ -3,7 +3,7 @@
 Requests are POST with a JSON body (`Content-Type: application/json` — which also means a web page on
 another origin cannot forge one without a CORS preflight this server never grants), or GET with no
 body for the read-only queries, as the SDK's rest-module sends `find_all`. Bodies are parsed by
-`protocol/rest.py`; what is read or done goes through the hub. Errors are JSON:
+`wcs/rest.py`; what is read or done goes through the hub. Errors are JSON:
 `{"status", "error", "message", "path"}` — 400 bad body, 404 nothing found, 415 not JSON, 500 failure.
 """
 
@@ -18,11 +18,11 @@ from typing import Any
 from aiohttp import web
 
 from ..logs import q
-from ..protocol import rest
-from ..protocol.rest import RestError
-from ..protocol.status import Info
-from ..streams.hub import Hub
 from ..streams.snapshots import SnapshotError
+from ..wcs import rest
+from ..wcs.hub import Hub
+from ..wcs.rest import RestError
+from ..wcs.status import Info
 from . import prometheus
 from .rest_recording import add_recording_routes
 
@@ -192,7 +192,7 @@ class RestApi:
     # --- operations -------------------------------------------------------------------------------
 
     async def metrics(self, request: web.Request) -> web.Response:
-        text = prometheus.render(self.hub, self.hub.port)
+        text = prometheus.render(self.hub, self.hub.plane.port)
         return web.Response(body=text.encode(), headers={"Content-Type": prometheus.CONTENT_TYPE})
 
     async def health(self, request: web.Request) -> web.Response:

@@ -24,7 +24,7 @@ from typing import Any
 from aiohttp import web
 
 from ..logs import q
-from ..streams.hub import Hub
+from ..wcs.hub import Hub
 from ..streams.recording import RecordingError, is_record_file_name
 
 log = logging.getLogger("webcall.rest")
@@ -104,7 +104,7 @@ def add_recording_routes(router: web.UrlDispatcher, hub: Hub) -> None:
             body = await _body(request)
             media_session_id = _media_session_id(body)
             template = _template(body)
-            publication = hub.find_publication(media_session_id)
+            publication = hub.find_publication_by_id(media_session_id)
             if publication is None:
                 raise _Error(404, "Stream not found")
             try:
@@ -119,7 +119,7 @@ def add_recording_routes(router: web.UrlDispatcher, hub: Hub) -> None:
     async def stop(request: web.Request) -> web.Response:
         try:
             media_session_id = _media_session_id(await _body(request))
-            publication = hub.find_publication(media_session_id)
+            publication = hub.find_publication_by_id(media_session_id)
             recording = publication.recording if publication is not None else None
             if recording is None or recording.stopped_at is not None:
                 raise _Error(404, "Stream not found" if publication is None else "Stream is not being recorded")
@@ -133,7 +133,7 @@ def add_recording_routes(router: web.UrlDispatcher, hub: Hub) -> None:
             await _body(request)  # a body, if any, must still be well-formed
         except _Error as exc:
             return _error(request, exc)
-        return _json([r.describe() for r in hub.recordings() if r.stopped_at is None])
+        return _json([r.describe() for r in hub.recordings.list() if r.stopped_at is None])
 
     for path, handler in (("/rest-api/stream/startRecording", start), ("/rest-api/recorder/startup", start),
                           ("/rest-api/stream/stopRecording", stop), ("/rest-api/recorder/terminate", stop)):

@@ -22,13 +22,11 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from ..logs import q
 from ..media.recorder import Recorder, RecorderOptions
-
-if TYPE_CHECKING:
-    from .stream import Publication
+from ..media.router import Router
 
 log = logging.getLogger("webcall.streams")
 
@@ -92,6 +90,26 @@ def is_record_file_name(name: str) -> bool:
     return bool(dot) and ext in EXTENSIONS and len(name) <= MAX_NAME and sanitize(base) == base
 
 
+class Recorded(Protocol):
+    """The publication a recording is of, as the front end that owns it describes it."""
+
+    name: str
+    media_session_id: str
+    label: str
+    audio_codec: str | None
+    video_codec: str | None
+    session_id: str  # the publisher's session, for {sessionId}
+    login: str  # for {login}
+
+    @property
+    def closed(self) -> bool: ...
+
+    @property
+    def router(self) -> Router | None: ...
+
+    def on_recording_failed(self, error: str) -> None: ...
+
+
 def login_of(connection: dict | None) -> str:
     """{login}: the `login` the app put in the session's `custom` object (WCS convention), else sipLogin."""
     if not connection:
@@ -109,7 +127,7 @@ def _utc(seconds: float) -> str:
 class Recording:
     """One recording of one publication, from start to finalized file."""
 
-    def __init__(self, publication: Publication, settings: RecordSettings, template: str | None = None) -> None:
+    def __init__(self, publication: Recorded, settings: RecordSettings, template: str | None = None) -> None:
         self.publication = publication
         self.settings = settings
         self.template = template or settings.template
@@ -126,12 +144,12 @@ class Recording:
     # --- names ------------------------------------------------------------------------------------
 
     def _values(self, end: float | None) -> dict[str, str]:
-        p, session = self.publication, self.publication.session
+        p = self.publication
         start = self.started_at
         values = {
             "streamName": p.name, "mediaSessionId": p.media_session_id,
-            "sessionId": base64.urlsafe_b64encode(session.id.encode()).decode().rstrip("="),
-            "login": login_of(getattr(session, "connection", None)),
+            "sessionId": base64.urlsafe_b64encode(p.session_id.encode()).decode().rstrip("="),
+            "login": p.login,
             "audioCodec": p.audio_codec or "", "videoCodec": p.video_codec or "",
             "startTime": _utc(start), "startTimeMillis": str(int(start * 1000)),
         }
@@ -162,8 +180,9 @@ class Recording:
 
     def start(self) -> None:
         p = self.publication
-        producers = [p.producers[kind] for kind in ("video", "audio") if kind in p.producers]
-        if not producers:
+        tracks = p.router.tracks if p.router is not None else {}
+        routers = [tracks[kind] for kind in ("video", "audio") if kind in tracks]
+        if not routers:
             raise RecordingError("nothing to record")
         try:
             os.makedirs(self.settings.directory, exist_ok=True)
@@ -173,7 +192,7 @@ class Recording:
         s = self.settings
         options = RecorderOptions(container=self.container, audio=s.mp4_audio if self.container == "mp4" else "opus",
                                   fragment=s.fragment)
-        self.recorder = Recorder(os.path.join(s.directory, self.file_name), producers, options,
+        self.recorder = Recorder(os.path.join(s.directory, self.file_name), routers, options,
                                  asyncio.get_running_loop(), on_done=self._on_done, label=p.label)
         self.recorder.start()
         log.info("recording started %s file=%s container=%s", p.label, self.file_name, self.container)
@@ -236,3 +255,32 @@ class Recording:
         if self.recorder is not None and self.recorder.error:
             out["info"] = self.recorder.error
         return out
+
+
+class Recordings:
+    """The recordings being written or finalized, and failed ones of live streams (REST /recorder/find_all)."""
+
+    def __init__(self) -> None:
+        self._recordings: set[Recording] = set()
+
+    def add(self, recording: Recording) -> None:
+        self._recordings.add(recording)
+        recording.done.add_done_callback(lambda _: self._prune())
+
+    def _prune(self) -> None:
+        # A failed recording stays listed (status FAILED, with the error) while its stream is live.
+        self._recordings = {r for r in self._recordings
+                            if not r.done.done() or (r.status == "FAILED" and not r.publication.closed)}
+
+    def list(self) -> list[Recording]:
+        """Oldest first."""
+        self._prune()
+        return sorted(self._recordings, key=lambda r: r.started_at)
+
+    async def finish(self, timeout: float = 10.0) -> None:
+        """Stop every recording and wait until its file is finalized (server shutdown)."""
+        for recording in list(self._recordings):
+            recording.stop()
+        pending = [r.done for r in self._recordings if not r.done.done()]
+        if pending:
+            await asyncio.wait(pending, timeout=timeout)

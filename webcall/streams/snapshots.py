@@ -13,18 +13,16 @@ import asyncio
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
-from typing import TYPE_CHECKING
 
 from ..media.snapshot import SnapshotError, decode_png, keyframe_packets
-from ..protocol.status import Info, StreamStatus
-
-if TYPE_CHECKING:
-    from .stream import Publication
+from .registry import Source
 
 log = logging.getLogger("webcall.streams")
 
 MAX_JOBS = 4
 POLL_INTERVAL = 0.05
+
+STREAM_GONE = "Stream not found"  # the words of the WCS protocol, and plain enough for any front end
 
 __all__ = ["SnapshotError", "Snapshotter"]
 
@@ -33,25 +31,25 @@ class Snapshotter:
     def __init__(self, timeout: float) -> None:
         self.timeout = timeout
         self._executor = ThreadPoolExecutor(max_workers=2, thread_name_prefix="webcall-snapshot")
-        self._jobs: dict[Publication, asyncio.Future[bytes]] = {}
+        self._jobs: dict[Source, asyncio.Future[bytes]] = {}
         self.completed = self.failed = self.refused = 0
 
-    async def take(self, publication: Publication) -> bytes:
+    async def take(self, source: Source) -> bytes:
         """The PNG of the stream's current picture; raises SnapshotError with the `info` to report."""
-        job = self._jobs.get(publication)
+        job = self._jobs.get(source)
         if job is None:
             if len(self._jobs) >= MAX_JOBS:
                 self.refused += 1
                 raise SnapshotError("Too many snapshots in progress")
-            job = asyncio.ensure_future(self._take(publication))
-            self._jobs[publication] = job
-            job.add_done_callback(lambda done, p=publication: self._finished(p, done))
+            job = asyncio.ensure_future(self._take(source))
+            self._jobs[source] = job
+            job.add_done_callback(lambda done, p=source: self._finished(p, done))
         # A requester that goes away (its session closed) must not cancel the others' job.
         return await asyncio.shield(job)
 
-    def _finished(self, publication: Publication, job: asyncio.Future[bytes]) -> None:
-        if self._jobs.get(publication) is job:
-            del self._jobs[publication]
+    def _finished(self, source: Source, job: asyncio.Future[bytes]) -> None:
+        if self._jobs.get(source) is job:
+            del self._jobs[source]
         if job.cancelled():
             return
         if job.exception() is None:  # also marks the exception retrieved when nobody waits any more
@@ -59,8 +57,9 @@ class Snapshotter:
         else:
             self.failed += 1
 
-    async def _take(self, publication: Publication) -> bytes:
-        producer = publication.producers.get("video")
+    async def _take(self, source: Source) -> bytes:
+        track = source.router.tracks.get("video") if source.router is not None else None
+        producer = track.producer if track is not None else None
         if producer is None:
             raise SnapshotError("Stream has no video")
         loop = asyncio.get_running_loop()
@@ -68,9 +67,9 @@ class Snapshotter:
         tried: tuple[int, int] | None = None  # (keyframes seen, packets) of the last decode attempt
         asked = False
         while True:
-            if publication.closed:
-                raise SnapshotError(Info.STREAM_NOT_FOUND)
-            packets = keyframe_packets(producer) if publication.status == StreamStatus.PUBLISHING else None
+            if source.closed:
+                raise SnapshotError(STREAM_GONE)
+            packets = keyframe_packets(producer) if source.live else None
             attempt = (producer.keyframes, len(packets)) if packets else None
             if attempt is not None and attempt != tried:
                 tried = attempt
@@ -80,10 +79,10 @@ class Snapshotter:
                 except SnapshotError:
                     pass  # the keyframe is not complete yet, or broken: wait for more
                 except Exception:
-                    log.exception("snapshot decoder error %s", publication.label)
+                    log.exception("snapshot decoder error stream=%s", source.name)
                     raise SnapshotError("Snapshot failed") from None
                 else:
-                    log.info("snapshot taken %s width=%d height=%d png_bytes=%d packets=%d", publication.label,
+                    log.info("snapshot taken stream=%s width=%d height=%d png_bytes=%d packets=%d", source.name,
                              width, height, len(png), len(packets))
                     return png
             if not asked:  # nothing usable in the ring: a fresh keyframe is the quickest way

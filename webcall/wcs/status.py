@@ -9,7 +9,10 @@ from __future__ import annotations
 import enum
 from typing import Final
 
-__all__ = ["StreamStatus", "Info", "TERMINAL"]
+from ..media.failures import Failure
+from ..streams.registry import EndReason
+
+__all__ = ["StreamStatus", "Info", "TERMINAL", "FAILURE_INFO", "END_INFO"]
 
 
 class StreamStatus(enum.StrEnum):
@@ -84,3 +87,21 @@ class Info:
     TRANSCODING_REQUIRED_BUT_DISABLED: Final = "Transcoding required, but disabled"
     RESTRICTED_ACCESS: Final = "Restricted access"
     NO_AVAILABLE_TRANSCODERS: Final = "No available transcoders"
+
+
+# The media plane's and the stream core's reasons (media/failures.py, streams/registry.py) in WCS words.
+FAILURE_INFO: Final[dict[Failure, str]] = {
+    Failure.ICE_TIMEOUT: Info.FAILED_BY_ICE_TIMEOUT,
+    Failure.ICE_ERROR: Info.FAILED_BY_ICE_ERROR,
+    Failure.CONSENT_EXPIRED: Info.FAILED_BY_KEEP_ALIVE,
+    Failure.DTLS_ERROR: Info.FAILED_BY_DTLS_ERROR,
+    Failure.DTLS_FINGERPRINT: Info.FAILED_BY_DTLS_FINGERPRINT_ERROR,
+    Failure.PEER_CLOSED: Info.STOPPED_BY_USER,
+    Failure.INTERNAL_ERROR: Info.FAILED_BY_ERROR,
+}
+
+END_INFO: Final[dict[EndReason, str]] = {
+    EndReason.PUBLISHER_STOPPED: Info.STOPPED_BY_PUBLISHER_STOP,
+    EndReason.PUBLISHER_DISCONNECTED: Info.STOPPED_BY_SESSION_DISCONNECT,
+    EndReason.TERMINATED: Info.STOPPED_BY_REST_TERMINATE,
+}

@@ -14,14 +14,15 @@ import time
 from collections.abc import Callable
 
 from ..logs import q
-from ..protocol import messages as msg
 from ..protocol.sdp import SdpError, negotiate_play, negotiate_publish
-from ..protocol.status import Info, StreamStatus
+from ..streams.registry import EndReason, NameInUse
+from ..streams.snapshots import SnapshotError
+from . import messages as msg
 from .hub import Hub
-from .snapshots import SnapshotError
+from .status import Info, StreamStatus
 from .stream import Playback, Publication
 
-log = logging.getLogger("webcall.streams")
+log = logging.getLogger("webcall.wcs")
 
 
 class Session:
@@ -121,13 +122,15 @@ class Session:
         if not self._precheck(m):
             return
         publication = Publication(self, m)
-        if not self.hub.claim(publication):
+        try:
+            self.hub.registry.publish(publication)
+        except NameInUse:
             self._fail_stream(m, Info.STREAM_NAME_ALREADY_IN_USE)
             return
         try:
             neg = negotiate_publish(m.sdp, self.hub.settings.video_codecs)
         except SdpError as exc:
-            self.hub.release(publication)
+            self.hub.registry.unpublish(publication, EndReason.PUBLISHER_STOPPED)
             self._fail_stream(m, exc.info)
             return
         self.streams[m.media_session_id] = publication
@@ -136,18 +139,20 @@ class Session:
     def _on_PlayStream(self, m: msg.PlayStream) -> None:
         if not self._precheck(m):
             return
-        publication = self.hub.find(m.name)
-        if publication is None or publication.closed:
+        source = self.hub.registry.find(m.name)
+        router = source.router if source is not None else None
+        if source is None or router is None:
             self._fail_stream(m, Info.STREAM_NOT_FOUND)
             return
         try:
-            neg = negotiate_play(m.sdp, {kind: p.codec for kind, p in publication.producers.items()})
+            neg = negotiate_play(m.sdp, {kind: track.producer.codec for kind, track in router.tracks.items()})
         except SdpError as exc:
             self._fail_stream(m, exc.info)
             return
-        playback = Playback(self, m, publication)
+        playback = Playback(self, m, source)
         self.streams[m.media_session_id] = playback
-        playback.start(neg)
+        self.hub.registry.read(m.name, playback)
+        playback.start(neg, router)
 
     def _stream(self, media_session_id: str, kind: type) -> Publication | Playback | None:
         stream = self.streams.get(media_session_id)
@@ -168,8 +173,8 @@ class Session:
         playback.stop(StreamStatus.STOPPED, Info.STOPPED_BY_USER)
 
     def _on_AvailableStream(self, m: msg.AvailableStream) -> None:
-        publication = self.hub.find(m.name)
-        if publication is not None and publication.status == StreamStatus.PUBLISHING:
+        source = self.hub.registry.find(m.name)
+        if source is not None and source.live:
             self.send(msg.available_stream(m.media_session_id, True))
         else:
             self.send(msg.available_stream(m.media_session_id, False, Info.STREAM_NOT_FOUND))
@@ -227,7 +232,7 @@ class Session:
         for stream in list(self.streams.values()):
             if isinstance(stream, Publication):
                 stream.stop(StreamStatus.UNPUBLISHED, Info.STOPPED_BY_SESSION_DISCONNECT,
-                            player_info=Info.STOPPED_BY_SESSION_DISCONNECT)
+                            end=EndReason.PUBLISHER_DISCONNECTED)
             else:
                 stream.stop(StreamStatus.STOPPED, Info.STOPPED_BY_SESSION_DISCONNECT)
         self.hub.sessions.discard(self)

@@ -1,8 +1,10 @@
-"""Publications and playbacks: the status machine of one published or played stream.
+"""WCS publications and playbacks: the status machine of one published or played stream.
 
 Each owns its media endpoint and turns media events ("connected", "first media", "failed", "keyframe
-size") into WCS status messages for its session. Terminal statuses (UNPUBLISHED, STOPPED, FAILED) are sent
-once; after that the stream is closed and forgotten.
+size") and the stream core's events (source ended, picture resized) into WCS status messages for its session.
+Terminal statuses (UNPUBLISHED, STOPPED, FAILED) are sent once; after that the stream is closed and forgotten.
+A publication is a source of the stream core (streams/registry.py), a playback one of its readers: a playback
+can read any source, whichever front end publishes it.
 """
 
 from __future__ import annotations
@@ -10,31 +12,59 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import TYPE_CHECKING
+from collections import Counter
+from typing import Protocol
 
 from ..logs import q
 from ..media.endpoints import PlayerEndpoint, PublisherEndpoint, new_session_id
-from ..protocol import messages as msg
-from ..protocol import rest
+from ..media.failures import Failure
+from ..media.plane import MediaPlane
+from ..media.router import Router
 from ..protocol.sdp import Negotiation, build_answer
-from ..protocol.status import TERMINAL, Info, StreamStatus
-from .recording import Recording, RecordingError
-from .stats import RateMeter, Rates, Reading
+from ..streams.recording import RecordSettings, Recording, RecordingError, Recordings, login_of
+from ..streams.registry import EndReason, Source, StreamRegistry
+from . import messages as msg
+from . import rest
+from .rates import RateMeter, Rates, Reading
+from .status import END_INFO, FAILURE_INFO, TERMINAL, Info, StreamStatus
 
-if TYPE_CHECKING:
-    from .hub import Hub
-    from .session import Session
+log = logging.getLogger("webcall.wcs")
 
-log = logging.getLogger("webcall.streams")
+
+class StreamSettingsView(Protocol):
+    connect_timeout: float
+    records: RecordSettings
+
+
+class Services(Protocol):
+    """What a stream needs of the hub (wcs/hub.py)."""
+
+    settings: StreamSettingsView
+    plane: MediaPlane
+    registry: StreamRegistry
+    recordings: Recordings
+    retired: Counter[tuple[str, str]]
+
+
+class Owner(Protocol):
+    """The WCS session a stream belongs to (wcs/session.py)."""
+
+    id: str
+    app_key: str
+    connection: dict | None
+    hub: Services
+
+    def send(self, text: str) -> None: ...
+    def forget(self, stream: Publication | Playback) -> None: ...
 
 
 class _Stream:
     published: bool
     active_status: StreamStatus  # the status in which media flows (PUBLISHING / PLAYING)
 
-    def __init__(self, session: Session, request: msg.PublishStream | msg.PlayStream) -> None:
+    def __init__(self, session: Owner, request: msg.PublishStream | msg.PlayStream) -> None:
         self.session = session
-        self.hub: Hub = session.hub
+        self.hub = session.hub
         self.media_session_id = request.media_session_id
         self.name = request.name
         self.request = request
@@ -113,7 +143,7 @@ class _Stream:
                 self.audio_codec = track.codec.name
             else:
                 self.video_codec = track.codec.name
-        return build_answer(neg, self.hub.local_endpoint(transport.local_ufrag, transport.local_pwd),
+        return build_answer(neg, self.hub.plane.local_endpoint(transport),
                             direction=direction, session_id=new_session_id(), ssrcs=ssrcs,
                             stream_label=f"webcall-{self.media_session_id[:8]}")
 
@@ -129,22 +159,42 @@ class Publication(_Stream):
     published = True
     active_status = StreamStatus.PUBLISHING
 
-    def __init__(self, session: Session, request: msg.PublishStream) -> None:
+    def __init__(self, session: Owner, request: msg.PublishStream) -> None:
         super().__init__(session, request)
-        self.players: set[Playback] = set()
         self.endpoint: PublisherEndpoint | None = None
         self.recording: Recording | None = None  # the current or latest recording (spec §14)
 
     def start(self, neg: Negotiation) -> None:
-        s = self.hub.settings
-        self.endpoint = PublisherEndpoint(self.hub.port, self.hub.identity, neg, s, self, label=self.label)
+        self.endpoint = self.hub.plane.publisher(neg, self, self.label)
         answer = self._answer(neg, self.endpoint, "recvonly")
         self.session.send(msg.set_remote_sdp(self.media_session_id, answer))
         log.info("publish offer answered %s video=%s audio=%s", self.label, self.video_codec, self.audio_codec)
 
+    # --- as a source of the stream core (streams/registry.py) and of a recording -------------------
+
+    @property
+    def live(self) -> bool:
+        return self.status == StreamStatus.PUBLISHING
+
+    @property
+    def router(self) -> Router | None:
+        return self.endpoint.router if self.endpoint else None
+
     @property
     def producers(self):
         return self.endpoint.producers if self.endpoint else {}
+
+    @property
+    def players(self) -> list[Playback]:
+        return [r for r in self.hub.registry.readers(self.name) if isinstance(r, Playback) and not r.closed]
+
+    @property
+    def session_id(self) -> str:
+        return self.session.id
+
+    @property
+    def login(self) -> str:
+        return login_of(self.session.connection)
 
     # --- stream events ------------------------------------------------------------------------------
 
@@ -155,7 +205,7 @@ class Publication(_Stream):
         """
         if event_type in rest.MUTE_EVENT_TYPES:
             payload = {**(payload if isinstance(payload, dict) else {}), "streamName": self.name}
-        players = [p for p in self.players if not p.closed]
+        players = self.players
         for player in players:
             player.session.send(msg.notify_stream_event(player.media_session_id, event_type, payload))
         return len(players)
@@ -214,7 +264,7 @@ class Publication(_Stream):
         recording = Recording(self, self.hub.settings.records, template)
         recording.start()
         self.recording = recording
-        self.hub.add_recording(recording)
+        self.hub.recordings.add(recording)
         return recording
 
     def stop_recording(self) -> str | None:
@@ -256,20 +306,19 @@ class Publication(_Stream):
 
     def on_video_size(self, width: int, height: int) -> None:
         self.width, self.height = width, height
-        for player in list(self.players):
-            player.on_video_size(width, height)
+        self.hub.registry.video_size(self, width, height)
 
-    def on_failed(self, info: str) -> None:
-        if info == Info.STOPPED_BY_USER:  # the client closed DTLS: an unpublish without the message
+    def on_failed(self, reason: Failure) -> None:
+        if reason == Failure.PEER_CLOSED:  # the client closed DTLS: an unpublish without the message
             self.stop(StreamStatus.UNPUBLISHED, Info.STOPPED_BY_PUBLISHER_STOP)
         else:
-            self.stop(StreamStatus.FAILED, info)
+            self.stop(StreamStatus.FAILED, FAILURE_INFO[reason])
 
     # --- teardown ---------------------------------------------------------------------------------
 
-    def stop(self, status: StreamStatus, info: str | None, player_info: str = Info.STOPPED_BY_PUBLISHER_STOP,
+    def stop(self, status: StreamStatus, info: str | None, end: EndReason = EndReason.PUBLISHER_STOPPED,
              notify_self: bool = True) -> None:
-        """End the publication: tell its publisher (`status`) and every player (STOPPED)."""
+        """End the publication: tell its publisher (`status`) and, through the stream core, every reader."""
         if self.closed:
             return
         self._cancel_timer()
@@ -281,13 +330,11 @@ class Publication(_Stream):
         received = sum(p.packets for p in self.producers.values())
         log.info("publication ended %s status=%s info=%s players=%d packets_received=%d",
                  self.label, status, q(info), len(self.players), received)
-        for player in list(self.players):
-            player.stop(StreamStatus.STOPPED, player_info)
-        self.hub.release(self)
+        self.hub.registry.unpublish(self, end)
         self.session.forget(self)
         if self.endpoint is not None:
             self.endpoint.close()
-        self.hub.retire(self.counters())
+        self.hub.retired.update(self.counters())
 
 
 class Playback(_Stream):
@@ -296,18 +343,16 @@ class Playback(_Stream):
     published = False
     active_status = StreamStatus.PLAYING
 
-    def __init__(self, session: Session, request: msg.PlayStream, publication: Publication) -> None:
+    def __init__(self, session: Owner, request: msg.PlayStream, publication: Source) -> None:
         super().__init__(session, request)
         self.publication = publication
         self.endpoint: PlayerEndpoint | None = None
 
-    def start(self, neg: Negotiation) -> None:
-        s = self.hub.settings
-        self.endpoint = PlayerEndpoint(self.hub.port, self.hub.identity, neg, s, self.publication.producers,
-                                       self, label=self.label)
+    def start(self, neg: Negotiation, router: Router) -> None:
+        """Answer the offer with a player of `router` (the source's router, which the session checked)."""
+        self.endpoint = self.hub.plane.player(neg, router, self, self.label)
         answer = self._answer(neg, self.endpoint, "sendonly", self.endpoint.answer_ssrcs)
         self.width, self.height = self.publication.width, self.publication.height
-        self.publication.players.add(self)
         if self.audio_codec:
             self.session.send(msg.notify_audio_codec(self.media_session_id, self.audio_codec))
         self.session.send(msg.set_remote_sdp(self.media_session_id, answer))
@@ -327,9 +372,12 @@ class Playback(_Stream):
         if self.status == StreamStatus.PLAYING:
             self.session.send(msg.notify_video_format(self.media_session_id, width, height))
 
-    def on_failed(self, info: str) -> None:
+    def on_failed(self, reason: Failure) -> None:
         # A DTLS close from the client is a stop without the message; anything else is a failure.
-        self.stop(StreamStatus.STOPPED if info == Info.STOPPED_BY_USER else StreamStatus.FAILED, info)
+        self.stop(StreamStatus.STOPPED if reason == Failure.PEER_CLOSED else StreamStatus.FAILED, FAILURE_INFO[reason])
+
+    def on_source_ended(self, reason: EndReason) -> None:
+        self.stop(StreamStatus.STOPPED, END_INFO[reason])
 
     def stop(self, status: StreamStatus, info: str | None, notify_self: bool = True) -> None:
         if self.closed:
@@ -338,13 +386,13 @@ class Playback(_Stream):
             self.send_status(status, info)
         else:
             self.status = status
-        self.publication.players.discard(self)
+        self.hub.registry.unread(self.name, self)
         self.session.forget(self)
         if self.endpoint is not None:
             self.endpoint.close()
         sent = sum(c.packets for c in self.endpoint.consumers) if self.endpoint else 0
         log.info("playback ended %s status=%s info=%s packets_sent=%d", self.label, status, q(info), sent)
-        self.hub.retire(self.counters())
+        self.hub.retired.update(self.counters())
 
     # --- statistics ---------------------------------------------------------------------------------
 

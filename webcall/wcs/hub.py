@@ -1,0 +1,155 @@
+"""The WCS front end's hub: its live sessions and their streams, and the services they share.
+
+The services are separate objects, each one concept: the stream core (`streams/registry.py`: who publishes
+which name, who reads it), the media plane (`media/plane.py`: endpoints on the UDP port), snapshots and
+recordings (`streams/`), the rate sampler (`wcs/sampler.py`). The hub itself is the directory of WCS sessions
+and streams that the REST API and /metrics query and act on.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from ..logs import q
+from ..media.plane import MediaPlane
+from ..streams.recording import RecordSettings, Recordings
+from ..streams.registry import EndReason, StreamRegistry
+from ..streams.snapshots import SnapshotError, Snapshotter
+from .rest import ConnectionQuery, StreamQuery
+from .sampler import RateSampler
+from .status import Info, StreamStatus
+from .stream import Playback, Publication
+
+
+class SessionView(Protocol):
+    """A WCS session as the hub lists it (wcs/session.py)."""
+
+    id: str
+    app_key: str
+    connection: dict | None
+    create_date: int
+    closed: bool
+    streams: dict[str, Publication | Playback]
+
+log = logging.getLogger("webcall.wcs")
+
+
+@dataclass
+class StreamSettings:
+    """What the streams and media layers need from the configuration."""
+
+    candidates: tuple[tuple[str, int], ...]  # announced (ip, port), filled in once the port is bound
+    video_codecs: tuple[str, ...] = ("VP8", "H264")
+    connect_timeout: float = 10.0  # ICE + DTLS, and first media after that
+    consent_timeout: float = 30.0
+    max_bitrate: int = 2_500_000
+    ping_interval: float = 5.0
+    ping_probes: int = 10
+    max_protocol_errors: int = 20
+    server_version: str = "webcall-0.1"
+    rate_interval: float = 1.0  # inbound/outboundVideoRate and metric samples
+    snapshot_timeout: float = 3.0  # how long a snapshot waits for a keyframe
+    records: RecordSettings = field(default_factory=RecordSettings)  # recording (spec §14)
+
+
+class Hub:
+    def __init__(self, settings: StreamSettings, plane: MediaPlane) -> None:
+        self.settings = settings
+        self.plane = plane
+        self.registry = StreamRegistry()
+        self.sessions: set[SessionView] = set()
+        self.snapshots = Snapshotter(settings.snapshot_timeout)
+        self.recordings = Recordings()
+        self.retired: Counter[tuple[str, str]] = Counter()  # media counters of streams that have ended
+        self.started_at = time.time()
+        self.sampler = RateSampler(settings.rate_interval, self.streams)
+
+    def start(self) -> None:
+        self.sampler.start()
+
+    async def close(self) -> None:
+        await self.sampler.stop()
+        self.snapshots.close()
+
+    def find_publication(self, name: str) -> Publication | None:
+        """The WCS publication live under `name`, if a WCS client publishes it."""
+        source = self.registry.find(name)
+        return source if isinstance(source, Publication) else None
+
+    # --- queries (REST API, /metrics) -------------------------------------------------------------
+
+    def streams(self) -> list[Publication | Playback]:
+        """Every stream of every session, publications and playbacks, in no particular order."""
+        return [stream for session in list(self.sessions) for stream in list(session.streams.values())]
+
+    def find_streams(self, query: StreamQuery) -> list[Publication | Playback]:
+        found = [
+            s for s in self.streams()
+            if not s.closed and query.matches(name=s.name, media_session_id=s.media_session_id,
+                                              published=s.published, status=str(s.status))
+        ]
+        return sorted(found, key=lambda s: (s.create_date, s.media_session_id))
+
+    def find_session(self, session_id: str) -> SessionView | None:
+        return next((s for s in self.sessions if s.id == session_id and not s.closed), None)
+
+    def find_sessions(self, query: ConnectionQuery) -> list[SessionView]:
+        found = [
+            s for s in list(self.sessions)
+            if not s.closed and query.matches(session_id=s.id, app_key=s.app_key,
+                                              client_version=(s.connection or {}).get("clientVersion"))
+        ]
+        return sorted(found, key=lambda s: (s.create_date, s.id))
+
+    # --- actions (REST API) -----------------------------------------------------------------------
+
+    def terminate(self, streams: list[Publication | Playback], info: str = Info.STOPPED_BY_REST_TERMINATE) -> list[str]:
+        """Stop these streams: a publisher gets UNPUBLISHED, its players and named players STOPPED, all with
+        `info`. Returns the mediaSessionIds of the given streams that this call stopped (a publisher's
+        players stop with it, but are listed only if they were given too)."""
+        live = [stream for stream in streams if not stream.closed]
+        for stream in live:
+            if stream.closed:  # a player whose publisher was stopped a moment ago
+                continue
+            log.info("terminating %s info=%s", stream.label, q(info))
+            if isinstance(stream, Publication):
+                stream.stop(StreamStatus.UNPUBLISHED, info, end=EndReason.TERMINATED)
+            else:
+                stream.stop(StreamStatus.STOPPED, info)
+        return [stream.media_session_id for stream in live]
+
+    def relay_event(self, name: str, event_type: str, payload: object) -> int | None:
+        """A stream event to the players of `name`, as sendStreamEvent does; None if there is no such stream."""
+        publication = self.find_publication(name)
+        if publication is None:
+            return None
+        return publication.relay_event(event_type, payload)
+
+    async def snapshot(self, name: str) -> bytes:
+        """PNG of stream `name`'s current picture; SnapshotError("Stream not found", ...) otherwise."""
+        source = self.registry.find(name)
+        if source is None:
+            raise SnapshotError(Info.STREAM_NOT_FOUND)
+        return await self.snapshots.take(source)
+
+    # --- statistics -------------------------------------------------------------------------------
+
+    def retire(self, counters: dict[tuple[str, str], int]) -> None:
+        """Keep an ended stream's media counters, so the /metrics totals never go backwards."""
+        self.retired.update(counters)
+
+    def totals(self) -> Counter[tuple[str, str]]:
+        """Media counters since start: ended streams plus live ones."""
+        totals = Counter(self.retired)
+        for stream in self.streams():
+            if not stream.closed:
+                totals.update(stream.counters())
+        return totals
+
+    def find_publication_by_id(self, media_session_id: str) -> Publication | None:
+        return next((p for p in self.registry.sources()
+                     if isinstance(p, Publication) and p.media_session_id == media_session_id), None)
