@@ -5,8 +5,12 @@
 #   make bench    set up the venv, then load-test the server      (ARGS="--steps 10,50,100")
 #   make core     compile the fan-out core (webcall/media/_fanout.so; serve, test and bench do it)
 #
+# serve installs only what serving needs (gcc, nodejs, npm, python3-venv; requirements.txt); test adds the
+# browsers (chromium, firefox-esr) and the test tools (requirements-dev.txt); bench adds requirements-dev.txt.
+#
 # Set-up steps are stamped, so they re-run only when their inputs change:
-#   .venv/.webcall-installed          <- requirements.txt, requirements-dev.txt
+#   .venv/.webcall-runtime            <- requirements.txt                       (serve)
+#   .venv/.webcall-installed          <- requirements.txt, requirements-dev.txt (test, bench)
 #   node_modules/.webcall-installed   <- package.json, package-lock.json
 #   webcall/media/_fanout.so          <- webcall/media/fanout.c
 
@@ -18,30 +22,36 @@ PYTHON      ?= python3
 VENV        ?= .venv
 VENV_PY     := $(VENV)/bin/python
 VENV_STAMP  := $(VENV)/.webcall-installed
+RUNTIME_STAMP := $(VENV)/.webcall-runtime
 SDK_STAMP   := node_modules/.webcall-installed
 ARGS        ?=
 PYTEST_ARGS ?=
 
 # Debian packages needed on the machine: "command-or-check:package".
 # A package is installed only if its check fails; apt-get runs only if something is missing.
-SYSTEM_CHECKS := gcc:gcc node:nodejs npm:npm chromium:chromium firefox-esr:firefox-esr
+# SYSTEM_CHECKS is what serving needs (gcc builds the core; node_modules holds the SDK bundle it serves);
+# TEST_CHECKS is added for `make test` only (the browser tests).
+SYSTEM_CHECKS := gcc:gcc node:nodejs npm:npm
+TEST_CHECKS   := chromium:chromium firefox-esr:firefox-esr
 CC          ?= gcc
 CORE_SRC    := webcall/media/fanout.c
 CORE_LIB    := webcall/media/_fanout.so
 
-.PHONY: serve test bench core venv sdk deps-system clean help
+.PHONY: serve test bench core venv venv-runtime sdk deps-system deps-test clean help
 
 help:
 	@echo "make serve        run the server (ARGS='--port 8080 --public-ip 1.2.3.4')"
 	@echo "make test         run the tests  (PYTEST_ARGS='-k name -x')"
 	@echo "make bench        viewers per core, first-frame time, added latency (ARGS='--steps 10,50,100')"
 	@echo "make core         compile the fan-out core (C, loaded with cffi; without it forwarding runs in Python)"
-	@echo "make venv         create .venv and install requirements-dev.txt"
+	@echo "make venv         create .venv and install requirements-dev.txt (tests, bench tools)"
+	@echo "make venv-runtime create .venv and install requirements.txt only (what make serve uses)"
 	@echo "make sdk          npm ci: the Flashphoner Web SDK into node_modules/"
-	@echo "make deps-system  apt-get install what is missing (python3-venv, gcc, nodejs, npm, chromium, firefox-esr)"
+	@echo "make deps-system  apt-get install what serving needs and is missing (python3-venv, gcc, nodejs, npm)"
+	@echo "make deps-test    deps-system, then the browsers the tests need (chromium, firefox-esr)"
 	@echo "make clean        remove .venv, node_modules and caches"
 
-serve: deps-system venv sdk core
+serve: deps-system venv-runtime sdk core
 	$(VENV_PY) -m webcall $(ARGS)
 
 # Starts its own server on 127.0.0.1 unless ARGS has --url; writes artifacts/bench/bench-<time>.{json,png}.
@@ -49,12 +59,14 @@ bench: deps-system venv core
 	$(VENV_PY) -m webcall bench $(ARGS)
 
 # pytest exits 5 when it collects no test; that is reported, not treated as a failure.
-test: deps-system venv sdk core
+test: deps-test venv sdk core
 	@rc=0; $(VENV_PY) -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)"; exit 0; fi; \
 	exit $$rc
 
 venv: $(VENV_STAMP)
+
+venv-runtime: $(RUNTIME_STAMP)
 
 core: $(CORE_LIB)
 
@@ -62,14 +74,27 @@ core: $(CORE_LIB)
 $(CORE_LIB): $(CORE_SRC) | deps-system
 	$(CC) -O2 -Wall -Wextra -Werror -fPIC -shared -pthread -o $@ $<
 
-$(VENV_STAMP): requirements.txt requirements-dev.txt | deps-system
+# Creates $(VENV) if it has no working interpreter (shared by both venv stamps).
+define make-venv
 	@$(PYTHON) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else 1)' || \
 	  { echo "error: $(PYTHON) is older than Python 3.11 (set PYTHON=python3.11)" >&2; exit 1; }
 	@if ! $(VENV_PY) -c 'import sys' >/dev/null 2>&1; then \
 	  echo "creating $(VENV) with $$($(PYTHON) -V)"; rm -rf $(VENV); $(PYTHON) -m venv $(VENV); \
 	fi
-	$(VENV_PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+endef
+
+# What the server imports at runtime, and nothing else.
+$(RUNTIME_STAMP): requirements.txt | deps-system
+	$(make-venv)
+	$(VENV_PY) -m pip install --disable-pip-version-check -q -r requirements.txt
 	@touch $@
+
+# The test and bench tools on top (requirements-dev.txt includes requirements.txt, so the runtime set is
+# installed too and its stamp is refreshed).
+$(VENV_STAMP): requirements.txt requirements-dev.txt | deps-system
+	$(make-venv)
+	$(VENV_PY) -m pip install --disable-pip-version-check -q -r requirements-dev.txt
+	@touch $(RUNTIME_STAMP) $@
 
 sdk: $(SDK_STAMP)
 
@@ -78,14 +103,15 @@ $(SDK_STAMP): package.json package-lock.json | deps-system
 	@test -f node_modules/@flashphoner/websdk/flashphoner.js
 	@touch $@
 
-# Quick and idempotent: apt-get runs only when a check fails.
-deps-system:
+# Quick and idempotent: apt-get runs only when a check fails. $(1) is a list of checks; $(2) is "venv"
+# to also check that $(PYTHON) can create a venv.
+define install-missing
 	@missing=""; \
-	for pair in $(SYSTEM_CHECKS); do \
+	for pair in $(1); do \
 	  cmd=$${pair%%:*}; pkg=$${pair#*:}; \
 	  command -v "$$cmd" >/dev/null 2>&1 || missing="$$missing $$pkg"; \
 	done; \
-	if ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1; then \
+	if [ "$(2)" = venv ] && ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1; then \
 	  dpkg -s python3-venv >/dev/null 2>&1 || missing="$$missing python3-venv"; \
 	fi; \
 	if [ -n "$$missing" ]; then \
@@ -94,6 +120,14 @@ deps-system:
 	  $$SUDO apt-get update -q && \
 	  DEBIAN_FRONTEND=noninteractive $$SUDO apt-get install -y -q --no-install-recommends $$missing; \
 	fi
+endef
+
+deps-system:
+	$(call install-missing,$(SYSTEM_CHECKS),venv)
+
+# After deps-system, so the two never run apt-get at the same time (make -j).
+deps-test: deps-system
+	$(call install-missing,$(TEST_CHECKS))
 
 clean:
 	rm -rf $(VENV) node_modules .pytest_cache $(CORE_LIB)

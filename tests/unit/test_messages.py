@@ -1,4 +1,4 @@
-"""Protocol codec tests, driven by real Web SDK captures (shared/spec/captures).
+"""Protocol codec tests, driven by real Web SDK captures (tests/fixtures/captures).
 
 The captures are required: if they cannot be found the tests FAIL (never skip),
 because without them we would be testing the codec only against itself.
@@ -56,16 +56,14 @@ _REPO = Path(__file__).resolve().parents[2]
 
 
 def _capture_dir() -> Path:
-    # CI clones the repo with shared/ beside it: <repo>/../shared/spec/captures.
-    default = _REPO.parent / "shared" / "spec" / "captures"
+    # The captures ship with the repo; WEBCALL_CAPTURES points the tests at another set.
     override = os.environ.get("WEBCALL_CAPTURES")
-    if default.is_dir() or not override:
-        return default
-    return Path(override)
+    return Path(override) if override else _REPO / "tests" / "fixtures" / "captures"
 
 
 CAPTURE_DIR = _capture_dir()
-SPEC_FILE = CAPTURE_DIR.parent / "wcs-protocol.md"
+# The protocol reference the code follows; its STREAM_STATUS_INFO table is the source of the info strings.
+SPEC_FILE = _REPO / "docs" / "protocol.md"
 _MISSING = "<captures missing>"
 # A sentinel instead of an empty list: an empty parameter set would be reported as
 # a skip, and a missing capture directory must be a failure.
@@ -76,7 +74,7 @@ def _load(path: Any) -> dict[str, Any]:
     if path is _MISSING:
         pytest.fail(
             f"capture files not found in {CAPTURE_DIR} "
-            "(expected <repo>/../shared/spec/captures, or set WEBCALL_CAPTURES)"
+            "(expected <repo>/tests/fixtures/captures, or set WEBCALL_CAPTURES)"
         )
     return json.loads(Path(path).read_text(encoding="utf-8"))
 
@@ -114,7 +112,8 @@ def test_captures_present() -> None:
 def _spec_info_table() -> dict[str, str]:
     assert SPEC_FILE.is_file(), f"missing {SPEC_FILE}"
     text = SPEC_FILE.read_text(encoding="utf-8")
-    section = text.split("### STREAM_STATUS_INFO", 1)[1].split("### ERROR_INFO", 1)[0]
+    # The table runs from its heading to the next heading of any level.
+    section = re.split(r"^#", text.split("### STREAM_STATUS_INFO", 1)[1], maxsplit=1, flags=re.M)[0]
     table = dict(re.findall(r"^\| ([A-Z_]+) \| `([^`]+)` \|$", section, re.M))
     assert len(table) > 30, "failed to read the STREAM_STATUS_INFO table"
     return table

@@ -1,4 +1,4 @@
-"""SDP offer/answer (webcall/protocol/sdp.py), driven by the real Web SDK offers in shared/spec/captures.
+"""SDP offer/answer (webcall/protocol/sdp.py), driven by the real Web SDK offers in tests/fixtures/captures.
 
 Expected values are read from the offers with regular expressions written here, never through the
 code under test. Answers are checked line by line, re-parsed with aiortc, and fed to a real aiortc
@@ -34,7 +34,7 @@ _REPO = Path(__file__).resolve().parents[2]
 
 def _capture_dir() -> Path:
     override = os.environ.get("WEBCALL_CAPTURES")
-    return Path(override) if override else _REPO.parent / "shared" / "spec" / "captures"
+    return Path(override) if override else _REPO / "tests" / "fixtures" / "captures"
 
 
 CAPTURE_DIR = _capture_dir()

@@ -19,13 +19,18 @@
 #include <sys/socket.h>
 #include <sys/uio.h>
 
-#define WC_ABI_VERSION 2  /* bump with any change to the structs or signatures below (fanout.py checks it) */
-#define WC_BUFFER 1500       /* pylibsrtp's per-session buffer */
+#define WC_ABI_VERSION 3  /* bump with any change to the structs or signatures below (fanout.py checks it) */
+#define WC_BUFFER 1500       /* pylibsrtp's per-session buffer (a private detail: see wc_srtp_buffer_size) */
 #define WC_MAX_PACKET 1480   /* leaves room for the auth tag (GCM 16, HMAC-SHA1-80 10) */
 
 typedef int (*wc_protect_fn)(void *srtp, void *rtp, int *len);
 
 int wc_abi_version(void) { return WC_ABI_VERSION; }
+
+/* The size this file assumes for pylibsrtp's session buffer (Session._cdata). fanout.py compares it with the
+ * real one when it loads the library and refuses the core if they differ: writing a packet and its auth tag
+ * into a smaller buffer would corrupt memory. */
+int wc_srtp_buffer_size(void) { return WC_BUFFER; }
 
 struct wc_target {
     void *srtp;               /* libsrtp srtp_t of the player's outbound session */

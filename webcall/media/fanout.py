@@ -7,23 +7,32 @@ player is served by `Consumer.forward` in Python: same packets, more CPU (both a
 A player's Consumer starts in Python (keyframe gating, offsets, GOP replay) and is then *promoted*: it
 gets a `struct wc_target` holding its offsets, SSRC, payload type, SRTP context, buffer and address, and
 from then on the producer hands each packet to `wc_fanout` once for all promoted players of a layout.
+
+The core writes into pylibsrtp's session buffers and calls its libsrtp directly, which depends on private
+details of pylibsrtp (pinned exactly in requirements.txt). `load_library` therefore checks them once before
+accepting the library (`srtp_layout_problem`): the private attributes and their types, the session buffer
+size against `wc_srtp_buffer_size()` (what fanout.c assumes), and one packet protected through `wc_fanout`
+against the same packet protected by pylibsrtp's public `Session.protect`. A failed check refuses the core
+like a missing build does: `auto` forwards in Python with a warning, `c` fails at start.
 """
 
 from __future__ import annotations
 
 import logging
 import socket
+import struct
 from pathlib import Path
 from typing import Any
 
-from pylibsrtp._binding import ffi as srtp_ffi, lib as srtp_lib
+import pylibsrtp
 
-from .srtp import SrtpSession, abi_ffi as ffi
+from .srtp import PYLIBSRTP_VERSION, SrtpSession, abi_ffi as ffi, ffi as srtp_ffi, layout_problem
+from .srtp import lib as srtp_lib, sockaddr
 
 log = logging.getLogger("webcall.media")
 
 LIBRARY = Path(__file__).with_name("_fanout.so")
-ABI_VERSION = 2  # must match WC_ABI_VERSION in fanout.c: a stale build is refused, not trusted
+ABI_VERSION = 3  # must match WC_ABI_VERSION in fanout.c: a stale build is refused, not trusted
 SEND_CAPACITY = 1024  # datagrams per sendmmsg; a bigger fan-out is sent in several calls
 SPLIT_MIN = 64  # with a helper thread, fan-outs to this many players or more are split in two
 
@@ -36,6 +45,7 @@ struct wc_target {
 };
 typedef struct wc_sender wc_sender;
 int wc_abi_version(void);
+int wc_srtp_buffer_size(void);
 wc_sender *wc_sender_new(int fd, int capacity, void *protect);
 void wc_sender_free(wc_sender *s);
 uint64_t wc_sender_sent(const wc_sender *s);
@@ -65,6 +75,10 @@ def load_library(path: Path = LIBRARY) -> Any:
             else:
                 if version != ABI_VERSION:
                     _load_error = f"{path.name} is stale (ABI {version}, want {ABI_VERSION}; run `make core`)"
+                elif problem := srtp_layout_problem(lib):
+                    _load_error = (f"{path.name} refused, pylibsrtp {PYLIBSRTP_VERSION} is not laid out as "
+                                   f"fanout.c assumes: {problem} (requirements.txt pins the version it was "
+                                   "written against)")
                 else:
                     _library = lib
     return _library
@@ -78,6 +92,75 @@ def _srtp_protect_pointer():
     """pylibsrtp's own srtp_protect: the sessions were made by its libsrtp, so they must be used by it."""
     address = int(srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, "srtp_protect")))
     return ffi.cast("void *", address)
+
+
+_SAMPLE_KEY = bytes(range(30))  # AES_CM_128_HMAC_SHA1_80: 16-byte key + 14-byte salt
+_SAMPLE_SSRC = 0x5EB7C0DE
+_SAMPLE_PAYLOAD = bytes(range(256)) * 4  # a 1036-byte packet: more than a small buffer, less than a big one
+
+
+def _sample_session() -> pylibsrtp.Session:
+    """An outbound session with a fixed key: two of them protect the same packet to the same bytes."""
+    return pylibsrtp.Session(pylibsrtp.Policy(key=_SAMPLE_KEY, ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
+                                              srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80))
+
+
+def srtp_layout_problem(lib: Any) -> str:
+    """Why the compiled core must not use pylibsrtp as installed, or "" when it may (run once, on load).
+
+    The private attributes fanout.py and srtp.py read, the session buffer's size against what fanout.c was
+    compiled for, and a sample packet sent through `wc_fanout` (to a UDP socket on 127.0.0.1) against the
+    same packet protected by pylibsrtp's public API."""
+    try:
+        public, compiled = _sample_session(), _sample_session()
+    except Exception as exc:  # noqa: BLE001 - whatever pylibsrtp raises, the core is not usable
+        return f"cannot create a sample Session ({exc!r})"
+    problem = layout_problem(compiled)
+    if problem:
+        return problem
+    size, assumed = len(compiled._cdata), lib.wc_srtp_buffer_size()
+    if size != assumed:
+        return f"Session._cdata is {size} bytes, fanout.c assumes {assumed} (wc_srtp_buffer_size)"
+
+    b0, payload_type, seq, ts = 0x80, 96, 4321, 1234567
+    packet = struct.pack("!BBHII", b0, payload_type, seq, ts, _SAMPLE_SSRC) + _SAMPLE_PAYLOAD
+    try:
+        expected = public.protect(packet)
+    except Exception as exc:  # noqa: BLE001
+        return f"Session.protect fails on a sample packet ({exc!r})"
+
+    tx = SrtpSession(compiled)
+    tail = ffi.new("char[]", _SAMPLE_PAYLOAD)
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        try:
+            sock.bind(("127.0.0.1", 0))
+        except OSError as exc:
+            return f"cannot run the sample protect: no UDP socket on 127.0.0.1 ({exc})"
+        sock.settimeout(1.0)
+        name = sockaddr(sock.getsockname())
+        sender = lib.wc_sender_new(sock.fileno(), 1, _srtp_protect_pointer())
+        if sender == ffi.NULL:
+            return "wc_sender_new failed"
+        try:
+            target = FanoutCore.new_target(tx, name, _SAMPLE_SSRC, payload_type, 0, 0, seq)
+            targets = FanoutCore.target_array([target])
+            queued = lib.wc_fanout(sender, targets, 1, tail, len(_SAMPLE_PAYLOAD), b0, 0, seq, ts,
+                                   len(_SAMPLE_PAYLOAD))
+        finally:
+            lib.wc_sender_free(sender)
+        if queued != 1 or target.packets != 1:
+            return (f"the compiled path did not protect the sample packet "
+                    f"(queued {queued}, dropped {target.dropped})")
+        try:
+            sent = sock.recv(2048)
+        except OSError as exc:
+            return f"the compiled path sent nothing ({exc})"
+    if sent != expected:
+        return (f"the compiled path protects a sample packet to {len(sent)} bytes that differ from "
+                f"Session.protect's {len(expected)}")
+    if bytes(compiled._buffer[:len(sent)]) != sent:
+        return "the compiled path did not protect the sample packet in Session._cdata"
+    return ""
 
 
 class FanoutCore:

@@ -4,6 +4,12 @@ pylibsrtp's `Session.protect()` allocates a length cell, validates, and copies t
 packet; under profile that wrapper cost more than the encryption itself. Here each session keeps its
 buffer and length cell, the forwarded packet is assembled directly in the buffer (header packed in
 place, payload copied once), protected in place, and handed to `sendto` as a memoryview — no copy out.
+
+That relies on pylibsrtp's private layout: its cffi binding (`pylibsrtp._binding`), and per session the
+`srtp_t *` (`_srtp`), the buffer (`_cdata`, `char[1500]` in 1.0.0) and its cffi view (`_buffer`). The version
+is pinned exactly in requirements.txt, and `SrtpSession` checks the layout of every session it wraps
+(`layout_problem`): a changed layout is refused with `SrtpLayoutError` instead of letting libsrtp write a
+packet and its auth tag past the end of a buffer. The compiled core checks more when it loads (fanout.py).
 """
 
 from __future__ import annotations
@@ -11,9 +17,20 @@ from __future__ import annotations
 import socket
 import struct
 
+from typing import Any
+
 import cffi
 import pylibsrtp
-from pylibsrtp._binding import ffi, lib
+
+try:
+    from pylibsrtp._binding import ffi, lib
+except ImportError as exc:  # a pylibsrtp without the private binding: every SrtpSession is refused
+    ffi = lib = None
+    _BINDING_ERROR = f"pylibsrtp has no usable _binding module ({exc})"
+else:
+    _BINDING_ERROR = ""
+
+PYLIBSRTP_VERSION = getattr(pylibsrtp, "__version__", "?")
 
 # sendmmsg(2) through cffi's ABI mode (no compiler needed): one system call sends a publisher packet to every
 # player, instead of one sendto per player (the Python wrapper parses the address tuple on every call).
@@ -31,11 +48,65 @@ try:
 except (OSError, AttributeError):  # not Linux/glibc: forwarding falls back to one sendto per player
     _sendmmsg = None
 
-_MAX_PACKET = 1500 - 16 - 4  # room for the SRTP auth tag / GCM tag (and the SRTCP index)
+_TAG_ROOM = 16 + 4  # room for the SRTP auth tag / GCM tag (and the SRTCP index)
+_MAX_PACKET = 1500 - _TAG_ROOM
+_BUFFER_NEEDED = _MAX_PACKET + _TAG_ROOM  # the smallest session buffer the code below may write into
+
+_LIB_FUNCTIONS = ("srtp_protect", "srtp_unprotect", "srtp_protect_rtcp", "srtp_unprotect_rtcp")
 
 
 class SrtpError(Exception):
     pass
+
+
+class SrtpLayoutError(SrtpError):
+    """pylibsrtp's private layout is not the one this module was written against."""
+
+
+def _describe(value: Any) -> str:
+    if ffi is not None and isinstance(value, ffi.CData):
+        return f"cdata {ffi.typeof(value).cname!r}"
+    return "missing" if value is None else type(value).__name__
+
+
+def _address(cdata: Any) -> int:
+    return int(ffi.cast("uintptr_t", cdata))
+
+
+def layout_problem(session: Any) -> str:
+    """What differs in pylibsrtp's private layout, for `session`, from what this module uses; "" if nothing.
+
+    Checked: the binding and its libsrtp functions, `_srtp` a `srtp_t *`, `_cdata` a `char[]` of at least
+    _BUFFER_NEEDED bytes, `_buffer` a cffi buffer over exactly `_cdata`."""
+    if lib is None:
+        return _BINDING_ERROR
+    for name in _LIB_FUNCTIONS:
+        if not hasattr(lib, name):
+            return f"pylibsrtp._binding.lib has no {name}"
+    srtp = getattr(session, "_srtp", None)
+    if not isinstance(srtp, ffi.CData) or ffi.typeof(srtp) is not ffi.typeof("srtp_t *"):
+        return f"Session._srtp is {_describe(srtp)}, expected cdata 'srtp_t *'"
+    cdata = getattr(session, "_cdata", None)
+    if not isinstance(cdata, ffi.CData) or ffi.typeof(cdata) is not ffi.typeof("char[]"):
+        return f"Session._cdata is {_describe(cdata)}, expected cdata 'char[]'"
+    if len(cdata) < _BUFFER_NEEDED:
+        return f"Session._cdata is {len(cdata)} bytes, the forwarding path needs {_BUFFER_NEEDED}"
+    buffer = getattr(session, "_buffer", None)
+    if not isinstance(buffer, ffi.buffer):
+        return f"Session._buffer is {_describe(buffer)}, expected a cffi buffer"
+    if len(buffer) != len(cdata) or _address(ffi.from_buffer(buffer)) != _address(cdata):
+        return "Session._buffer is not a view of Session._cdata"
+    return ""
+
+
+def check_layout(session: Any) -> None:
+    """Raise SrtpLayoutError if `session` does not have the private layout this module uses."""
+    problem = layout_problem(session)
+    if problem:
+        raise SrtpLayoutError(
+            f"pylibsrtp {PYLIBSRTP_VERSION} has a private layout webcall does not know: {problem}. "
+            "webcall's SRTP forwarding writes into pylibsrtp's session buffers directly, so it refuses to run "
+            "rather than corrupt memory; install the pylibsrtp version pinned in requirements.txt")
 
 
 class SrtpSession:
@@ -47,6 +118,7 @@ class SrtpSession:
         return self._srtp
 
     def __init__(self, session: pylibsrtp.Session) -> None:
+        check_layout(session)
         self._session = session  # owns the libsrtp context and the buffer; keep it alive
         self._srtp = session._srtp[0]
         self._cdata = session._cdata

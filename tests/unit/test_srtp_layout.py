@@ -1,0 +1,175 @@
+"""pylibsrtp's private layout, as webcall uses it (webcall/media/srtp.py, fanout.py and fanout.c).
+
+The Python forwarding path writes packets into pylibsrtp's session buffers and the compiled core does the
+same from C, so both depend on private details that a new pylibsrtp may change. These tests make sessions
+look different (an attribute missing, another buffer size, another protect result) and check that the
+Python path refuses them with SrtpLayoutError and that the core is refused when it loads: `auto` falls back
+to Python with a warning naming the change, `c` fails at start.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import logging
+import os
+import re
+import socket
+from pathlib import Path
+
+import pylibsrtp
+import pytest
+from pylibsrtp._binding import ffi as srtp_ffi
+
+from webcall.media import fanout
+from webcall.media.fanout import FanoutCore, load_error, load_library, new_core, srtp_layout_problem
+from webcall.media.srtp import SrtpLayoutError, SrtpSession, layout_problem
+
+_REPO = Path(__file__).resolve().parents[2]
+LIB = load_library()
+
+KEY = bytes(range(100, 130))
+POLICY = dict(key=KEY, srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80)
+
+
+def outbound() -> pylibsrtp.Session:
+    return pylibsrtp.Session(pylibsrtp.Policy(ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND, **POLICY))
+
+
+def without_cdata() -> pylibsrtp.Session:
+    session = outbound()
+    del session._cdata
+    return session
+
+
+def with_buffer(size: int):
+    def make() -> pylibsrtp.Session:
+        session = outbound()
+        session._cdata = srtp_ffi.new("char[]", size)
+        session._buffer = srtp_ffi.buffer(session._cdata)
+        return session
+    return make
+
+
+class MangledProtect(pylibsrtp.Session):
+    """Protects like a pylibsrtp whose public API no longer agrees with what the compiled path does."""
+
+    def protect(self, packet: bytes) -> bytes:
+        out = bytearray(super().protect(packet))
+        out[-1] ^= 0xFF
+        return bytes(out)
+
+
+def mangled_protect() -> pylibsrtp.Session:
+    return MangledProtect(pylibsrtp.Policy(ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND, **POLICY))
+
+
+# --------------------------------------------------------------------------- the pin
+
+
+def test_pylibsrtp_is_pinned_exactly_and_the_pinned_version_is_installed():
+    text = (_REPO / "requirements.txt").read_text(encoding="utf-8")
+    pins = re.findall(r"^pylibsrtp==([0-9][^\s#]*)", text, re.M)
+    assert len(pins) == 1, "requirements.txt must pin pylibsrtp with == (its private layout is used)"
+    assert importlib.metadata.version("pylibsrtp") == pins[0]
+
+
+# --------------------------------------------------------------------------- the Python path
+
+
+def test_python_path_accepts_the_pinned_layout_and_protects_like_the_public_api():
+    assert layout_problem(outbound()) == ""
+    ours = SrtpSession(outbound())
+    packet = bytes.fromhex("80e01234000000010a0b0c0d") + os.urandom(200)
+    assert ours.protect(packet) == outbound().protect(packet)
+
+
+@pytest.mark.parametrize(("make", "named"), [
+    (without_cdata, "Session._cdata is missing"),
+    (with_buffer(1024), "Session._cdata is 1024 bytes"),
+])
+def test_python_path_refuses_a_changed_layout(make, named):
+    with pytest.raises(SrtpLayoutError, match=re.escape(named)) as info:
+        SrtpSession(make())
+    assert "requirements.txt" in str(info.value)
+
+
+def test_python_path_refuses_a_buffer_that_is_not_the_sessions_buffer():
+    session = outbound()
+    session._buffer = srtp_ffi.buffer(srtp_ffi.new("char[]", 1500))
+    with pytest.raises(SrtpLayoutError, match="not a view of Session._cdata"):
+        SrtpSession(session)
+
+
+def test_python_path_refuses_a_context_of_another_type():
+    session = outbound()
+    session._srtp = session._srtp[0]  # srtp_t instead of srtp_t *
+    with pytest.raises(SrtpLayoutError, match=re.escape("Session._srtp is cdata")):
+        SrtpSession(session)
+
+
+# --------------------------------------------------------------------------- the compiled core
+
+
+@pytest.fixture
+def lib():
+    if LIB is None:
+        if os.environ.get("CI"):
+            pytest.fail(f"the fan-out core must be built for CI: {load_error()}", pytrace=False)
+        pytest.skip(f"fan-out core not built: {load_error()}")
+    return LIB
+
+
+@pytest.fixture
+def fresh_load(lib, monkeypatch):
+    """Forget the loaded core, so the next new_core loads (and checks) it again."""
+    monkeypatch.setattr(fanout, "_library", None)
+    monkeypatch.setattr(fanout, "_load_error", "")
+    return monkeypatch
+
+
+@pytest.fixture
+def media_sock():
+    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sock.bind(("127.0.0.1", 0))
+    yield sock
+    sock.close()
+
+
+def test_core_check_passes_on_the_pinned_version(lib):
+    assert lib.wc_srtp_buffer_size() == len(outbound()._cdata)
+    assert srtp_layout_problem(lib) == ""
+
+
+def test_core_loads_after_the_check(fresh_load, media_sock, caplog):
+    caplog.set_level(logging.INFO, logger="webcall")
+    assert isinstance(new_core(media_sock, "auto"), FanoutCore)
+    assert "fan-out core loaded" in caplog.text
+
+
+@pytest.mark.parametrize(("make", "named"), [
+    (without_cdata, "Session._cdata is missing"),
+    (with_buffer(2048), "Session._cdata is 2048 bytes, fanout.c assumes 1500"),
+    (with_buffer(1024), "Session._cdata is 1024 bytes"),
+    (mangled_protect, "differ from Session.protect"),
+])
+def test_changed_layout_refuses_the_core_auto_falls_back_with_a_warning(fresh_load, media_sock, caplog, make,
+                                                                         named):
+    fresh_load.setattr(fanout, "_sample_session", make)
+    caplog.set_level(logging.INFO, logger="webcall")
+    assert new_core(media_sock, "auto") is None
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1
+    assert "forwarding in Python" in warnings[0]
+    assert named in warnings[0]
+    assert "pylibsrtp" in warnings[0]
+
+
+@pytest.mark.parametrize(("make", "named"), [
+    (without_cdata, "Session._cdata is missing"),
+    (with_buffer(2048), "fanout.c assumes 1500"),
+    (mangled_protect, "differ from Session.protect"),
+])
+def test_changed_layout_makes_a_forced_core_fail_at_start(fresh_load, media_sock, make, named):
+    fresh_load.setattr(fanout, "_sample_session", make)
+    with pytest.raises(RuntimeError, match=r"^--fanout-core c: .*" + re.escape(named)):
+        new_core(media_sock, "c")
