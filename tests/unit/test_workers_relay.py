@@ -241,3 +241,16 @@ async def test_callback_errors_are_counted_not_raised():
     await settle(rx, "callback_errors", 2)
     assert rx.stats.callback_errors == 2 and rx.stats.received == 2
     rx.close(), tx.close()
+
+
+async def test_relay_bench_runs_and_prints_its_cost():
+    """The cost script (`python -m webcall.workers.relay_bench`) on a short run: it works; timing is printed, not
+    asserted."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "webcall.workers.relay_bench", "--packets", "2000", cwd=ROOT,
+        env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=asyncio.subprocess.PIPE)
+    out, _ = await asyncio.wait_for(proc.communicate(), 60)
+    result = json.loads(out)
+    print(result)
+    assert result["received"] + result["send_dropped"] <= 2000 and result["received"] > 0
+    assert result["tx_us_per_packet"] > 0 and result["rx_us_per_packet"] > 0
