@@ -189,3 +189,42 @@ async def test_workers_die_with_a_sigkilled_control_process():
             control.kill()
             control.wait()
         control.stdout.close()
+
+
+async def test_app_hook_ops_events_and_requests_to_the_control_process():
+    loads: list[tuple[int, int]] = []
+    got_both = asyncio.Event()
+
+    def on_load(index: int, players: int) -> None:
+        loads.append((index, players))
+        if len(loads) == 2:
+            got_both.set()
+
+    sup = Supervisor(2, media_host="127.0.0.1", app="tests.unit.workers_apps:demo", ping_interval=0.5)
+    sup.on_event("load", on_load)
+    sup.on_request("lookup", lambda index, name: f"{name}@{index}")
+    await sup.start()
+    try:
+        assert (await sup.request(1, "hello"))["app"] == "demo"
+        assert await sup.request(0, "double", x=21) == 42
+        assert await sup.request(1, "ask_control", name="cam") == "cam@1"
+        await asyncio.wait_for(got_both.wait(), 5)
+        assert sorted(loads) == [(0, 0), (1, 10)]
+    finally:
+        pids = [h.pid for h in sup.workers.values()]
+        await sup.stop()
+    assert await wait_gone(pids, 3) == []
+
+
+async def test_a_worker_that_cannot_start_fails_start_and_leaves_nothing():
+    lost: list[tuple[int, str]] = []
+    sup = Supervisor(2, media_host="127.0.0.1", app="tests.unit.workers_apps:crash",
+                     on_worker_lost=lambda i, r: lost.append((i, r)), start_timeout=10)
+    seen: list[int] = []
+    sup.on_worker_started = lambda i, h: seen.append(h.pid)
+    with pytest.raises(ChannelClosed):
+        await sup.start()
+    assert sup.workers == {} and seen == []
+    assert lost and all(r.startswith(("exited with status 1", "no hello")) for _, r in lost), lost
+    await asyncio.sleep(0.3)
+    assert sup.workers == {}  # and no replacement was started after stop
