@@ -201,3 +201,23 @@ async def test_ping_keeps_quiet_while_the_peer_answers():
     await asyncio.sleep(0.3)
     assert lost == [] and not a.closed
     a.close(), b.close()
+
+
+async def test_abort_closes_at_once_even_with_unread_data_queued():
+    sa, silent = socket.socketpair()
+    a = await Channel.from_socket(sa, name="a")
+    a.start()
+    for _ in range(200):
+        a.notify("fill", blob="x" * 65536)  # far more than the kernel buffers: the rest waits in user space
+    assert a.write_buffer_size > 0
+    a.close("peer stopped", abort=True)
+    await asyncio.sleep(0.05)
+    silent.setblocking(False)
+    drained = 0
+    try:
+        while chunk := silent.recv(1 << 20):
+            drained += len(chunk)
+    except BlockingIOError:
+        pytest.fail("socket still open after abort")
+    assert drained < 200 * 65536  # EOF came long before everything was delivered
+    silent.close()

@@ -186,8 +186,10 @@ class Channel:
         await self._closed.wait()
         return self.close_reason
 
-    def close(self, reason: str = "closed") -> None:
-        """Close now: pending requests fail with ChannelClosed, handler tasks are cancelled, the socket closed."""
+    def close(self, reason: str = "closed", *, abort: bool = False) -> None:
+        """Close now: pending requests fail with ChannelClosed, handler tasks are cancelled, the socket closed —
+        after what is queued has been written, or at once with `abort` (the peer is stopped or being killed:
+        its unread buffer would keep the socket open)."""
         if self._closed.is_set():
             return
         self.close_reason = reason
@@ -200,7 +202,10 @@ class Channel:
         for task in (self._read_task, self._ping_task, *self._tasks):
             if task is not None and task is not current:
                 task.cancel()
-        self._writer.close()
+        if abort and self._writer.transport is not None:
+            self._writer.transport.abort()
+        else:
+            self._writer.close()
         if self._on_closed is not None:
             try:
                 self._on_closed(reason)

@@ -257,7 +257,7 @@ class Supervisor:
         if handle.process.returncode is None:
             with contextlib.suppress(ProcessLookupError):
                 handle.process.kill()  # SIGKILL also ends a SIGSTOPped process
-        handle.channel.close(f"worker lost: {reason}")
+        handle.channel.close(f"worker lost: {reason}", abort=True)
         self._ready[handle.index].clear()
         self.losses.append((handle.index, reason))
         if self.on_worker_lost is not None:
