@@ -1,4 +1,5 @@
-"""Micro-benchmark of the forwarding path alone: Producer.receive → Consumer.forward → SRTP protect → sendto.
+"""Micro-benchmark of the forwarding path alone: Producer.receive → TrackRouter.deliver → the compiled core or
+Consumer.forward → SRTP protect → sendmmsg.
 
 No network peers: each consumer's transport has real SRTP keys and sends real datagrams to a local UDP sink.
 Prints µs per forwarded packet for a fan-out of N players.
@@ -23,6 +24,7 @@ import pylibsrtp  # noqa: E402
 from webcall.media.consumer import Consumer  # noqa: E402
 from webcall.media.fanout import FanoutCore, load_error, load_library  # noqa: E402
 from webcall.media.producer import Producer  # noqa: E402
+from webcall.media.router import TrackRouter  # noqa: E402
 from webcall.media.srtp import SendBatch, SrtpSession, sockaddr  # noqa: E402
 from webcall.protocol.sdp import EXT_ABS_SEND_TIME, EXT_AUDIO_LEVEL, Codec, Track  # noqa: E402
 
@@ -59,18 +61,19 @@ def main(players: int, packets: int, batch: bool = True, core: str = "c") -> Non
     producer = Producer(track, send_nack=lambda *a: None, send_keyframe_request=lambda *a: None,
                         on_keyframe=lambda *a: None)
     port = SinkPort()
-    if batch:
-        producer.batch = SendBatch(port.sock)  # as the server does: one sendmmsg per publisher packet
+    fanout_core = None
     if core == "c":
         lib = load_library()
         if lib is None:
             sys.exit(f"no compiled core: {load_error()}")
-        producer.core = FanoutCore(lib, port.sock)
+        fanout_core = FanoutCore(lib, port.sock)
+    # As the server does: one sendmmsg per publisher packet (unless --no-batch).
+    router = TrackRouter(producer, core=fanout_core, batch=SendBatch(port.sock) if batch else None)
     for _ in range(players):
         consumer = Consumer(producer, Track("1", "video", codec, {EXT_ABS_SEND_TIME: 3}), BenchTransport(port, addr))
         consumer.needs_keyframe = False
-        producer.consumers.append(consumer)
-    producer._regroup()
+        router.consumers.append(consumer)
+    router._regroup()
     ext = struct.pack("!HH", 0xBEDE, 1) + bytes([0x22, 1, 2, 3])
     payload = bytes([0x10, 0, 0x9D]) + os.urandom(1100)
     batch = [struct.pack("!BBHII", 0x90, 96, seq & 0xFFFF, seq * 3000, 1234) + ext + payload
@@ -79,8 +82,8 @@ def main(players: int, packets: int, batch: bool = True, core: str = "c") -> Non
     for index, packet in enumerate(batch):
         producer.receive(packet, index / 100)
     elapsed = time.process_time() - t0
-    forwarded = sum(c.packets for c in producer.consumers)
-    errors = sum(c.transport.send_errors for c in producer.consumers) + (producer.core.dropped if producer.core else 0)
+    forwarded = sum(c.packets for c in router.consumers)
+    errors = sum(c.transport.send_errors for c in router.consumers) + (fanout_core.dropped if fanout_core else 0)
     if errors:
         print(f"warning: {errors} sends failed (socket buffer full): the figure is not representative")
     print(f"core={core} players={players} publisher_packets={packets} forwarded={forwarded} "
