@@ -18,7 +18,8 @@ install_loopback_only()  # no test traffic may leave 127.0.0.0/8
 
 def test_config(**overrides) -> Config:
     base = Config(host="127.0.0.1", port=0, media_host="127.0.0.1", media_port=0, public_ip="127.0.0.1",
-                  rest_host="127.0.0.1", rest_port=0, tls_port=-1, connect_timeout=4.0, consent_timeout=15.0, ping_interval=5.0)
+                  rest_host="127.0.0.1", rest_port=0, tls_port=-1, connect_timeout=4.0, consent_timeout=15.0, ping_interval=5.0,
+                  workers="1")
     return dataclasses.replace(base, **overrides)
 
 
@@ -52,8 +53,11 @@ class RunningServer:
         assert hub.registry.names() == set(), hub.registry.names()
         assert hub.registry.readers_count() == 0
         assert hub.sessions == set(), hub.sessions
-        assert port.transports == set(), port.transports
-        assert port.by_addr == {} and port.by_ufrag == {}
+        if port is not None:
+            assert port.transports == set(), port.transports
+            assert port.by_addr == {} and port.by_ufrag == {}
+        else:  # media workers: the control process holds no endpoint any more
+            assert self.server.workers.endpoints == {}, self.server.workers.endpoints
 
     async def wait_empty(self, timeout: float = 5.0) -> None:
         deadline = asyncio.get_running_loop().time() + timeout
@@ -85,3 +89,14 @@ async def make_server() -> AsyncIterator[Callable[..., "asyncio.Future[RunningSe
 @pytest.fixture
 async def server(make_server) -> RunningServer:
     return await make_server()
+
+
+# The server shapes that the forwarding, signalling, recording and REST tests run against: one process, and two
+# media workers with players spread over both (so one stream's players are served from two workers, one of them
+# over the relay).
+SHAPES = {"one-process": {"workers": "1"}, "two-workers": {"workers": "2", "placement": "spread"}}
+
+
+@pytest.fixture(params=list(SHAPES))
+async def server_shapes(request, make_server) -> RunningServer:
+    return await make_server(**SHAPES[request.param])

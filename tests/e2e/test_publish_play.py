@@ -16,6 +16,12 @@ from tests.support.media import dominant_frequency
 PLAYERS = 3
 
 
+@pytest.fixture
+async def server(server_shapes):
+    """Every test here runs against one process and against two media workers (conftest.SHAPES)."""
+    return server_shapes
+
+
 def assert_frames_good(player: peers.Player, min_frames: int) -> None:
     frames = player.frames
     assert len(frames) >= min_frames
@@ -62,10 +68,14 @@ async def test_publish_to_three_players(server, codec: str) -> None:
         assert sdp[0] == player.media_session_id and sdp[2] is True
         assert "a=sendonly" in sdp[1] and "a=ssrc:" in sdp[1] and "a=candidate:" in sdp[1]
 
-    # Each player has its own SSRCs; the server forwarded (not re-encoded) to all of them.
-    router = server.hub.registry.find("live").router.tracks["video"]
-    assert len(router.consumers) == PLAYERS
-    assert len({c.ssrc for c in router.consumers}) == PLAYERS
+    # Each player has its own SSRCs (read from the answers), and the server counts a player per player.
+    answer_ssrcs = [
+        frozenset(line.split()[0] for line in next(m for m in c.messages if m["message"] == "setRemoteSDP")
+                  ["data"][1].split("a=ssrc:")[1:])
+        for c in clients
+    ]
+    assert len(set(answer_ssrcs)) == PLAYERS and all(not (a & b) for a, b in zip(answer_ssrcs, answer_ssrcs[1:]))
+    assert len(server.hub.registry.find("live").players) == PLAYERS
 
     # stopStream → STOPPED "Stopped by user" for that player only.
     await players[0].stop()

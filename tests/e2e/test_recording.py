@@ -7,6 +7,8 @@ within one test, as are the SIGKILL and SIGTERM servers.
 
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 import os
 import re
@@ -25,6 +27,12 @@ from tests.support.wcs_client import WcsClient
 RECORD_SECONDS = 10.0
 FPS = 30.0
 REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+async def server(server_shapes):
+    """Every test here runs against one process and against two media workers (conftest.SHAPES)."""
+    return server_shapes
 
 
 async def _caught_up(server, name: str, publisher: peers.Publisher, timeout: float = 3.0) -> int:

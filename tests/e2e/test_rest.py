@@ -28,6 +28,12 @@ STREAM_FIELDS = {
 }
 
 
+@pytest.fixture
+async def server(server_shapes):
+    """Every test here runs against one process and against two media workers (conftest.SHAPES)."""
+    return server_shapes
+
+
 async def all_rates_measured(server, count: int, timeout: float = 5.0) -> None:
     """Each stream is sampled once per rate interval at its own phase: wait until all have non-zero rates."""
     deadline = asyncio.get_running_loop().time() + timeout

@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import pytest
+
 import asyncio
 import uuid
 
 from tests.support import peers
 from tests.support.wcs_client import WcsClient
+
+
+@pytest.fixture
+async def server(server_shapes):
+    """Every test here runs against one process and against two media workers (conftest.SHAPES)."""
+    return server_shapes
 
 
 async def test_connection_handshake(server) -> None:

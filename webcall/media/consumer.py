@@ -34,16 +34,20 @@ class Consumer:
         "keyframe_requests", "fraction_lost", "player_lost",
     )
 
-    def __init__(self, producer: Producer, track: Track, transport: WebRtcTransport) -> None:
+    def __init__(self, producer: Producer, track: Track, transport: WebRtcTransport,
+                 ssrcs: tuple[int, int | None] | None = None) -> None:
         self.producer = producer
         self.transport = transport
         self._sock = transport.port.sock
         self.kind = track.kind
         self.mid = track.mid
-        self.ssrc = random_ssrc()
         self.payload_type = track.codec.payload_type
         self.rtx_payload_type = track.codec.rtx_payload_type
-        self.rtx_ssrc = random_ssrc() if self.rtx_payload_type is not None else None
+        if ssrcs is not None:  # announced in an answer written elsewhere (the control process)
+            self.ssrc, self.rtx_ssrc = ssrcs
+        else:
+            self.ssrc = random_ssrc()
+            self.rtx_ssrc = random_ssrc() if self.rtx_payload_type is not None else None
         mapping = {
             producer.extensions[uri]: ext_id
             for uri, ext_id in track.extensions.items()

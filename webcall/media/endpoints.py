@@ -66,13 +66,13 @@ class MediaSettings(Protocol):
 
 class _Endpoint:
     def __init__(self, port: MediaPort, identity: DtlsIdentity, neg: Negotiation, settings: MediaSettings,
-                 label: str) -> None:
+                 label: str, ice: tuple[str, str] | None) -> None:
         self.rtcp_ssrc = random_ssrc()
         self.settings = settings
         self.transport = WebRtcTransport(
             port, identity, remote_ufrag=neg.ice_ufrag, remote_fingerprints=neg.fingerprints, listener=self,
             connect_timeout=settings.connect_timeout, consent_timeout=settings.consent_timeout,
-            now=time.monotonic(), label=label,
+            now=time.monotonic(), label=label, ice=ice,
         )
         self._next_rtcp = 0.0
         self.closed = False
@@ -86,8 +86,8 @@ class _Endpoint:
 
 class PublisherEndpoint(_Endpoint):
     def __init__(self, port: MediaPort, identity: DtlsIdentity, neg: Negotiation, settings: MediaSettings,
-                 events: PublisherEvents, label: str = "") -> None:
-        super().__init__(port, identity, neg, settings, label)
+                 events: PublisherEvents, label: str = "", ice: tuple[str, str] | None = None) -> None:
+        super().__init__(port, identity, neg, settings, label, ice)
         self.events = events
         self.producers: dict[str, Producer] = {}
         tracks: dict[str, TrackRouter] = {}
@@ -202,15 +202,16 @@ class PublisherEndpoint(_Endpoint):
 
 class PlayerEndpoint(_Endpoint):
     def __init__(self, port: MediaPort, identity: DtlsIdentity, neg: Negotiation, settings: MediaSettings,
-                 source: Router, events: EndpointEvents, label: str = "") -> None:
-        super().__init__(port, identity, neg, settings, label)
+                 source: Router, events: EndpointEvents, label: str = "", ice: tuple[str, str] | None = None,
+                 ssrcs: dict[str, tuple[int, int | None]] | None = None) -> None:
+        super().__init__(port, identity, neg, settings, label, ice)
         self.events = events
         self.consumers: list[Consumer] = []
         self._routes: list[tuple[TrackRouter, Consumer]] = []
         self._by_ssrc: dict[int, Consumer] = {}
         for track in neg.tracks:
             router = source.tracks[track.kind]
-            consumer = Consumer(router.producer, track, self.transport)
+            consumer = Consumer(router.producer, track, self.transport, ssrcs.get(track.mid) if ssrcs else None)
             self._routes.append((router, consumer))
             self.consumers.append(consumer)
             self._by_ssrc[consumer.ssrc] = consumer

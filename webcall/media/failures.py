@@ -17,3 +17,4 @@ class Failure(enum.StrEnum):
     DTLS_FINGERPRINT = "dtls-fingerprint"  # the client's certificate does not match its offer's fingerprint
     PEER_CLOSED = "peer-closed"  # the client closed DTLS: it hung up
     INTERNAL_ERROR = "internal-error"  # a bug contained at the port, or the server stopping
+    WORKER_LOST = "worker-lost"  # the media worker process that held the connection died or stopped answering

@@ -23,11 +23,15 @@ class MediaPlane:
         self.settings = settings
         self.candidates = candidates  # announced (ip, port) of this plane's UDP port
 
-    def publisher(self, neg: Negotiation, events: PublisherEvents, label: str) -> PublisherEndpoint:
-        return PublisherEndpoint(self.port, self.identity, neg, self.settings, events, label=label)
+    def publisher(self, neg: Negotiation, events: PublisherEvents, label: str,
+                  ice: tuple[str, str] | None = None) -> PublisherEndpoint:
+        return PublisherEndpoint(self.port, self.identity, neg, self.settings, events, label=label, ice=ice)
 
-    def player(self, neg: Negotiation, source: Router, events: EndpointEvents, label: str) -> PlayerEndpoint:
-        return PlayerEndpoint(self.port, self.identity, neg, self.settings, source, events, label=label)
+    def player(self, neg: Negotiation, source: Router, events: EndpointEvents, label: str,
+               ice: tuple[str, str] | None = None,
+               ssrcs: dict[str, tuple[int, int | None]] | None = None) -> PlayerEndpoint:
+        return PlayerEndpoint(self.port, self.identity, neg, self.settings, source, events, label=label, ice=ice,
+                              ssrcs=ssrcs)
 
     def local_endpoint(self, transport: WebRtcTransport) -> LocalEndpoint:
         """What an SDP answer announces for this transport: ICE credentials, fingerprint, candidates."""

@@ -1,6 +1,6 @@
 """Media-plane statistics that are not plain per-object counters: the sampled cost of a fan-out.
 
-`Producer.receive()` times one fan-out in every `FANOUT_SAMPLE_EVERY` (the whole loop over its players
+`TrackRouter.deliver()` times one fan-out in every `FANOUT_SAMPLE_EVERY` (the whole loop over its players
 for one publisher packet, with `time.perf_counter_ns`) and hands the duration here. Nothing else on the
 forwarding path is timed: two clock reads per 64 packets is the whole cost.
 """

@@ -30,6 +30,12 @@ class TransportListener(Protocol):
     def on_tick(self, now: float) -> None: ...
 
 
+def new_ice_credentials() -> tuple[str, str]:
+    """A random ICE ufrag (8 characters) and password (24; RFC 8839 asks for at least 22)."""
+    return ("".join(secrets.choice(_ICE_CHARS) for _ in range(8)),
+            "".join(secrets.choice(_ICE_CHARS) for _ in range(24)))
+
+
 class PortRegistry(Protocol):
     """What a transport needs of the UDP port it lives on (media/port.py): a socket and the demux tables."""
 
@@ -60,13 +66,14 @@ class WebRtcTransport:
         consent_timeout: float,
         now: float,
         label: str = "",
+        ice: tuple[str, str] | None = None,
     ) -> None:
         self.id = secrets.token_hex(4)
         self.label = label
         self.port = port
         self.listener = listener
-        self.local_ufrag = "".join(secrets.choice(_ICE_CHARS) for _ in range(8))
-        self.local_pwd = "".join(secrets.choice(_ICE_CHARS) for _ in range(24))
+        # Our ICE credentials: chosen here, or by whoever wrote the answer already (a control process).
+        self.local_ufrag, self.local_pwd = ice or new_ice_credentials()
         self.remote_ufrag = remote_ufrag
         self.state = TransportState.NEW
         self.addr: Address | None = None  # where we send

@@ -19,6 +19,9 @@ from ..media.plane import MediaPlane
 from ..media.port import MediaPort
 from ..streams.recording import RecordSettings
 from ..wcs.hub import Hub, StreamSettings
+from ..workers.control import WorkerPlane
+from ..workers.media_worker import Settings as WorkerSettings
+from ..workers.supervisor import resolve_worker_count
 from ..wcs.session import Session
 from .config import Config
 from .rest_recording import record_file_handler
@@ -33,7 +36,8 @@ OUTGOING_QUEUE_LIMIT = 1000  # a client this far behind is not reading: drop it
 class WebcallServer:
     def __init__(self, config: Config) -> None:
         self.config = config
-        self.port = MediaPort(config.fanout_core, config.fanout_threads)
+        self.port: MediaPort | None = None  # the media port of a single-process server
+        self.workers: WorkerPlane | None = None  # the media workers, with --workers 2 or more
         self.hub: Hub | None = None
         self._runner: web.AppRunner | None = None
         self._rest_runner: web.AppRunner | None = None
@@ -45,17 +49,16 @@ class WebcallServer:
 
     async def start(self) -> None:
         c = self.config
-        self.media_port = await self.port.start(c.media_host, c.media_port)
+        ips = c.announced_ips()
         settings = StreamSettings(
-            candidates=tuple((ip, self.media_port) for ip in c.announced_ips()),
+            candidates=(),
             video_codecs=c.video_codec_list, connect_timeout=c.connect_timeout, consent_timeout=c.consent_timeout,
             max_bitrate=c.max_bitrate, ping_interval=c.ping_interval, ping_probes=c.ping_probes,
             rate_interval=c.rate_interval, snapshot_timeout=c.snapshot_timeout,
             records=RecordSettings(directory=c.records_dir, template=c.record_template, formats=c.record_formats,
                                    mp4_audio=c.record_mp4_audio, fragment=c.record_fragment),
         )
-        identity = await asyncio.get_running_loop().run_in_executor(None, DtlsIdentity)
-        self.hub = Hub(settings, MediaPlane(self.port, identity, settings, settings.candidates))
+        self.hub = Hub(settings, await self._media_plane(settings, ips))
         self.hub.start()
         app = web.Application()
         app.router.add_get("/", self._root)
@@ -72,7 +75,7 @@ class WebcallServer:
         self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         if c.tls_port >= 0:
             context = await asyncio.get_running_loop().run_in_executor(
-                None, server_context, c.tls_cert, c.tls_key, c.tls_dir, [ip for ip, _ in settings.candidates])
+                None, server_context, c.tls_cert, c.tls_key, c.tls_dir, ips)
             tls_site = web.TCPSite(self._runner, c.host, c.tls_port, ssl_context=context)
             await tls_site.start()
             self.tls_port = tls_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
@@ -82,10 +85,31 @@ class WebcallServer:
             rest_site = web.TCPSite(self._rest_runner, c.rest_host, c.rest_port)
             await rest_site.start()
             self.rest_port = rest_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        log.info("listening http+ws=%s:%d https+wss=%s media=udp/%s:%d rest=%s announce=%s", c.host, self.http_port,
-                 self.tls_port or "off",
-                 c.media_host, self.media_port, f"{c.rest_host}:{self.rest_port}" if self._rest_runner else "off",
-                 ",".join(ip for ip, _ in settings.candidates))
+        media_ports = self.workers.media_ports() if self.workers else [self.media_port]
+        log.info("listening http+ws=%s:%d https+wss=%s media=udp/%s:%s workers=%d rest=%s announce=%s", c.host,
+                 self.http_port, self.tls_port or "off", c.media_host, ",".join(map(str, media_ports)),
+                 self.workers.count if self.workers else 0,
+                 f"{c.rest_host}:{self.rest_port}" if self._rest_runner else "off", ",".join(ips))
+
+    async def _media_plane(self, settings: StreamSettings, ips: list[str]) -> MediaPlane | WorkerPlane:
+        """One process (--workers 1): the media port is ours. More: worker i owns --media-port + i."""
+        c = self.config
+        count = resolve_worker_count(c.workers)
+        if count == 1:
+            self.port = MediaPort(c.fanout_core, c.fanout_threads)
+            self.media_port = await self.port.start(c.media_host, c.media_port)
+            settings.candidates = tuple((ip, self.media_port) for ip in ips)
+            identity = await asyncio.get_running_loop().run_in_executor(None, DtlsIdentity)
+            return MediaPlane(self.port, identity, settings, settings.candidates)
+        worker_settings = WorkerSettings(
+            connect_timeout=c.connect_timeout, consent_timeout=c.consent_timeout, max_bitrate=c.max_bitrate,
+            fanout_core=c.fanout_core, fanout_threads=c.fanout_threads, snapshot_timeout=c.snapshot_timeout,
+            stats_interval=c.rate_interval / 2)
+        self.workers = WorkerPlane(count, mode=c.placement, settings=worker_settings, media_host=c.media_host,
+                                   media_port=c.media_port, announced_ips=ips, log_level=c.log_level)
+        await self.workers.start()
+        self.media_port = self.workers.media_ports()[0]
+        return self.workers
 
     async def stop(self) -> None:
         if self.hub is not None:
@@ -101,7 +125,10 @@ class WebcallServer:
         self._runner = self._rest_runner = None
         if self.hub is not None:
             await self.hub.close()
-        await self.port.stop()
+        if self.port is not None:
+            await self.port.stop()
+        if self.workers is not None:
+            await self.workers.stop()
 
     # --- HTTP -------------------------------------------------------------------------------------
 

@@ -51,6 +51,12 @@ class Config:
         "help": "forwarding to players: c (the compiled core, `make core`), python, or auto (c when built)"})
     fanout_threads: int = field(default=1, metadata={
         "help": "2: the compiled core splits fan-outs to 64+ players over a second thread (a spare core)"})
+    workers: str = field(default="auto", metadata={
+        "help": "media worker processes: auto (one per core this process may use), or a number; 1 = one process, "
+                "no workers. Worker i owns UDP port --media-port + i"})
+    placement: str = field(default="fill", metadata={
+        "help": "where players go with workers: fill (the publisher's worker until it is busy) or spread "
+                "(the least-loaded worker; a stream is relayed once to each other worker)"})
     video_codecs: str = field(default="VP8,H264", metadata={"help": "publisher video codecs, in preference order"})
     rate_interval: float = field(default=1.0, metadata={
         "help": "seconds between inbound/outboundVideoRate messages and rate samples (the SDK assumes 1)"})
@@ -115,6 +121,10 @@ class Config:
             raise ValueError("fanout_core must be auto, c or python")
         if self.fanout_threads not in (1, 2):
             raise ValueError("fanout_threads must be 1 or 2")
+        if not (self.workers == "auto" or (self.workers.isdigit() and 1 <= int(self.workers) <= 256)):
+            raise ValueError("workers must be auto or a number from 1 to 256")
+        if self.placement not in ("fill", "spread"):
+            raise ValueError("placement must be fill or spread")
         if self.record_mp4_audio not in ("opus", "aac") or not self.record_fragment > 0:
             raise ValueError("record_mp4_audio must be opus or aac, record_fragment > 0")
 

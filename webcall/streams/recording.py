@@ -22,7 +22,7 @@ import os
 import re
 import time
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..logs import q
 from ..media.recorder import Recorder, RecorderOptions
@@ -105,7 +105,9 @@ class Recorded(Protocol):
     def closed(self) -> bool: ...
 
     @property
-    def router(self) -> Router | None: ...
+    def router(self) -> Router | Any | None:
+        """A local Router, or a worker's publication (with a `recorder()` factory)."""
+        ...
 
     def on_recording_failed(self, error: str) -> None: ...
 
@@ -138,7 +140,7 @@ class Recording:
         self.stopped_at: float | None = None
         self.file_name = ""  # the file being written
         self.record_name: str | None = None  # the final name, once stopped
-        self.recorder: Recorder | None = None
+        self.recorder: Recorder | Any | None = None  # Recorder, or a worker's (workers/control.py)
         self.done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
 
     # --- names ------------------------------------------------------------------------------------
@@ -180,9 +182,8 @@ class Recording:
 
     def start(self) -> None:
         p = self.publication
-        tracks = p.router.tracks if p.router is not None else {}
-        routers = [tracks[kind] for kind in ("video", "audio") if kind in tracks]
-        if not routers:
+        router = p.router
+        if router is None or not router.tracks:
             raise RecordingError("nothing to record")
         try:
             os.makedirs(self.settings.directory, exist_ok=True)
@@ -192,8 +193,13 @@ class Recording:
         s = self.settings
         options = RecorderOptions(container=self.container, audio=s.mp4_audio if self.container == "mp4" else "opus",
                                   fragment=s.fragment)
-        self.recorder = Recorder(os.path.join(s.directory, self.file_name), routers, options,
-                                 asyncio.get_running_loop(), on_done=self._on_done, label=p.label)
+        path = os.path.join(s.directory, self.file_name)
+        if isinstance(router, Router):
+            routers = [router.tracks[kind] for kind in ("video", "audio") if kind in router.tracks]
+            self.recorder = Recorder(path, routers, options, asyncio.get_running_loop(), on_done=self._on_done,
+                                     label=p.label)
+        else:  # a publication in a media worker (workers/control.py): its recorder runs there
+            self.recorder = router.recorder(path, options, self._on_done, p.label)
         self.recorder.start()
         log.info("recording started %s file=%s container=%s", p.label, self.file_name, self.container)
 

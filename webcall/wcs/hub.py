@@ -134,6 +134,11 @@ class Hub:
         source = self.registry.find(name)
         if source is None:
             raise SnapshotError(Info.STREAM_NOT_FOUND)
+        remote = getattr(source.router, "snapshot", None)  # a publication in a media worker: taken there
+        if remote is not None:
+            if not source.live:
+                raise SnapshotError("No keyframe yet")
+            return await remote(self.settings.snapshot_timeout + 2.0)
         return await self.snapshots.take(source)
 
     # --- statistics -------------------------------------------------------------------------------

@@ -98,6 +98,7 @@ FAILURE_INFO: Final[dict[Failure, str]] = {
     Failure.DTLS_FINGERPRINT: Info.FAILED_BY_DTLS_FINGERPRINT_ERROR,
     Failure.PEER_CLOSED: Info.STOPPED_BY_USER,
     Failure.INTERNAL_ERROR: Info.FAILED_BY_ERROR,
+    Failure.WORKER_LOST: Info.FAILED_BY_ERROR,
 }
 
 END_INFO: Final[dict[EndReason, str]] = {

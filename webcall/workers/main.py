@@ -69,6 +69,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--media-host", default="0.0.0.0")
     p.add_argument("--media-port", type=int, default=0)
     p.add_argument("--app", default="", help="module:function that sets up the media code")
+    p.add_argument("--settings", default="{}", help="a JSON object for the --app code (its settings)")
     p.add_argument("--log-level", default="WARNING")
     return p.parse_args(argv)
 

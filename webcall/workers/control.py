@@ -1,0 +1,435 @@
+"""The control process's media plane: publishers and players placed on worker processes, driven by ids.
+
+`WorkerPlane` offers what `media/plane.py`'s `MediaPlane` offers a front end — `publisher()`, `player()`,
+`local_endpoint()` — but the endpoints it returns are views: the media lives in a worker (media_worker.py).
+The control process writes every answer itself (it picks the ICE credentials and the players' SSRCs and
+sends them along), so signalling never waits for a worker; the worker's media events come back over the
+channel and are handed to the same listener methods a local endpoint would call (`on_connected`,
+`on_first_media`, `on_video_size`, `on_failed`). Counters arrive every `stats_interval` and fill the views that
+rates, REST answers and /metrics read.
+
+A player placed on another worker than its publisher reads a relayed copy: one relay per (stream, worker),
+started by that worker's first player and stopped RELAY_LINGER seconds after its last one left.
+
+A worker that dies or stops answering ends only its own endpoints (their listeners hear `Failure.WORKER_LOST`);
+the supervisor starts a new one at the same index.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import itertools
+import json
+import logging
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
+
+from ..media.consumer import random_ssrc
+from ..media.failures import Failure
+from ..media.stats import FanoutCost
+from ..media.transport import new_ice_credentials
+from ..protocol.sdp import Codec, LocalEndpoint, Negotiation
+from ..streams.snapshots import SnapshotError
+from .channel import ChannelError
+from .media_worker import Settings
+from .placement import Placement
+from .supervisor import Supervisor, WorkerHandle
+from .wire import fanout_cost_add, negotiation_to_wire, track_to_wire
+
+log = logging.getLogger("webcall.workers")
+
+RELAY_LINGER = 3.0  # seconds a relay outlives the last player it served (a quick re-join reuses it)
+FILL_THRESHOLD = 300.0  # placement load (players + 4 × publishers) at which `fill` moves on to another worker
+APP = "webcall.workers.media_worker:setup"
+
+
+class Listener(Protocol):
+    def on_connected(self) -> None: ...
+    def on_failed(self, reason: Failure) -> None: ...
+
+
+# --- views of what lives in a worker ----------------------------------------------------------------------
+
+
+class ProducerView:
+    """A publisher track's counters, as last reported (media/producer.py's names)."""
+
+    __slots__ = ("kind", "codec", "packets", "octets", "frames", "keyframes", "nacks_sent", "keyframe_requests",
+                 "lost", "recovered", "width", "height")
+
+    def __init__(self, kind: str, codec: Codec) -> None:
+        self.kind, self.codec = kind, codec
+        self.packets = self.octets = self.frames = self.keyframes = self.nacks_sent = 0
+        self.keyframe_requests = self.lost = self.recovered = self.width = self.height = 0
+
+    def update(self, values: list[int]) -> None:
+        (self.packets, self.octets, self.frames, self.keyframes, self.nacks_sent, self.keyframe_requests,
+         self.lost, self.recovered, self.width, self.height) = values
+
+
+class ConsumerView:
+    """A player track's counters, as last reported (media/consumer.py's names)."""
+
+    __slots__ = ("kind", "mid", "ssrc", "rtx_ssrc", "producer", "packets", "octets", "retransmits",
+                 "retransmit_octets", "nacks", "keyframe_requests", "player_lost")
+
+    def __init__(self, kind: str, mid: str, ssrcs: tuple[int, int | None], producer: ProducerView) -> None:
+        self.kind, self.mid, self.producer = kind, mid, producer
+        self.ssrc, self.rtx_ssrc = ssrcs
+        self.packets = self.octets = self.retransmits = self.retransmit_octets = 0
+        self.nacks = self.keyframe_requests = self.player_lost = 0
+
+    def update(self, values: list[int]) -> None:
+        (self.packets, self.octets, self.retransmits, self.retransmit_octets, self.nacks, self.keyframe_requests,
+         self.player_lost) = values
+
+
+@dataclass
+class TrackView:
+    producer: ProducerView
+
+
+@dataclass
+class RemoteTransport:
+    """What an answer needs of a transport: our ICE credentials, and which worker (port, certificate) owns it."""
+
+    local_ufrag: str
+    local_pwd: str
+    worker: int
+
+
+class RemoteEndpoint:
+    def __init__(self, plane: WorkerPlane, id: int, worker: int, listener: Any, label: str) -> None:
+        ufrag, pwd = new_ice_credentials()
+        self.plane, self.id, self.worker, self.listener, self.label = plane, id, worker, listener, label
+        self.transport = RemoteTransport(ufrag, pwd, worker)
+        self.closed = False
+
+    def on_media(self, what: str, **args: Any) -> None:
+        if self.closed:
+            return
+        if what == "connected":
+            self.listener.on_connected()
+        elif what == "failed":
+            self.plane.forget(self)
+            self.listener.on_failed(Failure(args["reason"]))
+        elif what == "first_media":
+            self.listener.on_first_media()
+        elif what == "video_size":
+            self.listener.on_video_size(args["width"], args["height"])
+
+    def fail(self, reason: Failure) -> None:
+        """The worker is gone: end this endpoint as if its connection had failed."""
+        if not self.closed:
+            self.plane.forget(self)
+            self.listener.on_failed(reason)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.plane.close_endpoint(self)
+
+
+class RemotePublisher(RemoteEndpoint):
+    def __init__(self, plane: WorkerPlane, id: int, worker: int, neg: Negotiation, listener: Any,
+                 label: str) -> None:
+        super().__init__(plane, id, worker, listener, label)
+        self.producers = {t.kind: ProducerView(t.kind, t.codec) for t in neg.tracks}
+        self.tracks = neg.tracks
+        self.router = RemoteRouter(self)
+        self.relays: dict[int, Relay] = {}  # by receiving worker
+
+
+class RemoteRouter:
+    """A worker's publication, as the stream core and the front ends see its router."""
+
+    def __init__(self, publisher: RemotePublisher) -> None:
+        self.publisher = publisher
+        self.tracks = {kind: TrackView(view) for kind, view in publisher.producers.items()}
+
+    async def snapshot(self, timeout: float) -> bytes:
+        p = self.publisher
+        try:
+            answer = await p.plane.supervisor.request(p.worker, "snapshot", source=p.id, timeout=timeout)
+        except (ChannelError, TimeoutError, KeyError) as exc:
+            raise SnapshotError("Snapshot failed") from exc
+        if "error" in answer:
+            raise SnapshotError(answer["error"])
+        return base64.b64decode(answer["png"])
+
+    def recorder(self, path: str, options: Any, on_done: Any, label: str) -> RemoteRecorder:
+        return self.publisher.plane.start_recorder(self.publisher, path, options, on_done, label)
+
+
+class RemotePlayer(RemoteEndpoint):
+    def __init__(self, plane: WorkerPlane, id: int, worker: int, neg: Negotiation, publisher: RemotePublisher,
+                 listener: Any, label: str) -> None:
+        super().__init__(plane, id, worker, listener, label)
+        self.publisher = publisher
+        self.consumers: list[ConsumerView] = []
+        for track in neg.tracks:
+            ssrcs = (random_ssrc(), random_ssrc() if track.codec.rtx_payload_type is not None else None)
+            self.consumers.append(ConsumerView(track.kind, track.mid, ssrcs, publisher.producers[track.kind]))
+        self.relay: Relay | None = None
+
+    @property
+    def answer_ssrcs(self) -> dict[str, tuple[int, int | None]]:
+        return {c.mid: (c.ssrc, c.rtx_ssrc) for c in self.consumers}
+
+
+class RemoteRecorder:
+    """media/recorder.py's Recorder as streams/recording.py uses it, for a recorder running in a worker."""
+
+    def __init__(self, plane: WorkerPlane, id: int, worker: int, on_done: Any) -> None:
+        self.plane, self.id, self.worker, self.on_done = plane, id, worker, on_done
+        self.state = "recording"
+        self.error: str | None = None
+        self.received_media = False
+        self.opened = False
+        self._stats: dict[str, Any] = {}
+
+    def start(self) -> None:
+        pass  # asked for by start_recorder already
+
+    def stop(self, rename_to: str | None = None) -> None:
+        if self.state == "recording":
+            self.state = "finalizing"
+            self.plane.notify(self.worker, "record_stop", id=self.id, rename_to=rename_to)
+
+    def stats(self) -> dict[str, Any]:
+        return self._stats
+
+    def finished(self, state: str, error: str | None, received: bool, opened: bool, stats: dict[str, Any]) -> None:
+        self.state, self.error, self.received_media, self.opened = state, error, received, opened
+        self._stats = stats
+        if self.on_done is not None:
+            self.on_done(self)
+
+
+@dataclass
+class Relay:
+    id: int
+    source: RemotePublisher
+    worker: int  # the receiving worker
+    players: set[RemotePlayer] = field(default_factory=set)
+    linger: asyncio.TimerHandle | None = None
+
+
+class AggregatePort:
+    """The counters /metrics reads of a media port, summed over the workers' latest reports."""
+
+    def __init__(self) -> None:
+        self.by_worker: dict[int, list[Any]] = {}
+
+    @property
+    def dropped(self) -> int:
+        return sum(r[0] for r in self.by_worker.values())
+
+    @property
+    def errors(self) -> int:
+        return sum(r[1] for r in self.by_worker.values())
+
+    @property
+    def fanout_cost(self) -> FanoutCost:
+        total = FanoutCost()
+        for report in self.by_worker.values():
+            fanout_cost_add(total, report[2])
+        return total
+
+
+# --- the plane ----------------------------------------------------------------------------------------------
+
+
+class WorkerPlane:
+    def __init__(self, count: int, *, mode: str, settings: Settings, media_host: str, media_port: int,
+                 announced_ips: list[str], log_level: str = "warning") -> None:
+        self.settings = settings
+        self.announced_ips = announced_ips
+        self.supervisor = Supervisor(
+            count, media_host=media_host, media_port=media_port, on_worker_lost=self._worker_lost,
+            on_worker_started=self._worker_started, app=APP,
+            extra_args=["--settings", json.dumps(asdict(settings)), "--log-level", log_level.upper()],
+        )
+        # spread: every endpoint weighs the same, so one stream's players alternate over the workers.
+        self.placement = Placement(range(self.supervisor.count), mode, FILL_THRESHOLD,  # type: ignore[arg-type]
+                                   publisher_weight=4.0 if mode == "fill" else 1.0)
+        self.endpoints: dict[int, RemoteEndpoint] = {}
+        self.recorders: dict[int, RemoteRecorder] = {}
+        self.port = AggregatePort()
+        self._ids = itertools.count(1)
+        self.supervisor.on_event("media", self._on_media)
+        self.supervisor.on_event("stats", self._on_stats)
+        self.supervisor.on_event("recorder", self._on_recorder)
+
+    async def start(self) -> None:
+        await self.supervisor.start()
+
+    async def stop(self) -> None:
+        await self.supervisor.stop()
+
+    @property
+    def count(self) -> int:
+        return self.supervisor.count
+
+    def media_ports(self) -> list[int]:
+        return [h.hello.get("media_port", 0) for _, h in sorted(self.supervisor.workers.items())]
+
+    def notify(self, worker: int, event: str, **args: Any) -> bool:
+        try:
+            self.supervisor.notify(worker, event, **args)
+            return True
+        except (ChannelError, KeyError):
+            return False  # the worker is gone; its loss is being handled
+
+    # --- what a front end asks for -----------------------------------------------------------------
+
+    def publisher(self, neg: Negotiation, listener: Any, label: str) -> RemotePublisher:
+        worker = self.placement.place_publisher()
+        publisher = RemotePublisher(self, next(self._ids), worker, neg, listener, label)
+        self.endpoints[publisher.id] = publisher
+        t = publisher.transport
+        self.notify(worker, "publish", id=publisher.id, name=label, label=label, neg=negotiation_to_wire(neg),
+                    ice=[t.local_ufrag, t.local_pwd])
+        return publisher
+
+    def player(self, neg: Negotiation, source: RemoteRouter, listener: Any, label: str) -> RemotePlayer:
+        publisher = source.publisher
+        worker = self.placement.place_player(publisher.worker, relayed_to=tuple(publisher.relays))
+        player = RemotePlayer(self, next(self._ids), worker, neg, publisher, listener, label)
+        self.endpoints[player.id] = player
+        source_id = publisher.id
+        if worker != publisher.worker:
+            player.relay = self._relay(publisher, worker)
+            player.relay.players.add(player)
+            source_id = player.relay.id
+        t = player.transport
+        self.notify(worker, "play", id=player.id, label=label, neg=negotiation_to_wire(neg), source=source_id,
+                    ice=[t.local_ufrag, t.local_pwd], ssrcs={c.mid: [c.ssrc, c.rtx_ssrc] for c in player.consumers})
+        return player
+
+    def local_endpoint(self, transport: RemoteTransport) -> LocalEndpoint:
+        hello = self.supervisor.workers[transport.worker].hello
+        port = hello["media_port"]
+        fingerprint = hello["fingerprint"]
+        return LocalEndpoint(transport.local_ufrag, transport.local_pwd, (fingerprint[0], fingerprint[1]),
+                             tuple((ip, port) for ip in self.announced_ips))
+
+    def start_recorder(self, publisher: RemotePublisher, path: str, options: Any, on_done: Any,
+                       label: str) -> RemoteRecorder:
+        recorder = RemoteRecorder(self, next(self._ids), publisher.worker, on_done)
+        self.recorders[recorder.id] = recorder
+        self.notify(publisher.worker, "record_start", id=recorder.id, source=publisher.id, path=path,
+                    options=asdict(options), label=label)
+        return recorder
+
+    # --- lifecycle of endpoints ------------------------------------------------------------------------
+
+    def close_endpoint(self, endpoint: RemoteEndpoint) -> None:
+        self.forget(endpoint)
+        self.notify(endpoint.worker, "close", id=endpoint.id)
+
+    def forget(self, endpoint: RemoteEndpoint) -> None:
+        """The endpoint is closed (by its owner, its worker, or the loss of its worker): release what it held."""
+        if endpoint.closed:
+            return
+        endpoint.closed = True
+        self.endpoints.pop(endpoint.id, None)
+        if isinstance(endpoint, RemotePublisher):
+            self.placement.release_publisher(endpoint.worker)
+            for relay in list(endpoint.relays.values()):
+                self._stop_relay(relay)
+        elif isinstance(endpoint, RemotePlayer):
+            self.placement.release_player(endpoint.worker)
+            relay = endpoint.relay
+            if relay is not None:
+                relay.players.discard(endpoint)
+                if not relay.players and relay.linger is None and relay.source.relays.get(relay.worker) is relay:
+                    relay.linger = asyncio.get_running_loop().call_later(RELAY_LINGER, self._stop_relay, relay)
+
+    # --- relays ----------------------------------------------------------------------------------------------
+
+    def _relay(self, publisher: RemotePublisher, worker: int) -> Relay:
+        relay = publisher.relays.get(worker)
+        if relay is not None:
+            if relay.linger is not None:
+                relay.linger.cancel()
+                relay.linger = None
+            return relay
+        relay = Relay(next(self._ids), publisher, worker)
+        publisher.relays[worker] = relay
+        workers = self.supervisor.workers
+        # The receiver first: the channel keeps order, so it subscribes before its players are made.
+        self.notify(worker, "relay_in", rid=relay.id, name=publisher.label,
+                    src=workers[publisher.worker].hello["relay"], tracks=[track_to_wire(t) for t in publisher.tracks])
+        self.notify(publisher.worker, "relay_out", rid=relay.id, source=publisher.id, dest=workers[worker].hello["relay"])
+        log.info("relay started stream=%s from=worker%d to=worker%d relay=%d", publisher.label, publisher.worker,
+                 worker, relay.id)
+        return relay
+
+    def _stop_relay(self, relay: Relay) -> None:
+        if relay.linger is not None:
+            relay.linger.cancel()
+            relay.linger = None
+        if relay.source.relays.get(relay.worker) is relay:
+            del relay.source.relays[relay.worker]
+        self.notify(relay.worker, "relay_stop", rid=relay.id)
+        self.notify(relay.source.worker, "relay_stop", rid=relay.id)
+        log.info("relay stopped stream=%s relay=%d", relay.source.label, relay.id)
+
+    # --- from the workers ------------------------------------------------------------------------------------
+
+    def _on_media(self, worker: int, id: int, what: str, **args: Any) -> None:
+        endpoint = self.endpoints.get(id)
+        if endpoint is not None and endpoint.worker == worker:
+            endpoint.on_media(what, **args)
+
+    def _on_stats(self, worker: int, pubs: dict, players: dict, recording: dict, port: list) -> None:
+        self.port.by_worker[worker] = port
+        for id, kinds in pubs.items():
+            endpoint = self.endpoints.get(int(id))
+            if isinstance(endpoint, RemotePublisher):
+                for kind, values in kinds.items():
+                    view = endpoint.producers.get(kind)
+                    if view is not None:
+                        view.update(values)
+        for id, mids in players.items():
+            endpoint = self.endpoints.get(int(id))
+            if isinstance(endpoint, RemotePlayer):
+                for consumer in endpoint.consumers:
+                    values = mids.get(consumer.mid)
+                    if values is not None:
+                        consumer.update(values)
+        for id, received in recording.items():
+            recorder = self.recorders.get(int(id))
+            if recorder is not None and received:
+                recorder.received_media = True
+
+    def _on_recorder(self, worker: int, id: int, state: str, error: str | None, received: bool, opened: bool,
+                     stats: dict) -> None:
+        recorder = self.recorders.pop(id, None)
+        if recorder is not None:
+            recorder.finished(state, error, received, opened, stats)
+
+    # --- faults ----------------------------------------------------------------------------------------------
+
+    def _worker_lost(self, index: int, reason: str) -> None:
+        log.warning("worker lost worker=%d reason=%s endpoints=%d", index, reason,
+                    sum(1 for e in self.endpoints.values() if e.worker == index))
+        try:
+            self.placement.remove_worker(index)
+        except (ValueError, KeyError):
+            pass  # the last worker: it keeps taking placements (its replacement is on its way)
+        self.port.by_worker.pop(index, None)
+        for relay in [r for e in self.endpoints.values() if isinstance(e, RemotePublisher)
+                      for r in e.relays.values() if r.worker == index]:
+            self._stop_relay(relay)  # its players are ending below
+        for endpoint in [e for e in self.endpoints.values() if e.worker == index]:
+            endpoint.fail(Failure.WORKER_LOST)
+        for id, recorder in [(i, r) for i, r in self.recorders.items() if r.worker == index]:
+            del self.recorders[id]
+            recorder.finished("failed", "media worker lost", recorder.received_media, recorder.opened, {})
+
+    def _worker_started(self, index: int, handle: WorkerHandle) -> None:
+        if index not in self.placement.workers:
+            self.placement.add_worker(index)
+        log.info("worker ready worker=%d pid=%d media_port=%s", index, handle.pid, handle.hello.get("media_port"))

@@ -1,0 +1,359 @@
+"""The media code of a worker process: its UDP media port, publishers, players, relays, recorders, snapshots.
+
+Plugged into the worker entry point (`python -m webcall.workers.main --app webcall.workers.media_worker:setup
+--settings JSON`). The control process speaks to it in ids: it writes every SDP answer itself (ICE credentials
+and SSRCs included) and tells the worker what to build; the worker reports media events and counters back.
+It never sees a WCS message.
+
+Sources by id: a publisher of this worker (its id) or a relayed copy of another worker's publisher (the relay's
+id). A relayed source has its own ring: its players' NACKs and late joiners are answered here, and what this
+worker lacks (a lost packet, a keyframe) is asked of the publisher's worker over the relay (workers/relay.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from ..media.dtls import DtlsIdentity
+from ..media.endpoints import PlayerEndpoint, PublisherEndpoint
+from ..media.failures import Failure
+from ..media.plane import MediaPlane
+from ..media.port import MediaPort
+from ..media.producer import Producer
+from ..media.recorder import Recorder, RecorderOptions
+from ..media.router import Router, TrackRouter
+from ..streams.snapshots import SnapshotError, Snapshotter
+from .main import WorkerContext
+from .relay import RelayEndpoint, RelaySender
+from .wire import fanout_cost_to_wire, negotiation_from_wire, track_from_wire
+
+log = logging.getLogger("webcall.workers.media")
+
+
+@dataclass
+class Settings:
+    """What a worker's media plane needs (sent by the control process as --settings)."""
+
+    connect_timeout: float = 10.0
+    consent_timeout: float = 30.0
+    max_bitrate: int = 2_500_000
+    fanout_core: str = "auto"
+    fanout_threads: int = 1
+    snapshot_timeout: float = 3.0
+    stats_interval: float = 0.5
+
+
+class WorkerSource:
+    """A source as the worker's snapshotter sees it (streams/registry.py's Source)."""
+
+    def __init__(self, name: str, router: Router) -> None:
+        self.name = name
+        self.router: Router | None = router
+        self.width = self.height = 0
+        self.live = False
+        self.closed = False
+
+
+class MediaEvents:
+    """Turns one endpoint's media events into channel events, tagged with its id."""
+
+    def __init__(self, worker: MediaWorker, endpoint_id: int, source: WorkerSource | None = None) -> None:
+        self.worker, self.id, self.source = worker, endpoint_id, source
+
+    def _send(self, what: str, **args: Any) -> None:
+        self.worker.channel.notify("media", id=self.id, what=what, **args)
+
+    def on_connected(self) -> None:
+        self._send("connected")
+
+    def on_failed(self, reason: Failure) -> None:
+        self.worker.forget(self.id)
+        self._send("failed", reason=str(reason))
+
+    def on_first_media(self) -> None:
+        if self.source is not None:
+            self.source.live = True
+        self._send("first_media")
+
+    def on_video_size(self, width: int, height: int) -> None:
+        if self.source is not None:
+            self.source.width, self.source.height = width, height
+        self._send("video_size", width=width, height=height)
+
+
+class RelayOut:
+    """A source of this worker sent to another worker: one reader per track on its router."""
+
+    def __init__(self, source: WorkerSource, sender: RelaySender) -> None:
+        self.source, self.sender = source, sender
+        assert source.router is not None
+        self.tracks = list(source.router.tracks.values())  # track index on the wire = position here
+        self.readers = []
+        for index, track in enumerate(self.tracks):
+            reader = self._reader(index)
+            track.add_reader(reader)
+            self.readers.append(reader)
+
+    def _reader(self, index: int):
+        send = self.sender.send
+
+        def reader(packet: bytes, keyframe: bool) -> None:
+            send(index, packet)
+        return reader
+
+    def close(self) -> None:
+        for track, reader in zip(self.tracks, self.readers):
+            track.remove_reader(reader)
+        self.sender.close()
+
+
+class MediaWorker:
+    def __init__(self, ctx: WorkerContext, settings: Settings) -> None:
+        self.ctx = ctx
+        self.channel = ctx.channel
+        self.settings = settings
+        self.port = MediaPort(settings.fanout_core, settings.fanout_threads)
+        self.identity = DtlsIdentity()
+        self.plane: MediaPlane | None = None
+        self.relay: RelayEndpoint | None = None
+        self.publishers: dict[int, PublisherEndpoint] = {}
+        self.players: dict[int, PlayerEndpoint] = {}
+        self.sources: dict[int, WorkerSource] = {}
+        self.relays_out: dict[int, RelayOut] = {}
+        self.relays_in: dict[int, Router] = {}
+        self.recorders: dict[int, Recorder] = {}
+        self.snapshots = Snapshotter(settings.snapshot_timeout)
+        self._stats_task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        media_port = await self.port.start(self.ctx.media_host, self.ctx.media_port)
+        self.plane = MediaPlane(self.port, self.identity, self.settings, ())
+        self.relay = await RelayEndpoint.bind(on_packet=self._relay_packet, on_keyframe_request=self._relay_keyframe,
+                                              on_nack=self._relay_nack)
+        self.ctx.info.update(media_port=media_port, fingerprint=list(self.identity.fingerprint),
+                             relay=list(self.relay.address))
+        ch = self.channel
+        for name in ("publish", "play", "close", "relay_out", "relay_in", "relay_stop", "record_start",
+                     "record_stop", "keyframe"):
+            ch.on_event(name, getattr(self, f"_on_{name}"))
+        ch.on_request("snapshot", self._snapshot)
+        self._stats_task = asyncio.get_running_loop().create_task(self._stats_loop(), name="worker-stats")
+
+    # --- endpoints ---------------------------------------------------------------------------------
+
+    def _on_publish(self, id: int, name: str, label: str, neg: dict, ice: list[str]) -> None:
+        assert self.plane is not None
+        negotiation = negotiation_from_wire(neg)
+        source = WorkerSource(name, Router({}))
+        events = MediaEvents(self, id, source)
+        endpoint = self.plane.publisher(negotiation, events, label, ice=(ice[0], ice[1]))
+        source.router = endpoint.router
+        self.publishers[id] = endpoint
+        self.sources[id] = source
+
+    def _on_play(self, id: int, label: str, neg: dict, source: int, ice: list[str],
+                 ssrcs: dict[str, list[int | None]]) -> None:
+        assert self.plane is not None
+        events = MediaEvents(self, id)
+        held = self.sources.get(source)
+        if held is None or held.router is None:  # the source ended while the command was on its way
+            events.on_failed(Failure.INTERNAL_ERROR)
+            return
+        endpoint = self.plane.player(negotiation_from_wire(neg), held.router, events, label, ice=(ice[0], ice[1]),
+                                     ssrcs={mid: (pair[0], pair[1]) for mid, pair in ssrcs.items()})
+        self.players[id] = endpoint
+
+    def _on_close(self, id: int) -> None:
+        endpoint = self.publishers.pop(id, None) or self.players.pop(id, None)
+        if endpoint is not None:
+            endpoint.close()
+        self._drop_source(id)
+
+    def forget(self, id: int) -> None:
+        """An endpoint failed on its own: it is closed already; forget it (and what it published)."""
+        self.publishers.pop(id, None)
+        self.players.pop(id, None)
+        self._drop_source(id)
+
+    def _drop_source(self, id: int) -> None:
+        source = self.sources.pop(id, None)
+        if source is None:
+            return
+        source.closed = True
+        for rid, out in list(self.relays_out.items()):
+            if out.source is source:
+                out.close()
+                del self.relays_out[rid]
+
+    def _on_keyframe(self, source: int) -> None:
+        held = self.sources.get(source)
+        track = held.router.tracks.get("video") if held is not None and held.router else None
+        if track is not None:
+            track.producer.request_keyframe(time.monotonic())
+
+    # --- relays between workers ----------------------------------------------------------------------
+
+    def _on_relay_out(self, rid: int, source: int, dest: list) -> None:
+        held = self.sources.get(source)
+        if held is None or held.router is None or self.relay is None:
+            return
+        self.relays_out[rid] = RelayOut(held, self.relay.sender((dest[0], dest[1]), rid))
+
+    def _on_relay_in(self, rid: int, name: str, src: list, tracks: list[dict]) -> None:
+        assert self.relay is not None
+        routers: dict[str, TrackRouter] = {}
+        for index, wire in enumerate(tracks):
+            track = track_from_wire(wire)
+            producer = Producer(track, send_nack=self._nacker(rid, index),
+                                send_keyframe_request=self._keyframe_asker(rid, index),
+                                on_keyframe=lambda producer, width, height: None)
+            routers[track.kind] = TrackRouter(producer, core=self.port.core, batch=self.port.batch,
+                                              fanout_cost=self.port.fanout_cost)
+        router = Router(routers)
+        source = WorkerSource(name, router)
+        source.live = True
+        self.relays_in[rid] = router
+        self.sources[rid] = source
+        self.relay.subscribe(rid, (src[0], src[1]))
+
+    def _nacker(self, rid: int, index: int):
+        def send_nack(producer: Producer, seqs: list[int]) -> None:
+            if self.relay is not None:
+                self.relay.nack(rid, index, seqs)
+        return send_nack
+
+    def _keyframe_asker(self, rid: int, index: int):
+        def send_keyframe_request(producer: Producer) -> None:
+            if self.relay is not None:
+                self.relay.request_keyframe(rid, index)
+        return send_keyframe_request
+
+    def _on_relay_stop(self, rid: int) -> None:
+        out = self.relays_out.pop(rid, None)
+        if out is not None:
+            out.close()
+        router = self.relays_in.pop(rid, None)
+        if router is not None:
+            if self.relay is not None:
+                self.relay.unsubscribe(rid)
+            self._drop_source(rid)
+            router.close()
+
+    def _relay_packet(self, rid: int, track: int, packet: bytes) -> None:
+        router = self.relays_in.get(rid)
+        if router is None:
+            return
+        tracks = list(router.tracks.values())
+        if track < len(tracks):
+            tracks[track].producer.receive(packet, time.monotonic())
+
+    def _relay_keyframe(self, rid: int, track: int) -> None:
+        out = self.relays_out.get(rid)
+        if out is not None and track < len(out.tracks):
+            out.tracks[track].producer.request_keyframe(time.monotonic())
+
+    def _relay_nack(self, rid: int, track: int, seqs: list[int]) -> None:
+        """The receiving worker lost these: send them again from our ring, or ask the publisher."""
+        out = self.relays_out.get(rid)
+        if out is None or track >= len(out.tracks):
+            return
+        producer = out.tracks[track].producer
+        for seq in seqs:
+            packet = producer.lookup(seq)
+            if packet is not None:
+                out.sender.send(track, packet)
+
+    # --- recording and snapshots -------------------------------------------------------------------------
+
+    def _on_record_start(self, id: int, source: int, path: str, options: dict, label: str) -> None:
+        held = self.sources.get(source)
+        if held is None or held.router is None:
+            self.channel.notify("recorder", id=id, state="failed", error="stream ended", received=False,
+                                opened=False, stats={})
+            return
+        tracks = held.router.tracks
+        routers = [tracks[kind] for kind in ("video", "audio") if kind in tracks]
+        recorder = Recorder(path, routers, RecorderOptions(**options), asyncio.get_running_loop(),
+                            on_done=lambda r, id=id: self._recorder_done(id, r), label=label)
+        self.recorders[id] = recorder
+        recorder.start()
+
+    def _on_record_stop(self, id: int, rename_to: str | None) -> None:
+        recorder = self.recorders.get(id)
+        if recorder is not None:
+            recorder.stop(rename_to)
+
+    def _recorder_done(self, id: int, recorder: Recorder) -> None:
+        self.recorders.pop(id, None)
+        self.channel.notify("recorder", id=id, state=recorder.state, error=recorder.error,
+                            received=recorder.received_media, opened=recorder.opened, stats=recorder.stats())
+
+    async def _snapshot(self, source: int) -> dict[str, Any]:
+        held = self.sources.get(source)
+        if held is None:
+            return {"error": "Stream not found"}
+        try:
+            png = await self.snapshots.take(held)
+        except SnapshotError as exc:
+            return {"error": str(exc)}
+        return {"png": base64.b64encode(png).decode("ascii")}
+
+    # --- counters ------------------------------------------------------------------------------------------
+
+    async def _stats_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.stats_interval)
+            try:
+                self.channel.notify("stats", **self.stats())
+            except Exception:
+                log.exception("stats report failed")
+
+    def stats(self) -> dict[str, Any]:
+        """Every endpoint's counters, for the control process's rates, REST answers and /metrics."""
+        pubs = {
+            id: {kind: [p.packets, p.octets, p.frames, p.keyframes, p.nacks_sent, p.keyframe_requests, p.lost,
+                        p.recovered, p.width, p.height]
+                 for kind, p in endpoint.producers.items()}
+            for id, endpoint in self.publishers.items()
+        }
+        players = {
+            id: {c.mid: [c.packets, c.octets, c.retransmits, c.retransmit_octets, c.nacks, c.keyframe_requests,
+                         c.player_lost]
+                 for c in endpoint.consumers}
+            for id, endpoint in self.players.items()
+        }
+        recording = {id: r.received_media for id, r in self.recorders.items()}
+        port = self.port
+        return {"pubs": pubs, "players": players, "recording": recording,
+                "port": [port.dropped, port.errors, fanout_cost_to_wire(port.fanout_cost)]}
+
+    async def stop(self) -> None:
+        if self._stats_task is not None:
+            self._stats_task.cancel()
+        for recorder in list(self.recorders.values()):
+            recorder.stop()
+        for recorder in list(self.recorders.values()):
+            await asyncio.get_running_loop().run_in_executor(None, recorder.join, 10.0)
+        self.snapshots.close()
+        await self.port.stop()
+        if self.relay is not None:
+            self.relay.close()
+
+
+async def setup(ctx: WorkerContext) -> None:
+    """The `--app` entry: bind the media port and the relay socket, and answer the control process's commands."""
+    settings = Settings(**json.loads(ctx.args.settings or "{}"))
+    worker = MediaWorker(ctx, settings)
+    await worker.start()
+
+    async def stop_when_asked() -> None:
+        await ctx.stop.wait()
+        await worker.stop()
+
+    asyncio.get_running_loop().create_task(stop_when_asked(), name="worker-stop")
