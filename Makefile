@@ -4,6 +4,7 @@
 #   make test     set everything up, then run the test suite     (PYTEST_ARGS="-k sdp -x")
 #   make bench    set up the venv, then load-test the server      (ARGS="--steps 10,50,100")
 #   make core     compile the fan-out core (webcall/media/_fanout.so; serve, test and bench do it)
+#   make fuzz     the fuzz targets (tests/fuzz) with 100,000 examples each (not part of make test)
 #
 # serve installs only what serving needs (gcc, nodejs, npm, python3-venv; requirements.txt); test adds the
 # browsers (chromium, firefox-esr) and the test tools (requirements-dev.txt); bench adds requirements-dev.txt.
@@ -37,12 +38,13 @@ CC          ?= gcc
 CORE_SRC    := webcall/media/fanout.c
 CORE_LIB    := webcall/media/_fanout.so
 
-.PHONY: serve test bench core venv venv-runtime sdk deps-system deps-test clean help
+.PHONY: serve test bench fuzz core venv venv-runtime sdk deps-system deps-test clean help
 
 help:
 	@echo "make serve        run the server (ARGS='--port 8080 --public-ip 1.2.3.4')"
 	@echo "make test         run the tests  (PYTEST_ARGS='-k name -x')"
 	@echo "make bench        viewers per core, first-frame time, added latency (ARGS='--steps 10,50,100')"
+	@echo "make fuzz         the fuzz targets with 100,000 examples each (FUZZ_EXAMPLES=N to change; PYTEST_ARGS='-k sdp')"
 	@echo "make core         compile the fan-out core (C, loaded with cffi; without it forwarding runs in Python)"
 	@echo "make venv         create .venv and install requirements-dev.txt (tests, bench tools)"
 	@echo "make venv-runtime create .venv and install requirements.txt only (what make serve uses)"
@@ -63,6 +65,13 @@ test: deps-test venv sdk core
 	@rc=0; $(VENV_PY) -m pytest -q $(PYTEST_ARGS) || rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "make test: pytest collected no tests (exit 5)"; exit 0; fi; \
 	exit $$rc
+
+# `make test` runs tests/fuzz too, but with the short "ci" profile (300 derandomized examples per target).
+# This is the long run: random seeds, failures kept in .hypothesis/ and replayed first next time.
+FUZZ_EXAMPLES ?= 100000
+fuzz: venv
+	WEBCALL_FUZZ_PROFILE=fuzz WEBCALL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV_PY) -m pytest -q tests/fuzz \
+	  --hypothesis-show-statistics --durations=0 $(PYTEST_ARGS)
 
 venv: $(VENV_STAMP)
 

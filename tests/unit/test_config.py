@@ -79,3 +79,35 @@ def test_help_lists_every_option_with_its_environment_variable() -> None:
     for name in FIELDS:
         assert f"--{name.replace('_', '-')}" in text
         assert f"WEBCALL_{name.upper()}" in text
+
+
+def test_apps_tables_give_per_app_hook_urls(tmp_path: Path) -> None:
+    path = write(tmp_path, 'hook_url = "http://127.0.0.1:9091/EchoApp"\n'
+                           '[apps.roomApp]\nhook_url = "https://backend.example/hooks"\n'
+                           '[apps.defaultApp]\nhook-url = "http://overridden.example/"\n')
+    config = parse_args(["--config", path], environ={})
+    assert config.hook_urls() == {"roomApp": "https://backend.example/hooks",
+                                  "defaultApp": "http://127.0.0.1:9091/EchoApp"}
+    config = parse_args(["--config", path, "--hook-url", "http://flag.example/"], environ={})
+    assert config.hook_urls()["defaultApp"] == "http://flag.example/"  # --hook-url is defaultApp's
+    assert parse_args([], environ={}).hook_urls() == {}  # no URL: no hooks at all
+    assert "apps" not in FIELDS  # a table: no flag, no environment variable, no README row
+
+
+@pytest.mark.parametrize(
+    ("toml", "message"),
+    [
+        ("apps = 1\n", "apps must be a table"),
+        ("[apps]\nroomApp = 1\n", "apps.roomApp must be a table"),
+        ('[apps.roomApp]\nport = 1\n', "unknown option 'port' in [apps.roomApp]"),
+        ("[apps.roomApp]\nhook_url = 1\n", "apps.roomApp.hook_url must be a string"),
+        ('[apps.roomApp]\nhook_url = "ftp://x"\n', "hook_url of app 'roomApp' must start with http"),
+        ('hook_timeout = 0\n', "hook_timeout must be > 0"),
+        ('allow_origins = "https://a.com/path"\n', "bad origin pattern"),
+        ('allow_origins = "a.*.com"\n', "only a leading"),
+    ],
+)
+def test_bad_hook_settings_are_reported(tmp_path: Path, capsys, toml: str, message: str) -> None:
+    with pytest.raises(SystemExit):
+        parse_args(["--config", write(tmp_path, toml)], environ={})
+    assert message in capsys.readouterr().err

@@ -17,6 +17,8 @@ from typing import Any
 
 import ifaddr
 
+from ..hooks.origins import parse_allow_list
+
 PACKAGE_DIR = Path(__file__).resolve().parent
 REPO_DIR = PACKAGE_DIR.parents[1]
 ENV_PREFIX = "WEBCALL_"
@@ -79,10 +81,35 @@ class Config:
         "help": "audio in MP4 recordings: opus (copied) or aac (transcoded, as WCS does)"})
     record_fragment: float = field(default=1.0, metadata={
         "help": "seconds per MP4 fragment / WebM cluster: the most of a recording a crash can lose"})
+    # --- REST hooks and origins (spec §13, §15; webcall/hooks/, docs/hooks.md) ---
+    hook_url: str = field(default="", metadata={
+        "help": "backend URL of appKey defaultApp's REST hooks (POST URL/method); other apps: TOML "
+                "[apps.NAME] hook_url; empty = no hooks, everything allowed"})
+    hook_timeout: float = field(default=3.0, metadata={
+        "help": "seconds a REST hook may take (WCS: 15, too long for a user waiting on Publish); then it is "
+                "denied, or allowed if the backend set restOnError LOG"})
+    hook_secret: str = field(default="", metadata={
+        "help": "sign every hook request with the header Authorization: WCS + HMAC-MD5 hex of the body; empty = unsigned"})
+    keep_alive_interval: float = field(default=0.0, metadata={
+        "help": "seconds between StreamKeepAliveEvent hooks per stream (a 403 stops it; WCS uses 10); 0 = off"})
+    hook_queue_size: int = field(default=64, metadata={
+        "help": "events (status changes) queued per client for the backend; more are dropped and counted"})
+    allow_origins: str = field(default="", metadata={
+        "help": "WebSocket Origin allow-list, comma-separated (https://a.com, *.b.com, c.com:8080); "
+                "empty = any origin"})
+    # TOML-only tables (no flag, no environment variable): [apps.<appKey>] with the keys in APP_KEYS.
+    apps: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"table": True})
 
     @property
     def video_codec_list(self) -> tuple[str, ...]:
         return tuple(c.strip() for c in self.video_codecs.split(",") if c.strip())
+
+    def hook_urls(self) -> dict[str, str]:
+        """appKey -> backend URL: the [apps.X] tables, with hook_url (any source) for defaultApp."""
+        urls = {key: app["hook_url"] for key, app in self.apps.items() if app.get("hook_url")}
+        if self.hook_url:
+            urls["defaultApp"] = self.hook_url
+        return urls
 
     def announced_ips(self) -> list[str]:
         if self.public_ip and self.public_ip != "auto":
@@ -127,9 +154,17 @@ class Config:
             raise ValueError("placement must be fill or spread")
         if self.record_mp4_audio not in ("opus", "aac") or not self.record_fragment > 0:
             raise ValueError("record_mp4_audio must be opus or aac, record_fragment > 0")
+        for app_key, url in self.hook_urls().items():
+            if not url.startswith(("http://", "https://")):
+                raise ValueError(f"hook_url of app {app_key!r} must start with http:// or https://")
+        if not self.hook_timeout > 0 or not self.keep_alive_interval >= 0 or self.hook_queue_size < 1:
+            raise ValueError("hook_timeout must be > 0, keep_alive_interval >= 0, hook_queue_size >= 1")
+        parse_allow_list(self.allow_origins)  # raises ValueError for a malformed pattern
 
 
-FIELDS = {f.name: f for f in dataclasses.fields(Config)}
+# The options with a flag, an environment variable and a README row; tables (apps) are TOML-only.
+FIELDS = {f.name: f for f in dataclasses.fields(Config) if not f.metadata.get("table")}
+APP_KEYS = {"hook_url": str}  # what an [apps.<appKey>] table may hold
 
 
 class ConfigError(ValueError):
@@ -163,13 +198,33 @@ def load_toml(path: str | os.PathLike[str]) -> dict[str, Any]:
         raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"{path}: {exc}") from None
-    values = {}
+    values: dict[str, Any] = {}
+    if "apps" in data:
+        values["apps"] = _load_apps(data.pop("apps"), str(path))
     for key, value in data.items():
         name = key.replace("-", "_")
         if name not in FIELDS:
             raise ConfigError(f"{path}: unknown option {key!r}")
         values[name] = _convert(name, value, str(path))
     return values
+
+
+def _load_apps(apps: Any, source: str) -> dict[str, dict[str, Any]]:
+    """[apps.<appKey>] tables: per-application settings (today only hook_url)."""
+    if not isinstance(apps, dict):
+        raise ConfigError(f"{source}: apps must be a table of [apps.<appKey>] tables")
+    out = {}
+    for app_key, table in apps.items():
+        if not isinstance(table, dict):
+            raise ConfigError(f"{source}: apps.{app_key} must be a table")
+        for key, value in table.items():
+            name = key.replace("-", "_")
+            if name not in APP_KEYS:
+                raise ConfigError(f"{source}: unknown option {key!r} in [apps.{app_key}]")
+            if type(value) is not APP_KEYS[name]:
+                raise ConfigError(f"{source}: apps.{app_key}.{name} must be {_TYPE_NAMES[APP_KEYS[name]]}")
+        out[app_key] = {key.replace("-", "_"): value for key, value in table.items()}
+    return out
 
 
 def load_env(environ: dict[str, str]) -> dict[str, Any]:
@@ -220,10 +275,11 @@ def parse_args(argv: list[str] | None = None, environ: dict[str, str] | None = N
         defaults.update(load_env(environ))
     except ConfigError as exc:
         parser.error(str(exc))
+    apps = defaults.pop("apps", {})
     parser = build_parser(defaults)
     args = vars(parser.parse_args(argv))
     args.pop("config")
-    config = Config(**args)
+    config = Config(**args, apps=apps)
     try:
         config.validate()
     except ValueError as exc:

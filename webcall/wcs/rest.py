@@ -60,7 +60,7 @@ def _ids(value: Any) -> tuple[str, ...]:
 
 
 def _event_type(value: Any) -> str:
-    if value not in STREAM_EVENT_TYPES:
+    if not isinstance(value, str) or value not in STREAM_EVENT_TYPES:  # a list or object is unhashable
         raise _Bad(f"must be one of {', '.join(sorted(STREAM_EVENT_TYPES))}")
     return value
 
