@@ -244,9 +244,17 @@ async def test_events_and_data_reach_exactly_the_right_clients(server) -> None:
     assert msg["data"][0]["payload"] == {"b": 2} and msg["data"][0]["operationId"] == operation
     assert msg["data"][0]["sessionId"] == p2_client.auth_token
 
-    await asyncio.sleep(0.3)  # anything misrouted would have arrived by now
-    assert p3_client.find("notifyStreamEvent") == [] and p3_client.find("OnDataEvent") == []
-    assert p1_client.find("OnDataEvent") == []
+    # A barrier instead of a sleep: one more /data/send to every session. A WebSocket keeps its order, so once
+    # a session has that, anything misrouted to it earlier has arrived too.
+    for client in (p1_client, p3_client, pub_client, other_pub_client):
+        barrier = str(uuid.uuid4())
+        status, _ = await call(server, "/rest-api/data/send", {"sessionId": client.auth_token,
+                                                                "operationId": barrier, "payload": {}})
+        assert status == 200
+        await client.wait_for(lambda m, b=barrier: m.get("message") == "OnDataEvent"
+                              and m["data"][0].get("operationId") == b, timeout=5)
+    assert p3_client.find("notifyStreamEvent") == [] and len(p3_client.find("OnDataEvent")) == 1  # the barrier
+    assert len(p1_client.find("OnDataEvent")) == 1
     assert pub_client.find("notifyStreamEvent") == [] and other_pub_client.find("notifyStreamEvent") == []
 
     # /connection/terminate closes that session only: its player stops, the others go on.

@@ -530,6 +530,13 @@ class Player(_Stream):
             "max_jump": max((s for s in steps if s <= COUNTER_MODULO // 2), default=0),
         }
 
+    def frames_published_before_first_frame(self, track: PatternVideoTrack) -> int | None:
+        """How many frames the publisher's track produced between playStream and this player's first decoded
+        frame: time to first frame in the publisher's own frames, which a slow machine slows down alike."""
+        if self.first_frame_time is None or self.sent_at is None:
+            return None
+        return sum(1 for t in track.sent_at.values() if self.sent_at <= t <= self.first_frame_time)
+
     def latencies(self, sent_at: dict[int, float], since: int = 0) -> list[float]:
         """Capture-to-display delays, using a publisher's PatternVideoTrack.sent_at."""
         out = []
