@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import re
 import time
 from collections.abc import Callable
 
@@ -20,25 +19,11 @@ from aiortc.rtcdtlstransport import certificate_digest
 from cryptography.hazmat.primitives.serialization import Encoding
 
 from tests.support import peers
+from tests.support.peers import rewrite_fingerprints
 from tests.support.wcs_client import WcsClient
 
 CONNECT_TIMEOUT = 8.0
 FINGERPRINT_ERROR = "Failed by DTLS fingerprint error"
-_FINGERPRINT_LINE = re.compile(r"^a=fingerprint:(\S+) (\S+)$")
-
-
-def rewrite_fingerprints(replace: Callable[[str, str], list[str]]) -> Callable[[str], str]:
-    """An offer transform: each a=fingerprint line becomes the lines `replace(algorithm, value)` returns."""
-
-    def transform(sdp: str) -> str:
-        out = []
-        for line in sdp.splitlines():
-            m = _FINGERPRINT_LINE.match(line)
-            out += replace(m.group(1), m.group(2)) if m else [line]
-        assert out != sdp.splitlines(), "the offer had no fingerprint to rewrite"
-        return "\r\n".join(out) + "\r\n"
-
-    return transform
 
 
 def digest(certificate: RTCCertificate, algorithm: str) -> str:

@@ -15,8 +15,8 @@ import sys
 import uuid
 from pathlib import Path
 
-from tests.e2e.test_dtls import rewrite_fingerprints
 from tests.support import hostile, peers
+from tests.support.peers import rewrite_fingerprints
 from tests.support.wcs_client import WcsClient
 
 REPO = Path(__file__).resolve().parents[2]

@@ -153,6 +153,23 @@ def strip_candidates(sdp: str, reset_connection: bool = False) -> str:
     return "\r\n".join(out) + "\r\n"
 
 
+_FINGERPRINT_LINE = re.compile(r"^a=fingerprint:(\S+) (\S+)$")
+
+
+def rewrite_fingerprints(replace: Callable[[str, str], list[str]]) -> Callable[[str], str]:
+    """An offer transform: each a=fingerprint line becomes the lines `replace(algorithm, value)` returns."""
+
+    def transform(sdp: str) -> str:
+        out = []
+        for line in sdp.splitlines():
+            m = _FINGERPRINT_LINE.match(line)
+            out += replace(m.group(1), m.group(2)) if m else [line]
+        assert out != sdp.splitlines(), "the offer had no fingerprint to rewrite"
+        return "\r\n".join(out) + "\r\n"
+
+    return transform
+
+
 def create_peer_connection(
     bundle_policy: RTCBundlePolicy = RTCBundlePolicy.MAX_COMPAT,
 ) -> RTCPeerConnection:
