@@ -1,14 +1,19 @@
-"""`webcall bench` at a tiny scale: the figures it reports must agree with each other.
+"""`webcall bench` at a tiny scale: the figures it reports must agree with independent counts.
 
-One run (module-scoped, ~20 s): a server subprocess, 1 publisher, 3 players, a 3-second window. Nothing
-here is timed against a threshold; it checks that every figure is there, measured, and consistent.
+One run (module-scoped, ~20 s): a server subprocess started here, 1 publisher, 3 players, a 3-second window.
+Nothing here is timed against a threshold; the bench's counts are checked against the server's own
+(/metrics, /proc), and its verdict rules against crafted inputs in tests/unit/test_bench_verdicts.py.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import re
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import pytest
@@ -21,69 +26,131 @@ PLAYERS = 3
 ROOT = Path(__file__).resolve().parents[2]
 
 
+def _metrics(rest_url: str) -> dict[str, float]:
+    """The server's Prometheus counters, summed over their labels."""
+    with urllib.request.urlopen(rest_url + "/metrics", timeout=10) as r:
+        text = r.read().decode()
+    out: dict[str, float] = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            out[name.split("{", 1)[0]] = out.get(name.split("{", 1)[0], 0.0) + float(value)
+    return out
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
 @pytest.fixture(scope="module")
-def bench(tmp_path_factory) -> tuple[dict, Path, subprocess.CompletedProcess]:
+def bench(tmp_path_factory) -> tuple[dict, Path, subprocess.CompletedProcess, dict]:
+    """The bench against a server this test started, so the server's own counters (/metrics) and CPU time
+    (/proc) can be read before and after: figures to check the bench's against, not the bench's own."""
     out = tmp_path_factory.mktemp("bench") / "result.json"
-    proc = subprocess.run(
-        [sys.executable, "-m", "webcall", "bench", "--players", str(PLAYERS), "--window", "3", "--settle", "0.5",
-         "--clip-seconds", "2", "--ceiling-packets", "400", "--max-latency-ms", "1000", "--probe-joins", "2", "--quiet", "-o", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
-    )
-    assert proc.returncode == 0, f"bench failed:\n{proc.stdout}\n{proc.stderr}"
-    return json.loads(out.read_text()), out, proc
+    server = subprocess.Popen(
+        [sys.executable, "-m", "webcall", "--host", "127.0.0.1", "--port", "0", "--media-host", "127.0.0.1",
+         "--media-port", "0", "--public-ip", "127.0.0.1", "--rest-port", "0", "--tls-port", "-1",
+         "--log-level", "warning"],
+        cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)})
+    try:
+        line = server.stdout.readline()
+        match = re.search(r"http://localhost:(\d+)/.*REST (http://127\.0\.0\.1:\d+)/", line)
+        assert match, line
+        url, rest = f"ws://127.0.0.1:{match.group(1)}/", match.group(2)
+        before, cpu_before = _metrics(rest), _cpu_seconds(server.pid)
+        proc = subprocess.run(
+            [sys.executable, "-m", "webcall", "bench", "--url", url, "--server-pid", str(server.pid),
+             "--players", str(PLAYERS), "--window", "3", "--settle", "0.5", "--clip-seconds", "2",
+             "--ceiling-packets", "400", "--max-latency-ms", "1000", "--probe-joins", "2", "--quiet",
+             "-o", str(out)],
+            cwd=ROOT, capture_output=True, text=True, timeout=120,
+        )
+        assert proc.returncode == 0, f"bench failed:\n{proc.stdout}\n{proc.stderr}"
+        # The players and publishers are gone: wait until the server says so, then read its counters.
+        deadline = time.monotonic() + 10
+        while (after := _metrics(rest))["webcall_players"] or after["webcall_streams"]:
+            assert time.monotonic() < deadline, after
+            time.sleep(0.1)
+        server_side = {"before": before, "after": after, "cpu_seconds": _cpu_seconds(server.pid) - cpu_before}
+    finally:
+        server.terminate()
+        code = server.wait(15)
+    server_side["exit_code"] = code
+    return json.loads(out.read_text()), out, proc, server_side
+
+
+def _delta(server_side: dict, name: str) -> float:
+    return server_side["after"].get(name, 0.0) - server_side["before"].get(name, 0.0)
 
 
 def test_result_has_every_field(bench) -> None:
-    result, _, proc = bench
-    for key in ("version", "machine", "config", "ceiling", "server", "publishers", "steps", "knee", "clip"):
+    result, _, proc, server_side = bench
+    for key in ("version", "machine", "config", "ceiling", "server", "publishers", "steps", "knee", "clip", "totals"):
         assert key in result, key
     (step,) = result["steps"]
     for key in ("players", "connected", "failed", "server_cpu", "delivery", "ttff_ms", "latency_ms", "memory",
                 "loadgen", "machine", "integrity", "ok", "reasons", "warnings", "per_player"):
         assert key in step, key
     assert step["players"] == step["connected"] == PLAYERS and step["failed"] == 0, step["failures"]
+    assert step["ok"] and step["reasons"] == [], step["reasons"]
     assert "players" in proc.stdout and "µs/pkt" in proc.stdout  # the table
-    assert result["server"]["started_by_bench"] and result["server"]["exit_code"] == 0
+    assert not result["server"]["started_by_bench"] and server_side["exit_code"] == 0
 
 
-def test_delivery_adds_up(bench) -> None:
-    result, _, _ = bench
+def test_delivery_agrees_with_the_servers_counters(bench) -> None:
+    """What the bench's players counted (media packets of their SSRCs, each once) against what the server
+    says it forwarded (/metrics, retransmissions not included): on loopback they agree, except for what was
+    in flight when the players closed their sockets. More received than sent = counting something twice."""
+    result, _, _, server_side = bench
+    totals = result["totals"]
+    forwarded = _delta(server_side, "webcall_rtp_packets_sent_total")
+    received = totals["player_media_packets"]
+    assert forwarded > 0
+    assert received <= forwarded, (received, forwarded)
+    assert received >= 0.97 * forwarded, (received, forwarded)
+    # ...and what the publisher sent against what the server received from it (retransmissions included there)
+    got = _delta(server_side, "webcall_rtp_packets_received_total")
+    retransmitted = _delta(server_side, "webcall_rtp_packets_recovered_total")
+    sent = totals["publisher_media_packets"]
+    assert got - retransmitted <= sent, (got, retransmitted, sent)
+    assert got >= 0.97 * sent, (got, sent)
+
+
+def test_window_delivery_per_player(bench) -> None:
+    result, _, _, _ = bench
     (step,) = result["steps"]
     d = step["delivery"]
-    sent = step["publisher_packets"]
-    assert sent > 0
-    # Each player should get what the publisher sent in the window; together: sent × players − lost.
-    assert d["packets_expected"] == sent * PLAYERS
-    assert d["packets_received"] + d["packets_lost"] >= d["packets_expected"]
-    assert abs(d["packets_received"] - (sent * PLAYERS - d["packets_lost"])) <= 0.02 * sent * PLAYERS
+    sent = step["publisher_packets"]  # counted by the publisher's send log, not by the players
+    # (a healthy 640x480 600 kbps VP8 + Opus publisher: ~50 audio + ≥ 60 video packets a second)
+    assert sent >= 100 * step["window_s"] * 0.9, sent
     assert d["loss_pct"] < 5  # loopback
     for player in step["per_player"]:
-        assert player["expected_packets"] == sent
-        assert 0.95 * sent <= player["packets"] <= 1.05 * sent, player
+        assert 0.95 * sent <= player["packets"] <= 1.0 * sent + 2, player  # never more than was sent
         assert player["bytes"] > player["packets"] * 12
+        assert player["duplicates"] == 0 and player["offsets_learned"], player
     # ~600 kbps of video + Opus, per player, measured from the bytes received
     assert 300 < d["kbps_per_player"] < 1500, d
 
 
 def test_cpu_figures_are_plausible(bench) -> None:
-    result, _, _ = bench
+    result, _, _, server_side = bench
     (step,) = result["steps"]
     cpu = step["server_cpu"]
     assert cpu is not None, "no server CPU figures"
-    assert 0 < cpu["seconds"] <= 2 * step["window_s"]
+    # The window's CPU is part of what the server used over the whole run (read by this test from /proc).
+    assert 0 < cpu["seconds"] <= server_side["cpu_seconds"] + 0.05, (cpu, server_side["cpu_seconds"])
     assert 0 < cpu["fraction"] <= 2
     assert 0 < cpu["us_per_packet"] < 20_000
-    assert cpu["players_per_core"] == pytest.approx(PLAYERS / cpu["fraction"], rel=0.01)
-    assert cpu["ms_per_s_per_player"] == pytest.approx(1000 * cpu["fraction"] / PLAYERS, rel=0.01)
     ceiling = result["ceiling"]
     assert 0 < ceiling["us_per_output_packet"] < 1000 and ceiling["us_per_forwarded_packet"] > 0
-    assert cpu["ratio_to_ceiling"] == pytest.approx(cpu["us_per_packet"] / cpu["ceiling_us_per_packet"], rel=0.02)
     assert 0 < step["loadgen"]["cpu_fraction"] <= 2
     assert step["memory"]["server_rss_mb"] > 10
 
 
 def test_first_frame_and_latency_measured_for_every_player(bench) -> None:
-    result, _, _ = bench
+    result, _, _, _ = bench
     (step,) = result["steps"]
     assert step["ttff_ms"]["measured"] == PLAYERS and step["ttff_ms"]["missing"] == 0
     for player in step["per_player"]:
@@ -101,16 +168,16 @@ def test_first_frame_and_latency_measured_for_every_player(bench) -> None:
 
 
 def test_integrity_samples_decrypt_to_the_publishers_payload(bench) -> None:
-    result, _, _ = bench
+    result, _, _, _ = bench
     (step,) = result["steps"]
     integrity = step["integrity"]
-    assert integrity["sampled"] > 0 and integrity["bad"] == 0
+    assert integrity["sampled"] >= PLAYERS and integrity["bad"] == 0 and integrity["unmatched"] == 0
     assert integrity["first_keyframes_intact"] == PLAYERS
-    assert integrity["offsets_learned"] == PLAYERS
+    assert integrity["offsets_learned"] == PLAYERS and integrity["players_without_offsets"] == []
 
 
 def test_plot_is_a_png(bench) -> None:
-    result, out, _ = bench
+    result, out, _, _ = bench
     png = Path(result["plot"])
     assert png == out.with_suffix(".png")
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -22,6 +22,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.deps import missing_dependency
 from tests.browser.conftest import FIGURES_KEY
 from tests.conftest import RunningServer
 from tests.conftest import test_config as base_config
@@ -136,10 +137,7 @@ class Results:
 def results(tmp_path_factory, pytestconfig) -> Results:
     missing = _missing_prerequisites()
     if missing:
-        message = "browser tests need: " + ", ".join(missing) + " (make test installs them)"
-        if os.environ.get("CI"):
-            pytest.fail(message)
-        pytest.skip(message)
+        missing_dependency("browser tests need: " + ", ".join(missing))
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     for old in ARTIFACTS.glob("*"):
         if old.is_file():

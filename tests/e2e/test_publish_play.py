@@ -22,6 +22,14 @@ async def server(server_shapes):
     return server_shapes
 
 
+async def wait_sent(track, frames: int, timeout: float = 10.0) -> None:
+    """Until the publisher's track has produced `frames` frames (not a fixed sleep: a slow encoder is slower)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while track.frames_sent < frames:
+        assert asyncio.get_running_loop().time() < deadline, track.frames_sent
+        await asyncio.sleep(0.02)
+
+
 def assert_frames_good(player: peers.Player, min_frames: int) -> None:
     frames = player.frames
     assert len(frames) >= min_frames
@@ -57,7 +65,8 @@ async def test_publish_to_three_players(server, codec: str) -> None:
     for player, client in zip(players, clients):
         assert_frames_good(player, 90)
         assert_audio_tone(player)
-        assert player.time_to_first_frame is not None and player.time_to_first_frame < 2.0
+        # (the player joined a running stream: its first frame within a second's worth of the publisher's frames)
+        assert player.frames_published_before_first_frame(publisher.video_track) <= 30, player.time_to_first_frame
         # The message sequence of §4.2, routed by this player's mediaSessionId.
         names = [m["message"] for m in client.messages if m["message"] not in ("ping", "getUserData", "getVersion")]
         assert names[:4] == ["notifyAudioCodec", "setRemoteSDP", "notifyStreamStatusEvent", "notifyVideoFormat"]
@@ -104,16 +113,18 @@ async def test_player_gets_first_frame_fast_from_keyframe_cache(server) -> None:
     pub_client = await server.client()
     publisher = await peers.publish(pub_client, "cached")
     await publisher.wait_status("PUBLISHING", timeout=10)
-    await asyncio.sleep(1.0)
-    ttffs = []
+    await wait_sent(publisher.video_track, 30)  # the GOP's keyframe is a second old
+    ttffs, waits = [], []
     for _ in range(3):
         client = await server.client()
         player = await peers.play(client, "cached")
         await player.wait_decoded_frames(5, timeout=10)
         ttffs.append(player.time_to_first_frame)
+        waits.append(player.frames_published_before_first_frame(publisher.video_track))
         await player.stop()
         await client.close()
-    assert max(ttffs) < 1.0, ttffs
+    # Within half a second's worth of the publisher's own frames (its real rate on this machine, whatever it is).
+    assert max(waits) <= 15, (waits, ttffs)
     await publisher.stop()
     await pub_client.close()
     await server.wait_empty()

@@ -60,6 +60,15 @@ async def call(server, path: str, body: Any = None, *, method: str = "POST", dat
 
 
 SMALL = {"width": 320, "height": 240}
+SNAPSHOT_LAG_FRAMES = 10  # a third of a second at 30 fps: encoder queue and delivery on a slow machine
+
+
+async def wait_counter(track, counter: int, timeout: float = 10.0) -> None:
+    """Wait until the publisher's pattern track has handed frame `counter` to its encoder."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while track.counter <= counter:
+        assert asyncio.get_running_loop().time() < deadline, (track.counter, counter)
+        await asyncio.sleep(0.02)
 
 
 @pytest.fixture
@@ -241,9 +250,17 @@ async def test_events_and_data_reach_exactly_the_right_clients(server) -> None:
     assert msg["data"][0]["payload"] == {"b": 2} and msg["data"][0]["operationId"] == operation
     assert msg["data"][0]["sessionId"] == p2_client.auth_token
 
-    await asyncio.sleep(0.3)  # anything misrouted would have arrived by now
-    assert p3_client.find("notifyStreamEvent") == [] and p3_client.find("OnDataEvent") == []
-    assert p1_client.find("OnDataEvent") == []
+    # A barrier instead of a sleep: one more /data/send to every session. A WebSocket keeps its order, so once
+    # a session has that, anything misrouted to it earlier has arrived too.
+    for client in (p1_client, p3_client, pub_client, other_pub_client):
+        barrier = str(uuid.uuid4())
+        status, _ = await call(server, "/rest-api/data/send", {"sessionId": client.auth_token,
+                                                                "operationId": barrier, "payload": {}})
+        assert status == 200
+        await client.wait_for(lambda m, b=barrier: m.get("message") == "OnDataEvent"
+                              and m["data"][0].get("operationId") == b, timeout=5)
+    assert p3_client.find("notifyStreamEvent") == [] and len(p3_client.find("OnDataEvent")) == 1  # the barrier
+    assert len(p1_client.find("OnDataEvent")) == 1
     assert pub_client.find("notifyStreamEvent") == [] and other_pub_client.find("notifyStreamEvent") == []
 
     # /connection/terminate closes that session only: its player stops, the others go on.
@@ -258,24 +275,33 @@ async def test_events_and_data_reach_exactly_the_right_clients(server) -> None:
 @pytest.mark.parametrize("codec", ["VP8", "H264"])
 async def test_snapshot_shows_the_published_picture(server, codec: str) -> None:
     pub_client, publisher = await publish(server, "snap", video_codec=codec)
-    await asyncio.sleep(0.5)
+    track = publisher.video_track
+    # Well past the first keyframe, so that a snapshot of the keyframe itself would be visibly stale.
+    await wait_counter(track, 45)
     asker = await server.client()
     msid = str(uuid.uuid1())  # a NEW stream of the asker's: the SDK allows snapshot() before play()
+    asked_at = track.counter
     await asker.send("snapshot", {"name": "snap", "mediaSessionId": msid})
     msg = await asker.wait_for("notifyStreamEvent", mediaSessionId=msid, timeout=10)
+    answered_at = track.counter
     event = msg["data"][0]
     assert event["type"] == "snapshotCompleted", event
     frame = decode_png(event["payload"]["snapshot"])
     assert (frame.width, frame.height) == (640, 480)
     counter = read_frame_counter(frame)
     assert counter is not None and pattern_present(frame)
-    assert counter <= publisher.video_track.counter
+    # The newest frame the server had: sent before the answer, and at most a few frames (encoder and
+    # network) older than the request. (The track's counter is the NEXT frame's.)
+    assert asked_at - SNAPSHOT_LAG_FRAMES <= counter < answered_at, (asked_at, counter, answered_at)
 
+    await wait_counter(track, answered_at + 10)  # the stream moves on...
+    asked_at = track.counter
     status, result = await call(server, "/rest-api/stream/snapshot", {"streamName": "snap"})
     assert status == 200
     frame = decode_png(result["data"])
-    assert read_frame_counter(frame) is not None and pattern_present(frame)
-    assert read_frame_counter(frame) >= counter  # a later picture: the stream moves on
+    later = read_frame_counter(frame)
+    assert later is not None and pattern_present(frame)
+    assert later > counter and later >= asked_at - SNAPSHOT_LAG_FRAMES, (counter, asked_at, later)  # ...and so does the snapshot
 
     # Unknown stream: snapshotFailed / 404.
     await asker.send("snapshot", {"name": "missing", "mediaSessionId": msid})

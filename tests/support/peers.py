@@ -21,7 +21,7 @@ import re
 import time
 import uuid
 from collections import deque
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, NamedTuple
 
 import aioice.ice
@@ -153,6 +153,23 @@ def strip_candidates(sdp: str, reset_connection: bool = False) -> str:
     return "\r\n".join(out) + "\r\n"
 
 
+_FINGERPRINT_LINE = re.compile(r"^a=fingerprint:(\S+) (\S+)$")
+
+
+def rewrite_fingerprints(replace: Callable[[str, str], list[str]]) -> Callable[[str], str]:
+    """An offer transform: each a=fingerprint line becomes the lines `replace(algorithm, value)` returns."""
+
+    def transform(sdp: str) -> str:
+        out = []
+        for line in sdp.splitlines():
+            m = _FINGERPRINT_LINE.match(line)
+            out += replace(m.group(1), m.group(2)) if m else [line]
+        assert out != sdp.splitlines(), "the offer had no fingerprint to rewrite"
+        return "\r\n".join(out) + "\r\n"
+
+    return transform
+
+
 def create_peer_connection(
     bundle_policy: RTCBundlePolicy = RTCBundlePolicy.MAX_COMPAT,
 ) -> RTCPeerConnection:
@@ -205,6 +222,8 @@ class _Stream:
         self.sent_at: float | None = None  # time.monotonic() when the request was sent
         self.answer_at: float | None = None  # time.monotonic() when setRemoteSDP was applied
         self.connection_states: list[str] = []
+        # Applied to the offer before it is sent (tests that lie in their SDP); the pc keeps the real one.
+        self.offer_transform: Callable[[str], str] | None = None
         self._connected = asyncio.Event()
         self._closed = False
         self._tasks: list[asyncio.Task[None]] = []
@@ -279,6 +298,8 @@ class _Stream:
         status) and apply the answer.  Returns False if the server failed the stream."""
         offer = await self.pc.createOffer()  # pre-gathering: port 9, c=0.0.0.0, no candidates
         self.offer_sdp = strip_candidates(offer.sdp)
+        if self.offer_transform is not None:
+            self.offer_sdp = self.offer_transform(self.offer_sdp)
         self.request["sdp"] = self.offer_sdp
         self.sent_at = time.monotonic()
         await self.client.send(request_name, self.request)
@@ -526,6 +547,13 @@ class Player(_Stream):
             "max_jump": max((s for s in steps if s <= COUNTER_MODULO // 2), default=0),
         }
 
+    def frames_published_before_first_frame(self, track: PatternVideoTrack) -> int | None:
+        """How many frames the publisher's track produced between playStream and this player's first decoded
+        frame: time to first frame in the publisher's own frames, which a slow machine slows down alike."""
+        if self.first_frame_time is None or self.sent_at is None:
+            return None
+        return sum(1 for t in track.sent_at.values() if self.sent_at <= t <= self.first_frame_time)
+
     def latencies(self, sent_at: dict[int, float], since: int = 0) -> list[float]:
         """Capture-to-display delays, using a publisher's PatternVideoTrack.sent_at."""
         out = []
@@ -577,12 +605,14 @@ async def publish(
     busy: bool = False,
     timeout: float = DEFAULT_TIMEOUT,
     raise_on_failure: bool = True,
+    offer_transform: Callable[[str], str] | None = None,
 ) -> Publisher:
     """Publish `name` like SDK stream.publish(): sendonly audio (tone) then video (pattern)
     transceivers, publishStream with the SDK field set, then apply the setRemoteSDP answer.
 
     video_codec restricts the offered video codecs ("VP8", "H264"; None = aiortc's full list).
-    extra_fields are merged into the publishStream payload last; omit_fields are removed.
+    extra_fields are merged into the publishStream payload last; omit_fields are removed;
+    offer_transform(sdp) rewrites the offer as sent (the pc itself keeps its real offer).
     If the server answers FAILED instead of setRemoteSDP: raises StreamFailed, or with
     raise_on_failure=False returns the (closed) Publisher whose .status is "FAILED"."""
     if video and video_track is None:
@@ -625,6 +655,7 @@ async def publish(
             "localMediaInfo": _local_media_info(audio_track if audio else None, video_track if video else None),
         }
         _apply_fields(pub.request, extra_fields, omit_fields)
+        pub.offer_transform = offer_transform
         await pub._exchange("publishStream", timeout, raise_on_failure)
     except BaseException:
         await pub.close()
@@ -644,6 +675,7 @@ async def play(
     media_session_id: str | None = None,
     timeout: float = DEFAULT_TIMEOUT,
     raise_on_failure: bool = True,
+    offer_transform: Callable[[str], str] | None = None,
 ) -> Player:
     """Play `name` like SDK stream.play(): recvonly audio then video, playStream (§4.1), apply
     the answer.  Received frames are decoded and analysed in background tasks (see Player).
@@ -680,6 +712,7 @@ async def play(
             "cvoExtension": None,
         }
         _apply_fields(player.request, extra_fields, omit_fields)
+        player.offer_transform = offer_transform
         await player._exchange("playStream", timeout, raise_on_failure)
     except BaseException:
         await player.close()

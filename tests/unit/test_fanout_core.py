@@ -16,6 +16,7 @@ from types import SimpleNamespace
 import pylibsrtp
 import pytest
 
+from tests.support.deps import missing_dependency
 from webcall.media.consumer import Consumer
 from webcall.media.fanout import FanoutCore, load_error, load_library
 from webcall.media.producer import Producer
@@ -26,9 +27,7 @@ from webcall.protocol.sdp import EXT_ABS_SEND_TIME, EXT_MID, EXT_TOFFSET, Codec,
 
 LIB = load_library()
 if LIB is None:
-    if os.environ.get("CI"):
-        pytest.fail(f"the fan-out core must be built for CI: {load_error()}", pytrace=False)
-    pytest.skip(f"fan-out core not built: {load_error()}", allow_module_level=True)
+    missing_dependency(f"fan-out core not built (make core): {load_error()}", module_level=True)
 
 PROFILES = {
     "AEAD_AES_128_GCM": (pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM, 28),

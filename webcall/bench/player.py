@@ -48,7 +48,35 @@ _SEQ_TS_SSRC = struct.Struct("!HII")
 _ICE_CHARS = string.ascii_letters + string.digits
 CONSENT_INTERVAL = 5.0
 LAG_SAMPLE_EVERY = 64
+DEDUP_WINDOW = 1024  # sequence numbers remembered per source; older ones count as duplicates (late anyway)
 
+
+class SeqDedup:
+    """Which sequence numbers of one source arrived (a window of DEDUP_WINDOW behind the highest): a packet
+    received twice — a retransmission of one that was not lost, a duplicate — is counted once."""
+
+    __slots__ = ("highest", "mask")
+
+    def __init__(self) -> None:
+        self.highest = -1
+        self.mask = 0
+
+    def fresh(self, seq: int) -> bool:
+        if self.highest < 0:
+            self.highest, self.mask = seq, 1
+            return True
+        ahead = (seq - self.highest) & 0xFFFF
+        if ahead == 0:
+            return False
+        if ahead < 0x8000:
+            self.mask = ((self.mask << ahead) | 1) & ((1 << DEDUP_WINDOW) - 1)
+            self.highest = seq
+            return True
+        bit = 1 << (0x10000 - ahead)
+        if bit >> DEDUP_WINDOW or self.mask & bit:
+            return False
+        self.mask |= bit
+        return True
 
 
 
@@ -198,12 +226,16 @@ class BenchPlayer:
         self.next_consent = 0.0
         self.consent_sent = self.consent_answered = 0
 
-        # counters (whole run)
+        # counters (whole run): media packets of the answer's SSRCs, each sequence number once; anything else
+        # (other SSRCs, RTX) is `other_packets`, a sequence number seen again `duplicates`
         self.video_packets = self.audio_packets = self.other_packets = self.rtcp_packets = 0
+        self.duplicates = 0
+        self._video_seen, self._audio_seen = SeqDedup(), SeqDedup()
         self.bytes = 0
         self.socket_errors = 0
-        # integrity samples
+        # integrity samples: bad = did not authenticate, or matched no packet the publisher sent
         self.sampled = self.sample_ok = self.sample_bad = 0
+        self.sample_unmatched = 0  # (included in sample_bad)
         # window counters
         self.win_packets = self.win_bytes = 0
         self.latencies: list[float] = []
@@ -456,6 +488,16 @@ class BenchPlayer:
 
     def _on_rtp(self, data: bytes, t: float) -> None:
         seq, ts, ssrc = _SEQ_TS_SSRC.unpack_from(data, 2)
+        if ssrc == self.video_ssrc:
+            seen = self._video_seen
+        elif ssrc == self.audio_ssrc:
+            seen = self._audio_seen
+        else:
+            self.other_packets += 1
+            return
+        if not seen.fresh(seq):
+            self.duplicates += 1
+            return
         size = len(data)
         self.bytes += size
         window = self.window
@@ -479,17 +521,10 @@ class BenchPlayer:
                 self._verify(data, seq, ts)
             if in_window and self.video_packets % LAG_SAMPLE_EVERY == 0:
                 self.lags.append(time.time() - t)
-        elif ssrc == self.audio_ssrc:
+        else:
             self.audio_packets += 1
             if self.audio_packets % self.sample_every == 0:
-                self.sampled += 1
-                try:
-                    self.rx.unprotect(data)  # type: ignore[union-attr]
-                    self.sample_ok += 1
-                except pylibsrtp.Error:
-                    self.sample_bad += 1
-        else:
-            self.other_packets += 1
+                self._verify_audio(data)
 
     def _decrypt(self, data: bytes) -> tuple[bytes, int, int] | None:
         """(plaintext, end of header extension, end of payload), or None if it does not authenticate."""
@@ -543,7 +578,7 @@ class BenchPlayer:
             self._kf_bad = 0
         if self.seq_off is None:
             self._learn_offsets(plain, ext_end, seq, ts)
-        if self._matches_publisher(plain, ext_end, seq, ts) is False:
+        if self._matches_publisher(plain, ext_end, seq, ts) is not True:  # wrong, or matching nothing sent
             self._kf_bad += 1
         self._kf_seen.add(seq)
         if data[1] & 0x80:
@@ -563,10 +598,23 @@ class BenchPlayer:
         plain, ext_end, _ = decrypted
         if self.seq_off is None:
             self._learn_offsets(plain, ext_end, seq, ts)
-        if self._matches_publisher(plain, ext_end, seq, ts) is False:
-            self.sample_bad += 1
-        else:
+        match = self._matches_publisher(plain, ext_end, seq, ts)
+        if match is True:
             self.sample_ok += 1
+        else:  # another payload, or none the publisher sent under this sequence number and timestamp
+            self.sample_bad += 1
+            self.sample_unmatched += match is None
+
+    def _verify_audio(self, data: bytes) -> None:
+        """An audio sample: it must authenticate and carry a payload the publisher sent (the clip repeats, so
+        the payload alone identifies it; no offsets are needed)."""
+        self.sampled += 1
+        decrypted = self._decrypt(data)
+        if decrypted is not None and hash(decrypted[0][decrypted[1]:]) in self.log.audio_hashes:
+            self.sample_ok += 1
+        else:
+            self.sample_bad += 1
+            self.sample_unmatched += decrypted is not None
 
     # --- window and teardown ------------------------------------------------------------------------
 

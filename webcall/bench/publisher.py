@@ -245,6 +245,7 @@ class SendLog:
         self.records: dict[int, tuple[int, float, int]] = {}  # video seq -> (rtp ts, send time, payload hash)
         self.by_hash: dict[int, int] = {}  # payload hash -> video seq
         self._hashes: dict[int, int] = {}  # video seq -> payload hash, between on_plain and on_wire
+        self.audio_hashes: set[int] = set()  # payload hashes of the audio sent (a repeating clip: bounded)
         self._order: deque[tuple[float, int]] = deque()  # (send time, payload hash) for pruning
         self._highest: dict[int, int] = {}
         self.video_packets = self.audio_packets = self.video_bytes = self.audio_bytes = 0
@@ -260,6 +261,15 @@ class SendLog:
         except ValueError:
             return
         self._hashes[(data[2] << 8) | data[3]] = hash(data[ext_end:])
+
+    def on_plain_audio(self, data: bytes) -> None:
+        """An audio RTP packet in plaintext, about to be protected."""
+        try:
+            _, ext_end, _ = split(data)
+        except ValueError:
+            return
+        if len(self.audio_hashes) < 100_000:
+            self.audio_hashes.add(hash(data[ext_end:]))
 
     def on_wire(self, data: bytes, t: float) -> None:
         """An SRTP packet of ours, about to be handed to the kernel at `t`."""
@@ -380,16 +390,18 @@ class BenchPublisher:
                 continue
             self._hooked.add(id(dtls))
             original = dtls._send_rtp
-            on_plain = self.log.on_plain
+            on_plain, on_plain_audio = self.log.on_plain, self.log.on_plain_audio
             video_ssrc = self.log.video_ssrc.to_bytes(4, "big")
             audio_ssrc = self.log.audio_ssrc.to_bytes(4, "big")
             pacer = self.pacer
 
-            async def send_rtp(data: bytes, original=original, on_plain=on_plain, video_ssrc=video_ssrc,
-                               audio_ssrc=audio_ssrc, pacer=pacer) -> None:
+            async def send_rtp(data: bytes, original=original, on_plain=on_plain, on_plain_audio=on_plain_audio,
+                               video_ssrc=video_ssrc, audio_ssrc=audio_ssrc, pacer=pacer) -> None:
                 if not 192 <= data[1] <= 223:  # RTP, not RTCP
                     if data[8:12] == video_ssrc:
                         on_plain(data)
+                    elif data[8:12] == audio_ssrc:
+                        on_plain_audio(data)
                     if pacer is not None and data[8:12] != audio_ssrc:  # video and its RTX; audio goes first
                         await pacer.wait(len(data))
                 await original(data)

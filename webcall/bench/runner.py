@@ -237,6 +237,7 @@ class Bench:
         self.progress = Progress(config.progress)
         self.publishers: list[BenchPublisher] = []
         self.players: list[BenchPlayer] = []
+        self.probes: list[BenchPlayer] = []  # the lone joiners, stopped once measured
         self.server: ServerProcess | None = None
         self.server_pid: int | None = config.server_pid
         self.result: dict = {}
@@ -465,6 +466,7 @@ class Bench:
                 probe.failed = probe.failed or f"join: {type(exc).__name__}: {exc}"
             finally:
                 await probe.stop()
+                self.probes.append(probe)
             if probe.ttff is None:
                 failed += 1
             else:
@@ -496,7 +498,9 @@ class Bench:
                 "expected_packets": expected, "loss_pct": round(100 * max(0.0, 1 - ratio), 3),
                 "kbps": round(8 * p.win_bytes / window / 1000, 1), "ttff_ms": _ms(p.ttff, 1),
                 "latency_p50_ms": _ms(percentile(p.latencies, 50), 3), "failed": p.failed,
-                "srtp_profile": p.srtp_profile,
+                "srtp_profile": p.srtp_profile, "offsets_learned": p.seq_off is not None,
+                "sampled": p.sampled, "sample_bad": p.sample_bad, "duplicates": p.duplicates,
+                "other_packets": p.other_packets,
             })
         received = sum(p.win_packets for p in players)
         received_bytes = sum(p.win_bytes for p in players)
@@ -584,31 +588,26 @@ class Bench:
             "other_processes_cores": round(other, 3),  # neither the server nor the load generator
             "steal_cores": round(steal / wall, 3) if wall > 0 else None,  # taken by the hypervisor
         }
+        framed = [p for p in alive if p.ttff is not None]
         step["integrity"] = {
             "sampled": sum(p.sampled for p in players), "ok": sum(p.sample_ok for p in players),
             "bad": sum(p.sample_bad for p in players),
+            "unmatched": sum(p.sample_unmatched for p in players),
             "first_keyframes_intact": sum(1 for p in players if p.keyframe_intact),
             "offsets_learned": sum(1 for p in players if p.seq_off is not None),
+            "players_with_first_frame": len(framed),
+            "players_without_offsets": sorted(p.index for p in alive if p.seq_off is None),
+            "duplicates": sum(p.duplicates for p in players),
+            "other_packets": sum(p.other_packets for p in players),
         }
-        reasons = []
-        if failed:
-            reasons.append(f"{len(failed)} player(s) failed")
-        if step["delivery"]["players_below_min"]:
-            reasons.append(f"{step['delivery']['players_below_min']} player(s) under "
-                           f"{100 * cfg.min_delivery:.0f}% delivery "
-                           f"(worst {100 * (step['delivery']['min_ratio'] or 0):.1f}%)")
-        if step["ttff_ms"]["missing"]:
-            reasons.append(f"{step['ttff_ms']['missing']} player(s) without a first frame")
-        p99 = step["latency_ms"]["p99"]
-        if p99 is None:
-            reasons.append("no latency sample")
-        elif p99 > cfg.max_latency_ms:
-            reasons.append(f"latency p99 {p99:.1f} ms > {cfg.max_latency_ms:.0f} ms")
+        publisher_problems = []
         for pub in self.publishers:
             expected = window * (self.cfg.fps * 0.5 + 25)  # far below a healthy publisher's packet rate
             if pub.failed or pub.log.win_packets < expected:
-                reasons.append(f"publisher {pub.name} {'failed: ' + pub.failed if pub.failed else 'stalled'} "
-                               f"({pub.log.win_packets} packets in the window)")
+                publisher_problems.append(f"publisher {pub.name} "
+                                          f"{'failed: ' + pub.failed if pub.failed else 'stalled'} "
+                                          f"({pub.log.win_packets} packets in the window)")
+        reasons = step_reasons(step, cfg.min_delivery, cfg.max_latency_ms, publisher_problems)
         warnings = []
         if step["machine"]["other_processes_cores"] > 0.25:
             warnings.append(f"other processes used {step['machine']['other_processes_cores']:.2f} cores of "
@@ -668,6 +667,14 @@ class Bench:
 
     async def _teardown(self) -> None:
         await asyncio.gather(*(p.stop() for p in self.players), return_exceptions=True)
+        everyone = self.players + self.probes
+        # Whole-run counts, for checking against the server's own counters (/metrics)
+        self.result["totals"] = {
+            "player_media_packets": sum(p.video_packets + p.audio_packets for p in everyone),
+            "player_duplicates": sum(p.duplicates for p in everyone),
+            "player_other_packets": sum(p.other_packets for p in everyone),
+            "publisher_media_packets": sum(p.log.video_packets + p.log.audio_packets for p in self.publishers),
+        }
         await asyncio.gather(*(p.stop() for p in self.publishers), return_exceptions=True)
         if self.result.get("pinned"):
             _all_cpus()
@@ -696,25 +703,74 @@ async def _py_spy(pid: int, duration: float, path: Path, native: bool = False) -
     return None
 
 
+def step_reasons(step: dict, min_delivery: float, max_latency_ms: float, publisher_problems: list[str]) -> list[str]:
+    """Why a step did not hold (empty: it held). A step holds only if every player connected, got its share,
+    its first frame, and its samples prove the payload is the publisher's."""
+    reasons = []
+    if step["failed"]:
+        reasons.append(f"{step['failed']} player(s) failed")
+    delivery = step["delivery"]
+    if delivery["players_below_min"]:
+        reasons.append(f"{delivery['players_below_min']} player(s) under {100 * min_delivery:.0f}% delivery "
+                       f"(worst {100 * (delivery['min_ratio'] or 0):.1f}%)")
+    if step["ttff_ms"]["missing"]:
+        reasons.append(f"{step['ttff_ms']['missing']} player(s) without a first frame")
+    p99 = step["latency_ms"]["p99"]
+    if p99 is None:
+        reasons.append("no latency sample")
+    elif p99 > max_latency_ms:
+        reasons.append(f"latency p99 {p99:.1f} ms > {max_latency_ms:.0f} ms")
+    integrity = step["integrity"]
+    if integrity["bad"]:
+        reasons.append(f"integrity: {integrity['bad']} sampled packet(s) failed to authenticate or match the "
+                       f"publisher's ({integrity.get('unmatched', 0)} matched nothing it sent)")
+    if step["connected"] and not integrity["sampled"]:
+        reasons.append("integrity: no packet sampled")
+    if integrity["first_keyframes_intact"] < integrity["players_with_first_frame"]:
+        reasons.append(f"integrity: {integrity['players_with_first_frame'] - integrity['first_keyframes_intact']}"
+                       f" first keyframe(s) not the publisher's")
+    if integrity["players_without_offsets"]:
+        reasons.append(f"{len(integrity['players_without_offsets'])} player(s) never learned their offsets "
+                       f"(no latency, no payload check): {integrity['players_without_offsets'][:10]}")
+    return reasons + publisher_problems
+
+
+def _threads(pid: int) -> list[int]:
+    """Every thread (task) of a process; just the pid if /proc cannot tell."""
+    try:
+        return sorted(int(tid) for tid in os.listdir(f"/proc/{pid}/task"))
+    except OSError:
+        return [pid]
+
+
+def _set_affinity(pid: int, cpus: set[int] | range) -> None:
+    """sched_setaffinity() applies to ONE thread: set it on each of them (threads made later inherit it)."""
+    for tid in _threads(pid):
+        with contextlib.suppress(ProcessLookupError):  # a thread that just ended
+            os.sched_setaffinity(tid, cpus)
+
+
 def _all_cpus() -> None:
     """Undo `_pin` (in a child about to exec, or in this process once the server is gone)."""
     with contextlib.suppress(OSError):
-        os.sched_setaffinity(0, range(os.cpu_count() or 1))
+        _set_affinity(os.getpid(), range(os.cpu_count() or 1))
 
 
 def _pin(server_pid: int) -> dict | None:
     """The server alone on the last CPU, this process (players, publishers) on the others: the load generator
-    then cannot take the server's core, and a starved server is not mistaken for a slow one."""
+    then cannot take the server's core, and a starved server is not mistaken for a slow one. Every thread of
+    both: the server's fan-out helper and executor threads, and ours."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return None
     server_cpus, own_cpus = {cpus[-1]}, set(cpus[:-1])
     try:
-        os.sched_setaffinity(server_pid, server_cpus)
-        os.sched_setaffinity(0, own_cpus)
+        _set_affinity(server_pid, server_cpus)
+        _set_affinity(os.getpid(), own_cpus)
     except OSError:
         return None
-    return {"server_cpus": sorted(server_cpus), "loadgen_cpus": sorted(own_cpus)}
+    return {"server_cpus": sorted(server_cpus), "loadgen_cpus": sorted(own_cpus),
+            "server_threads": len(_threads(server_pid))}
 
 
 def _local_server_pid(answer_sdp: str) -> int | None:
