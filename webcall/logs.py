@@ -34,9 +34,11 @@ class OneLineFormatter(logging.Formatter):
 LOG_FORMAT = "%(asctime)s level=%(levelname)s logger=%(name)s %(message)s"
 
 
-def configure(level: str) -> None:
+def configure(level: str, worker: int | None = None) -> None:
+    """Log lines to stderr; a media worker's lines also say which worker wrote them (they share the stream)."""
     handler = logging.StreamHandler()
-    handler.setFormatter(OneLineFormatter(LOG_FORMAT))
+    fmt = LOG_FORMAT if worker is None else LOG_FORMAT.replace("%(message)s", f"worker={worker} %(message)s")
+    handler.setFormatter(OneLineFormatter(fmt))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from aiohttp import WSMsgType, web
 
+from ..hooks.client import Hooks, HookSettings
+from ..hooks.origins import origin_allowed, parse_allow_list
 from ..media.dtls import DtlsIdentity
 from ..media.plane import MediaPlane
 from ..media.port import MediaPort
@@ -46,6 +48,8 @@ class WebcallServer:
         self.rest_port = 0  # bound REST port; 0 while the REST API is off
         self.tls_port = 0  # bound HTTPS/WSS port; 0 while TLS is off
         self._sockets: set[web.WebSocketResponse] = set()
+        self.allowed_origins = parse_allow_list(config.allow_origins)  # WCS allow_domains; empty = any
+        self.refused_origins = 0
 
     async def start(self) -> None:
         c = self.config
@@ -54,11 +58,11 @@ class WebcallServer:
             candidates=(),
             video_codecs=c.video_codec_list, connect_timeout=c.connect_timeout, consent_timeout=c.consent_timeout,
             max_bitrate=c.max_bitrate, ping_interval=c.ping_interval, ping_probes=c.ping_probes,
-            rate_interval=c.rate_interval, snapshot_timeout=c.snapshot_timeout,
+            rate_interval=c.rate_interval, snapshot_timeout=c.snapshot_timeout, keep_alive_interval=c.keep_alive_interval,
             records=RecordSettings(directory=c.records_dir, template=c.record_template, formats=c.record_formats,
                                    mp4_audio=c.record_mp4_audio, fragment=c.record_fragment),
         )
-        self.hub = Hub(settings, await self._media_plane(settings, ips))
+        self.hub = Hub(settings, await self._media_plane(settings, ips), Hooks(HookSettings.from_config(c)))
         self.hub.start()
         app = web.Application()
         app.router.add_get("/", self._root)
@@ -168,6 +172,11 @@ class WebcallServer:
 
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
         assert self.hub is not None
+        origin = request.headers.get("Origin")
+        if not origin_allowed(origin, self.allowed_origins):
+            log.info("websocket refused origin=%s", origin)
+            self.refused_origins += 1
+            raise web.HTTPForbidden(text="Origin not allowed")
         ws = web.WebSocketResponse(max_msg_size=self.config.max_message_size, heartbeat=None)
         await ws.prepare(request)
         self._sockets.add(ws)
@@ -184,7 +193,7 @@ class WebcallServer:
         sock = request.transport.get_extra_info("sockname") if request.transport else None
         remote = f"{peer[0]}:{peer[1]}" if peer else "unknown"
         local = f"{sock[0]}:{sock[1]}" if sock else "unknown"
-        session = Session(self.hub, send, lambda: outgoing.put_nowait(None), remote, local)
+        session = Session(self.hub, send, lambda: outgoing.put_nowait(None), remote, local, origin)
         writer = asyncio.create_task(self._writer(ws, outgoing), name=f"ws-writer {session.id}")
         log.info("websocket open session=%s", session.id)
         try:

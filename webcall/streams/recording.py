@@ -110,6 +110,7 @@ class Recorded(Protocol):
         ...
 
     def on_recording_failed(self, error: str) -> None: ...
+    def on_recording_done(self, record_name: str | None, status: str) -> None: ...
 
 
 def login_of(connection: dict | None) -> str:
@@ -242,8 +243,11 @@ class Recording:
                      video.get("framesDropped", 0), video.get("packetsLost", 0) + audio.get("packetsLost", 0),
                      stats["queueDropped"], video.get("keyframeRequests", 0), stats["bytes"], stats["cpuSeconds"],
                      stats["timeline"])
-        if not self.done.done():
-            self.done.set_result(None)
+        try:
+            self.publication.on_recording_done(self.record_name, self.status)
+        finally:
+            if not self.done.done():
+                self.done.set_result(None)
 
     # --- REST -------------------------------------------------------------------------------------
 

@@ -10,10 +10,11 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter
+from collections import Counter, deque
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..hooks.client import Hooks, HookSettings
 from ..logs import q
 from ..media.plane import MediaPlane
 from ..streams.recording import RecordSettings, Recordings
@@ -42,7 +43,7 @@ log = logging.getLogger("webcall.wcs")
 class StreamSettings:
     """What the streams and media layers need from the configuration."""
 
-    candidates: tuple[tuple[str, int], ...]  # announced (ip, port), filled in once the port is bound
+    candidates: tuple[tuple[str, int], ...] = ()  # announced (ip, port) of a single process's media port
     video_codecs: tuple[str, ...] = ("VP8", "H264")
     connect_timeout: float = 10.0  # ICE + DTLS, and first media after that
     consent_timeout: float = 30.0
@@ -54,17 +55,20 @@ class StreamSettings:
     rate_interval: float = 1.0  # inbound/outboundVideoRate and metric samples
     snapshot_timeout: float = 3.0  # how long a snapshot waits for a keyframe
     records: RecordSettings = field(default_factory=RecordSettings)  # recording (spec §14)
+    keep_alive_interval: float = 0.0  # StreamKeepAliveEvent hooks (spec §13); 0 = off
 
 
 class Hub:
-    def __init__(self, settings: StreamSettings, plane: MediaPlane) -> None:
+    def __init__(self, settings: StreamSettings, plane: MediaPlane, hooks: Hooks | None = None) -> None:
         self.settings = settings
         self.plane = plane
+        self.hooks = hooks or Hooks(HookSettings())  # no backend: everything allowed, no request
         self.registry = StreamRegistry()
         self.sessions: set[SessionView] = set()
         self.snapshots = Snapshotter(settings.snapshot_timeout)
         self.recordings = Recordings()
         self.retired: Counter[tuple[str, str]] = Counter()  # media counters of streams that have ended
+        self._retiring: deque[tuple[float, Publication | Playback]] = deque()  # ended, last counters in transit
         self.started_at = time.time()
         self.sampler = RateSampler(settings.rate_interval, self.streams)
 
@@ -74,6 +78,7 @@ class Hub:
     async def close(self) -> None:
         await self.sampler.stop()
         self.snapshots.close()
+        await self.hooks.close()
 
     def find_publication(self, name: str) -> Publication | None:
         """The WCS publication live under `name`, if a WCS client publishes it."""
@@ -143,13 +148,23 @@ class Hub:
 
     # --- statistics -------------------------------------------------------------------------------
 
-    def retire(self, counters: dict[tuple[str, str], int]) -> None:
-        """Keep an ended stream's media counters, so the /metrics totals never go backwards."""
-        self.retired.update(counters)
+    def retire(self, stream: Publication | Playback) -> None:
+        """Keep an ended stream's media counters, so the /metrics totals never go backwards. With media workers
+        its last counters are still on their way: it is counted as it is for `retire_after` seconds more."""
+        delay = getattr(self.plane, "retire_after", 0.0)
+        if delay:
+            self._retiring.append((time.monotonic() + delay, stream))
+        else:
+            self.retired.update(stream.counters())
 
     def totals(self) -> Counter[tuple[str, str]]:
         """Media counters since start: ended streams plus live ones."""
+        now = time.monotonic()
+        while self._retiring and self._retiring[0][0] <= now:
+            self.retired.update(self._retiring.popleft()[1].counters())
         totals = Counter(self.retired)
+        for _, stream in self._retiring:
+            totals.update(stream.counters())
         for stream in self.streams():
             if not stream.closed:
                 totals.update(stream.counters())

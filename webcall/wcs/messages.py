@@ -231,6 +231,14 @@ class _Bad(Exception):
     pass
 
 
+def validate_name(value: Any) -> str:
+    """A stream name that comes from elsewhere than a client's message (a backend's overwrite), checked as one."""
+    try:
+        return _identifier(value)
+    except _Bad as exc:
+        raise ProtocolError(f"Bad stream name: {exc}", "name") from None
+
+
 def _non_empty_str(value: Any) -> str:
     if not isinstance(value, str) or not value:
         raise _Bad("must be a non-empty string")

@@ -1,18 +1,27 @@
-"""One WCS client session: message dispatch, keepalive, and everything the session owns.
+"""One WCS client session: message dispatch, keepalive, REST hooks, and everything the session owns.
 
 The session never touches the socket: it is handed a `send(text)` callable and fed text frames. Where a
 message is handled is one hop from here: `_on_<MessageType>`.
+
+With a backend configured for the session's appKey (webcall/hooks, docs/hooks.md), the messages that a hook
+can deny wait for its answer before their handler runs; the session's later messages wait behind it, so the
+client's order is kept (pings are answered at once).
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import dataclasses
 import logging
 import secrets
 import time
+from collections import deque
 from collections.abc import Callable
+from typing import Any
 
+from ..hooks import policy as hooks
+from ..hooks.client import HookClient, keep_alive_loop
 from ..logs import q
 from ..protocol.sdp import SdpError, negotiate_play, negotiate_publish
 from ..streams.registry import EndReason, NameInUse
@@ -24,10 +33,18 @@ from .stream import Playback, Publication
 
 log = logging.getLogger("webcall.wcs")
 
+# The client messages a backend may deny, with WCS's hook names (spec §13).
+HOOKED: dict[type, str] = {
+    msg.PublishStream: hooks.PUBLISH_STREAM, msg.PlayStream: hooks.PLAY_STREAM,
+    msg.UnPublishStream: hooks.UNPUBLISH_STREAM, msg.StopStream: hooks.STOP_STREAM,
+    msg.SendData: hooks.ON_DATA_EVENT, msg.Snapshot: hooks.SNAPSHOT,
+}
+MAX_WAITING = 64  # messages queued behind a hook; more is a client that does not wait for answers
+
 
 class Session:
     def __init__(self, hub: Hub, send: Callable[[str], None], close_socket: Callable[[], None],
-                 remote: str, local: str) -> None:
+                 remote: str, local: str, origin: str | None = None) -> None:
         self.hub = hub
         self.id = f"/{remote}/{local}/{secrets.token_hex(4)}"  # WCS shape, plus a nonce: unique per session
         self._send = send
@@ -42,6 +59,10 @@ class Session:
         self.protocol_errors = 0
         self.closed = False
         self._pinger: asyncio.Task[None] | None = None
+        self.origin = origin  # the WebSocket's Origin header, for the connect hook
+        self.hook: HookClient | None = None  # once `connection` named the appKey
+        self._hooking: asyncio.Task[None] | None = None  # a message waiting for its hook's answer
+        self._waiting: deque[msg.Message] = deque()  # messages that arrived meanwhile
         hub.sessions.add(self)
 
     def send(self, text: str) -> None:
@@ -61,12 +82,141 @@ class Session:
         except msg.ProtocolError as exc:
             self._protocol_error(exc)
             return
+        if self._hooking is not None and not isinstance(message, (msg.Ping, msg.Pong)):
+            if len(self._waiting) >= MAX_WAITING:
+                self._protocol_error(msg.ProtocolError("Too many requests", type(message).__name__,
+                                                       getattr(message, "media_session_id", None)))
+                return
+            self._waiting.append(message)
+            return
+        self._dispatch(message)
+
+    def _dispatch(self, message: msg.Message) -> None:
         handler = getattr(self, f"_on_{type(message).__name__}")
         if not self.established and not isinstance(message, (msg.Connection, msg.Ping, msg.Pong, msg.Ignored)):
             self._protocol_error(msg.ProtocolError(Info.SESSION_NOT_READY, type(message).__name__,
                                                    getattr(message, "media_session_id", None)))
             return
-        handler(message)
+        method = self._hook_method(message)
+        if method is None:
+            handler(message)
+            return
+        self._hooking = asyncio.get_running_loop().create_task(self._hooked(message, method, handler),
+                                                               name=f"hook {self.id}")
+
+    # --- REST hooks (spec §13, webcall/hooks) -----------------------------------------------------
+
+    def _hook_method(self, message: msg.Message) -> str | None:
+        if isinstance(message, msg.Connection):
+            if self.established:
+                return None
+            self.hook = self.hub.hooks.client(message.app_key, self.id)
+            return hooks.CONNECT if self.hook.enabled else None
+        if self.hook is None or not self.hook.enabled:
+            return None
+        return HOOKED.get(type(message))
+
+    @staticmethod
+    def _hook_object(message: Any, origin: str | None) -> dict[str, Any]:
+        if isinstance(message, msg.Connection):
+            return {**message.raw, "origin": origin}
+        if isinstance(message, msg.SendData):
+            return {"operationId": message.operation_id, "payload": message.payload}
+        if isinstance(message, msg.Snapshot):
+            return {"name": message.name, "mediaSessionId": message.media_session_id}
+        return dict(message.raw)
+
+    async def _hooked(self, message: Any, method: str, handler: Callable[[Any], None]) -> None:
+        try:
+            assert self.hook is not None
+            obj = self._hook_object(message, self.origin)
+            decision = await self.hook.invoke(method, obj)
+            if self.closed:
+                return
+            if not decision.allowed:
+                self._denied(message, decision.info or Info.RESTRICTED_ACCESS)
+                return
+            if decision.body and isinstance(message, (msg.PublishStream, msg.PlayStream)):
+                message = self._overwritten(message, self.hook.apply(method, obj, decision))
+            handler(message)
+            if isinstance(message, msg.Connection):
+                self.hook.event(hooks.CONNECTION_STATUS_EVENT, {"status": "ESTABLISHED"})
+        except Exception:  # a bug here must not leave the session stuck behind this message
+            log.exception("hooked message failed session=%s method=%s", self.id, method)
+        finally:
+            self._hooking = None
+            while self._waiting and self._hooking is None and not self.closed:
+                self._dispatch(self._waiting.popleft())
+
+    def _overwritten(self, m: msg.PublishStream | msg.PlayStream, obj: dict[str, Any]) -> Any:
+        """restPolicy OVERWRITE: the backend may rename the stream (validated like a client's name)."""
+        name = obj.get("name", m.name)
+        if name == m.name:
+            return m
+        try:
+            name = msg.validate_name(name)
+        except msg.ProtocolError:
+            log.warning("hook overwrite ignored session=%s: bad stream name from the backend", self.id)
+            return m
+        log.info("hook renamed stream session=%s from=%s to=%s", self.id, q(m.name), q(name))
+        return dataclasses.replace(m, name=name, raw={**m.raw, "name": name})
+
+    def _denied(self, m: Any, info: str) -> None:
+        """What a denied message gets: as WCS answers each of them."""
+        if isinstance(m, msg.Connection):
+            log.info("connection denied by hook session=%s info=%s", self.id, q(info))
+            self.send(msg.fail(info))
+            self.close()  # before getUserData: the SDK shows the session FAILED
+        elif isinstance(m, (msg.PublishStream, msg.PlayStream)):
+            self._fail_stream(m, info)
+        elif isinstance(m, msg.SendData):
+            self.send(msg.data_status(m.operation_id, "FAILED", info))
+        elif isinstance(m, msg.Snapshot):
+            self.send(msg.notify_stream_event(m.media_session_id, "snapshotFailed", {"info": info}))
+        else:  # unPublishStream / stopStream: the stream goes on
+            self.send(msg.fail(info))
+
+    def status_event(self, obj: dict[str, Any]) -> None:
+        """Every stream status sent to this client goes to the backend too (StreamStatusEvent, cannot deny)."""
+        if self.hook is not None:
+            self.hook.event(hooks.STREAM_STATUS_EVENT, obj)
+
+    def hook_event(self, method: str, obj: dict[str, Any]) -> None:
+        if self.hook is not None:
+            self.hook.event(method, obj)
+
+    def when_allowed(self, method: str, obj: dict[str, Any], allowed: Callable[[], None],
+                     denied: Callable[[str], None]) -> None:
+        """Run `allowed()` now with no backend, else once the backend allows `method` (`denied(info)` if not)."""
+        if self.hook is None or not self.hook.enabled:
+            allowed()
+            return
+
+        async def ask() -> None:
+            assert self.hook is not None
+            decision = await self.hook.invoke(method, obj)
+            if not self.closed:
+                allowed() if decision.allowed else denied(decision.info or Info.RESTRICTED_ACCESS)
+
+        self._spawn(ask(), f"hook {method} {self.id}")
+
+    def keep_alive(self, publication: Publication) -> asyncio.Task | None:
+        """StreamKeepAliveEvent every --keep-alive-interval while `publication` is live; a 403 ends it."""
+        interval = self.hub.settings.keep_alive_interval
+        if self.hook is None or not self.hook.enabled or interval <= 0:
+            return None
+
+        def terminate(info: str) -> None:
+            publication.stop(StreamStatus.UNPUBLISHED, info)
+
+        return self._spawn(keep_alive_loop(self.hook, interval, lambda: None if publication.closed
+                                           else publication.describe(), terminate), f"keep-alive {self.id}")
+
+    def _spawn(self, coro: Any, name: str) -> asyncio.Task:
+        task = asyncio.get_running_loop().create_task(coro, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return task
 
     def _protocol_error(self, exc: msg.ProtocolError) -> None:
         self.protocol_errors += 1
@@ -105,9 +255,11 @@ class Session:
     def _fail_stream(self, m: msg.PublishStream | msg.PlayStream, info: str) -> None:
         log.info("stream refused session=%s mediaSessionId=%s stream=%s info=%s", self.id, q(m.media_session_id),
                  q(m.name), q(info))
-        self.send(msg.stream_status(media_session_id=m.media_session_id, name=m.name,
-                                    published=isinstance(m, msg.PublishStream), status=StreamStatus.FAILED,
-                                    info=info))
+        published = isinstance(m, msg.PublishStream)
+        self.send(msg.stream_status(media_session_id=m.media_session_id, name=m.name, published=published,
+                                    status=StreamStatus.FAILED, info=info))
+        self.status_event({"mediaSessionId": m.media_session_id, "name": m.name, "published": published,
+                           "status": str(StreamStatus.FAILED), "info": info})
 
     def _precheck(self, m: msg.PublishStream | msg.PlayStream) -> bool:
         if m.media_provider != "WebRTC":
@@ -192,9 +344,7 @@ class Session:
 
     def _on_Snapshot(self, m: msg.Snapshot) -> None:
         """Grab the current picture of stream `name`; the answer goes to the requesting mediaSessionId."""
-        task = asyncio.get_running_loop().create_task(self._snapshot(m), name=f"snapshot {self.id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(self._snapshot(m), f"snapshot {self.id}")
 
     async def _snapshot(self, m: msg.Snapshot) -> None:
         try:
@@ -229,6 +379,9 @@ class Session:
         if self.closed:
             return
         self.closed = True  # from here on nothing more is sent to this client
+        if self._hooking is not None and self._hooking is not asyncio.current_task():
+            self._hooking.cancel()
+        self._waiting.clear()
         for stream in list(self.streams.values()):
             if isinstance(stream, Publication):
                 stream.stop(StreamStatus.UNPUBLISHED, Info.STOPPED_BY_SESSION_DISCONNECT,
@@ -243,4 +396,8 @@ class Session:
             if task is not asyncio.current_task():
                 task.cancel()
         self._close_socket()
+        if self.hook is not None:
+            if self.established:
+                self.hook.event(hooks.CONNECTION_STATUS_EVENT, {"status": "DISCONNECTED"})
+            self.hook.close()
         log.info("session closed session=%s", self.id)

@@ -12,9 +12,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import Counter
+from collections.abc import Callable
 from typing import Protocol
 
+from ..hooks.policy import RECORDING_STATUS_EVENT, START_RECORDING
 from ..logs import q
 from ..media.endpoints import PlayerEndpoint, PublisherEndpoint, new_session_id
 from ..media.failures import Failure
@@ -43,7 +44,8 @@ class Services(Protocol):
     plane: MediaPlane
     registry: StreamRegistry
     recordings: Recordings
-    retired: Counter[tuple[str, str]]
+
+    def retire(self, stream: Publication | Playback) -> None: ...
 
 
 class Owner(Protocol):
@@ -56,6 +58,11 @@ class Owner(Protocol):
 
     def send(self, text: str) -> None: ...
     def forget(self, stream: Publication | Playback) -> None: ...
+    def status_event(self, obj: dict) -> None: ...
+    def hook_event(self, method: str, obj: dict) -> None: ...
+    def keep_alive(self, publication: Publication) -> asyncio.Task | None: ...
+    def when_allowed(self, method: str, obj: dict, allowed: Callable[[], None],
+                     denied: Callable[[str], None]) -> None: ...
 
 
 class _Stream:
@@ -128,6 +135,9 @@ class _Stream:
 
     def send_status(self, status: StreamStatus, info: str | None = None, extra: dict | None = None) -> None:
         self.status = status
+        self.session.status_event({"mediaSessionId": self.media_session_id, "name": self.name,
+                                   "published": self.published, "status": str(status), "info": info,
+                                   **(extra or {})})
         self.session.send(msg.stream_status(
             media_session_id=self.media_session_id, name=self.name, published=self.published, status=status,
             info=info, has_audio=self.audio_codec is not None, has_video=self.video_codec is not None,
@@ -163,6 +173,7 @@ class Publication(_Stream):
         super().__init__(session, request)
         self.endpoint: PublisherEndpoint | None = None
         self.recording: Recording | None = None  # the current or latest recording (spec §14)
+        self._keep_alive: asyncio.Task | None = None  # StreamKeepAliveEvent hooks while publishing
 
     def start(self, neg: Negotiation) -> None:
         self.endpoint = self.hub.plane.publisher(neg, self, self.label)
@@ -278,6 +289,11 @@ class Publication(_Stream):
             log.warning("recording not started %s error=%s", self.label, q(exc))
             self.on_recording_failed(str(exc))
 
+    def on_recording_done(self, record_name: str | None, status: str) -> None:
+        """A recording's file is finished (or failed): the backend hears it (RecordingStatusEvent)."""
+        self.session.hook_event(RECORDING_STATUS_EVENT, {"mediaSessionId": self.media_session_id, "name": self.name,
+                                                         "recordName": record_name, "status": status})
+
     def on_recording_failed(self, error: str) -> None:
         """The live stream goes on; the publisher's app hears it as a stream event (not in the SDK's list)."""
         if not self.closed:
@@ -301,8 +317,10 @@ class Publication(_Stream):
             self.send_status(StreamStatus.PUBLISHING)
             self.meter.update(time.monotonic(), self.reading())  # the first rate comes one interval later
             log.info("publishing %s", self.label)
+            self._keep_alive = self.session.keep_alive(self)
             if self.request.record:
-                self._record_on_publish()
+                self.session.when_allowed(START_RECORDING, self.describe(), self._record_on_publish,
+                                          self.on_recording_failed)
 
     def on_video_size(self, width: int, height: int) -> None:
         self.width, self.height = width, height
@@ -322,6 +340,8 @@ class Publication(_Stream):
         if self.closed:
             return
         self._cancel_timer()
+        if self._keep_alive is not None and self._keep_alive is not asyncio.current_task():
+            self._keep_alive.cancel()
         record_name = self.stop_recording()  # the file is finalized in the background
         if notify_self:
             self.send_status(status, info, extra={"recordName": record_name} if record_name else None)
@@ -334,7 +354,7 @@ class Publication(_Stream):
         self.session.forget(self)
         if self.endpoint is not None:
             self.endpoint.close()
-        self.hub.retired.update(self.counters())
+        self.hub.retire(self)
 
 
 class Playback(_Stream):
@@ -392,7 +412,7 @@ class Playback(_Stream):
             self.endpoint.close()
         sent = sum(c.packets for c in self.endpoint.consumers) if self.endpoint else 0
         log.info("playback ended %s status=%s info=%s packets_sent=%d", self.label, status, q(info), sent)
-        self.hub.retired.update(self.counters())
+        self.hub.retire(self)
 
     # --- statistics ---------------------------------------------------------------------------------
 

@@ -39,6 +39,7 @@ from .wire import fanout_cost_add, negotiation_to_wire, track_to_wire
 
 log = logging.getLogger("webcall.workers")
 
+RETIRE_AFTER = 2.0  # seconds until an ended endpoint's last counters have surely arrived (stats every ≤ 0.5 s)
 RELAY_LINGER = 3.0  # seconds a relay outlives the last player it served (a quick re-join reuses it)
 FILL_THRESHOLD = 300.0  # placement load (players + 4 × publishers) at which `fill` moves on to another worker
 APP = "webcall.workers.media_worker:setup"
@@ -241,6 +242,8 @@ class AggregatePort:
 
 
 class WorkerPlane:
+    retire_after = RETIRE_AFTER  # the hub counts an ended stream for this long (its last counters are in transit)
+
     def __init__(self, count: int, *, mode: str, settings: Settings, media_host: str, media_port: int,
                  announced_ips: list[str], log_level: str = "warning") -> None:
         self.settings = settings
@@ -254,6 +257,8 @@ class WorkerPlane:
         self.placement = Placement(range(self.supervisor.count), mode, FILL_THRESHOLD,  # type: ignore[arg-type]
                                    publisher_weight=4.0 if mode == "fill" else 1.0)
         self.endpoints: dict[int, RemoteEndpoint] = {}
+        # Endpoints closed in the last few seconds: their last counters are still on their way (see retire).
+        self._closed: dict[int, tuple[float, RemoteEndpoint]] = {}
         self.recorders: dict[int, RemoteRecorder] = {}
         self.port = AggregatePort()
         self._ids = itertools.count(1)
@@ -334,6 +339,7 @@ class WorkerPlane:
             return
         endpoint.closed = True
         self.endpoints.pop(endpoint.id, None)
+        self._closed[endpoint.id] = (asyncio.get_running_loop().time(), endpoint)
         if isinstance(endpoint, RemotePublisher):
             self.placement.release_publisher(endpoint.worker)
             for relay in list(endpoint.relays.values()):
@@ -383,17 +389,26 @@ class WorkerPlane:
         if endpoint is not None and endpoint.worker == worker:
             endpoint.on_media(what, **args)
 
+    def _endpoint(self, id: int) -> RemoteEndpoint | None:
+        endpoint = self.endpoints.get(id)
+        if endpoint is None and id in self._closed:
+            endpoint = self._closed[id][1]
+        return endpoint
+
     def _on_stats(self, worker: int, pubs: dict, players: dict, recording: dict, port: list) -> None:
         self.port.by_worker[worker] = port
+        now = asyncio.get_running_loop().time()
+        for id in [i for i, (at, _) in self._closed.items() if now - at > 2 * RETIRE_AFTER]:
+            del self._closed[id]
         for id, kinds in pubs.items():
-            endpoint = self.endpoints.get(int(id))
+            endpoint = self._endpoint(int(id))
             if isinstance(endpoint, RemotePublisher):
                 for kind, values in kinds.items():
                     view = endpoint.producers.get(kind)
                     if view is not None:
                         view.update(values)
         for id, mids in players.items():
-            endpoint = self.endpoints.get(int(id))
+            endpoint = self._endpoint(int(id))
             if isinstance(endpoint, RemotePlayer):
                 for consumer in endpoint.consumers:
                     values = mids.get(consumer.mid)

@@ -32,6 +32,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from ..logs import configure
 from .channel import Channel
 
 log = logging.getLogger("webcall.workers.main")
@@ -132,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     set_parent_death_signal(signal.SIGKILL)
     if args.parent_pid and os.getppid() != args.parent_pid:
         return 1  # the parent died before the prctl took effect: nobody would ever stop us
-    logging.basicConfig(level=args.log_level.upper(), format=f"worker{args.index} %(levelname)s %(name)s: %(message)s")
+    configure(args.log_level, worker=args.index)
     return asyncio.run(run(args))
 
 

@@ -129,6 +129,7 @@ class MediaWorker:
         self.relays_in: dict[int, Router] = {}
         self.recorders: dict[int, Recorder] = {}
         self.snapshots = Snapshotter(settings.snapshot_timeout)
+        self._final: dict[str, dict[int, Any]] = {"pubs": {}, "players": {}}  # counters of endpoints just closed
         self._stats_task: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
@@ -170,6 +171,7 @@ class MediaWorker:
         self.players[id] = endpoint
 
     def _on_close(self, id: int) -> None:
+        self._keep_final(id)
         endpoint = self.publishers.pop(id, None) or self.players.pop(id, None)
         if endpoint is not None:
             endpoint.close()
@@ -177,9 +179,17 @@ class MediaWorker:
 
     def forget(self, id: int) -> None:
         """An endpoint failed on its own: it is closed already; forget it (and what it published)."""
+        self._keep_final(id)
         self.publishers.pop(id, None)
         self.players.pop(id, None)
         self._drop_source(id)
+
+    def _keep_final(self, id: int) -> None:
+        """The last counters of a closing endpoint go out with the next report: totals must not lose its end."""
+        if id in self.publishers:
+            self._final["pubs"][id] = self._publisher_counters(self.publishers[id])
+        elif id in self.players:
+            self._final["players"][id] = self._player_counters(self.players[id])
 
     def _drop_source(self, id: int) -> None:
         source = self.sources.pop(id, None)
@@ -316,22 +326,27 @@ class MediaWorker:
 
     def stats(self) -> dict[str, Any]:
         """Every endpoint's counters, for the control process's rates, REST answers and /metrics."""
-        pubs = {
-            id: {kind: [p.packets, p.octets, p.frames, p.keyframes, p.nacks_sent, p.keyframe_requests, p.lost,
-                        p.recovered, p.width, p.height]
-                 for kind, p in endpoint.producers.items()}
-            for id, endpoint in self.publishers.items()
-        }
-        players = {
-            id: {c.mid: [c.packets, c.octets, c.retransmits, c.retransmit_octets, c.nacks, c.keyframe_requests,
-                         c.player_lost]
-                 for c in endpoint.consumers}
-            for id, endpoint in self.players.items()
-        }
+        pubs = {id: self._publisher_counters(endpoint) for id, endpoint in self.publishers.items()}
+        players = {id: self._player_counters(endpoint) for id, endpoint in self.players.items()}
+        pubs.update(self._final["pubs"])
+        players.update(self._final["players"])
+        self._final = {"pubs": {}, "players": {}}
         recording = {id: r.received_media for id, r in self.recorders.items()}
         port = self.port
         return {"pubs": pubs, "players": players, "recording": recording,
                 "port": [port.dropped, port.errors, fanout_cost_to_wire(port.fanout_cost)]}
+
+    @staticmethod
+    def _publisher_counters(endpoint: PublisherEndpoint) -> dict[str, list[int]]:
+        return {kind: [p.packets, p.octets, p.frames, p.keyframes, p.nacks_sent, p.keyframe_requests, p.lost,
+                       p.recovered, p.width, p.height]
+                for kind, p in endpoint.producers.items()}
+
+    @staticmethod
+    def _player_counters(endpoint: PlayerEndpoint) -> dict[str, list[int]]:
+        return {c.mid: [c.packets, c.octets, c.retransmits, c.retransmit_octets, c.nacks, c.keyframe_requests,
+                        c.player_lost]
+                for c in endpoint.consumers}
 
     async def stop(self) -> None:
         if self._stats_task is not None:
