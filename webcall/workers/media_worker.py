@@ -8,6 +8,10 @@ It never sees a WCS message.
 Sources by id: a publisher of this worker (its id) or a relayed copy of another worker's publisher (the relay's
 id). A relayed source has its own ring: its players' NACKs and late joiners are answered here, and what this
 worker lacks (a lost packet, a keyframe) is asked of the publisher's worker over the relay (workers/relay.py).
+
+Counters go to the control process every `stats_interval` (the `stats` event), the relay socket's included.
+Test-only: WEBCALL_RELAY_TEST_LOSS (a fraction, read at start) makes the relay socket drop that share of the
+relayed media it receives (relay.py's `test_loss`).
 """
 
 from __future__ import annotations
@@ -16,8 +20,9 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..media.dtls import DtlsIdentity
@@ -130,12 +135,14 @@ class MediaWorker:
         self.recorders: dict[int, Recorder] = {}
         self.snapshots = Snapshotter(settings.snapshot_timeout)
         self._stats_task: asyncio.Task[None] | None = None
+        self.relay_retransmitted = 0  # packets sent again over the relay in answer to a receiving worker's NACK
 
     async def start(self) -> None:
         media_port = await self.port.start(self.ctx.media_host, self.ctx.media_port)
         self.plane = MediaPlane(self.port, self.identity, self.settings, ())
         self.relay = await RelayEndpoint.bind(on_packet=self._relay_packet, on_keyframe_request=self._relay_keyframe,
                                               on_nack=self._relay_nack)
+        self.relay.test_loss = float(os.environ.get("WEBCALL_RELAY_TEST_LOSS") or 0.0)  # tests only
         self.ctx.info.update(media_port=media_port, fingerprint=list(self.identity.fingerprint),
                              relay=list(self.relay.address))
         ch = self.channel
@@ -259,15 +266,16 @@ class MediaWorker:
             out.tracks[track].producer.request_keyframe(time.monotonic())
 
     def _relay_nack(self, rid: int, track: int, seqs: list[int]) -> None:
-        """The receiving worker lost these: send them again from our ring, or ask the publisher."""
+        """The receiving worker lost these: send them again from our ring (what the ring lacks, this worker
+        is NACKing from the publisher already, or has given up on)."""
         out = self.relays_out.get(rid)
         if out is None or track >= len(out.tracks):
             return
         producer = out.tracks[track].producer
         for seq in seqs:
             packet = producer.lookup(seq)
-            if packet is not None:
-                out.sender.send(track, packet)
+            if packet is not None and out.sender.send(track, packet):
+                self.relay_retransmitted += 1
 
     # --- recording and snapshots -------------------------------------------------------------------------
 
@@ -330,8 +338,10 @@ class MediaWorker:
         }
         recording = {id: r.received_media for id, r in self.recorders.items()}
         port = self.port
+        relay = asdict(self.relay.stats) if self.relay is not None else {}
+        relay["retransmitted"] = self.relay_retransmitted
         return {"pubs": pubs, "players": players, "recording": recording,
-                "port": [port.dropped, port.errors, fanout_cost_to_wire(port.fanout_cost)]}
+                "port": [port.dropped, port.errors, fanout_cost_to_wire(port.fanout_cost)], "relay": relay}
 
     async def stop(self) -> None:
         if self._stats_task is not None:
