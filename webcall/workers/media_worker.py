@@ -7,7 +7,8 @@ It never sees a WCS message.
 
 Sources by id: a publisher of this worker (its id) or a relayed copy of another worker's publisher (the relay's
 id). A relayed source has its own ring: its players' NACKs and late joiners are answered here, and what this
-worker lacks (a lost packet, a keyframe) is asked of the publisher's worker over the relay (workers/relay.py).
+worker lacks (a lost packet, a keyframe) is asked of the publisher's worker over the relay (workers/relay.py),
+and a NACK that goes unanswered is retried on this worker's tick, as a publisher's would be.
 
 Counters go to the control process every `stats_interval` (the `stats` event), the relay socket's included.
 Test-only: WEBCALL_RELAY_TEST_LOSS (a fraction, read at start) makes the relay socket drop that share of the
@@ -29,7 +30,7 @@ from ..media.dtls import DtlsIdentity
 from ..media.endpoints import PlayerEndpoint, PublisherEndpoint
 from ..media.failures import Failure
 from ..media.plane import MediaPlane
-from ..media.port import MediaPort
+from ..media.port import TICK_INTERVAL, MediaPort
 from ..media.producer import Producer
 from ..media.recorder import Recorder, RecorderOptions
 from ..media.router import Router, TrackRouter
@@ -135,6 +136,7 @@ class MediaWorker:
         self.recorders: dict[int, Recorder] = {}
         self.snapshots = Snapshotter(settings.snapshot_timeout)
         self._stats_task: asyncio.Task[None] | None = None
+        self._tick_task: asyncio.Task[None] | None = None
         self.relay_retransmitted = 0  # packets sent again over the relay in answer to a receiving worker's NACK
 
     async def start(self) -> None:
@@ -150,7 +152,9 @@ class MediaWorker:
                      "record_stop", "keyframe"):
             ch.on_event(name, getattr(self, f"_on_{name}"))
         ch.on_request("snapshot", self._snapshot)
-        self._stats_task = asyncio.get_running_loop().create_task(self._stats_loop(), name="worker-stats")
+        loop = asyncio.get_running_loop()
+        self._stats_task = loop.create_task(self._stats_loop(), name="worker-stats")
+        self._tick_task = loop.create_task(self._relay_tick(), name="worker-relay-tick")
 
     # --- endpoints ---------------------------------------------------------------------------------
 
@@ -240,6 +244,19 @@ class MediaWorker:
             if self.relay is not None:
                 self.relay.request_keyframe(rid, index)
         return send_keyframe_request
+
+    async def _relay_tick(self) -> None:
+        """Retry the NACKs of relayed sources (a publisher's transport does this for its own producers)."""
+        while True:
+            await asyncio.sleep(TICK_INTERVAL)
+            now = time.monotonic()
+            for router in list(self.relays_in.values()):
+                for track in router.tracks.values():
+                    if track.producer.missing:
+                        try:
+                            track.producer.retry_nacks(now)
+                        except Exception:
+                            log.exception("relay NACK retry failed")
 
     def _on_relay_stop(self, rid: int) -> None:
         out = self.relays_out.pop(rid, None)
@@ -344,8 +361,9 @@ class MediaWorker:
                 "port": [port.dropped, port.errors, fanout_cost_to_wire(port.fanout_cost)], "relay": relay}
 
     async def stop(self) -> None:
-        if self._stats_task is not None:
-            self._stats_task.cancel()
+        for task in (self._stats_task, self._tick_task):
+            if task is not None:
+                task.cancel()
         for recorder in list(self.recorders.values()):
             recorder.stop()
         for recorder in list(self.recorders.values()):
