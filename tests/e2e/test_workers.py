@@ -14,7 +14,6 @@ import sys
 import time
 from pathlib import Path
 
-
 import tests.conftest as conftest
 from tests.support import peers
 from tests.support.lossy import LossyRelay
@@ -165,6 +164,48 @@ async def test_worker_killed_mid_stream() -> None:
         await close_all(*clients)
         await server.stop()
     assert children_of(os.getpid()) == [], "worker processes left after stop"
+
+
+async def test_receiving_worker_killed_then_relay_made_again(make_server) -> None:
+    """spread: the worker reading a relayed copy dies. The publisher and its own worker's players carry on,
+    the relay's sender stops, and a player joining afterwards gets a new relay to the replacement worker."""
+    server = await make_server(workers="2", placement="spread")
+    plane = server.server.workers
+    pub_client = await server.client()
+    publisher = await peers.publish(pub_client, "relayed")
+    await publisher.wait_status("PUBLISHING", timeout=10)
+    pub_ep = endpoint_of(plane, publisher)
+    home, other = pub_ep.worker, 1 - pub_ep.worker
+    clients = [await server.client() for _ in range(2)]
+    players = [await peers.play(c, "relayed") for c in clients]
+    where = [endpoint_of(plane, p).worker for p in players]
+    assert sorted(where) == sorted([home, other]), where
+    await asyncio.gather(*(p.wait_decoded_frames(10, timeout=15) for p in players))
+    old_relay = pub_ep.relays[other]
+    kept, lost = (players if where[0] == home else players[::-1])
+
+    old_pid = plane.supervisor.workers[other].pid
+    start = len(kept.frames)
+    os.kill(old_pid, signal.SIGKILL)
+    await wait_until(lambda: lost.status in ("STOPPED", "FAILED"), 5, f"player told ({lost.statuses})")
+    assert (lost.status, lost.info) == ("FAILED", "Failed by error"), lost.status_messages()  # its endpoint failed
+    assert other not in pub_ep.relays
+    await plane.supervisor.wait_ready(other, timeout=10)
+    assert plane.supervisor.workers[other].pid != old_pid
+
+    new_client = await server.client()
+    newcomer = await peers.play(new_client, "relayed")
+    assert endpoint_of(plane, newcomer).worker == other  # the empty replacement
+    await newcomer.wait_decoded_frames(10, timeout=15)
+    assert pub_ep.relays[other] is not old_relay and pub_ep.relays[other].id != old_relay.id
+    frames = kept.frames[start:]
+    assert max(gaps(frames)) < 1.0 and kept.status == "PLAYING" and publisher.status == "PUBLISHING"
+
+    for p in (kept, lost, newcomer):
+        await p.close()
+    await publisher.stop()
+    await close_all(pub_client, new_client, *clients)
+    await server.wait_empty()
 
 
 # --- 2. loss next to the relay --------------------------------------------------------------------------------
