@@ -6,7 +6,7 @@ The control process writes every answer itself (it picks the ICE credentials and
 sends them along), so signalling never waits for a worker; the worker's media events come back over the
 channel and are handed to the same listener methods a local endpoint would call (`on_connected`,
 `on_first_media`, `on_video_size`, `on_failed`). Counters arrive every `stats_interval` and fill the views that
-rates, REST answers and /metrics read.
+rates, REST answers and /metrics read; the workers' relay socket counters land in `relay_stats` (by worker).
 
 A player placed on another worker than its publisher reads a relayed copy: one relay per (stream, worker),
 started by that worker's first player and stopped RELAY_LINGER seconds after its last one left.
@@ -261,6 +261,10 @@ class WorkerPlane:
         self._closed: dict[int, tuple[float, RemoteEndpoint]] = {}
         self.recorders: dict[int, RemoteRecorder] = {}
         self.port = AggregatePort()
+        self.relay_stats: dict[int, dict[str, int]] = {}  # worker -> its relay socket's counters (relay.py)
+        # Test-only: worker -> the (ip, port) its answers announce instead of announced_ips × its media port
+        # (a lossy relay in front of one worker). Empty in production.
+        self.announce_override: dict[int, tuple[str, int]] = {}
         self._ids = itertools.count(1)
         self.supervisor.on_event("media", self._on_media)
         self.supervisor.on_event("stats", self._on_stats)
@@ -316,8 +320,10 @@ class WorkerPlane:
         hello = self.supervisor.workers[transport.worker].hello
         port = hello["media_port"]
         fingerprint = hello["fingerprint"]
+        override = self.announce_override.get(transport.worker)
+        candidates = (override,) if override is not None else tuple((ip, port) for ip in self.announced_ips)
         return LocalEndpoint(transport.local_ufrag, transport.local_pwd, (fingerprint[0], fingerprint[1]),
-                             tuple((ip, port) for ip in self.announced_ips))
+                             candidates)
 
     def start_recorder(self, publisher: RemotePublisher, path: str, options: Any, on_done: Any,
                        label: str) -> RemoteRecorder:
@@ -395,8 +401,11 @@ class WorkerPlane:
             endpoint = self._closed[id][1]
         return endpoint
 
-    def _on_stats(self, worker: int, pubs: dict, players: dict, recording: dict, port: list) -> None:
+    def _on_stats(self, worker: int, pubs: dict, players: dict, recording: dict, port: list,
+                  relay: dict | None = None) -> None:
         self.port.by_worker[worker] = port
+        if relay is not None:
+            self.relay_stats[worker] = relay
         now = asyncio.get_running_loop().time()
         for id in [i for i, (at, _) in self._closed.items() if now - at > 2 * RETIRE_AFTER]:
             del self._closed[id]
@@ -435,6 +444,7 @@ class WorkerPlane:
         except (ValueError, KeyError):
             pass  # the last worker: it keeps taking placements (its replacement is on its way)
         self.port.by_worker.pop(index, None)
+        self.relay_stats.pop(index, None)
         for relay in [r for e in self.endpoints.values() if isinstance(e, RemotePublisher)
                       for r in e.relays.values() if r.worker == index]:
             self._stop_relay(relay)  # its players are ending below

@@ -7,7 +7,12 @@ It never sees a WCS message.
 
 Sources by id: a publisher of this worker (its id) or a relayed copy of another worker's publisher (the relay's
 id). A relayed source has its own ring: its players' NACKs and late joiners are answered here, and what this
-worker lacks (a lost packet, a keyframe) is asked of the publisher's worker over the relay (workers/relay.py).
+worker lacks (a lost packet, a keyframe) is asked of the publisher's worker over the relay (workers/relay.py),
+and a NACK that goes unanswered is retried on this worker's tick, as a publisher's would be.
+
+Counters go to the control process every `stats_interval` (the `stats` event), the relay socket's included.
+Test-only: WEBCALL_RELAY_TEST_LOSS (a fraction, read at start) makes the relay socket drop that share of the
+relayed media it receives (relay.py's `test_loss`).
 """
 
 from __future__ import annotations
@@ -16,15 +21,16 @@ import asyncio
 import base64
 import json
 import logging
+import os
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..media.dtls import DtlsIdentity
 from ..media.endpoints import PlayerEndpoint, PublisherEndpoint
 from ..media.failures import Failure
 from ..media.plane import MediaPlane
-from ..media.port import MediaPort
+from ..media.port import TICK_INTERVAL, MediaPort
 from ..media.producer import Producer
 from ..media.recorder import Recorder, RecorderOptions
 from ..media.router import Router, TrackRouter
@@ -131,12 +137,15 @@ class MediaWorker:
         self.snapshots = Snapshotter(settings.snapshot_timeout)
         self._final: dict[str, dict[int, Any]] = {"pubs": {}, "players": {}}  # counters of endpoints just closed
         self._stats_task: asyncio.Task[None] | None = None
+        self._tick_task: asyncio.Task[None] | None = None
+        self.relay_retransmitted = 0  # packets sent again over the relay in answer to a receiving worker's NACK
 
     async def start(self) -> None:
         media_port = await self.port.start(self.ctx.media_host, self.ctx.media_port)
         self.plane = MediaPlane(self.port, self.identity, self.settings, ())
         self.relay = await RelayEndpoint.bind(on_packet=self._relay_packet, on_keyframe_request=self._relay_keyframe,
                                               on_nack=self._relay_nack)
+        self.relay.test_loss = float(os.environ.get("WEBCALL_RELAY_TEST_LOSS") or 0.0)  # tests only
         self.ctx.info.update(media_port=media_port, fingerprint=list(self.identity.fingerprint),
                              relay=list(self.relay.address))
         ch = self.channel
@@ -144,7 +153,9 @@ class MediaWorker:
                      "record_stop", "keyframe"):
             ch.on_event(name, getattr(self, f"_on_{name}"))
         ch.on_request("snapshot", self._snapshot)
-        self._stats_task = asyncio.get_running_loop().create_task(self._stats_loop(), name="worker-stats")
+        loop = asyncio.get_running_loop()
+        self._stats_task = loop.create_task(self._stats_loop(), name="worker-stats")
+        self._tick_task = loop.create_task(self._relay_tick(), name="worker-relay-tick")
 
     # --- endpoints ---------------------------------------------------------------------------------
 
@@ -244,6 +255,19 @@ class MediaWorker:
                 self.relay.request_keyframe(rid, index)
         return send_keyframe_request
 
+    async def _relay_tick(self) -> None:
+        """Retry the NACKs of relayed sources (a publisher's transport does this for its own producers)."""
+        while True:
+            await asyncio.sleep(TICK_INTERVAL)
+            now = time.monotonic()
+            for router in list(self.relays_in.values()):
+                for track in router.tracks.values():
+                    if track.producer.missing:
+                        try:
+                            track.producer.retry_nacks(now)
+                        except Exception:
+                            log.exception("relay NACK retry failed")
+
     def _on_relay_stop(self, rid: int) -> None:
         out = self.relays_out.pop(rid, None)
         if out is not None:
@@ -269,15 +293,16 @@ class MediaWorker:
             out.tracks[track].producer.request_keyframe(time.monotonic())
 
     def _relay_nack(self, rid: int, track: int, seqs: list[int]) -> None:
-        """The receiving worker lost these: send them again from our ring, or ask the publisher."""
+        """The receiving worker lost these: send them again from our ring (what the ring lacks, this worker
+        is NACKing from the publisher already, or has given up on)."""
         out = self.relays_out.get(rid)
         if out is None or track >= len(out.tracks):
             return
         producer = out.tracks[track].producer
         for seq in seqs:
             packet = producer.lookup(seq)
-            if packet is not None:
-                out.sender.send(track, packet)
+            if packet is not None and out.sender.send(track, packet):
+                self.relay_retransmitted += 1
 
     # --- recording and snapshots -------------------------------------------------------------------------
 
@@ -333,8 +358,10 @@ class MediaWorker:
         self._final = {"pubs": {}, "players": {}}
         recording = {id: r.received_media for id, r in self.recorders.items()}
         port = self.port
+        relay = asdict(self.relay.stats) if self.relay is not None else {}
+        relay["retransmitted"] = self.relay_retransmitted
         return {"pubs": pubs, "players": players, "recording": recording,
-                "port": [port.dropped, port.errors, fanout_cost_to_wire(port.fanout_cost)]}
+                "port": [port.dropped, port.errors, fanout_cost_to_wire(port.fanout_cost)], "relay": relay}
 
     @staticmethod
     def _publisher_counters(endpoint: PublisherEndpoint) -> dict[str, list[int]]:
@@ -349,8 +376,9 @@ class MediaWorker:
                 for c in endpoint.consumers}
 
     async def stop(self) -> None:
-        if self._stats_task is not None:
-            self._stats_task.cancel()
+        for task in (self._stats_task, self._tick_task):
+            if task is not None:
+                task.cancel()
         for recorder in list(self.recorders.values()):
             recorder.stop()
         for recorder in list(self.recorders.values()):

@@ -19,12 +19,17 @@ Wire format: an 8-byte header, network order — magic 0x57, kind (1 media, 2 ke
 track index, 0, stream id (u32, allocated by the control process per stream) — then for media the RTP packet,
 for a NACK a u16 count and that many u16 sequence numbers. One datagram per RTP packet. Bad or truncated
 datagrams are counted and dropped, never raised. The codec (`encode_*`, `decode`) is sans-I/O.
+
+Test-only: `RelayEndpoint.test_loss` (a fraction, 0 by default) drops that share of the media datagrams it
+receives for subscribed streams, as a lossy network between workers would (counted in `test_dropped`). The
+media worker sets it from the environment variable WEBCALL_RELAY_TEST_LOSS; never set it in production.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 import struct
 from collections.abc import Callable, Iterable
@@ -130,10 +135,13 @@ class RelayStats:
     send_dropped: int = 0  # media packets the kernel refused (socket buffer full) or could not route
     feedback_sent: int = 0
     feedback_received: int = 0
+    nacks_sent: int = 0  # NACK datagrams sent (a part of feedback_sent)
+    nacks_received: int = 0  # NACK datagrams accepted (a part of feedback_received)
     malformed: int = 0  # bad or truncated datagrams
     unknown_stream: int = 0  # media for a stream we did not subscribe to, feedback for one we do not send
     wrong_source: int = 0  # a subscribed stream id from an address that is not its sender
     callback_errors: int = 0
+    test_dropped: int = 0  # media dropped on purpose by `test_loss` (tests only)
 
 
 class RelayEndpoint(asyncio.DatagramProtocol):
@@ -151,6 +159,8 @@ class RelayEndpoint(asyncio.DatagramProtocol):
         self.transport: asyncio.DatagramTransport | None = None
         self._subscriptions: dict[int, Address] = {}  # stream id -> the sending worker's relay address
         self._senders: dict[tuple[int, Address], RelaySender] = {}
+        self.test_loss = 0.0  # test-only: the share of received media to drop (see the module docstring)
+        self._test_rng = random.Random(11)
 
     @classmethod
     async def bind(cls, host: str = "127.0.0.1", port: int = 0, **callbacks: Any) -> RelayEndpoint:
@@ -209,7 +219,9 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             return False
         ok = True
         for datagram in encode_nack(stream_id, track, seqs):
-            ok = self._send_feedback(datagram, source) and ok
+            sent = self._send_feedback(datagram, source)
+            self.stats.nacks_sent += sent
+            ok = sent and ok
         return ok
 
     # -- sending side -----------------------------------------------------------------------------------------
@@ -255,6 +267,9 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             if source != addr:
                 stats.wrong_source += 1
                 return
+            if self.test_loss and self._test_rng.random() < self.test_loss:
+                stats.test_dropped += 1
+                return
             stats.received += 1
             if self.on_packet is not None:
                 try:
@@ -279,8 +294,10 @@ class RelayEndpoint(asyncio.DatagramProtocol):
             if msg.kind == KEYFRAME:
                 if self.on_keyframe_request is not None:
                     self.on_keyframe_request(msg.stream_id, msg.track)
-            elif self.on_nack is not None:
-                self.on_nack(msg.stream_id, msg.track, list(msg.seqs))
+            else:
+                stats.nacks_received += 1
+                if self.on_nack is not None:
+                    self.on_nack(msg.stream_id, msg.track, list(msg.seqs))
         except Exception:
             stats.callback_errors += 1
             log.exception("relay feedback callback failed")
