@@ -115,6 +115,12 @@ async def test_denied_publish_and_play_get_failed_restricted_access(make_server,
     answer = await client.wait_for("DataStatusEvent", timeout=5)
     assert answer["data"][0]["status"] == "FAILED" and answer["data"][0]["info"] == "Restricted access"
 
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server.rest_url}/metrics") as response:
+            metrics = await response.text()
+    assert 'webcall_hook_invocations_total{app="defaultApp",method="publishStream",outcome="denied"} 2' in metrics
+    assert 'webcall_hook_invocations_total{app="defaultApp",method="publishStream",outcome="allowed"} 1' in metrics
+
     await player.stop()
     await allowed.stop()
     await client.close()

@@ -103,4 +103,35 @@ def render(hub: Hub, port: MediaPort) -> str:
     w.family("webcall_fanout_players_total", "counter",
              "Players reached by the timed fan-outs (fanout_seconds_sum / this = seconds per forwarded packet)")
     w.sample("webcall_fanout_players_total", cost.players)
+
+    _hooks(w, hub)
+    workers = getattr(hub.plane, "supervisor", None)
+    if workers is not None:  # media workers (workers/control.py)
+        w.family("webcall_media_workers", "gauge", "Media worker processes running")
+        w.sample("webcall_media_workers", len(workers.workers))
+        w.family("webcall_media_worker_losses_total", "counter",
+                 "Media workers that died or stopped answering (each was replaced)")
+        w.sample("webcall_media_worker_losses_total", len(workers.losses))
     return w.text()
+
+
+def _hooks(w: _Writer, hub: Hub) -> None:
+    """REST hooks (webcall/hooks): invocations by outcome, errors, and events posted, failed or dropped."""
+    stats = hub.hooks.stats
+    w.family("webcall_hook_invocations_total", "counter", "Hooks that can deny, by app, method and outcome")
+    for (app, method, outcome), value in sorted(stats.invocations.items()):
+        w.sample("webcall_hook_invocations_total", value, {"app": app, "method": method, "outcome": outcome})
+    w.family("webcall_hook_errors_total", "counter", "Hooks with no usable answer (timeout, refused, bad JSON)")
+    for (app, method), value in sorted(stats.errors.items()):
+        w.sample("webcall_hook_errors_total", value, {"app": app, "method": method})
+    for name, counter, help_text in (
+        ("webcall_hook_events_posted_total", stats.events_posted, "Hook events the backend accepted"),
+        ("webcall_hook_events_failed_total", stats.events_failed, "Hook events the backend refused or never got"),
+        ("webcall_hook_events_dropped_total", stats.events_dropped,
+         "Hook events dropped: the client's queue was full (a slow or dead backend) or closed"),
+    ):
+        w.family(name, "counter", help_text)
+        for (app, method), value in sorted(counter.items()):
+            w.sample(name, value, {"app": app, "method": method})
+    w.family("webcall_hook_keep_alive_terminations_total", "counter", "Streams ended by a StreamKeepAliveEvent 403")
+    w.sample("webcall_hook_keep_alive_terminations_total", stats.keep_alive_terminations)
