@@ -152,7 +152,10 @@ def results(tmp_path_factory, pytestconfig) -> Results:
     webcall_log.addHandler(handler)
     webcall_log.setLevel(logging.DEBUG)
 
-    thread = ServerThread(base_config(static_dir=str(_static_dir(tmp_path_factory.mktemp("browser")))))
+    # The official SDK against two media workers with players spread over both: what `make serve` runs by
+    # default on a multi-core machine, with the relay between workers on the path of every other player.
+    thread = ServerThread(base_config(static_dir=str(_static_dir(tmp_path_factory.mktemp("browser"))),
+                                      workers="2", placement="spread"))
     thread.start()
     leftovers = None
     try:
