@@ -39,7 +39,7 @@ def test_fanout_histogram_buckets() -> None:
 
 
 def test_metrics_text_parses() -> None:
-    settings = StreamSettings(candidates=())
+    settings = StreamSettings()
     hub = Hub(settings, MediaPlane(MediaPort(), None, settings, ()))  # type: ignore[arg-type]
     try:
         hub.retired.update({("rtp_packets_received", "video"): 7, ("nacks_sent", "video"): 2})
@@ -136,7 +136,7 @@ def test_rate_sampling_is_spread_over_slots_each_stream_once() -> None:
 
     from webcall.wcs.sampler import SAMPLE_SLOTS
 
-    settings = StreamSettings(candidates=())
+    settings = StreamSettings()
     hub = Hub(settings, MediaPlane(MediaPort(), None, settings, ()))  # type: ignore[arg-type]
     try:
         sampled: list[str] = []

@@ -55,7 +55,6 @@ class WebcallServer:
         c = self.config
         ips = c.announced_ips()
         settings = StreamSettings(
-            candidates=(),
             video_codecs=c.video_codec_list, connect_timeout=c.connect_timeout, consent_timeout=c.consent_timeout,
             max_bitrate=c.max_bitrate, ping_interval=c.ping_interval, ping_probes=c.ping_probes,
             rate_interval=c.rate_interval, snapshot_timeout=c.snapshot_timeout, keep_alive_interval=c.keep_alive_interval,
@@ -102,9 +101,8 @@ class WebcallServer:
         if count == 1:
             self.port = MediaPort(c.fanout_core, c.fanout_threads)
             self.media_port = await self.port.start(c.media_host, c.media_port)
-            settings.candidates = tuple((ip, self.media_port) for ip in ips)
             identity = await asyncio.get_running_loop().run_in_executor(None, DtlsIdentity)
-            return MediaPlane(self.port, identity, settings, settings.candidates)
+            return MediaPlane(self.port, identity, settings, tuple((ip, self.media_port) for ip in ips))
         worker_settings = WorkerSettings(
             connect_timeout=c.connect_timeout, consent_timeout=c.consent_timeout, max_bitrate=c.max_bitrate,
             fanout_core=c.fanout_core, fanout_threads=c.fanout_threads, snapshot_timeout=c.snapshot_timeout,

@@ -41,9 +41,8 @@ log = logging.getLogger("webcall.wcs")
 
 @dataclass
 class StreamSettings:
-    """What the streams and media layers need from the configuration."""
+    """What the WCS front end (and, through it, the stream core and the media plane) needs from the configuration."""
 
-    candidates: tuple[tuple[str, int], ...] = ()  # announced (ip, port) of a single process's media port
     video_codecs: tuple[str, ...] = ("VP8", "H264")
     connect_timeout: float = 10.0  # ICE + DTLS, and first media after that
     consent_timeout: float = 30.0
