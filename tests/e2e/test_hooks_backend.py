@@ -14,24 +14,19 @@ import time
 import pytest
 from aiohttp import web
 
+from tests.support.hook_backend import HookBackend
 from webcall.hooks import Hooks, HookSettings, keep_alive_loop
 from webcall.hooks import policy as p
 
 SECRET = "s3cret"
 
 
-class Backend:
+class Backend(HookBackend):
     def __init__(self) -> None:
-        self.requests: list[tuple[str, str, dict, dict]] = []  # (app, method, body, headers)
+        super().__init__()
         self.release = asyncio.Event()  # lets the "hang" app's requests finish
-        self.runner: web.AppRunner | None = None
-        self.port = 0
 
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        app, method = request.match_info["app"], request.match_info["method"]
-        raw = await request.read()
-        body = json.loads(raw)
-        self.requests.append((app, method, body, dict(request.headers)))
+    async def answer(self, app: str, method: str, body: dict, raw: bytes, request: web.Request) -> web.StreamResponse:
         if app == "allow":
             return web.json_response(body)
         if app == "deny":
@@ -61,18 +56,6 @@ class Backend:
             return web.Response(status=403 if method == p.STREAM_KEEP_ALIVE_EVENT else 200, text="{}")
         return web.Response(status=404)
 
-    async def start(self) -> None:
-        application = web.Application()
-        application.router.add_post("/{app}/{method}", self.handle)
-        self.runner = web.AppRunner(application, shutdown_timeout=0.1)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
-
-    def url(self, app: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{app}"
-
     def methods(self, app: str) -> list[str]:
         return [m for a, m, _, _ in self.requests if a == app]
 
@@ -83,7 +66,7 @@ async def backend():
     await b.start()
     yield b
     b.release.set()
-    await b.runner.cleanup()
+    await b.stop()
 
 
 def free_port() -> int:

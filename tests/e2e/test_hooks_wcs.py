@@ -7,7 +7,6 @@ the clients see is what a user of an application with that backend would see.
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 
 import aiohttp
@@ -15,20 +14,13 @@ import pytest
 from aiohttp import web
 
 from tests.support import peers
+from tests.support.hook_backend import HookBackend
 from tests.support.wcs_client import WcsClient, WcsClosed
 from webcall.hooks import policy as p
 
 
-class Backend:
-    def __init__(self) -> None:
-        self.requests: list[tuple[str, str, dict]] = []  # (app, method, body)
-        self.runner: web.AppRunner | None = None
-        self.port = 0
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        app, method = request.match_info["app"], request.match_info["method"]
-        body = json.loads(await request.read())
-        self.requests.append((app, method, body))
+class Backend(HookBackend):
+    async def answer(self, app: str, method: str, body: dict, raw: bytes, request: web.Request) -> web.StreamResponse:
         if app == "gate":  # denies streams whose name starts with "secret", with or without a message
             if method in ("publishStream", "playStream") and body.get("name", "").startswith("secret-msg"):
                 return web.json_response({"message": "Subscription expired"}, status=403)
@@ -53,20 +45,8 @@ class Backend:
             return web.Response(status=403 if method == p.STREAM_KEEP_ALIVE_EVENT else 200, text="{}")
         return web.Response(status=404)
 
-    async def start(self) -> None:
-        application = web.Application()
-        application.router.add_post("/{app}/{method}", self.handle)
-        self.runner = web.AppRunner(application, shutdown_timeout=0.1)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
-        await site.start()
-        self.port = site._server.sockets[0].getsockname()[1]
-
-    def url(self, app: str) -> str:
-        return f"http://127.0.0.1:{self.port}/{app}"
-
     def bodies(self, method: str) -> list[dict]:
-        return [b for _, m, b in self.requests if m == method]
+        return [b for _, m, b, _ in self.requests if m == method]
 
     async def wait_event(self, method: str, pred, timeout: float = 5.0) -> dict:
         deadline = time.monotonic() + timeout
@@ -83,7 +63,7 @@ async def backend():
     b = Backend()
     await b.start()
     yield b
-    await b.runner.cleanup()
+    await b.stop()
 
 
 async def test_denied_publish_and_play_get_failed_restricted_access(make_server, backend) -> None:
