@@ -7,7 +7,6 @@ several applications, each with its own hook URL.
 from __future__ import annotations
 
 import asyncio
-import json
 import socket
 import time
 
