@@ -862,11 +862,35 @@ def test_sender_report_maps_ntp_to_the_players_rtp_clock(frames) -> None:
     assert rtp_ts == last.ts  # at the arrival time of the newest packet, the clock shows its timestamp
     _, _, later, _, _ = struct.unpack("!IQIII", consumer.sender_report(11.5, 0))
     assert (later - last.ts) & 0xFFFFFFFF == 135000  # 1.5 s of a 90 kHz clock
-    # once the publisher sends an SR, its mapping is used
+    # once the publisher sends an SR, its mapping is used, through the publisher's clock offset
     in_ts = parse(packets[-1].data).ts
-    producer.on_sender_report(0x1111 << 32, (in_ts + 45000) & 0xFFFFFFFF, 12.0)
-    _, _, mapped, _, _ = struct.unpack("!IQIII", consumer.sender_report(12.25, 0))
+    producer.on_sender_report(0x1111 << 32, (in_ts + 45000) & 0xFFFFFFFF, 12.0, local_ntp=0x2222 << 32)
+    quarter = 1 << 30  # 0.25 s in NTP units
+    _, _, mapped, _, _ = struct.unpack("!IQIII", consumer.sender_report(12.25, (0x2222 << 32) + quarter))
     assert (mapped - last.ts) & 0xFFFFFFFF == 45000 + 22500
+
+
+def test_sender_reports_map_audio_and_video_through_one_publisher_clock() -> None:
+    """Lip sync: an SR whose NTP/RTP pair was already stale when it left (aiortc stamps the last packet sent)
+    must not shift that track against the other. Both tracks use the publisher's own mappings and one offset."""
+    video, _ = make_producer(vp8_track())
+    audio, _ = make_producer(opus_track())
+    audio.sender_clock = video.sender_clock  # as PublisherEndpoint does
+    second = 1 << 32
+    base = 0x5000 << 32  # the publisher's NTP time of the video SR
+    delay = second // 100  # 10 ms on the way
+    video.receive(make_rtp(b"\x10" + b"v" * 20, 1, 90_000, pt=VP8_PT, ssrc=PUB_SSRC, marker=True), 1.0)
+    audio.receive(_audio(1, 48_000), 1.0)
+    video.on_sender_report(base, 90_000, 1.0, local_ntp=(0x9000 << 32) + delay)
+    # The audio SR leaves at the same moment, but describes an instant 30 ms earlier.
+    stale = 3 * second // 100
+    audio.on_sender_report(base - stale, 48_000 - 1440, 1.0, local_ntp=(0x9000 << 32) + delay)
+    assert video.sender_clock.offset == pytest.approx(0x4000 + 0.01, abs=1e-6)
+    t = (0x9000 << 32) + second  # our clock, 1 s after the SRs arrived
+    publisher_time = (t - (0x4000 << 32) - delay - base) / second  # in the publisher's clock, since `base`
+    assert video.rtp_time_at(0.0, t) == int(90_000 + publisher_time * 90_000)
+    # the audio mapping as the publisher declared it (48_000 at `base`), at the same publisher instant
+    assert abs(audio.rtp_time_at(0.0, t) - int(48_000 + publisher_time * 48_000)) <= 1
 
 
 def test_sender_report_audio_clock() -> None:

@@ -167,7 +167,7 @@ class Consumer:
         """SR body fields (RFC 3550 §6.4.1) mapping our NTP clock to this player's RTP clock."""
         if self.seq_offset is None:
             return None
-        rtp_now = self.producer.rtp_time_at(now)
+        rtp_now = self.producer.rtp_time_at(now, ntp)
         if rtp_now is None:
             return None
         return struct.pack(

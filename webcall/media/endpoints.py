@@ -32,7 +32,7 @@ from .consumer import Consumer, random_ssrc
 from .dtls import DtlsIdentity
 from .failures import Failure
 from .port import MediaPort
-from .producer import Producer
+from .producer import Producer, SenderClock
 from .router import Router, TrackRouter
 from .transport import WebRtcTransport
 
@@ -95,9 +95,11 @@ class PublisherEndpoint(_Endpoint):
         self._rtx_by_ssrc: dict[int, Producer] = {}
         self._by_pt: dict[int, Producer] = {}
         self._rtx_by_pt: dict[int, Producer] = {}
+        clock = SenderClock()  # one for the publisher: its SRs map audio and video to one NTP clock
         for track in neg.tracks:
             producer = Producer(track, send_nack=self._send_nack, send_keyframe_request=self._send_pli,
                                 on_keyframe=self._on_keyframe)
+            producer.sender_clock = clock
             tracks[track.kind] = TrackRouter(producer, core=port.core, batch=port.batch,
                                              fanout_cost=port.fanout_cost)
             self.producers[track.kind] = producer

@@ -9,10 +9,16 @@ producer knows no reader: late joiners of any kind start from `current_gop()`.
 from __future__ import annotations
 
 import struct
+from collections import deque
 from collections.abc import Callable
+
+from aiortc.clock import current_ntp_time
 
 from ..protocol.sdp import EXT_MID, Track
 from .rtp import KEYFRAME_PROBES, split
+
+NTP_UNIT = float(1 << 32)  # a 64-bit NTP timestamp counts seconds in units of 2**-32
+SENDER_CLOCK_SAMPLES = 8  # sender reports (of all the publisher's tracks) the clock offset is the minimum of
 
 # deliver(packet, ext_seq, ts, keyframe, csrc_end, ext_end, end): the router's entry (media/router.py)
 Deliver = Callable[[bytes, int, int, bool, int, int, int], None]
@@ -25,6 +31,26 @@ NACK_RETRY_INTERVAL = 0.08
 KEYFRAME_MIN_INTERVAL = 0.3
 
 _TS = struct.Struct("!I")
+
+
+class SenderClock:
+    """How far behind ours the publisher's NTP clock is, as its sender reports show: one value for all of its
+    tracks, so the sender reports we send its players map audio and video to the same instants (lip sync).
+
+    Each SR gives (our NTP time at arrival − the SR's NTP time) = network delay + how stale the SR's NTP/RTP pair
+    already was when it left (aiortc stamps the last packet sent, up to a frame earlier). The minimum over the
+    last few SRs of every track is the least stale one; the per-track pairs are used as the publisher gave them.
+    """
+
+    __slots__ = ("_samples", "offset")
+
+    def __init__(self) -> None:
+        self._samples: deque[float] = deque(maxlen=SENDER_CLOCK_SAMPLES)
+        self.offset: float | None = None  # seconds: our NTP time − the publisher's
+
+    def observe(self, local_ntp: int, sender_ntp: int) -> None:
+        self._samples.append((local_ntp - sender_ntp) / NTP_UNIT)
+        self.offset = min(self._samples)
 
 
 class Producer:
@@ -68,6 +94,7 @@ class Producer:
         self.sr_ntp = 0
         self.sr_rtp = 0
         self.sr_arrival = 0.0
+        self.sender_clock = SenderClock()  # shared by the publisher's tracks (the endpoint sets one for all)
         self._transit = None
         self.jitter = 0.0
 
@@ -261,12 +288,19 @@ class Producer:
 
     # --- RTCP -------------------------------------------------------------------------------------
 
-    def on_sender_report(self, ntp: int, rtp_ts: int, now: float) -> None:
+    def on_sender_report(self, ntp: int, rtp_ts: int, now: float, local_ntp: int | None = None) -> None:
+        """The publisher's SR for this track; `local_ntp` is our NTP time at its arrival (default: the clock)."""
         self.sr_ntp, self.sr_rtp, self.sr_arrival = ntp, rtp_ts, now
+        self.sender_clock.observe(current_ntp_time() if local_ntp is None else local_ntp, ntp)
 
-    def rtp_time_at(self, now: float) -> int | None:
-        """The publisher's RTP clock at `now`, from its latest SR, else from the latest packet."""
+    def rtp_time_at(self, now: float, ntp: int | None = None) -> int | None:
+        """The publisher's RTP clock at `now` (our NTP time `ntp`): from its latest SR through the publisher's
+        clock offset (the same for all its tracks), else from the SR's arrival, else from the latest packet."""
         if self.sr_arrival:
+            offset = self.sender_clock.offset
+            if ntp is not None and offset is not None:
+                elapsed = (ntp - self.sr_ntp) / NTP_UNIT - offset  # publisher seconds since its SR's instant
+                return int(self.sr_rtp + elapsed * self.clock_rate) & 0xFFFFFFFF
             return int(self.sr_rtp + (now - self.sr_arrival) * self.clock_rate) & 0xFFFFFFFF
         if self.last_arrival:
             return int(self.last_ts + (now - self.last_arrival) * self.clock_rate) & 0xFFFFFFFF
