@@ -94,6 +94,7 @@ class Producer:
         self.sr_ntp = 0
         self.sr_rtp = 0
         self.sr_arrival = 0.0
+        self.sr_local_ntp = 0  # our NTP time when the latest SR arrived
         self.sender_clock = SenderClock()  # shared by the publisher's tracks (the endpoint sets one for all)
         self._transit = None
         self.jitter = 0.0
@@ -291,7 +292,8 @@ class Producer:
     def on_sender_report(self, ntp: int, rtp_ts: int, now: float, local_ntp: int | None = None) -> None:
         """The publisher's SR for this track; `local_ntp` is our NTP time at its arrival (default: the clock)."""
         self.sr_ntp, self.sr_rtp, self.sr_arrival = ntp, rtp_ts, now
-        self.sender_clock.observe(current_ntp_time() if local_ntp is None else local_ntp, ntp)
+        self.sr_local_ntp = current_ntp_time() if local_ntp is None else local_ntp
+        self.sender_clock.observe(self.sr_local_ntp, ntp)
 
     def rtp_time_at(self, now: float, ntp: int | None = None) -> int | None:
         """The publisher's RTP clock at `now` (our NTP time `ntp`): from its latest SR through the publisher's

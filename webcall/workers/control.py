@@ -269,6 +269,7 @@ class WorkerPlane:
         self.supervisor.on_event("media", self._on_media)
         self.supervisor.on_event("stats", self._on_stats)
         self.supervisor.on_event("recorder", self._on_recorder)
+        self.supervisor.on_event("relay_sender_report", self._on_relay_sender_report)
 
     async def start(self) -> None:
         await self.supervisor.start()
@@ -427,6 +428,15 @@ class WorkerPlane:
             recorder = self.recorders.get(int(id))
             if recorder is not None and received:
                 recorder.received_media = True
+
+    def _on_relay_sender_report(self, worker: int, rid: int, **report: Any) -> None:
+        """A publisher's SR, from its worker to each worker that holds a relayed copy of it."""
+        for endpoint in self.endpoints.values():
+            if isinstance(endpoint, RemotePublisher) and endpoint.worker == worker:
+                for relay in endpoint.relays.values():
+                    if relay.id == rid:
+                        self.notify(relay.worker, "sender_report", rid=rid, **report)
+                        return
 
     def _on_recorder(self, worker: int, id: int, state: str, error: str | None, received: bool, opened: bool,
                      stats: dict) -> None:

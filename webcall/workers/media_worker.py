@@ -31,7 +31,7 @@ from ..media.endpoints import PlayerEndpoint, PublisherEndpoint
 from ..media.failures import Failure
 from ..media.plane import MediaPlane
 from ..media.port import TICK_INTERVAL, MediaPort
-from ..media.producer import Producer
+from ..media.producer import Producer, SenderClock
 from ..media.recorder import Recorder, RecorderOptions
 from ..media.router import Router, TrackRouter
 from ..streams.snapshots import SnapshotError, Snapshotter
@@ -100,6 +100,7 @@ class RelayOut:
         self.source, self.sender = source, sender
         assert source.router is not None
         self.tracks = list(source.router.tracks.values())  # track index on the wire = position here
+        self.reported_srs = [0.0] * len(self.tracks)  # sr_arrival of the last sender report passed on
         self.readers = []
         for index, track in enumerate(self.tracks):
             reader = self._reader(index)
@@ -150,7 +151,7 @@ class MediaWorker:
                              relay=list(self.relay.address))
         ch = self.channel
         for name in ("publish", "play", "close", "relay_out", "relay_in", "relay_stop", "record_start",
-                     "record_stop", "keyframe"):
+                     "record_stop", "keyframe", "sender_report"):
             ch.on_event(name, getattr(self, f"_on_{name}"))
         ch.on_request("snapshot", self._snapshot)
         loop = asyncio.get_running_loop()
@@ -229,11 +230,13 @@ class MediaWorker:
     def _on_relay_in(self, rid: int, name: str, src: list, tracks: list[dict]) -> None:
         assert self.relay is not None
         routers: dict[str, TrackRouter] = {}
+        clock = SenderClock()  # the publisher's, rebuilt from the sender reports passed on (see sender_reports)
         for index, wire in enumerate(tracks):
             track = track_from_wire(wire)
             producer = Producer(track, send_nack=self._nacker(rid, index),
                                 send_keyframe_request=self._keyframe_asker(rid, index),
                                 on_keyframe=lambda producer, width, height: None)
+            producer.sender_clock = clock
             routers[track.kind] = TrackRouter(producer, core=self.port.core, batch=self.port.batch,
                                               fanout_cost=self.port.fanout_cost)
         router = Router(routers)
@@ -278,6 +281,24 @@ class MediaWorker:
                 self.relay.unsubscribe(rid)
             self._drop_source(rid)
             router.close()
+
+    def sender_reports(self) -> None:
+        """The publisher's sender reports, passed on to the workers that hold relayed copies (through the control
+        process), so that their players' SRs keep audio and video in sync too. Workers share the host's clock:
+        our NTP time at the SR's arrival is theirs."""
+        for rid, out in self.relays_out.items():
+            for index, track in enumerate(out.tracks):
+                p = track.producer
+                if p.sr_arrival and p.sr_arrival != out.reported_srs[index]:
+                    out.reported_srs[index] = p.sr_arrival
+                    self.channel.notify("relay_sender_report", rid=rid, track=index, ntp=p.sr_ntp, rtp=p.sr_rtp,
+                                        local=p.sr_local_ntp)
+
+    def _on_sender_report(self, rid: int, track: int, ntp: int, rtp: int, local: int) -> None:
+        router = self.relays_in.get(rid)
+        tracks = list(router.tracks.values()) if router is not None else []
+        if track < len(tracks):
+            tracks[track].producer.on_sender_report(ntp, rtp, time.monotonic(), local_ntp=local)
 
     def _relay_packet(self, rid: int, track: int, packet: bytes) -> None:
         router = self.relays_in.get(rid)
@@ -345,6 +366,7 @@ class MediaWorker:
         while True:
             await asyncio.sleep(self.settings.stats_interval)
             try:
+                self.sender_reports()
                 self.channel.notify("stats", **self.stats())
             except Exception:
                 log.exception("stats report failed")
