@@ -208,3 +208,32 @@ async def test_websocket_on_any_path(make_server, tmp_path) -> None:
     await wss.close()
     await client.close()
     await server.wait_empty()
+
+
+async def test_whip_and_whep_streams_in_rest_find_all(make_server) -> None:
+    server = await make_server()
+    base = http_base(server)
+    pub = await whip_publish(base, "listed")
+    player = await whep_play(base, "listed")
+    client = await server.client()
+    wcs_player = await peers.play(client, "listed")
+    await player.wait_decoded_frames(5, timeout=15)
+    await wcs_player.wait_decoded_frames(5, timeout=15)
+    async with aiohttp.ClientSession() as http:
+        async with http.post(f"{server.rest_url}/rest-api/stream/find_all") as r:
+            streams = await r.json()
+        listed = {(s["mediaProvider"], s["published"]) for s in streams if s["name"] == "listed"}
+        assert listed == {("WHIP", True), ("WHEP", False), ("WebRTC", False)}, streams
+        whip = next(s for s in streams if s["mediaProvider"] == "WHIP")
+        assert whip["status"] == "PUBLISHING" and whip["videoCodec"] == "VP8" and whip["audioCodec"] == "opus"
+        async with http.get(f"{server.rest_url}/metrics") as r:
+            assert r.status == 200
+        async with http.post(f"{server.rest_url}/rest-api/stream/terminate",
+                             json={"mediaSessionId": whip["mediaSessionId"]}) as r:
+            assert r.status == 200
+    await wcs_player.wait_status("STOPPED", timeout=5)  # the source ended: its players with it
+    assert await pub.delete() == 404 and await player.delete() == 404
+    for p in (wcs_player, player, pub):
+        await p.close()
+    await client.close()
+    await server.wait_empty()

@@ -75,6 +75,7 @@ class WebcallServer:
         app.router.add_get("/client/records/{name}", record_file_handler(c.records_dir))  # spec §14, with Range
         self.whip = WhipFrontEnd(self.hub.registry, self.hub.plane, settings, c.whip_token)  # WHIP and WHEP
         self.whip.add_routes(app)
+        self.hub.listings.append(self.whip.streams)
         app.router.add_get("/{path:.*}", self._any_path)  # last: the WCS WebSocket on any path not routed above
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()

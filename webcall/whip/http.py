@@ -71,6 +71,10 @@ class WhipFrontEnd:
         for resource in list(self.resources.values()):
             resource.stop("STOPPED", "server stopping")
 
+    def streams(self) -> list[Resource]:
+        """Every live WHIP publication and WHEP playback (the hub lists them in REST find_all and /metrics)."""
+        return [r for r in self.resources.values() if not r.closed]
+
     def forget(self, resource: Resource) -> None:
         self.resources.pop(resource.id, None)
 

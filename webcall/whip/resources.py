@@ -72,6 +72,33 @@ class Resource:
     def codecs(self) -> dict[str, str]:
         return {t.kind: t.codec.name for t in self.neg.tracks}
 
+    # --- as the REST API and /metrics list it (through the hub's `listings`) ---------------------------
+
+    @property
+    def media_session_id(self) -> str:
+        return self.id
+
+    def describe(self) -> dict[str, Any]:
+        """The stream as /rest-api/stream/find shows it: the WCS stream object's main keys."""
+        codecs = self.codecs()
+        obj: dict[str, Any] = {
+            "appKey": self.protocol, "sessionId": self.id, "mediaSessionId": self.id, "name": self.name,
+            "published": self.published, "hasVideo": "video" in codecs, "hasAudio": "audio" in codecs,
+            "status": self.status, "videoCodec": codecs.get("video"), "record": False, "width": self.width,
+            "height": self.height, "createDate": self.create_date, "transport": "UDP",
+            "mediaType": "publish" if self.published else "play", "mediaProvider": self.protocol.upper(),
+            "metrics": {},
+        }
+        if "audio" in codecs:
+            obj["audioCodec"] = codecs["audio"]
+        return obj
+
+    def sample(self, now: float) -> None:
+        """No rate messages: HTTP has no channel after the answer."""
+
+    def counters(self) -> dict[tuple[str, str], int]:
+        raise NotImplementedError
+
     def answer(self, direction: str, ssrcs: dict[str, tuple[int, int | None]] | None = None) -> str:
         return build_answer(self.neg, self.owner.plane.local_endpoint(self.endpoint.transport), direction=direction,
                             session_id=new_session_id(), ssrcs=ssrcs, stream_label=f"webcall-{self.id[:8]}")
@@ -113,6 +140,17 @@ class WhipPublication(Resource):
     @property
     def producers(self) -> dict:
         return self.endpoint.producers if self.endpoint is not None else {}
+
+    @property
+    def players(self) -> list[Any]:
+        return [r for r in self.registry.readers(self.name) if not getattr(r, "closed", False)]
+
+    def counters(self) -> dict[tuple[str, str], int]:
+        out: dict[tuple[str, str], int] = {}
+        for kind, p in self.producers.items():
+            out["rtp_packets_received", kind] = p.packets
+            out["rtp_payload_bytes_received", kind] = p.octets
+        return out
 
     # --- media events -------------------------------------------------------------------------------
 
@@ -169,6 +207,13 @@ class WhepPlayback(Resource):
     @property
     def live(self) -> bool:
         return self.status == "PLAYING"
+
+    def counters(self) -> dict[tuple[str, str], int]:
+        out: dict[tuple[str, str], int] = {}
+        for consumer in self.endpoint.consumers if self.endpoint is not None else ():
+            out["rtp_packets_sent", consumer.kind] = consumer.packets
+            out["rtp_payload_bytes_sent", consumer.kind] = consumer.octets
+        return out
 
     def on_connected(self) -> None:
         if self.status == "PENDING":
