@@ -17,9 +17,11 @@ import pytest
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
 from aiortc.sdp import SessionDescription
 
+from tests.support import sdpmunge
 from webcall.protocol.sdp import (
     EXT_ABS_SEND_TIME,
     EXT_MID,
+    NO_BUNDLE,
     Codec,
     LocalEndpoint,
     Negotiation,
@@ -702,3 +704,102 @@ async def test_aiortc_accepts_play_answer() -> None:
 async def test_aiortc_accepts_audio_only_publish() -> None:
     offer, answer = await _aiortc_round_trip(("audio",), "sendonly")
     assert len(sections(answer)[1]) == 1
+
+
+# --------------------------------------------------------------------------------------------------
+# RFC 8843 bundle-only sections (GStreamer / libwebrtc max-bundle) and offers without BUNDLE
+
+
+async def _aiortc_offer(kinds: tuple[str, ...], direction: str) -> tuple[RTCPeerConnection, str]:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    for kind in kinds:
+        pc.addTransceiver(kind, direction=direction)
+    await pc.setLocalDescription(await pc.createOffer())
+    return pc, pc.localDescription.sdp
+
+
+def _check_transport_lines(section: list[str]) -> None:
+    """What a strict stack (GStreamer webrtcbin, Firefox) wants in every answered section, accepted or not."""
+    assert attr(section, "ice-ufrag") == [LOCAL.ice_ufrag] and attr(section, "ice-pwd") == [LOCAL.ice_pwd]
+    assert attr(section, "fingerprint") == [" ".join(LOCAL.fingerprint)]
+    assert attr(section, "setup") == ["passive"]
+    assert len(attr(section, "mid")) == 1
+
+
+@pytest.mark.parametrize("direction", ["sendonly", "recvonly"])
+async def test_bundle_only_sections_are_accepted_as_bundled(direction: str) -> None:
+    pc, real_offer = await _aiortc_offer(("audio", "video"), direction)
+    try:
+        offer = sdpmunge.max_bundle(real_offer)
+        video_offer = section_of(offer, "video")
+        assert video_offer[0].split()[1] == "0" and has_flag(video_offer, "bundle-only")
+        if direction == "sendonly":
+            neg = negotiate_publish(offer)
+            answer = build_answer(neg, LOCAL, direction="recvonly", session_id=3)
+        else:
+            neg = negotiate_play(offer, {"audio": OPUS, "video": VP8})
+            answer = build_answer(neg, LOCAL, direction="sendonly", session_id=3,
+                                  ssrcs={t.mid: (100 + n, None) for n, t in enumerate(neg.tracks)})
+        assert [t.kind for t in neg.tracks] == ["audio", "video"]
+        _check_common(offer, answer, "recvonly" if direction == "sendonly" else "sendonly")
+        for section in sections(answer)[1]:
+            assert section[0].split()[1] == str(LOCAL.candidates[0][1])  # a port: answers carry no bundle-only
+            assert not has_flag(section, "bundle-only")
+            _check_transport_lines(section)
+            assert has_flag(section, "rtcp-mux")
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        assert pc.signalingState == "stable"
+    finally:
+        await pc.close()
+
+
+def test_bundle_only_section_outside_the_group_is_rejected() -> None:
+    offer = sdpmunge.max_bundle(CHROMIUM_PUBLISH)
+    video_mid = mid_of(section_of(offer, "video"))
+    offer = re.sub(r"^(a=group:BUNDLE [^\r\n]*)", lambda m: " ".join(x for x in m.group(1).split(" ") if x != video_mid),
+                   offer, flags=re.M)
+    neg = negotiate_publish(offer)
+    assert [t.kind for t in neg.tracks] == ["audio"]
+    answer = build_answer(neg, LOCAL, direction="recvonly", session_id=3)
+    video = section_of(answer, "video")
+    assert video[0].split()[1] == "0" and has_flag(video, "inactive")
+    assert attr(sections(answer)[0], "group") == ["BUNDLE " + mid_of(section_of(answer, "audio"))]
+
+
+def test_port_zero_without_bundle_only_is_rejected() -> None:
+    offer = sdpmunge.max_bundle(CHROMIUM_PUBLISH).replace("a=bundle-only\r\n", "")
+    assert [t.kind for t in negotiate_publish(offer).tracks] == ["audio"]
+
+
+def test_rejected_section_has_what_strict_stacks_check() -> None:
+    """GStreamer's webrtcbin validates ice-ufrag, ice-pwd, setup, mid and a fingerprint in every m-section,
+    rejected ones included; Chromium and Firefox want the mid and port 0."""
+    neg = negotiate_play(FIREFOX_PLAY, {"audio": OPUS, "video": h264_codec("42e01f")})
+    answer = build_answer(neg, LOCAL, direction="sendonly", session_id=5, ssrcs={"0": (11, None)})
+    video = section_of(answer, "video")
+    assert video[0].split()[1] == "0"
+    _check_transport_lines(video)
+    assert has_flag(video, "inactive") and not attr(video, "candidate")
+    assert mid_of(video) not in attr(sections(answer)[0], "group")[0].split()[1:]
+
+
+async def test_offer_without_bundle_one_section_works_without_group() -> None:
+    pc, real_offer = await _aiortc_offer(("audio",), "sendonly")
+    try:
+        offer = sdpmunge.without_bundle(real_offer)
+        assert "a=group:" not in offer
+        neg = negotiate_publish(offer)
+        answer = build_answer(neg, LOCAL, direction="recvonly", session_id=3)
+        assert not attr(sections(answer)[0], "group")  # no group the offer did not have (RFC 8843 §7.3)
+        _check_transport_lines(section_of(answer, "audio"))
+        await pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+    finally:
+        await pc.close()
+
+
+@pytest.mark.parametrize("offer", _params([("chromium-publish", CHROMIUM_PUBLISH), ("firefox-publish", FIREFOX_PUBLISH)]))
+def test_offer_without_bundle_several_sections_fails_clearly(offer: str) -> None:
+    with pytest.raises(SdpError) as info:
+        negotiate_publish(sdpmunge.without_bundle(offer))
+    assert info.value.info == NO_BUNDLE
+    assert "BUNDLE" in info.value.info

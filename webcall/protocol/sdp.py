@@ -83,6 +83,7 @@ class Negotiation:
     ice_pwd: str
     fingerprints: list[tuple[str, str]]  # (algorithm, value)
     mlines: list[MLine] = field(default_factory=list)
+    bundle: bool = True  # the offer had a BUNDLE group (the answer has one only then: RFC 8843 §7.3)
 
     @property
     def tracks(self) -> list[Track]:
@@ -187,11 +188,26 @@ def _ssrcs(media: MediaDescription) -> tuple[int | None, int | None]:
     return (media.ssrc[0].ssrc if media.ssrc else None), None
 
 
+NO_BUNDLE = "Offer without BUNDLE: all media must share one transport (bundlePolicy max-bundle or balanced)"
+
+
 def _negotiate(offer_sdp: str, choose) -> Negotiation:
+    """Walk the offer's m-lines; `choose` decides each usable audio/video section's track.
+
+    A section is usable if it has a port, or is `a=bundle-only` (port 0, RFC 8843 §6) inside the BUNDLE group:
+    GStreamer's and libwebrtc's max-bundle offers send every section but the first that way. With a BUNDLE
+    group, a section outside it is rejected (it would need a transport of its own). Without one, a single
+    section works (the answer has no group either); several fail with NO_BUNDLE: this server has one
+    transport per stream, and accepting only part of the media would fail silently.
+    """
     offer = _parse(offer_sdp)
     if not offer.media:
         raise SdpError("Bad SDP: no media")
-    first = offer.media[0]
+    sections = re.split(r"\r?\nm=", offer_sdp)[1:]  # per-m-line text, for attributes aiortc does not keep
+    mids = [m.rtp.muxId if m.rtp.muxId is not None else str(i) for i, m in enumerate(offer.media)]
+    bundle = next((list(g.items) for g in offer.group if g.semantic.upper() == "BUNDLE" and g.items), None)
+    # ICE and DTLS parameters: the BUNDLE group's tagged (first) section's, else the first section's.
+    first = offer.media[mids.index(bundle[0]) if bundle and bundle[0] in mids else 0]
     if first.ice is None or not first.ice.usernameFragment or not first.ice.password:
         raise SdpError("Bad SDP: missing ICE credentials")
     if first.dtls is None or not first.dtls.fingerprints:
@@ -200,19 +216,24 @@ def _negotiate(offer_sdp: str, choose) -> Negotiation:
         ice_ufrag=first.ice.usernameFragment,
         ice_pwd=first.ice.password,
         fingerprints=[(f.algorithm.lower(), f.value.upper()) for f in first.dtls.fingerprints],
+        bundle=bundle is not None,
     )
     seen_mids: set[str] = set()
-    sections = re.split(r"\r?\nm=", offer_sdp)[1:]  # per-m-line text, for attributes aiortc does not keep
     for index, media in enumerate(offer.media):
-        mid = media.rtp.muxId if media.rtp.muxId is not None else str(index)
+        mid = mids[index]
         if mid in seen_mids:
             raise SdpError("Bad SDP: duplicate mid")
         seen_mids.add(mid)
+        text = sections[index] if index < len(sections) else ""
         mline = MLine(mid, media.kind, media.profile, [str(f) for f in media.fmt])
-        mline.rtcp_rsize = index < len(sections) and re.search(r"^a=rtcp-rsize\s*$", sections[index], re.M) is not None
-        if media.kind in ("audio", "video") and media.port != 0:
+        mline.rtcp_rsize = re.search(r"^a=rtcp-rsize\s*$", text, re.M) is not None
+        bundle_only = re.search(r"^a=bundle-only\s*$", text, re.M) is not None
+        in_bundle = bundle is None or mid in bundle
+        if media.kind in ("audio", "video") and in_bundle and (media.port != 0 or (bundle_only and bundle)):
             mline.track = choose(media, mid, _codecs(media))
         neg.mlines.append(mline)
+    if bundle is None and len(neg.tracks) > 1:
+        raise SdpError(NO_BUNDLE)
     return neg
 
 
@@ -288,14 +309,18 @@ def build_answer(
         "s=webcall",
         "t=0 0",
         "a=ice-lite",
-        "a=group:BUNDLE " + " ".join(accepted),
+        *(["a=group:BUNDLE " + " ".join(accepted)] if neg.bundle else []),
         "a=msid-semantic: WMS " + stream_label,
     ]
+    transport = [f"a=ice-ufrag:{local.ice_ufrag}", f"a=ice-pwd:{local.ice_pwd}",
+                 f"a=fingerprint:{local.fingerprint[0]} {local.fingerprint[1]}", "a=setup:passive"]
     for m in neg.mlines:
         t = m.track
-        if t is None:  # rejected: port 0, one of the offered formats, outside the bundle
+        if t is None:
+            # Rejected: port 0, one of the offered formats, outside the bundle. The ICE/DTLS lines are there for
+            # GStreamer's webrtcbin, which checks ice-ufrag, ice-pwd, setup and a fingerprint in every section.
             lines += [f"m={m.kind} 0 {m.profile} {m.formats[0] if m.formats else '0'}", f"c=IN IP4 {ip}",
-                      f"a=mid:{m.mid}", "a=inactive"]
+                      *transport, f"a=mid:{m.mid}", "a=inactive"]
             continue
         c = t.codec
         pts = [c.payload_type] + ([c.rtx_payload_type] if c.rtx_payload_type is not None else [])
@@ -304,9 +329,7 @@ def build_answer(
         for priority_index, (cip, cport) in enumerate(local.candidates):
             prio = 2130706431 - priority_index
             lines.append(f"a=candidate:{priority_index + 1} 1 udp {prio} {cip} {cport} typ host")
-        lines += ["a=end-of-candidates", f"a=ice-ufrag:{local.ice_ufrag}", f"a=ice-pwd:{local.ice_pwd}",
-                  f"a=fingerprint:{local.fingerprint[0]} {local.fingerprint[1]}", "a=setup:passive",
-                  f"a=mid:{m.mid}"]
+        lines += ["a=end-of-candidates", *transport, f"a=mid:{m.mid}"]
         for uri, ext_id in sorted(t.extensions.items(), key=lambda kv: kv[1]):
             lines.append(f"a=extmap:{ext_id} {uri}")
         lines.append(f"a={direction}")

@@ -25,6 +25,7 @@ from ..workers.control import WorkerPlane
 from ..workers.media_worker import Settings as WorkerSettings
 from ..workers.supervisor import resolve_worker_count
 from ..wcs.session import Session
+from ..whip import WhipFrontEnd
 from .config import Config
 from .rest_recording import record_file_handler
 from .rest import RestApi, health
@@ -71,6 +72,10 @@ class WebcallServer:
         app.router.add_get("/sdk/flashphoner.js", self._sdk)
         app.router.add_static("/static/", c.static_dir, show_index=False)
         app.router.add_get("/client/records/{name}", record_file_handler(c.records_dir))  # spec §14, with Range
+        self.whip = WhipFrontEnd(self.hub.registry, self.hub.plane, settings, c.whip_token)  # WHIP and WHEP
+        self.whip.add_routes(app)
+        self.hub.listings.append(self.whip.streams)
+        app.router.add_get("/{path:.*}", self._any_path)  # last: the WCS WebSocket on any path not routed above
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
         site = web.TCPSite(self._runner, c.host, c.port)
@@ -138,6 +143,12 @@ class WebcallServer:
         if request.headers.get("Upgrade", "").lower() == "websocket":
             return await self._websocket(request)
         return web.FileResponse(Path(self.config.static_dir) / "index.html")
+
+    async def _any_path(self, request: web.Request) -> web.StreamResponse:
+        """The vendor's example pages open ws://host:8080/<streamName>: any path upgrades to the WCS WebSocket."""
+        if request.headers.get("Upgrade", "").lower() == "websocket":
+            return await self._websocket(request)
+        raise web.HTTPNotFound()
 
     async def _health(self, request: web.Request) -> web.Response:
         assert self.hub is not None

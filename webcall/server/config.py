@@ -97,6 +97,8 @@ class Config:
     allow_origins: str = field(default="", metadata={
         "help": "WebSocket Origin allow-list, comma-separated (https://a.com, *.b.com, c.com:8080); "
                 "empty = any origin"})
+    whip_token: str = field(default="", metadata={
+        "help": "WHIP/WHEP bearer token: requests need Authorization: Bearer <token>; empty = no authorization"})
     # TOML-only tables (no flag, no environment variable): [apps.<appKey>] with the keys in APP_KEYS.
     apps: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"table": True})
 

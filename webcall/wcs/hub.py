@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter, deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -64,6 +65,10 @@ class Hub:
         self.hooks = hooks or Hooks(HookSettings())  # no backend: everything allowed, no request
         self.registry = StreamRegistry()
         self.sessions: set[SessionView] = set()
+        # Other front ends' streams (WHIP/WHEP), listed with the sessions' in REST find_all and /metrics: each a
+        # callable returning objects with a stream's REST face (name, media_session_id, published, status,
+        # closed, create_date, describe(), counters(), sample(now), stop(status, info)).
+        self.listings: list[Callable[[], list]] = []
         self.snapshots = Snapshotter(settings.snapshot_timeout)
         self.recordings = Recordings()
         self.retired: Counter[tuple[str, str]] = Counter()  # media counters of streams that have ended
@@ -88,7 +93,8 @@ class Hub:
 
     def streams(self) -> list[Publication | Playback]:
         """Every stream of every session, publications and playbacks, in no particular order."""
-        return [stream for session in list(self.sessions) for stream in list(session.streams.values())]
+        return ([stream for session in list(self.sessions) for stream in list(session.streams.values())]
+                + [stream for listing in self.listings for stream in listing()])
 
     def find_streams(self, query: StreamQuery) -> list[Publication | Playback]:
         found = [
