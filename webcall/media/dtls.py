@@ -18,6 +18,7 @@ from aiortc.rtcdtlstransport import (
 )
 from OpenSSL import SSL
 
+from ..protocol.sdp import FINGERPRINT_ALGORITHMS
 from .srtp import SrtpSession
 
 def _profile_available(profile: SRTPProtectionProfile) -> bool:
@@ -139,11 +140,11 @@ class DtlsServer:
             raise DtlsError("no peer certificate", fingerprint=True)
         checked = 0
         for algorithm, value in self._remote_fingerprints:
-            if algorithm in ("sha-256", "sha-384", "sha-512"):
+            if algorithm in FINGERPRINT_ALGORITHMS:
                 checked += 1
                 if certificate_digest(cert, algorithm) != value.upper():
                     raise DtlsError("fingerprint mismatch", fingerprint=True)
-        if not checked:
+        if not checked:  # refused at offer time already (protocol/sdp.py); kept for endpoints made otherwise
             raise DtlsError("no usable fingerprint", fingerprint=True)
 
     def _export_keys(self) -> SrtpKeys:

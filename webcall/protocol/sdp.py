@@ -30,6 +30,11 @@ SUPPORTED_VIDEO = ("VP8", "H264")
 SUPPORTED_AUDIO = ("opus",)
 
 
+# The certificate digests a DTLS fingerprint may use (RFC 8827 §6.5: WebRTC requires sha-256; sha-1 and md5 are
+# too weak to stop a man in the middle). An offer with none of them is refused before any answer.
+FINGERPRINT_ALGORITHMS = ("sha-256", "sha-384", "sha-512")
+
+
 class SdpError(ValueError):
     """The offer cannot be used; `info` is what the client is told."""
 
@@ -212,6 +217,8 @@ def _negotiate(offer_sdp: str, choose) -> Negotiation:
         raise SdpError("Bad SDP: missing ICE credentials")
     if first.dtls is None or not first.dtls.fingerprints:
         raise SdpError("Bad SDP: missing DTLS fingerprint")
+    if not any(f.algorithm.lower() in FINGERPRINT_ALGORITHMS for f in first.dtls.fingerprints):
+        raise SdpError("Bad SDP: no usable DTLS fingerprint (sha-256, sha-384 or sha-512)")
     neg = Negotiation(
         ice_ufrag=first.ice.usernameFragment,
         ice_pwd=first.ice.password,
