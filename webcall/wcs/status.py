@@ -87,6 +87,14 @@ class Info:
     TRANSCODING_REQUIRED_BUT_DISABLED: Final = "Transcoding required, but disabled"
     RESTRICTED_ACCESS: Final = "Restricted access"
     NO_AVAILABLE_TRANSCODERS: Final = "No available transcoders"
+    # webcall's own (the guardrails; not in the SDK's list, which shows any info as given)
+    FAILED_BY_BITRATE: Final = "Failed by incoming bitrate over the limit"
+    SERVER_SHUTDOWN: Final = "Server shutdown"
+    TOO_MANY_SESSIONS: Final = "Too many sessions from this address"
+    TOO_MANY_STREAMS: Final = "Too many streams in this session"
+    TOO_MANY_PLAYERS: Final = "Too many players of this stream"
+    TOO_MANY_PUBLISHERS: Final = "Too many publishers on this server"
+    TOO_MANY_MESSAGES: Final = "Too many messages per second"
 
 
 # The media plane's and the stream core's reasons (media/failures.py, streams/registry.py) in WCS words.
@@ -99,6 +107,8 @@ FAILURE_INFO: Final[dict[Failure, str]] = {
     Failure.PEER_CLOSED: Info.STOPPED_BY_USER,
     Failure.INTERNAL_ERROR: Info.FAILED_BY_ERROR,
     Failure.WORKER_LOST: Info.FAILED_BY_ERROR,
+    Failure.RTP_ACTIVITY: Info.FAILED_BY_RTP_ACTIVITY,
+    Failure.BITRATE_EXCEEDED: Info.FAILED_BY_BITRATE,
 }
 
 END_INFO: Final[dict[EndReason, str]] = {
