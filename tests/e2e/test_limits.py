@@ -160,3 +160,62 @@ async def test_publisher_over_the_bitrate_ceiling_fails(make_server) -> None:
     await publisher.close()
     await client.close()
     await server.wait_empty()
+
+
+def client_hello() -> bytes:
+    """A real DTLS 1.2 ClientHello (offering SRTP), from a pyOpenSSL client that will never go on."""
+    from OpenSSL import SSL
+
+    ctx = SSL.Context(SSL.DTLS_METHOD)
+    ctx.set_tlsext_use_srtp(b"SRTP_AES128_CM_SHA1_80")
+    conn = SSL.Connection(ctx, None)
+    conn.set_connect_state()
+    try:
+        conn.do_handshake()
+    except SSL.WantReadError:
+        pass
+    return conn.bio_read(65536)
+
+
+# A plaintext fatal alert (handshake_failure), DTLS 1.2, epoch 0, sequence 1: the stalled handshake ends at once.
+FATAL_ALERT = bytes.fromhex("15fefd" "0000" "000000000001" "0002" "0228")
+
+
+async def test_dtls_handshakes_in_progress_are_capped(make_server) -> None:
+    from tests.support import hostile
+
+    server = await make_server(max_dtls_handshakes=1, connect_timeout=8.0)
+    staller, client = await server.client(), await server.client()
+    probe = await UdpProbe.open()
+    pc, sdp = await hostile.raw_offer("publish")
+    msid = str(uuid.uuid1())
+    try:
+        # One handshake that starts and stalls: ICE done by hand, a ClientHello, then nothing.
+        await staller.send("publishStream", hostile.stream_request("publish", "stall", sdp, msid))
+        answer = (await staller.wait_for("setRemoteSDP", mediaSessionId=msid, timeout=5))["data"][1]
+        ufrag, pwd = hostile.sdp_attr(answer, "ice-ufrag"), hostile.sdp_attr(answer, "ice-pwd")
+        target = hostile.sdp_candidate(answer)
+        request = hostile.binding_request(f"{ufrag}:{hostile.sdp_attr(sdp, 'ice-ufrag')}", pwd.encode())
+        await probe.transact(request, target)
+        probe.send(client_hello(), target)
+        deadline = time.monotonic() + 3
+        while not server.port.handshaking and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        assert len(server.port.handshaking) == 1
+        # A real publisher now: its ClientHellos are dropped while the slot is taken...
+        publisher = await peers.publish(client, "waits", width=160, height=120)
+        await asyncio.sleep(2.0)
+        assert publisher.status == "PENDING", publisher.statuses
+        assert (await refusals(server))["dtls_handshakes"] >= 1
+        # ...and get through once the stalled handshake ends (a retransmitted ClientHello is admitted).
+        probe.send(FATAL_ALERT, target)
+        failed = await staller.wait_for("notifyStreamStatusEvent", mediaSessionId=msid, timeout=5)
+        assert failed["data"][0]["status"] == "FAILED", failed
+        await publisher.wait_status("PUBLISHING", timeout=7)
+        await publisher.close()
+    finally:
+        probe.close()
+        await pc.close()
+        await staller.close()
+        await client.close()
+    await server.wait_empty()
