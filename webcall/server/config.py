@@ -106,11 +106,11 @@ class Config:
                 "exits anyway (a second SIGTERM exits at once); under Docker's 10 s stop grace"})
     max_sessions_per_ip: int = field(default=100, metadata={
         "help": "WebSocket sessions from one client IP address (an office behind NAT fits; one host cannot take "
-                "every file descriptor)"})
+                "every file descriptor); loopback is exempt: a reverse proxy on this host, or the bench"})
     max_streams_per_session: int = field(default=50, metadata={
         "help": "streams (published + played) of one session: a 50-person grid"})
-    max_players_per_stream: int = field(default=500, metadata={
-        "help": "players of one stream: what one core forwards (README: 400-500 players at 600 kbps)"})
+    max_players_per_stream: int = field(default=1000, metadata={
+        "help": "players of one stream: what two cores forward (README: 400-500 players per core at 600 kbps)"})
     max_publishers: int = field(default=100, metadata={
         "help": "publishers on the server (each up to --max-bitrate in, plus its fixed per-packet cost)"})
     max_messages_per_second: float = field(default=50.0, metadata={

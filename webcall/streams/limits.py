@@ -32,7 +32,7 @@ class Limits:
 
     sessions_per_ip: int = 100
     streams_per_session: int = 50
-    players_per_stream: int = 500
+    players_per_stream: int = 1000
     publishers: int = 100
     messages_per_second: float = 50.0
 

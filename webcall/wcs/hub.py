@@ -8,6 +8,7 @@ and streams that the REST API and /metrics query and act on.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections import Counter, deque
@@ -66,6 +67,13 @@ class StreamSettings:
     limits: Limits = field(default_factory=Limits)  # signalling limits (streams/limits.py)
 
 
+def _loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
+
+
 class Hub:
     def __init__(self, settings: StreamSettings, plane: MediaPlane, hooks: Hooks | None = None) -> None:
         self.settings = settings
@@ -96,7 +104,8 @@ class Hub:
             self.refusals[SHUTDOWN] += 1
             return Info.SERVER_SHUTDOWN
         limit = self.settings.limits.sessions_per_ip
-        if limit and sum(1 for s in self.sessions if s.remote_ip == remote_ip) >= limit:
+        # Loopback is exempt: behind a reverse proxy on this host every client comes from it (and the bench).
+        if limit and not _loopback(remote_ip) and sum(1 for s in self.sessions if s.remote_ip == remote_ip) >= limit:
             self.refusals[SESSIONS_PER_IP] += 1
             log.info("session refused remote=%s limit=%s", remote_ip, SESSIONS_PER_IP)
             return Info.TOO_MANY_SESSIONS
