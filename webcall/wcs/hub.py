@@ -24,7 +24,7 @@ from ..streams.registry import EndReason, StreamRegistry
 from ..streams.snapshots import SnapshotError, Snapshotter
 from .rest import ConnectionQuery, StreamQuery
 from .sampler import RateSampler
-from .status import Info, StreamStatus
+from .status import Info, OwnInfo, StreamStatus
 from .stream import Playback, Publication
 
 
@@ -102,13 +102,13 @@ class Hub:
         """Why a new WebSocket session from `remote_ip` is refused (counted), or None to accept it."""
         if self.shutting_down:
             self.refusals[SHUTDOWN] += 1
-            return Info.SERVER_SHUTDOWN
+            return OwnInfo.SERVER_SHUTDOWN
         limit = self.settings.limits.sessions_per_ip
         # Loopback is exempt: behind a reverse proxy on this host every client comes from it (and the bench).
         if limit and not _loopback(remote_ip) and sum(1 for s in self.sessions if s.remote_ip == remote_ip) >= limit:
             self.refusals[SESSIONS_PER_IP] += 1
             log.info("session refused remote=%s limit=%s", remote_ip, SESSIONS_PER_IP)
-            return Info.TOO_MANY_SESSIONS
+            return OwnInfo.TOO_MANY_SESSIONS
         return None
 
     def shut_down(self) -> None:
@@ -117,10 +117,10 @@ class Hub:
         self.shutting_down = True
         streams = self.streams()
         # Players first: a publisher's end would otherwise stop them with "Stopped by publisher stop".
-        self.terminate([s for s in streams if not s.published], Info.SERVER_SHUTDOWN)
+        self.terminate([s for s in streams if not s.published], OwnInfo.SERVER_SHUTDOWN)
         for stream in streams:
             if isinstance(stream, Publication) and not stream.closed:
-                stream.stop(StreamStatus.UNPUBLISHED, Info.SERVER_SHUTDOWN, end=EndReason.PUBLISHER_STOPPED)
+                stream.stop(StreamStatus.UNPUBLISHED, OwnInfo.SERVER_SHUTDOWN, end=EndReason.PUBLISHER_STOPPED)
         for session in list(self.sessions):
             session.close()
 

@@ -33,7 +33,7 @@ from ..streams.registry import EndReason, NameInUse
 from ..streams.snapshots import SnapshotError
 from . import messages as msg
 from .hub import Hub
-from .status import Info, StreamStatus
+from .status import Info, OwnInfo, StreamStatus
 from .stream import Playback, Publication
 
 log = logging.getLogger("webcall.wcs")
@@ -87,7 +87,7 @@ class Session:
         self.missed_pongs = 0  # any message proves the client is alive
         if self._bucket is not None and not self._bucket.take():
             self.hub.refusals[limits.MESSAGES_PER_SECOND] += 1
-            self._protocol_error(msg.ProtocolError(Info.TOO_MANY_MESSAGES, "message"))  # not even parsed
+            self._protocol_error(msg.ProtocolError(OwnInfo.TOO_MANY_MESSAGES, "message"))  # not even parsed
             return
         try:
             message = msg.parse_message(text)
@@ -282,7 +282,7 @@ class Session:
             return False
         limit = self.hub.settings.limits.streams_per_session
         if limit and len(self.streams) >= limit:
-            return self._refuse(m, limits.STREAMS_PER_SESSION, Info.TOO_MANY_STREAMS)
+            return self._refuse(m, limits.STREAMS_PER_SESSION, OwnInfo.TOO_MANY_STREAMS)
         return True
 
     def _refuse(self, m: msg.PublishStream | msg.PlayStream, limit: str, info: str) -> bool:
@@ -296,7 +296,7 @@ class Session:
             return
         limit = self.hub.settings.limits.publishers
         if limit and len(self.hub.registry.names()) >= limit:  # connecting publishers count too
-            self._refuse(m, limits.PUBLISHERS, Info.TOO_MANY_PUBLISHERS)
+            self._refuse(m, limits.PUBLISHERS, OwnInfo.TOO_MANY_PUBLISHERS)
             return
         publication = Publication(self, m)
         try:
@@ -323,7 +323,7 @@ class Session:
             return
         limit = self.hub.settings.limits.players_per_stream
         if limit and len(self.hub.registry.readers(m.name)) >= limit:
-            self._refuse(m, limits.PLAYERS_PER_STREAM, Info.TOO_MANY_PLAYERS)
+            self._refuse(m, limits.PLAYERS_PER_STREAM, OwnInfo.TOO_MANY_PLAYERS)
             return
         try:
             neg = negotiate_play(m.sdp, {kind: track.producer.codec for kind, track in router.tracks.items()})

@@ -12,7 +12,7 @@ from typing import Final
 from ..media.failures import Failure
 from ..streams.registry import EndReason
 
-__all__ = ["StreamStatus", "Info", "TERMINAL", "FAILURE_INFO", "END_INFO"]
+__all__ = ["StreamStatus", "Info", "OwnInfo", "TERMINAL", "FAILURE_INFO", "END_INFO"]
 
 
 class StreamStatus(enum.StrEnum):
@@ -87,7 +87,11 @@ class Info:
     TRANSCODING_REQUIRED_BUT_DISABLED: Final = "Transcoding required, but disabled"
     RESTRICTED_ACCESS: Final = "Restricted access"
     NO_AVAILABLE_TRANSCODERS: Final = "No available transcoders"
-    # webcall's own (the guardrails; not in the SDK's list, which shows any info as given)
+
+
+class OwnInfo:
+    """webcall's own ``info`` texts (the guardrails): not in the SDK's list, which shows any info as given."""
+
     FAILED_BY_BITRATE: Final = "Failed by incoming bitrate over the limit"
     SERVER_SHUTDOWN: Final = "Server shutdown"
     TOO_MANY_SESSIONS: Final = "Too many sessions from this address"
@@ -108,7 +112,7 @@ FAILURE_INFO: Final[dict[Failure, str]] = {
     Failure.INTERNAL_ERROR: Info.FAILED_BY_ERROR,
     Failure.WORKER_LOST: Info.FAILED_BY_ERROR,
     Failure.RTP_ACTIVITY: Info.FAILED_BY_RTP_ACTIVITY,
-    Failure.BITRATE_EXCEEDED: Info.FAILED_BY_BITRATE,
+    Failure.BITRATE_EXCEEDED: OwnInfo.FAILED_BY_BITRATE,
 }
 
 END_INFO: Final[dict[EndReason, str]] = {
