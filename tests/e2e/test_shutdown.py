@@ -18,6 +18,7 @@ import aiohttp
 import pytest
 
 from tests.e2e.test_hooks_backend import Backend
+from tests.e2e.test_workers import alive, children_of, wait_until
 from tests.support import peers
 from tests.support.recfile import read_recording
 from tests.support.wcs_client import WcsClient
@@ -110,17 +111,27 @@ async def test_second_sigterm_exits_at_once(tmp_path, procs, backend) -> None:
     server = await spawn(tmp_path, "--tls-port", "-1", "--workers", "2", "--hook-url", backend.url("hang"),
                          "--hook-timeout", "20", "--shutdown-timeout", "30")
     procs.append(server)
+    workers = [pid for pid, state in children_of(server.proc.pid) if state != "Z"]
+    assert len(workers) == 2, workers
     client = await WcsClient.connect(server.url)
+    late: WcsClient | None = None
     try:
         server.proc.send_signal(signal.SIGTERM)
-        await asyncio.sleep(1.0)
+        await asyncio.sleep(0.5)
+        late = await WcsClient.open(server.url)  # stopping: a new session is told why and closed
+        refused = await late.wait_for("fail", timeout=5)
+        assert refused["data"][0]["info"] == SHUTDOWN, refused
+        await late.wait_closed(5)
         assert server.proc.returncode is None  # still posting its hook events
         signalled = time.monotonic()
         server.proc.send_signal(signal.SIGTERM)
         assert await asyncio.wait_for(server.proc.wait(), 5) == 1
         assert time.monotonic() - signalled < 1.5
+        await wait_until(lambda: not any(alive(pid) for pid in workers), 3.0, f"workers {workers} gone")
     finally:
         await client.close()
+        if late is not None:
+            await late.close()
 
 
 async def test_shutdown_timeout_exits_at_the_deadline(tmp_path, procs, backend) -> None:
