@@ -112,6 +112,11 @@ class Hooks:
         self._workers.add(task)
         task.add_done_callback(self._workers.discard)
 
+    async def drain(self, timeout: float) -> None:
+        """Wait (at most `timeout` s) for the closed clients' queued events to be posted (graceful shutdown)."""
+        if self._workers:
+            await asyncio.wait(list(self._workers), timeout=timeout)
+
     async def close(self) -> None:
         for task in list(self._workers):
             task.cancel()

@@ -1,5 +1,9 @@
 """Publisher and player endpoints: a transport plus its producers or consumers, and their RTCP.
 
+A publisher endpoint also watches its input on the transport's tick (no cost per packet): no RTP for
+`rtp_activity_timeout` once media had started fails it (`Failure.RTP_ACTIVITY`), and a measured bitrate over
+`bitrate_ceiling` for `bitrate_grace` seconds fails it (`Failure.BITRATE_EXCEEDED`).
+
 These are what the streams layer holds. Events go up through a small listener interface; the media
 plane never sees WCS messages.
 """
@@ -28,6 +32,7 @@ from aiortc.rtp import (
 )
 
 from ..protocol.sdp import Negotiation
+from ..streams.limits import PUBLISHER_BITRATE
 from .consumer import Consumer, random_ssrc
 from .dtls import DtlsIdentity
 from .failures import Failure
@@ -62,6 +67,9 @@ class MediaSettings(Protocol):
     connect_timeout: float
     consent_timeout: float
     max_bitrate: int
+    rtp_activity_timeout: float
+    bitrate_ceiling: int  # bit/s; 0 = none
+    bitrate_grace: float
 
 
 class _Endpoint:
@@ -74,6 +82,7 @@ class _Endpoint:
             connect_timeout=settings.connect_timeout, consent_timeout=settings.consent_timeout,
             now=time.monotonic(), label=label, ice=ice,
         )
+        self.port = port
         self._next_rtcp = 0.0
         self.closed = False
 
@@ -112,10 +121,17 @@ class PublisherEndpoint(_Endpoint):
                 self._rtx_by_ssrc[producer.rtx_ssrc] = producer
         self.router = Router(tracks)  # who reads this publication: players, recorders (media/router.py)
         self.media_started = False
+        # Input watch, read from the transport's counters on its tick (see the module docstring).
+        self._seen_packets = 0
+        self._last_rtp = 0.0
+        self._window_start = 0.0
+        self._window_bytes = 0
+        self._over_since: float | None = None
 
     # --- transport events -------------------------------------------------------------------------
 
     def on_transport_connected(self, now: float) -> None:
+        self._last_rtp = self._window_start = now
         self.events.on_connected()
 
     def on_transport_failed(self, reason: Failure) -> None:
@@ -168,6 +184,35 @@ class PublisherEndpoint(_Endpoint):
         if now >= self._next_rtcp:
             self._next_rtcp = now + rtcp_interval()
             self._send_reports(now)
+        self._watch_input(now)
+
+    def _watch_input(self, now: float) -> None:
+        transport = self.transport
+        if transport.rx_packets != self._seen_packets:
+            self._seen_packets = transport.rx_packets
+            self._last_rtp = now
+        elif self.media_started and now - self._last_rtp > self.settings.rtp_activity_timeout:
+            # Before the first packet the stream layer's connect deadline applies instead.
+            log.info("rtp activity lost transport=%s %s silent=%.1fs", transport.id, transport.label,
+                     now - self._last_rtp)
+            transport.fail(Failure.RTP_ACTIVITY)
+            return
+        ceiling = self.settings.bitrate_ceiling
+        elapsed = now - self._window_start
+        if not ceiling or elapsed < 1.0:
+            return
+        rate = (transport.rx_bytes - self._window_bytes) * 8 / elapsed
+        self._window_start, self._window_bytes = now, transport.rx_bytes
+        if rate <= ceiling:
+            self._over_since = None
+            return
+        if self._over_since is None:
+            self._over_since = now - elapsed
+        if now - self._over_since >= self.settings.bitrate_grace:
+            log.info("bitrate over the ceiling transport=%s %s rate=%d ceiling=%d for=%.1fs", transport.id,
+                     transport.label, rate, ceiling, now - self._over_since)
+            self.port.refusals[PUBLISHER_BITRATE] += 1
+            transport.fail(Failure.BITRATE_EXCEEDED)
 
     # --- feedback to the publisher ----------------------------------------------------------------
 

@@ -17,4 +17,6 @@ class Failure(enum.StrEnum):
     DTLS_FINGERPRINT = "dtls-fingerprint"  # the client's certificate does not match its offer's fingerprint
     PEER_CLOSED = "peer-closed"  # the client closed DTLS: it hung up
     INTERNAL_ERROR = "internal-error"  # a bug contained at the port, or the server stopping
+    RTP_ACTIVITY = "rtp-activity"  # a publisher's RTP stopped for --rtp-activity-timeout (its network is gone)
+    BITRATE_EXCEEDED = "bitrate-exceeded"  # a publisher stayed over the bitrate ceiling for the grace period
     WORKER_LOST = "worker-lost"  # the media worker process that held the connection died or stopped answering

@@ -4,6 +4,11 @@ Demultiplexing (RFC 7983 by the first byte): STUN Binding requests are matched t
 ICE username and answered here (ICE-lite: we never send checks); the first valid check binds the
 sender's address to that transport. DTLS and SRTP are then routed by a dict lookup on the address.
 Anything else — unknown addresses, garbage, bad STUN — is counted and dropped, never raised.
+
+Guardrails (streams/limits.py), per port, so per media worker with --workers 2+: an address that has not passed
+a STUN check may send `max_unverified` datagrams a second (more are dropped before any parsing: a flood of
+bogus checks costs no HMAC), and at most `max_handshakes` DTLS handshakes are in progress (a transport's first
+DTLS datagram beyond that is dropped; the client retransmits it). Each refusal is counted in `refusals`.
 """
 
 from __future__ import annotations
@@ -17,6 +22,7 @@ from typing import TYPE_CHECKING
 
 from aioice import stun
 
+from ..streams.limits import DTLS_HANDSHAKES, UNVERIFIED_DATAGRAMS, Refusals
 from .failures import Failure
 from .fanout import FanoutCore, new_core
 from .srtp import SendBatch
@@ -28,10 +34,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("webcall.media")
 
 TICK_INTERVAL = 0.1
+UNVERIFIED_TABLE_SIZE = 65536  # addresses counted per second; beyond it (a spoofed flood) new ones are refused
 
 
 class MediaPort(asyncio.DatagramProtocol):
-    def __init__(self, fanout_core: str = "auto", fanout_threads: int = 1) -> None:
+    def __init__(self, fanout_core: str = "auto", fanout_threads: int = 1, max_unverified: int = 0,
+                 max_handshakes: int = 0) -> None:
         self.fanout_mode = fanout_core  # auto, c or python (see fanout.py)
         self.fanout_threads = fanout_threads
         self.core: FanoutCore | None = None
@@ -43,6 +51,12 @@ class MediaPort(asyncio.DatagramProtocol):
         self.errors = 0  # exceptions contained at this boundary
         self.batch: SendBatch | None = None
         self.fanout_cost = FanoutCost()  # sampled by every producer on this port
+        self.max_unverified = max_unverified  # datagrams a second per unverified address; 0 = no limit
+        self.max_handshakes = max_handshakes  # DTLS handshakes in progress; 0 = no limit
+        self.refusals = Refusals()
+        self._unverified: dict[Address, int] = {}  # datagrams this second, by address not yet verified
+        self._unverified_reset = 0.0
+        self.handshaking: set[WebRtcTransport] = set()
         self._endpoint: asyncio.DatagramTransport | None = None
         self._ticker: asyncio.Task[None] | None = None
 
@@ -95,11 +109,35 @@ class MediaPort(asyncio.DatagramProtocol):
 
     def unregister(self, transport: WebRtcTransport) -> None:
         self.transports.discard(transport)
+        self.handshaking.discard(transport)
         if self.by_ufrag.get(transport.local_ufrag) is transport:
             del self.by_ufrag[transport.local_ufrag]
         for addr in transport.addresses:
             if self.by_addr.get(addr) is transport:
                 del self.by_addr[addr]
+
+    def handshake_started(self, transport: WebRtcTransport) -> bool:
+        """May this transport begin its DTLS handshake now? (False: over --max-dtls-handshakes, counted.)"""
+        if self.max_handshakes and len(self.handshaking) >= self.max_handshakes:
+            self.refusals[DTLS_HANDSHAKES] += 1
+            return False
+        self.handshaking.add(transport)
+        return True
+
+    def handshake_done(self, transport: WebRtcTransport) -> None:
+        self.handshaking.discard(transport)
+
+    def _admit_unverified(self, addr: Address) -> bool:
+        """Count a datagram from an address no transport has verified; False once it is over its budget."""
+        count = self._unverified.get(addr, 0) + 1
+        if count == 1 and len(self._unverified) >= UNVERIFIED_TABLE_SIZE:
+            self.refusals[UNVERIFIED_DATAGRAMS] += 1
+            return False
+        self._unverified[addr] = count
+        if self.max_unverified and count > self.max_unverified:
+            self.refusals[UNVERIFIED_DATAGRAMS] += 1
+            return False
+        return True
 
     # --- datagrams ----------------------------------------------------------------------------------
 
@@ -117,13 +155,18 @@ class MediaPort(asyncio.DatagramProtocol):
                     transport.on_srtp(data, time.monotonic())
                     return
             elif first < 4:
-                self._on_stun(data, addr)
+                if addr in self.by_addr or self._admit_unverified(addr):
+                    self._on_stun(data, addr)
+                else:
+                    self.dropped += 1
                 return
             elif 19 < first < 64:
                 transport = self.by_addr.get(addr)
                 if transport is not None:
                     transport.on_dtls(data, addr, time.monotonic())
                     return
+            if addr not in self.by_addr:
+                self._admit_unverified(addr)  # dropped below anyway: counted towards the address's budget
             self.dropped += 1
         except Exception:
             # One connection's bug must not stop the port: contain it, end that connection only.
@@ -175,6 +218,9 @@ class MediaPort(asyncio.DatagramProtocol):
         while True:
             await asyncio.sleep(TICK_INTERVAL)
             now = time.monotonic()
+            if now - self._unverified_reset >= 1.0:  # the unverified addresses' budgets are per second
+                self._unverified.clear()
+                self._unverified_reset = now
             for transport in list(self.transports):
                 try:
                     transport.tick(now)

@@ -42,6 +42,8 @@ class PortRegistry(Protocol):
     sock: socket.socket | None
 
     def register(self, transport: WebRtcTransport) -> None: ...
+    def handshake_started(self, transport: WebRtcTransport) -> bool: ...
+    def handshake_done(self, transport: WebRtcTransport) -> None: ...
     def bind_address(self, transport: WebRtcTransport, addr: Address) -> None: ...
     def unregister(self, transport: WebRtcTransport) -> None: ...
 
@@ -88,6 +90,7 @@ class WebRtcTransport:
         self._connect_deadline = now + connect_timeout
         self._consent_timeout = consent_timeout
         self.last_stun = 0.0
+        self._handshaking = False  # admitted by the port's cap on DTLS handshakes in progress
         # Counters (plain ints: they are bumped per packet).
         self.rx_packets = self.rx_bytes = 0
         self.srtp_errors = self.send_errors = 0
@@ -129,6 +132,10 @@ class WebRtcTransport:
     # --- DTLS -----------------------------------------------------------------------------------
 
     def on_dtls(self, data: bytes, addr: Address, now: float) -> None:
+        if not self._handshaking and self.state == TransportState.ICE_CONNECTED:
+            if not self.port.handshake_started(self):
+                return  # over the cap: dropped; the client retransmits its ClientHello
+            self._handshaking = True
         self._send_to(addr)
         try:
             out, keys = self._dtls.feed(data)
@@ -141,6 +148,7 @@ class WebRtcTransport:
         if keys is not None:
             self._rx, self.tx, self.srtp_profile = keys.rx, keys.tx, keys.profile
             self.state = TransportState.CONNECTED
+            self.port.handshake_done(self)
             log.info("connected transport=%s %s srtp=%s", self.id, self.label, keys.profile)
             self.listener.on_transport_connected(now)
         elif self._dtls.closed:

@@ -1,5 +1,5 @@
 """The aiohttp front: WebSocket signalling and demo pages on one port, the REST API on another, and the
-server's lifecycle.
+server's lifecycle: `start`, `shutdown` (graceful: SIGTERM, see cli.py), `stop`, and `reload_tls` (SIGHUP).
 
 Thin on purpose: frames in → `Session.handle_text`; `Session.send` → an outgoing queue drained by one
 writer task per socket, so the streams layer can emit messages synchronously from media events.
@@ -10,6 +10,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import ssl
+import time
 from pathlib import Path
 
 from aiohttp import WSMsgType, web
@@ -19,17 +21,19 @@ from ..hooks.origins import origin_allowed, parse_allow_list
 from ..media.dtls import DtlsIdentity
 from ..media.plane import MediaPlane
 from ..media.port import MediaPort
+from ..streams.limits import Limits
 from ..streams.recording import RecordSettings
 from ..wcs.hub import Hub, StreamSettings
 from ..workers.control import WorkerPlane
 from ..workers.media_worker import Settings as WorkerSettings
 from ..workers.supervisor import resolve_worker_count
+from ..wcs import messages as wcs_messages
 from ..wcs.session import Session
 from ..whip import WhipFrontEnd
 from .config import Config
 from .rest_recording import record_file_handler
 from .rest import RestApi, health
-from .tls import server_context
+from .tls import reload_context, server_context
 
 log = logging.getLogger("webcall.server")
 
@@ -51,6 +55,7 @@ class WebcallServer:
         self._sockets: set[web.WebSocketResponse] = set()
         self.allowed_origins = parse_allow_list(config.allow_origins)  # WCS allow_domains; empty = any
         self.refused_origins = 0
+        self._tls_context: ssl.SSLContext | None = None  # reloaded in place by SIGHUP
 
     async def start(self) -> None:
         c = self.config
@@ -61,6 +66,11 @@ class WebcallServer:
             rate_interval=c.rate_interval, snapshot_timeout=c.snapshot_timeout, keep_alive_interval=c.keep_alive_interval,
             records=RecordSettings(directory=c.records_dir, template=c.record_template, formats=c.record_formats,
                                    mp4_audio=c.record_mp4_audio, fragment=c.record_fragment),
+            rtp_activity_timeout=c.rtp_activity_timeout, bitrate_ceiling=c.publisher_bitrate_ceiling,
+            bitrate_grace=c.bitrate_grace,
+            limits=Limits(sessions_per_ip=c.max_sessions_per_ip, streams_per_session=c.max_streams_per_session,
+                          players_per_stream=c.max_players_per_stream, publishers=c.max_publishers,
+                          messages_per_second=c.max_messages_per_second),
         )
         self.hub = Hub(settings, await self._media_plane(settings, ips), Hooks(HookSettings.from_config(c)))
         self.hub.start()
@@ -84,6 +94,7 @@ class WebcallServer:
         if c.tls_port >= 0:
             context = await asyncio.get_running_loop().run_in_executor(
                 None, server_context, c.tls_cert, c.tls_key, c.tls_dir, ips)
+            self._tls_context = context
             tls_site = web.TCPSite(self._runner, c.host, c.tls_port, ssl_context=context)
             await tls_site.start()
             self.tls_port = tls_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
@@ -104,19 +115,59 @@ class WebcallServer:
         c = self.config
         count = resolve_worker_count(c.workers)
         if count == 1:
-            self.port = MediaPort(c.fanout_core, c.fanout_threads)
+            self.port = MediaPort(c.fanout_core, c.fanout_threads, c.max_unverified_datagrams, c.max_dtls_handshakes)
             self.media_port = await self.port.start(c.media_host, c.media_port)
             identity = await asyncio.get_running_loop().run_in_executor(None, DtlsIdentity)
             return MediaPlane(self.port, identity, settings, tuple((ip, self.media_port) for ip in ips))
         worker_settings = WorkerSettings(
             connect_timeout=c.connect_timeout, consent_timeout=c.consent_timeout, max_bitrate=c.max_bitrate,
             fanout_core=c.fanout_core, fanout_threads=c.fanout_threads, snapshot_timeout=c.snapshot_timeout,
-            stats_interval=c.rate_interval / 2)
+            stats_interval=c.rate_interval / 2, rtp_activity_timeout=c.rtp_activity_timeout,
+            bitrate_ceiling=c.publisher_bitrate_ceiling, bitrate_grace=c.bitrate_grace,
+            max_unverified_datagrams=c.max_unverified_datagrams, max_dtls_handshakes=c.max_dtls_handshakes)
         self.workers = WorkerPlane(count, mode=c.placement, settings=worker_settings, media_host=c.media_host,
                                    media_port=c.media_port, announced_ips=ips, log_level=c.log_level)
         await self.workers.start()
         self.media_port = self.workers.media_ports()[0]
         return self.workers
+
+    async def shutdown(self) -> None:
+        """Graceful stop (SIGTERM): refuse new sessions, end every stream with "Server shutdown", let the
+        clients' sockets flush and close, finalize recordings, post the queued hook events, then stop.
+        The caller bounds it with --shutdown-timeout."""
+        hub = self.hub
+        if hub is None:
+            return
+        log.info("shutting down sessions=%d streams=%d", len(hub.sessions), len(hub.streams()))
+        hub.shut_down()
+        deadline = time.monotonic() + 5.0  # writers flush their queue, then close the socket
+        while self._sockets and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        await hub.recordings.finish()
+        await hub.hooks.drain(hub.hooks.settings.timeout + 1.0)
+        await self.stop()
+        log.info("shut down")
+
+    def reload_tls(self) -> bool:
+        """SIGHUP: load the certificate and key again into the live context; new handshakes use them, open
+        connections keep theirs. False (and the old certificate kept) if the files cannot be loaded."""
+        if self._tls_context is None:
+            return False
+        c = self.config
+        try:
+            reload_context(self._tls_context, c.tls_cert, c.tls_key, c.tls_dir, self.config.announced_ips())
+        except (OSError, ValueError, ssl.SSLError) as exc:
+            log.error("tls reload failed, keeping the old certificate: %s", exc)
+            return False
+        log.info("tls certificate reloaded cert=%s", c.tls_cert or "self-signed")
+        return True
+
+    def kill_workers(self) -> None:
+        """The hard exit's last act: no media worker may outlive the control process."""
+        if self.workers is not None:
+            for handle in list(self.workers.supervisor.workers.values()):
+                with contextlib.suppress(ProcessLookupError):
+                    handle.process.kill()
 
     async def stop(self) -> None:
         if self.hub is not None:
@@ -188,6 +239,12 @@ class WebcallServer:
             raise web.HTTPForbidden(text="Origin not allowed")
         ws = web.WebSocketResponse(max_msg_size=self.config.max_message_size, heartbeat=None)
         await ws.prepare(request)
+        peer = request.transport.get_extra_info("peername") if request.transport else None
+        refusal = self.hub.refuse_session(peer[0] if peer else "unknown")
+        if refusal is not None:  # over --max-sessions-per-ip, or shutting down: say why, then close
+            await ws.send_str(wcs_messages.fail(refusal))
+            await ws.close()
+            return ws
         self._sockets.add(ws)
         outgoing: asyncio.Queue[str | None] = asyncio.Queue()
 
@@ -198,7 +255,6 @@ class WebcallServer:
                 return
             outgoing.put_nowait(text)
 
-        peer = request.transport.get_extra_info("peername") if request.transport else None
         sock = request.transport.get_extra_info("sockname") if request.transport else None
         remote = f"{peer[0]}:{peer[1]}" if peer else "unknown"
         local = f"{sock[0]}:{sock[1]}" if sock else "unknown"

@@ -1,15 +1,31 @@
-"""`webcall` / `python -m webcall`: run the server until SIGINT or SIGTERM."""
+"""`webcall` / `python -m webcall`: run the server until SIGTERM or SIGINT.
+
+SIGTERM (or SIGINT) stops gracefully (WebcallServer.shutdown: every client told "Server shutdown", recordings
+finalized, queued hook events posted) within --shutdown-timeout; a second signal, or that deadline, exits at
+once (media workers killed first). SIGHUP reloads the TLS certificate and key without dropping anyone.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import logging
+import os
 import signal
 import sys
 
 from ..logs import configure
 from .app import WebcallServer
 from .config import parse_args
+
+log = logging.getLogger("webcall.server")
+
+
+def _exit_now(server: WebcallServer, why: str) -> None:
+    log.warning("exiting at once: %s", why)
+    server.kill_workers()
+    logging.shutdown()
+    os._exit(1)
 
 
 async def _serve(server: WebcallServer) -> None:
@@ -20,13 +36,25 @@ async def _serve(server: WebcallServer) -> None:
     gc.freeze()
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
+
+    def on_stop_signal() -> None:
+        if stop.is_set():
+            _exit_now(server, "second stop signal")
+        stop.set()
+
     for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
+        loop.add_signal_handler(sig, on_stop_signal)
+    loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
     rest = f", REST http://{server.config.rest_host}:{server.rest_port}/rest-api/" if server.rest_port else ""
+    tls = f", https://localhost:{server.tls_port}/" if server.tls_port else ""
     print(f"webcall: open http://localhost:{server.http_port}/  (signalling ws://<host>:{server.http_port}, "
-          f"media udp/{server.media_port}{rest})", flush=True)
+          f"media udp/{server.media_port}{rest}{tls})", flush=True)
     await stop.wait()
-    await server.stop()
+    timeout = server.config.shutdown_timeout
+    try:
+        await asyncio.wait_for(server.shutdown(), timeout)
+    except TimeoutError:
+        _exit_now(server, f"--shutdown-timeout ({timeout} s) passed")
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -99,8 +99,43 @@ class Config:
                 "empty = any origin"})
     whip_token: str = field(default="", metadata={
         "help": "WHIP/WHEP bearer token: requests need Authorization: Bearer <token>; empty = no authorization"})
+    # --- guardrails (webcall/streams/limits.py): 0 = no limit ---
+    rtp_activity_timeout: float = field(default=5.0, metadata={
+        "help": "seconds without RTP from a publishing client before its stream is FAILED (Failed by RTP "
+                "activity) and its players STOPPED; browsers send audio or video every 0.4 s even when muted"})
+    shutdown_timeout: float = field(default=8.0, metadata={
+        "help": "seconds SIGTERM waits for clients to be told, recordings finalized and hook events posted, then "
+                "exits anyway (a second SIGTERM exits at once); under Docker's 10 s stop grace"})
+    max_sessions_per_ip: int = field(default=100, metadata={
+        "help": "WebSocket sessions from one client IP address (an office behind NAT fits; one host cannot take "
+                "every file descriptor); loopback is exempt: a reverse proxy on this host, or the bench"})
+    max_streams_per_session: int = field(default=50, metadata={
+        "help": "streams (published + played) of one session: a 50-person grid"})
+    max_players_per_stream: int = field(default=1000, metadata={
+        "help": "players of one stream: what two cores forward (README: 400-500 players per core at 600 kbps)"})
+    max_publishers: int = field(default=100, metadata={
+        "help": "publishers on the server (each up to --max-bitrate in, plus its fixed per-packet cost)"})
+    max_messages_per_second: float = field(default=50.0, metadata={
+        "help": "WebSocket messages per second per session (token bucket, bursts of twice that); excess gets "
+                "fail and counts as a protocol error (20 close the session)"})
+    max_unverified_datagrams: int = field(default=100, metadata={
+        "help": "UDP datagrams per second from an address that has not passed a STUN check (a browser sends "
+                "≤ 50); more are dropped before parsing. Per media process (per worker with --workers 2+)"})
+    max_dtls_handshakes: int = field(default=100, metadata={
+        "help": "DTLS handshakes in progress; a new one beyond it is dropped (the client retransmits). Per media "
+                "process (per worker with --workers 2+)"})
+    bitrate_ceiling: int = field(default=0, metadata={
+        "help": "bit/s a publisher may send (measured) for --bitrate-grace before it is FAILED; 0 = 1.5 × "
+                "--max-bitrate (REMB asks for --max-bitrate)"})
+    bitrate_grace: float = field(default=5.0, metadata={
+        "help": "seconds a publisher may stay over --bitrate-ceiling (keyframes and retransmission bursts)"})
     # TOML-only tables (no flag, no environment variable): [apps.<appKey>] with the keys in APP_KEYS.
     apps: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"table": True})
+
+    @property
+    def publisher_bitrate_ceiling(self) -> int:
+        """--bitrate-ceiling, or 1.5 × --max-bitrate when it is 0."""
+        return self.bitrate_ceiling or int(self.max_bitrate * 1.5)
 
     @property
     def video_codec_list(self) -> tuple[str, ...]:
@@ -162,6 +197,13 @@ class Config:
         if not self.hook_timeout > 0 or not self.keep_alive_interval >= 0 or self.hook_queue_size < 1:
             raise ValueError("hook_timeout must be > 0, keep_alive_interval >= 0, hook_queue_size >= 1")
         parse_allow_list(self.allow_origins)  # raises ValueError for a malformed pattern
+        if not self.rtp_activity_timeout > 0 or not self.shutdown_timeout > 0 or not self.bitrate_grace > 0:
+            raise ValueError("rtp_activity_timeout, shutdown_timeout and bitrate_grace must be > 0")
+        for name in ("max_sessions_per_ip", "max_streams_per_session", "max_players_per_stream", "max_publishers",
+                     "max_messages_per_second", "max_unverified_datagrams", "max_dtls_handshakes",
+                     "bitrate_ceiling"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0 = no limit)")
 
 
 # The options with a flag, an environment variable and a README row; tables (apps) are TOML-only.

@@ -7,7 +7,10 @@ media port's own counters (dropped datagrams, contained errors, the sampled fan-
 from __future__ import annotations
 
 import math
+from collections import Counter
 from typing import TYPE_CHECKING
+
+from ..streams.limits import LIMIT_NAMES
 
 if TYPE_CHECKING:
     from ..media.port import MediaPort
@@ -87,6 +90,14 @@ def render(hub: Hub, port: MediaPort) -> str:
     w.sample("webcall_media_datagrams_dropped_total", port.dropped)
     w.family("webcall_media_errors_total", "counter", "Exceptions contained at the media port (each ended one connection)")
     w.sample("webcall_media_errors_total", port.errors)
+
+    # --- guardrails (streams/limits.py): signalling refusals from the hub, media-plane ones from the port(s) ---
+    refusals: Counter[str] = Counter(hub.refusals)
+    refusals.update(port.refusals)
+    w.family("webcall_refusals_total", "counter",
+             "Requests refused by a configured limit (media-plane limits apply per media worker)")
+    for limit in LIMIT_NAMES:
+        w.sample("webcall_refusals_total", refusals.get(limit, 0), {"limit": limit})
 
     snaps = hub.snapshots
     w.family("webcall_snapshots_total", "counter", "Snapshot jobs by result (refused: too many at once)")

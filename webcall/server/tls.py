@@ -2,7 +2,7 @@
 
 Browsers grant the camera only in a secure context, so a publisher on another machine needs wss:// —
 WCS serves it on 8443. A self-signed certificate needs one click-through in the browser; give real files
-with --tls-cert/--tls-key for anything public.
+with --tls-cert/--tls-key for anything public. SIGHUP reloads them into the live context (`reload_context`).
 """
 
 from __future__ import annotations
@@ -58,3 +58,12 @@ def server_context(cert: str, key: str, tls_dir: str, hosts: list[str]) -> ssl.S
     context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     context.load_cert_chain(cert_path, key_path)
     return context
+
+
+def reload_context(context: ssl.SSLContext, cert: str, key: str, tls_dir: str, hosts: list[str]) -> None:
+    """Load the certificate and key again into `context` (SIGHUP): handshakes from now on present them,
+    connections already up keep theirs. Raises (OSError, ssl.SSLError) and leaves the context as it was
+    if the files do not load: they are checked in a scratch context first."""
+    cert_path, key_path = (Path(cert), Path(key)) if cert else self_signed(Path(tls_dir), hosts)
+    ssl.create_default_context(ssl.Purpose.CLIENT_AUTH).load_cert_chain(cert_path, key_path)
+    context.load_cert_chain(cert_path, key_path)

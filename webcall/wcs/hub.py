@@ -8,6 +8,7 @@ and streams that the REST API and /metrics query and act on.
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import time
 from collections import Counter, deque
@@ -19,11 +20,12 @@ from ..hooks.client import Hooks, HookSettings
 from ..logs import q
 from ..media.plane import MediaPlane
 from ..streams.recording import RecordSettings, Recordings
+from ..streams.limits import SESSIONS_PER_IP, SHUTDOWN, Limits, Refusals
 from ..streams.registry import EndReason, StreamRegistry
 from ..streams.snapshots import SnapshotError, Snapshotter
 from .rest import ConnectionQuery, StreamQuery
 from .sampler import RateSampler
-from .status import Info, StreamStatus
+from .status import Info, OwnInfo, StreamStatus
 from .stream import Playback, Publication
 
 
@@ -36,6 +38,9 @@ class SessionView(Protocol):
     create_date: int
     closed: bool
     streams: dict[str, Publication | Playback]
+    remote_ip: str
+
+    def close(self) -> None: ...
 
 log = logging.getLogger("webcall.wcs")
 
@@ -56,6 +61,17 @@ class StreamSettings:
     snapshot_timeout: float = 3.0  # how long a snapshot waits for a keyframe
     records: RecordSettings = field(default_factory=RecordSettings)  # recording (spec §14)
     keep_alive_interval: float = 0.0  # StreamKeepAliveEvent hooks (spec §13); 0 = off
+    rtp_activity_timeout: float = 5.0  # a publisher silent this long is FAILED (media/endpoints.py)
+    bitrate_ceiling: int = 0  # bit/s a publisher may send for bitrate_grace; 0 = none
+    bitrate_grace: float = 5.0
+    limits: Limits = field(default_factory=Limits)  # signalling limits (streams/limits.py)
+
+
+def _loopback(ip: str) -> bool:
+    try:
+        return ipaddress.ip_address(ip).is_loopback
+    except ValueError:
+        return False
 
 
 class Hub:
@@ -74,6 +90,8 @@ class Hub:
         self.retired: Counter[tuple[str, str]] = Counter()  # media counters of streams that have ended
         self._retiring: deque[tuple[float, Publication | Playback]] = deque()  # ended, last counters in transit
         self.started_at = time.time()
+        self.refusals = Refusals()  # signalling limits' refusals; the media port counts its own
+        self.shutting_down = False  # SIGTERM: no new sessions
         self.sampler = RateSampler(settings.rate_interval, self.streams)
 
     def start(self) -> None:
@@ -83,6 +101,32 @@ class Hub:
         await self.sampler.stop()
         self.snapshots.close()
         await self.hooks.close()
+
+    def refuse_session(self, remote_ip: str) -> str | None:
+        """Why a new WebSocket session from `remote_ip` is refused (counted), or None to accept it."""
+        if self.shutting_down:
+            self.refusals[SHUTDOWN] += 1
+            return OwnInfo.SERVER_SHUTDOWN
+        limit = self.settings.limits.sessions_per_ip
+        # Loopback is exempt: behind a reverse proxy on this host every client comes from it (and the bench).
+        if limit and not _loopback(remote_ip) and sum(1 for s in self.sessions if s.remote_ip == remote_ip) >= limit:
+            self.refusals[SESSIONS_PER_IP] += 1
+            log.info("session refused remote=%s limit=%s", remote_ip, SESSIONS_PER_IP)
+            return OwnInfo.TOO_MANY_SESSIONS
+        return None
+
+    def shut_down(self) -> None:
+        """SIGTERM: refuse new sessions; every stream ends with info "Server shutdown" (players STOPPED,
+        publishers UNPUBLISHED), then every session closes."""
+        self.shutting_down = True
+        streams = self.streams()
+        # Players first: a publisher's end would otherwise stop them with "Stopped by publisher stop".
+        self.terminate([s for s in streams if not s.published], OwnInfo.SERVER_SHUTDOWN)
+        for stream in streams:
+            if isinstance(stream, Publication) and not stream.closed:
+                stream.stop(StreamStatus.UNPUBLISHED, OwnInfo.SERVER_SHUTDOWN, end=EndReason.PUBLISHER_STOPPED)
+        for session in list(self.sessions):
+            session.close()
 
     def find_publication(self, name: str) -> Publication | None:
         """The WCS publication live under `name`, if a WCS client publishes it."""

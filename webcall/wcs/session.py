@@ -6,6 +6,10 @@ message is handled is one hop from here: `_on_<MessageType>`.
 With a backend configured for the session's appKey (webcall/hooks, docs/hooks.md), the messages that a hook
 can deny wait for its answer before their handler runs; the session's later messages wait behind it, so the
 client's order is kept (pings are answered at once).
+
+Guardrails (streams/limits.py): messages go through a token bucket (--max-messages-per-second; excess gets
+`fail` and counts as a protocol error, so a flooding client is closed), and a stream beyond the session's,
+the stream's or the server's limit is FAILED with an info naming the limit.
 """
 
 from __future__ import annotations
@@ -24,11 +28,12 @@ from ..hooks import policy as hooks
 from ..hooks.client import HookClient, keep_alive_loop
 from ..logs import q
 from ..protocol.sdp import SdpError, negotiate_play, negotiate_publish
+from ..streams import limits
 from ..streams.registry import EndReason, NameInUse
 from ..streams.snapshots import SnapshotError
 from . import messages as msg
 from .hub import Hub
-from .status import Info, StreamStatus
+from .status import Info, OwnInfo, StreamStatus
 from .stream import Playback, Publication
 
 log = logging.getLogger("webcall.wcs")
@@ -47,6 +52,9 @@ class Session:
                  remote: str, local: str, origin: str | None = None) -> None:
         self.hub = hub
         self.id = f"/{remote}/{local}/{secrets.token_hex(4)}"  # WCS shape, plus a nonce: unique per session
+        self.remote_ip = remote.rsplit(":", 1)[0]  # for --max-sessions-per-ip
+        rate = hub.settings.limits.messages_per_second
+        self._bucket = limits.TokenBucket(rate, 2 * rate) if rate else None
         self._send = send
         self._close_socket = close_socket
         self.established = False
@@ -77,6 +85,10 @@ class Session:
 
     def handle_text(self, text: str | bytes) -> None:
         self.missed_pongs = 0  # any message proves the client is alive
+        if self._bucket is not None and not self._bucket.take():
+            self.hub.refusals[limits.MESSAGES_PER_SECOND] += 1
+            self._protocol_error(msg.ProtocolError(OwnInfo.TOO_MANY_MESSAGES, "message"))  # not even parsed
+            return
         try:
             message = msg.parse_message(text)
         except msg.ProtocolError as exc:
@@ -268,10 +280,23 @@ class Session:
         if m.media_session_id in self.streams:
             self._fail_stream(m, Info.MEDIASESSION_ID_ALREADY_IN_USE)
             return False
+        limit = self.hub.settings.limits.streams_per_session
+        if limit and len(self.streams) >= limit:
+            return self._refuse(m, limits.STREAMS_PER_SESSION, OwnInfo.TOO_MANY_STREAMS)
         return True
+
+    def _refuse(self, m: msg.PublishStream | msg.PlayStream, limit: str, info: str) -> bool:
+        """A stream over a limit: FAILED with `info`, counted under `limit`. Returns False (for _precheck)."""
+        self.hub.refusals[limit] += 1
+        self._fail_stream(m, info)
+        return False
 
     def _on_PublishStream(self, m: msg.PublishStream) -> None:
         if not self._precheck(m):
+            return
+        limit = self.hub.settings.limits.publishers
+        if limit and len(self.hub.registry.names()) >= limit:  # connecting publishers count too
+            self._refuse(m, limits.PUBLISHERS, OwnInfo.TOO_MANY_PUBLISHERS)
             return
         publication = Publication(self, m)
         try:
@@ -295,6 +320,10 @@ class Session:
         router = source.router if source is not None else None
         if source is None or router is None:
             self._fail_stream(m, Info.STREAM_NOT_FOUND)
+            return
+        limit = self.hub.settings.limits.players_per_stream
+        if limit and len(self.hub.registry.readers(m.name)) >= limit:
+            self._refuse(m, limits.PLAYERS_PER_STREAM, OwnInfo.TOO_MANY_PLAYERS)
             return
         try:
             neg = negotiate_play(m.sdp, {kind: track.producer.codec for kind, track in router.tracks.items()})

@@ -12,7 +12,7 @@ from typing import Final
 from ..media.failures import Failure
 from ..streams.registry import EndReason
 
-__all__ = ["StreamStatus", "Info", "TERMINAL", "FAILURE_INFO", "END_INFO"]
+__all__ = ["StreamStatus", "Info", "OwnInfo", "TERMINAL", "FAILURE_INFO", "END_INFO"]
 
 
 class StreamStatus(enum.StrEnum):
@@ -89,6 +89,18 @@ class Info:
     NO_AVAILABLE_TRANSCODERS: Final = "No available transcoders"
 
 
+class OwnInfo:
+    """webcall's own ``info`` texts (the guardrails): not in the SDK's list, which shows any info as given."""
+
+    FAILED_BY_BITRATE: Final = "Failed by incoming bitrate over the limit"
+    SERVER_SHUTDOWN: Final = "Server shutdown"
+    TOO_MANY_SESSIONS: Final = "Too many sessions from this address"
+    TOO_MANY_STREAMS: Final = "Too many streams in this session"
+    TOO_MANY_PLAYERS: Final = "Too many players of this stream"
+    TOO_MANY_PUBLISHERS: Final = "Too many publishers on this server"
+    TOO_MANY_MESSAGES: Final = "Too many messages per second"
+
+
 # The media plane's and the stream core's reasons (media/failures.py, streams/registry.py) in WCS words.
 FAILURE_INFO: Final[dict[Failure, str]] = {
     Failure.ICE_TIMEOUT: Info.FAILED_BY_ICE_TIMEOUT,
@@ -99,6 +111,8 @@ FAILURE_INFO: Final[dict[Failure, str]] = {
     Failure.PEER_CLOSED: Info.STOPPED_BY_USER,
     Failure.INTERNAL_ERROR: Info.FAILED_BY_ERROR,
     Failure.WORKER_LOST: Info.FAILED_BY_ERROR,
+    Failure.RTP_ACTIVITY: Info.FAILED_BY_RTP_ACTIVITY,
+    Failure.BITRATE_EXCEEDED: OwnInfo.FAILED_BY_BITRATE,
 }
 
 END_INFO: Final[dict[EndReason, str]] = {

@@ -22,6 +22,7 @@ import base64
 import itertools
 import json
 import logging
+from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
@@ -229,6 +230,15 @@ class AggregatePort:
     @property
     def errors(self) -> int:
         return sum(r[1] for r in self.by_worker.values())
+
+    @property
+    def refusals(self) -> Counter[str]:
+        """The workers' media-plane refusals (their ports' limits apply per worker), summed."""
+        total: Counter[str] = Counter()
+        for report in self.by_worker.values():
+            if len(report) > 3:
+                total.update(report[3])
+        return total
 
     @property
     def fanout_cost(self) -> FanoutCost:

@@ -53,6 +53,11 @@ class Settings:
     fanout_threads: int = 1
     snapshot_timeout: float = 3.0
     stats_interval: float = 0.5
+    rtp_activity_timeout: float = 5.0
+    bitrate_ceiling: int = 0  # bit/s a publisher may send for bitrate_grace; 0 = none
+    bitrate_grace: float = 5.0
+    max_unverified_datagrams: int = 0  # this worker's port limits (streams/limits.py); 0 = none
+    max_dtls_handshakes: int = 0
 
 
 class WorkerSource:
@@ -125,7 +130,8 @@ class MediaWorker:
         self.ctx = ctx
         self.channel = ctx.channel
         self.settings = settings
-        self.port = MediaPort(settings.fanout_core, settings.fanout_threads)
+        self.port = MediaPort(settings.fanout_core, settings.fanout_threads,
+                              settings.max_unverified_datagrams, settings.max_dtls_handshakes)
         self.identity = DtlsIdentity()
         self.plane: MediaPlane | None = None
         self.relay: RelayEndpoint | None = None
@@ -383,7 +389,8 @@ class MediaWorker:
         relay = asdict(self.relay.stats) if self.relay is not None else {}
         relay["retransmitted"] = self.relay_retransmitted
         return {"pubs": pubs, "players": players, "recording": recording,
-                "port": [port.dropped, port.errors, fanout_cost_to_wire(port.fanout_cost)], "relay": relay}
+                "port": [port.dropped, port.errors, fanout_cost_to_wire(port.fanout_cost), dict(port.refusals)],
+                "relay": relay}
 
     @staticmethod
     def _publisher_counters(endpoint: PublisherEndpoint) -> dict[str, list[int]]:
