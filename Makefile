@@ -7,7 +7,7 @@
 #   make fuzz     the fuzz targets (tests/fuzz) with 100,000 examples each (not part of make test)
 #
 # serve installs only what serving needs (gcc, nodejs, npm, python3-venv; requirements.txt); test adds the
-# browsers (chromium, firefox-esr) and the test tools (requirements-dev.txt); bench adds requirements-dev.txt.
+# browsers (chromium, firefox-esr), GStreamer (webrtcbin, python3-gi) and the test tools (requirements-dev.txt); bench adds requirements-dev.txt.
 #
 # Set-up steps are stamped, so they re-run only when their inputs change:
 #   .venv/.webcall-runtime            <- requirements.txt                       (serve)
@@ -28,12 +28,15 @@ SDK_STAMP   := node_modules/.webcall-installed
 ARGS        ?=
 PYTEST_ARGS ?=
 
-# Debian packages needed on the machine: "command-or-check:package".
-# A package is installed only if its check fails; apt-get runs only if something is missing.
+# Debian packages needed on the machine: "command:package" (installed if the command is missing) or a bare
+# "package" (installed unless dpkg has it installed). apt-get runs only if something is missing.
 # SYSTEM_CHECKS is what serving needs (gcc builds the core; node_modules holds the SDK bundle it serves);
-# TEST_CHECKS is added for `make test` only (the browser tests).
+# TEST_CHECKS is added for `make test` only: the browsers, and GStreamer's webrtcbin for tests/e2e/test_gstreamer.py
+# (driven by Debian's /usr/bin/python3 through python3-gi; python3-websocket is its WCS WebSocket client).
 SYSTEM_CHECKS := gcc:gcc node:nodejs npm:npm
-TEST_CHECKS   := chromium:chromium firefox-esr:firefox-esr
+GST_PACKAGES  := gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-nice \
+                 gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0 python3-gi python3-gst-1.0 python3-websocket
+TEST_CHECKS   := chromium:chromium firefox-esr:firefox-esr $(GST_PACKAGES)
 CC          ?= gcc
 CORE_SRC    := webcall/media/fanout.c
 CORE_LIB    := webcall/media/_fanout.so
@@ -50,7 +53,7 @@ help:
 	@echo "make venv-runtime create .venv and install requirements.txt only (what make serve uses)"
 	@echo "make sdk          npm ci: the Flashphoner Web SDK into node_modules/"
 	@echo "make deps-system  apt-get install what serving needs and is missing (python3-venv, gcc, nodejs, npm)"
-	@echo "make deps-test    deps-system, then the browsers the tests need (chromium, firefox-esr)"
+	@echo "make deps-test    deps-system, then what the tests need (chromium, firefox-esr, GStreamer webrtcbin + python3-gi)"
 	@echo "make clean        remove .venv, node_modules and caches"
 
 serve: deps-system venv-runtime sdk core
@@ -118,7 +121,11 @@ define install-missing
 	@missing=""; \
 	for pair in $(1); do \
 	  cmd=$${pair%%:*}; pkg=$${pair#*:}; \
-	  command -v "$$cmd" >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	  if [ "$$cmd" = "$$pair" ]; then \
+	    dpkg-query -W -f='$${Status}' "$$pkg" 2>/dev/null | grep -q ' installed$$' || missing="$$missing $$pkg"; \
+	  else \
+	    command -v "$$cmd" >/dev/null 2>&1 || missing="$$missing $$pkg"; \
+	  fi; \
 	done; \
 	if [ "$(2)" = venv ] && ! $(PYTHON) -c 'import ensurepip, venv' >/dev/null 2>&1; then \
 	  dpkg -s python3-venv >/dev/null 2>&1 || missing="$$missing python3-venv"; \

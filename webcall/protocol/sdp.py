@@ -193,7 +193,8 @@ def _ssrcs(media: MediaDescription) -> tuple[int | None, int | None]:
     return (media.ssrc[0].ssrc if media.ssrc else None), None
 
 
-NO_BUNDLE = "Offer without BUNDLE: all media must share one transport (bundlePolicy max-bundle or balanced)"
+NO_BUNDLE = ("Offer without BUNDLE: all media must share one transport "
+             "(bundlePolicy max-bundle or balanced; GStreamer's webrtcbin: max-bundle or max-compat)")
 
 
 def _negotiate(offer_sdp: str, choose) -> Negotiation:
