@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from webcall.bench.cli import parse_steps
-from webcall.bench.player import build_play_offer, parse_answer
+from webcall_bench.cli import parse_steps
+from webcall_bench.player import build_play_offer, parse_answer
 from webcall.protocol.sdp import negotiate_play
 
 PLAYERS = 3
@@ -222,7 +222,7 @@ def test_pacer_spreads_a_burst_at_its_rate() -> None:
     import asyncio
     import time
 
-    from webcall.bench.publisher import Pacer
+    from webcall_bench.publisher import Pacer
 
     async def burst() -> float:
         pacer = Pacer(800_000)  # 100 kB/s: 1000-byte packets every 10 ms

@@ -141,7 +141,7 @@ class ServerProcess:
     async def start(self, http: aiohttp.ClientSession, timeout: float = 20.0) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child
-        root = Path(__file__).resolve().parents[2]
+        root = Path(__file__).resolve().parents[1]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env)
@@ -180,10 +180,10 @@ def _rest_off() -> list[str]:
 async def measure_ceiling(fanout: int, packets: int) -> dict:
     """The minimal forwarding loop, in a process of its own (see ceiling.py)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "webcall.bench.ceiling", "--fanout", str(fanout), "--packets", str(packets),
+        sys.executable, "-m", "webcall_bench.ceiling", "--fanout", str(fanout), "--packets", str(packets),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, preexec_fn=_all_cpus,
         env=dict(os.environ, PYTHONPATH=os.pathsep.join(
-            filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))))
+            filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))))
     out, err = await proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"ceiling measurement failed: {err.decode(errors='replace')[-2000:]}")
