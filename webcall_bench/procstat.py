@@ -70,3 +70,78 @@ def machine_ticks() -> tuple[int, int]:
     fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
     user, nice, system, _idle, _iowait, irq, softirq, steal = (fields + [0] * 8)[:8]
     return user + nice + system + irq + softirq, steal
+
+
+def cmdline(pid: int) -> list[str]:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace").split("\0")[:-1]
+    except OSError:
+        return []
+
+
+def parent(pid: int) -> int | None:
+    try:
+        return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def children(pid: int) -> list[int]:
+    """The direct children of `pid`: /proc/<pid>/task/*/children (CONFIG_PROC_CHILDREN), else every process whose
+    parent is `pid` (a scan of /proc)."""
+    found: set[int] = set()
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return []
+    readable = False
+    for task in tasks:
+        try:
+            found.update(int(x) for x in (task / "children").read_text().split())
+            readable = True
+        except OSError:
+            continue
+    if not readable:
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit() and parent(int(entry.name)) == pid:
+                found.add(int(entry.name))
+    return sorted(found)
+
+
+WORKER_MODULE = "webcall.workers.main"
+
+
+def worker_index(pid: int) -> int | None:
+    """The index of a media worker process (`python -m webcall.workers.main --index N ...`), else None."""
+    argv = cmdline(pid)
+    if WORKER_MODULE not in argv or "--index" not in argv:
+        return None
+    try:
+        return int(argv[argv.index("--index") + 1])
+    except (IndexError, ValueError):
+        return None
+
+
+def control_pid(pid: int) -> int:
+    """The server's control process: `pid` itself, or its parent when `pid` is one of its media workers (the
+    process behind a worker's media port)."""
+    if worker_index(pid) is not None:
+        up = parent(pid)
+        if up is not None and up > 1:
+            return up
+    return pid
+
+
+def server_processes(pid: int) -> list[tuple[str, int]]:
+    """Every process of the server whose control process is `pid`: ("control", pid), then ("worker <i>", pid) by
+    index, then any other child ("child", pid) — all of them do the server's work and count in its CPU."""
+    procs = [("control", pid)]
+    workers, others = [], []
+    for child in children(pid):
+        index = worker_index(child)
+        if index is None:
+            others.append(("child", child))
+        else:
+            workers.append((index, child))
+    procs += [(f"worker {index}", child) for index, child in sorted(workers)]
+    return procs + others
