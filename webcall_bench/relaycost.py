@@ -65,9 +65,17 @@ def estimate(run: dict, baseline: dict) -> list[dict]:
                                                    / relay["packets_sent"], 2),
                 "share_of_cpu": round(extra / cpu["seconds"], 4),
             })
-            if abs(extra) < NOISE_SHARE * cpu["seconds"]:
-                entry["note"] = (f"the difference is {100 * abs(extra) / cpu['seconds']:.1f}% of the run's CPU: "
-                                 "within run-to-run noise; more publishers make it measurable")
+            notes = []
+            if extra < 0:
+                notes.append("the 2-worker run used less CPU than the baseline: noise, not a figure")
+            elif extra < NOISE_SHARE * cpu["seconds"]:
+                notes.append(f"the difference is {100 * extra / cpu['seconds']:.1f}% of the run's CPU: within "
+                             "run-to-run noise; more publishers make it measurable")
+            unclean = [w for s in (step, base) for w in s.get("warnings", []) if "other processes" in w]
+            if unclean or not (step.get("ok") and base.get("ok")):
+                notes.append("a step broke or the machine was busy in one of the runs: figures are not clean")
+            if notes:
+                entry["note"] = "; ".join(notes)
         out.append(entry)
     cfg, base_cfg = run.get("config", {}), baseline.get("config", {})
     for key in ("publishers", "codec", "bitrate", "fps", "window"):

@@ -83,7 +83,11 @@ def test_server_processes_and_control_pid() -> None:
     try:
         assert control.stdout.readline().strip() == "ready"
         deadline = time.monotonic() + 10
-        while len(procs := procstat.server_processes(control.pid)) < 3:
+        # until both children have exec'd (a child just forked still has its parent's command line)
+        while True:
+            procs = procstat.server_processes(control.pid)
+            if sum(role.startswith("worker") for role, _ in procs) == 2:
+                break
             assert time.monotonic() < deadline, procs
             time.sleep(0.05)
         assert [role for role, _ in procs] == ["control", "worker 0", "worker 1"]
