@@ -59,7 +59,8 @@ help:
 serve: deps-system venv-runtime sdk core
 	$(VENV_PY) -m webcall $(ARGS)
 
-# Starts its own server on 127.0.0.1 unless ARGS has --url; writes artifacts/bench/bench-<time>.{json,png}.
+# The load generator (webcall_bench/, a package of its own). Starts its own server on 127.0.0.1 (--workers 1
+# unless ARGS says otherwise) unless ARGS has --url; writes artifacts/bench/bench-<time>.{json,png}.
 bench: deps-system venv core
 	$(VENV_PY) -m webcall bench $(ARGS)
 

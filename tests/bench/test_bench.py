@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
-from webcall.bench.cli import parse_steps
-from webcall.bench.player import build_play_offer, parse_answer
+from webcall_bench.cli import parse_steps
+from webcall_bench.player import build_play_offer, parse_answer
 from webcall.protocol.sdp import negotiate_play
 
 PLAYERS = 3
@@ -51,7 +51,7 @@ def bench(tmp_path_factory) -> tuple[dict, Path, subprocess.CompletedProcess, di
     server = subprocess.Popen(
         [sys.executable, "-m", "webcall", "--host", "127.0.0.1", "--port", "0", "--media-host", "127.0.0.1",
          "--media-port", "0", "--public-ip", "127.0.0.1", "--rest-port", "0", "--tls-port", "-1",
-         "--log-level", "warning"],
+         "--log-level", "warning", "--workers", "1"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)})
     try:
@@ -222,7 +222,7 @@ def test_pacer_spreads_a_burst_at_its_rate() -> None:
     import asyncio
     import time
 
-    from webcall.bench.publisher import Pacer
+    from webcall_bench.publisher import Pacer
 
     async def burst() -> float:
         pacer = Pacer(800_000)  # 100 kB/s: 1000-byte packets every 10 ms

@@ -13,8 +13,8 @@ import time
 import aiohttp
 
 from tests.support import peers
-from webcall.bench.player import BenchPlayer, ClientIdentity
-from webcall.bench.publisher import BenchPublisher, Window, encode_audio_clip, encode_video_clip
+from webcall_bench.player import BenchPlayer, ClientIdentity
+from webcall_bench.publisher import BenchPublisher, Window, encode_audio_clip, encode_video_clip
 
 PLAYERS = 70  # over the core's SPLIT_MIN (64)
 

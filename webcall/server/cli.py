@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import logging
 import os
 import signal
@@ -57,12 +58,25 @@ async def _serve(server: WebcallServer) -> None:
         _exit_now(server, f"--shutdown-timeout ({timeout} s) passed")
 
 
+def _bench(args: list[str]) -> int:
+    """Run `webcall_bench.cli.main`. The load generator is not part of the server's import graph: it is found at
+    run time, and its absence (or that of what only it needs: numpy, matplotlib) is a clear error, not a traceback."""
+    try:
+        bench = importlib.import_module("webcall_bench.cli")
+    except ModuleNotFoundError as exc:
+        missing = exc.name or str(exc)
+        what = ("the load generator (package webcall_bench) is not installed" if missing.startswith("webcall_bench")
+                else f"the load generator needs {missing!r}, which is not installed")
+        print(f"webcall bench: {what}; install it with `pip install -e '.[bench]'` or "
+              f"`pip install -r requirements-dev.txt` (make bench does), from a checkout of webcall", file=sys.stderr)
+        return 2
+    return bench.main(args)
+
+
 def main(argv: list[str] | None = None) -> None:
     args = sys.argv[1:] if argv is None else argv
-    if args[:1] == ["bench"]:  # `webcall bench ...`: the load generator (webcall/bench/)
-        from ..bench.cli import main as bench_main
-
-        sys.exit(bench_main(args[1:]))
+    if args[:1] == ["bench"]:  # `webcall bench ...`: the load generator, a package of its own (webcall_bench/)
+        sys.exit(_bench(args[1:]))
     config = parse_args(argv)
     configure(config.log_level)
     asyncio.run(_serve(WebcallServer(config)))

@@ -1,7 +1,9 @@
 """/metrics in the Prometheus text exposition format (0.0.4), written by hand: no client library needed.
 
 Everything comes from the hub (sessions, streams, media counters of live and ended streams) and from the
-media port's own counters (dropped datagrams, contained errors, the sampled fan-out cost).
+media port's own counters (dropped datagrams, contained errors, the sampled fan-out cost). With media workers
+(--workers 2 or more) also, read-only from the control process's `WorkerPlane`: each worker's pid, the players
+and publishers placed on it, and its relay socket's packet counters (as of its last stats report).
 """
 
 from __future__ import annotations
@@ -9,6 +11,8 @@ from __future__ import annotations
 import math
 from collections import Counter
 from typing import TYPE_CHECKING
+
+from ..workers.control import RemotePlayer, RemotePublisher
 
 from ..streams.limits import LIMIT_NAMES
 
@@ -116,13 +120,7 @@ def render(hub: Hub, port: MediaPort) -> str:
     w.sample("webcall_fanout_players_total", cost.players)
 
     _hooks(w, hub)
-    workers = getattr(hub.plane, "supervisor", None)
-    if workers is not None:  # media workers (workers/control.py)
-        w.family("webcall_media_workers", "gauge", "Media worker processes running")
-        w.sample("webcall_media_workers", len(workers.workers))
-        w.family("webcall_media_worker_losses_total", "counter",
-                 "Media workers that died or stopped answering (each was replaced)")
-        w.sample("webcall_media_worker_losses_total", len(workers.losses))
+    _workers(w, getattr(hub, "plane", None))
     return w.text()
 
 
@@ -146,3 +144,41 @@ def _hooks(w: _Writer, hub: Hub) -> None:
             w.sample(name, value, {"app": app, "method": method})
     w.family("webcall_hook_keep_alive_terminations_total", "counter", "Streams ended by a StreamKeepAliveEvent 403")
     w.sample("webcall_hook_keep_alive_terminations_total", stats.keep_alive_terminations)
+
+
+def _workers(w: _Writer, plane: object) -> None:
+    """The media workers' families; nothing without workers (one process: its own plane has no `supervisor`)."""
+    supervisor = getattr(plane, "supervisor", None)
+    if supervisor is None:
+        return
+    handles = sorted(supervisor.workers.items())
+    w.family("webcall_media_workers", "gauge", "Media worker processes running")
+    w.sample("webcall_media_workers", len(handles))
+    w.family("webcall_media_worker_losses_total", "counter",
+             "Media workers that died or stopped answering (each was replaced)")
+    w.sample("webcall_media_worker_losses_total", len(supervisor.losses))
+    w.family("webcall_worker_info", "gauge", "A media worker process: its index, pid and UDP media port (value 1)")
+    for index, handle in handles:
+        w.sample("webcall_worker_info", 1, {"worker": str(index), "pid": str(handle.pid),
+                                            "media_port": str(handle.hello.get("media_port", handle.media_port))})
+    players: dict[int, int] = {index: 0 for index, _ in handles}
+    publishers: dict[int, int] = dict(players)
+    for endpoint in list(plane.endpoints.values()):  # type: ignore[attr-defined]
+        if isinstance(endpoint, RemotePlayer):
+            players[endpoint.worker] = players.get(endpoint.worker, 0) + 1
+        elif isinstance(endpoint, RemotePublisher):
+            publishers[endpoint.worker] = publishers.get(endpoint.worker, 0) + 1
+    w.family("webcall_worker_players", "gauge", "Players placed on each media worker")
+    for index, count in sorted(players.items()):
+        w.sample("webcall_worker_players", count, {"worker": str(index)})
+    w.family("webcall_worker_publishers", "gauge", "Publishers placed on each media worker")
+    for index, count in sorted(publishers.items()):
+        w.sample("webcall_worker_publishers", count, {"worker": str(index)})
+    relay_stats: dict[int, dict[str, int]] = getattr(plane, "relay_stats", {})
+    w.family("webcall_relay_packets_total", "counter",
+             "Media packets a worker's relay socket sent to other workers or received from them (its last report; "
+             "a replaced worker starts again from 0)")
+    for index, stats in sorted(relay_stats.items()):
+        for direction in ("sent", "received"):
+            w.sample("webcall_relay_packets_total", stats.get(direction, 0),
+                     {"worker": str(index), "direction": direction})

@@ -5,7 +5,7 @@
 Nothing else: no ring, no keyframe probe, no extension rewriting, no event loop. The server can't be cheaper
 than this in Python, so its own µs/packet reads as a ratio to this figure.
 
-Run as `python -m webcall.bench.ceiling --fanout 100 --packets 3000` (prints JSON). It runs in a process of
+Run as `python -m webcall_bench.ceiling --fanout 100 --packets 3000` (prints JSON). It runs in a process of
 its own so it does not share an interpreter with the load generator; the sockets it sends to are drained by
 a forked child, so sendto pays for delivery into a live socket as the server's does.
 """
@@ -238,7 +238,7 @@ def cost_at(ceiling: dict, fanout: float) -> float:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="webcall.bench.ceiling", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="webcall_bench.ceiling", description=__doc__.split("\n\n")[0])
     parser.add_argument("--fanout", type=int, default=100)
     parser.add_argument("--packets", type=int, default=3000)
     parser.add_argument("--payload", type=int, default=1100)

@@ -40,9 +40,8 @@ def table(result: dict) -> str:
             _fmt(s["loadgen"]["read_lag_ms_p99"], ".2f"),
             "yes" if s["ok"] else "NO",
         ))
-    widths = [max(len(r[i]) for r in rows) for i in range(len(head))]
-    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
-    lines.insert(1, "  ".join("-" * w for w in widths))
+    lines = _grid(rows)
+    lines += _processes(result)
     c = result.get("ceiling")
     if c:
         lines.append(f"ceiling (minimal Python loop, this machine): {c['us_per_output_packet']:.2f} µs per forwarded "
@@ -69,6 +68,67 @@ def table(result: dict) -> str:
         for warning in s.get("warnings", []):
             lines.append(f"  step {s['players']}: warning: {warning}")
     return "\n".join(lines)
+
+
+def _grid(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    lines = ["  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in rows]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return lines
+
+
+def _by_index(values: dict | None, index: int | None):
+    """A per-worker value (int keys in a run, str keys once read back from JSON)."""
+    if not values or index is None:
+        return None
+    return values.get(index, values.get(str(index)))
+
+
+def _processes(result: dict) -> list[str]:
+    """Each server process per step (the control process, each media worker), the relay, where they ran."""
+    lines = []
+    pinned = result.get("pinned")
+    if pinned and pinned.get("text"):
+        lines.append("pinned: " + pinned["text"])
+    elif result.get("server", {}).get("started_by_bench"):
+        lines.append("pinned: nothing (--no-pin, or one CPU)")
+    idle = (result.get("server") or {}).get("idle")
+    if idle:
+        parts = [f"{p['role']} {100 * p['cpu_fraction']:.1f}%" for p in idle.get("processes", [])
+                 if p.get("cpu_fraction") is not None]
+        lines.append(f"server without players (publishers only, {idle['window_s']:.0f} s): "
+                     f"{100 * idle['cpu_fraction']:.1f}% of a core" + (f" ({', '.join(parts)})" if len(parts) > 1 else ""))
+    steps = [s for s in result.get("steps", []) if len(s.get("server_processes") or []) > 1]
+    if not steps:
+        return lines
+    rows = [("players", "process", "pid", "CPU%", "kernel%", "players", "publishers", "relay sent", "relay recv")]
+    for s in steps:
+        relay = s.get("relay") or {}
+        for proc in s["server_processes"]:
+            index = proc.get("index")
+            frac = proc.get("cpu_fraction")
+            rows.append((
+                str(s["players"]), proc["role"], str(proc.get("pid", "-")),
+                _fmt(None if frac is None else 100 * frac, ".1f",
+                     "restarted" if proc.get("restarted") else "gone"),
+                _fmt(None if proc.get("sys_share") is None else 100 * proc["sys_share"], ".0f"),
+                _fmt(proc.get("players")), _fmt(proc.get("publishers")),
+                _fmt(_by_index(relay.get("sent_by_worker"), index)),
+                _fmt(_by_index(relay.get("received_by_worker"), index)),
+            ))
+    lines.append("server processes (CPU % of one core over the window; players and publishers placed on each "
+                 "worker, from /metrics; relay: packets over the window):")
+    lines += _grid(rows)
+    for s in steps:
+        control = s.get("control_cpu")
+        if control:
+            lines.append(f"  step {s['players']}: control process {100 * control['fraction']:.1f}% of a core "
+                         f"({'within' if control['within_target'] else 'OVER'} the "
+                         f"{100 * control['target']:.0f}% target)")
+    from .relaycost import lines as relay_lines
+
+    lines += ["  " + line for line in relay_lines(result.get("relay_cost") or [])]
+    return lines
 
 
 def plot(result: dict, path: Path) -> Path:

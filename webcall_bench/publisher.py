@@ -22,7 +22,7 @@ from aiortc import MediaStreamTrack, RTCConfiguration, RTCPeerConnection, RTCRtp
 from aiortc.mediastreams import MediaStreamError
 from aiortc.rtcconfiguration import RTCBundlePolicy
 
-from ..media.rtp import split
+from webcall.media.rtp import split
 from .signalling import WcsConnection, new_media_session_id, publish_request
 
 VIDEO_CLOCK = 90_000

@@ -4,6 +4,7 @@
     python -m webcall bench --steps 10,50,100 --window 10
     python -m webcall bench --steps 10:400:x1.5              # geometric ramp until something breaks
     python -m webcall bench --url ws://127.0.0.1:8080/ --server-pid 1234   # a server already running
+    python -m webcall bench --workers 2 --placement spread   # media workers; CPU per process, relayed packets
 """
 
 from __future__ import annotations
@@ -49,7 +50,19 @@ def build_parser() -> argparse.ArgumentParser:
                                 epilog=__doc__.split("\n\n", 1)[1])
     p.add_argument("--url", help="signalling URL of a running server (default: start one on 127.0.0.1)")
     p.add_argument("--server-pid", type=int, help="pid of that server, for CPU figures (found by its media port "
-                                                  "when it runs on this host)")
+                                                  "when it runs on this host); its media workers are found as its "
+                                                  "children")
+    p.add_argument("--rest-url", help="REST base URL of that server (http://127.0.0.1:8081), for players per worker "
+                                      "and relayed packets from its /metrics")
+    p.add_argument("--workers", type=int, default=None,
+                   help="--workers of the server it starts (default 1: one process, the figures before workers; "
+                        "the server's own default is one per core)")
+    p.add_argument("--placement", choices=("fill", "spread"), default=None,
+                   help="--placement of the server it starts (default: the server's, fill); spread relays every "
+                        "stream to the other workers")
+    p.add_argument("--baseline", default="",
+                   help="a --workers 1 result JSON with the same steps: estimates µs per relayed packet at each "
+                        "step (see webcall_bench/relaycost.py)")
     p.add_argument("--steps", type=parse_steps, default=d.steps,
                    help="players at each step: 10,25,50 or 10:200:+10 or 10:1000:x1.5 (default: 10,25,50,100,150,200)")
     p.add_argument("--players", type=int, help="one step with this many players (instead of --steps)")
@@ -74,8 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-latency-ms", type=float, default=d.max_latency_ms,
                    help="a step passes only if latency p99 is under this (default 50)")
     p.add_argument("--no-pin", action="store_true",
-                   help="don't give the server a CPU of its own (by default it gets the last one, the load generator "
-                        "the others)")
+                   help="don't give the server CPUs of its own (by default it gets the last one — with N workers the "
+                        "last N, one per worker, keeping one for the load generator — and the load generator the "
+                        "others; every thread of every process)")
     p.add_argument("--keep-going", action="store_true", help="run every step even after one broke")
     p.add_argument("--sample-every", type=int, default=d.sample_every,
                    help="players decrypt one packet in this many to check integrity (default 100)")
@@ -105,13 +119,21 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         min_delivery=args.min_delivery, max_latency_ms=args.max_latency_ms, stop_at_knee=not args.keep_going,
         sample_every=args.sample_every, ceiling=not args.no_ceiling, ceiling_packets=args.ceiling_packets,
         pin=not args.no_pin, profile=args.profile or args.profile_native, profile_native=args.profile_native,
-        server_args=args.server_args, output=args.output, plot=not args.no_plot,
+        server_args=args.server_args, workers=args.workers or 1, placement=args.placement, rest_url=args.rest_url,
+        baseline=args.baseline, output=args.output, plot=not args.no_plot,
         progress=not args.quiet,
     )
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.url and (args.workers is not None or args.placement):
+        parser.error("--workers and --placement are for the server the bench starts (not with --url)")
+    if args.workers is not None and args.workers < 1:
+        parser.error("--workers must be 1 or more")
+    if args.baseline and not Path(args.baseline).is_file():
+        parser.error(f"--baseline {args.baseline}: no such file")
     cfg = config_from_args(args)
     bench = Bench(cfg)
     out = bench.output
@@ -125,7 +147,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"\nbench failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         result = bench.result
         result["error"] = f"{type(exc).__name__}: {exc}"
+    from .relaycost import estimate
     from .report import plot, table
+
+    if cfg.baseline and result.get("steps"):
+        result["relay_cost"] = estimate(result, load(cfg.baseline))
 
     if cfg.plot and result.get("steps"):
         try:

@@ -19,9 +19,9 @@ import time
 import pylibsrtp
 import pytest
 
-from webcall.bench.player import BenchPlayer, ClientIdentity, SeqDedup
-from webcall.bench.publisher import SendLog, Window
-from webcall.bench.runner import _all_cpus, _pin, step_reasons
+from webcall_bench.player import BenchPlayer, ClientIdentity, SeqDedup
+from webcall_bench.publisher import SendLog, Window
+from webcall_bench.runner import _all_cpus, _pin, step_reasons
 
 PUB_VIDEO, PUB_AUDIO = 0x1111, 0x2222  # the publisher's SSRCs
 VIDEO, AUDIO = 0xAAAA, 0xBBBB  # what the server's answer gave this player

@@ -37,8 +37,8 @@ from aioice import stun
 from aiortc.rtcdtlstransport import RTCCertificate, certificate_digest
 from OpenSSL import SSL
 
-from ..media.dtls import SRTP_PROFILES  # the same profiles the server offers
-from ..media.rtp import KEYFRAME_PROBES, split
+from webcall.media.dtls import SRTP_PROFILES  # the same profiles the server offers
+from webcall.media.rtp import KEYFRAME_PROBES, split
 from .publisher import SendLog, Window
 from .signalling import SignallingError, WcsConnection, new_media_session_id, play_request
 

@@ -2,8 +2,10 @@
 
 Per step, over a measurement window W (after the new players got their first keyframe and settled):
 
-* server CPU: user+sys of the server process (/proc/<pid>/stat) over W — per second, per player, per
-  forwarded packet; players per core = players ÷ the server's CPU fraction;
+* server CPU: user+sys of every server process (/proc/<pid>/stat) over W — the control process and each of
+  its media workers (--workers N), together and one by one — per second, per player, per forwarded packet;
+  players per core = players ÷ the server's CPU fraction; players per worker and relayed packets from the
+  server's /metrics (its REST port);
 * delivery: each player's RTP packets and bytes with a kernel receive time inside W, against the packets its
   publisher sent inside W; a step passes only if every player got ≥ `min_delivery` of them;
 * latency: publisher send → player receive for every video packet (same host clock), p50/p99;
@@ -67,9 +69,16 @@ class BenchConfig:
     profile: bool = False  # py-spy record the server during each window
     profile_native: bool = False  # ... with C frames (libsrtp, sendto) too
     server_args: list[str] = field(default_factory=list)
+    workers: int = 1  # --workers of the server it starts (1: one process, no workers — the figures before workers)
+    placement: str | None = None  # --placement of that server (fill|spread); None: the server's default
+    rest_url: str | None = None  # the REST base URL of a running server (/metrics: players per worker, relays)
+    baseline: str = ""  # a --workers 1 result JSON: µs per relayed packet from the CPU this run used on top
     output: str = ""  # JSON path; the PNG goes next to it
     plot: bool = True
     progress: bool = True
+
+
+CONTROL_TARGET = 0.05  # of a core: with media workers the control process only signals (target at 400 players)
 
 
 def percentile(values: list[float], q: float) -> float | None:
@@ -122,26 +131,53 @@ class Progress:
         sys.stderr.flush()
 
 
+def _free_udp_ports(count: int, attempts: int = 50) -> int:
+    """The first of `count` consecutive free UDP ports on 127.0.0.1 (worker i takes --media-port + i)."""
+    for _ in range(attempts):
+        first = _free_port(socket.SOCK_DGRAM)
+        held = []
+        try:
+            for port in range(first, first + count):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                held.append(s)
+                s.bind(("127.0.0.1", port))
+            return first
+        except OSError:
+            continue
+        finally:
+            for s in held:
+                s.close()
+    raise RuntimeError(f"no {count} consecutive free UDP ports")
+
+
 class ServerProcess:
     """`python -m webcall` on 127.0.0.1 with ephemeral ports, its output in a log file."""
 
-    def __init__(self, extra_args: list[str], log_path: Path) -> None:
+    def __init__(self, extra_args: list[str], log_path: Path, workers: int = 1, placement: str | None = None) -> None:
         self.http_port = _free_port(socket.SOCK_STREAM)
-        self.media_port = _free_port(socket.SOCK_DGRAM)
+        self.rest_port = _free_port(socket.SOCK_STREAM)
+        self.media_port = _free_udp_ports(workers)
         self.log_path = log_path
+        self.workers = workers
+        placement_args = ["--placement", placement] if placement else []
         self.args = [sys.executable, "-m", "webcall", "--host", "127.0.0.1", "--port", str(self.http_port),
                      "--media-host", "127.0.0.1", "--media-port", str(self.media_port), "--public-ip", "127.0.0.1",
-                     "--log-level", "warning", *_rest_off(), *extra_args]
+                     "--log-level", "warning", "--workers", str(workers), *placement_args,
+                     *_rest_args(self.rest_port), *extra_args]
         self.proc: subprocess.Popen | None = None
 
     @property
     def url(self) -> str:
         return f"ws://127.0.0.1:{self.http_port}/"
 
+    @property
+    def rest_url(self) -> str:
+        return f"http://127.0.0.1:{self.rest_port}"
+
     async def start(self, http: aiohttp.ClientSession, timeout: float = 20.0) -> None:
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         log = open(self.log_path, "wb")  # noqa: SIM115 - handed to the child
-        root = Path(__file__).resolve().parents[2]
+        root = Path(__file__).resolve().parents[1]
         env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(root), os.environ.get("PYTHONPATH")])))
         self.proc = subprocess.Popen(self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                      env=env)
@@ -172,18 +208,18 @@ class ServerProcess:
         return self.proc.returncode
 
 
-def _rest_off() -> list[str]:
-    """The server also opens REST (8081) and HTTPS (8443) ports by default: any free REST port, no HTTPS."""
-    return ["--rest-port", "0", "--tls-port", "-1"]
+def _rest_args(port: int) -> list[str]:
+    """REST (/metrics: players per worker, relayed packets) on a port picked here, no HTTPS (8443 by default)."""
+    return ["--rest-host", "127.0.0.1", "--rest-port", str(port), "--tls-port", "-1"]
 
 
 async def measure_ceiling(fanout: int, packets: int) -> dict:
     """The minimal forwarding loop, in a process of its own (see ceiling.py)."""
     proc = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "webcall.bench.ceiling", "--fanout", str(fanout), "--packets", str(packets),
+        sys.executable, "-m", "webcall_bench.ceiling", "--fanout", str(fanout), "--packets", str(packets),
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE, preexec_fn=_all_cpus,
         env=dict(os.environ, PYTHONPATH=os.pathsep.join(
-            filter(None, [str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH")]))))
+            filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))))
     out, err = await proc.communicate()
     if proc.returncode != 0:
         raise RuntimeError(f"ceiling measurement failed: {err.decode(errors='replace')[-2000:]}")
@@ -239,7 +275,8 @@ class Bench:
         self.players: list[BenchPlayer] = []
         self.probes: list[BenchPlayer] = []  # the lone joiners, stopped once measured
         self.server: ServerProcess | None = None
-        self.server_pid: int | None = config.server_pid
+        self.server_pid: int | None = procstat.control_pid(config.server_pid) if config.server_pid else None
+        self.rest_url: str | None = config.rest_url.rstrip("/") if config.rest_url else None
         self.result: dict = {}
         self._phase = "starting"
         self._stop_ticker = asyncio.Event()
@@ -327,18 +364,24 @@ class Bench:
         cfg = self.cfg
         url = cfg.url
         if url is None:
-            self.server = ServerProcess(cfg.server_args, self.output.with_suffix(".server.log"))
+            self.server = ServerProcess(cfg.server_args, self.output.with_suffix(".server.log"), cfg.workers,
+                                        cfg.placement)
             self.progress.show("starting the server...")
             await self.server.start(http)
             url = self.server.url
+            self.rest_url = self.server.rest_url
             self.server_pid = self.server.proc.pid if self.server.proc else None
+            if self.server_pid and cfg.workers > 1:
+                await _wait_for_workers(self.server_pid, cfg.workers)
             if cfg.pin and self.server_pid:
-                self.result["pinned"] = _pin(self.server_pid)
+                self.result["pinned"] = _pin(self.server_pid, _worker_pids(self.server_pid))
+                if self.result["pinned"]:
+                    self.progress.line("pinned: " + self.result["pinned"]["text"])
         host = urlparse(url).hostname or ""
         if host in ("localhost", "::1") or host.startswith("127."):
             use_loopback_candidates()
         self.result["server"] = {"url": url, "started_by_bench": self.server is not None,
-                                 "args": self.server.args[1:] if self.server else None}
+                                 "args": self.server.args[1:] if self.server else None, "rest_url": self.rest_url}
 
         self._phase = "publishing"
         self.progress.show(f"publishing {cfg.publishers} stream(s)...")
@@ -355,7 +398,10 @@ class Bench:
             self.server_pid = _local_server_pid(self.publishers[0].answer_sdp or "")
         self.result["server"]["pid"] = self.server_pid
         if self.server_pid is not None:
-            self.result["server"]["rss_kb_before_players"] = procstat.rss_kb(self.server_pid)
+            self.result["server"]["processes"] = [{"role": role, "pid": pid}
+                                                  for role, pid in procstat.server_processes(self.server_pid)]
+            self.result["server"]["rss_kb_before_players"] = _tree_rss_kb(self.server_pid)
+            self.result["server"]["idle"] = await self._idle_window()
 
         identity = ClientIdentity()
         previous_ok: dict | None = None
@@ -416,7 +462,8 @@ class Bench:
         t1 = t0 + cfg.window
         self.window.set(t0, t1)
         await asyncio.sleep(max(0.0, t0 - time.time()))
-        cpu0 = procstat.cpu_times(self.server_pid) if self.server_pid else None
+        metrics0 = await self._metrics(http)
+        tree0 = _tree_cpu(self.server_pid) if self.server_pid else None
         own0 = time.process_time()
         machine0 = procstat.machine_ticks()
         wall0 = time.time()
@@ -425,12 +472,14 @@ class Bench:
         profile_path = None
         if cfg.profile and self.server_pid:
             profile_path = self.output.with_suffix(f".profile-{target}.txt")
-            profile_task = asyncio.create_task(_py_spy(self.server_pid, cfg.window, profile_path, cfg.profile_native))
+            profile_task = asyncio.create_task(_py_spy(self.server_pid, cfg.window, profile_path, cfg.profile_native,
+                                                       subprocesses=len(tree0 or {}) > 1))
         await asyncio.sleep(max(0.0, t1 - time.time()))
-        cpu1 = procstat.cpu_times(self.server_pid) if self.server_pid else None
+        tree1 = _tree_cpu(self.server_pid) if self.server_pid else None
         own1 = time.process_time()
         machine1 = procstat.machine_ticks()
         wall = time.time() - wall0
+        metrics1 = await self._metrics(http)
         await asyncio.sleep(0.3)  # packets stamped before t1 may still be queued in our sockets
         self.window.set(math.inf, math.inf)
         profile = None
@@ -441,7 +490,11 @@ class Bench:
             if error:
                 profile["error"] = error
         machine = ((machine1[0] - machine0[0]) / procstat.CLK_TCK, (machine1[1] - machine0[1]) / procstat.CLK_TCK)
+        processes, cpu0, cpu1 = _process_figures(tree0, tree1, wall, metrics1)
         step = self._step_result(target, new, join_seconds, wall, cpu0, cpu1, own1 - own0, machine, profile)
+        step["server_processes"] = processes
+        step["relay"] = _relay_figures(metrics0, metrics1, wall)
+        self._check_control(step)
         self._phase = f"step {index + 1}/{count}: {cfg.probe_joins} lone joiners"
         step["ttff_ms"]["lone"] = await self._lone_joins(http, url, identity, cfg.probe_joins)
         return step
@@ -567,7 +620,7 @@ class Bench:
         memory: dict = {}
         if self.server_pid is not None:
             with contextlib.suppress(OSError):
-                rss = procstat.rss_kb(self.server_pid)
+                rss = _tree_rss_kb(self.server_pid)
                 base = self.result["server"].get("rss_kb_before_players") or rss
                 memory = {"server_rss_mb": round(rss / 1024, 1),
                           "per_player_kb": round((rss - base) / n, 1) if n else None}
@@ -624,6 +677,43 @@ class Bench:
         step["per_player"] = per_player
         return step
 
+    async def _idle_window(self) -> dict | None:
+        """The server's CPU with its publishers but no player (no relay either): each process's fixed cost —
+        event loops, timers, the workers' stats reports — which relaycost.py takes out of both runs."""
+        seconds = max(2.0, self.cfg.window / 2)
+        self._phase = f"measuring the server without players ({seconds:.0f} s)"
+        tree0, wall0 = _tree_cpu(self.server_pid), time.monotonic()
+        await asyncio.sleep(seconds)
+        tree1, wall = _tree_cpu(self.server_pid), time.monotonic() - wall0
+        processes, cpu0, cpu1 = _process_figures(tree0, tree1, wall, None)
+        if cpu0 is None or cpu1 is None:
+            return None
+        return {"window_s": round(wall, 3), "cpu_seconds": round(sum(cpu1) - sum(cpu0), 3),
+                "cpu_fraction": round((sum(cpu1) - sum(cpu0)) / wall, 4), "processes": processes}
+
+    async def _metrics(self, http: aiohttp.ClientSession) -> dict | None:
+        """The server's /metrics, parsed; None without a REST URL or when it does not answer."""
+        if not self.rest_url:
+            return None
+        try:
+            async with http.get(self.rest_url + "/metrics", timeout=aiohttp.ClientTimeout(total=3)) as r:
+                if r.status != 200:
+                    return None
+                return parse_metrics(await r.text())
+        except (OSError, aiohttp.ClientError, asyncio.TimeoutError):
+            return None
+
+    def _check_control(self, step: dict) -> None:
+        """With media workers the control process only signals: its CPU is a figure of its own, with a target."""
+        control = next((p for p in step["server_processes"] if p["role"] == "control"), None)
+        if control is None or len(step["server_processes"]) < 2 or control["cpu_fraction"] is None:
+            return
+        step["control_cpu"] = {"fraction": control["cpu_fraction"], "target": CONTROL_TARGET,
+                               "within_target": control["cpu_fraction"] < CONTROL_TARGET}
+        if control["cpu_fraction"] >= CONTROL_TARGET:
+            step["warnings"].append(f"the control process used {100 * control['cpu_fraction']:.1f}% of a core "
+                                    f"(target: under {100 * CONTROL_TARGET:.0f}% — it is not on the packet path)")
+
     def _publisher_summary(self, p: BenchPublisher) -> dict:
         return {"name": p.name, "codec": p.codec, "size": [p.width, p.height], "fps": p.fps,
                 "keyframes_on_request": p.video_track.forced_keyframes,
@@ -644,8 +734,8 @@ class Bench:
                 player.keepalive(now)
             cpu = None
             if self.server_pid:
-                with contextlib.suppress(OSError):
-                    cpu = procstat.cpu_seconds(self.server_pid)
+                tree = _tree_cpu(self.server_pid)
+                cpu = sum(u + s for _, u, s in tree.values()) if tree else None
             own = time.process_time()
             dt = now - last_t
             parts = [self._phase]
@@ -684,8 +774,9 @@ class Bench:
             self.result["server"]["log"] = str(self.server.log_path)
 
 
-async def _py_spy(pid: int, duration: float, path: Path, native: bool = False) -> str | None:
-    """py-spy record into `path` (raw collapsed stacks); returns an error message, or None."""
+async def _py_spy(pid: int, duration: float, path: Path, native: bool = False, subprocesses: bool = False) -> str | None:
+    """py-spy record into `path` (raw collapsed stacks); returns an error message, or None. `subprocesses`: the
+    media workers too (their stacks are prefixed with their process)."""
     exe = Path(sys.executable).with_name("py-spy")
     command = str(exe) if exe.exists() else "py-spy"
     # --nonblocking reads the server without stopping it; native (C) stacks need it stopped for each sample.
@@ -693,7 +784,7 @@ async def _py_spy(pid: int, duration: float, path: Path, native: bool = False) -
     try:
         proc = await asyncio.create_subprocess_exec(
             command, "record", "--pid", str(pid), "--duration", str(max(1, int(duration))), "--rate", "200",
-            *mode, "--format", "raw", "--output", str(path),
+            *mode, *(["--subprocesses"] if subprocesses else []), "--format", "raw", "--output", str(path),
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
     except FileNotFoundError:
         return "py-spy not installed (make venv installs it)"
@@ -735,6 +826,120 @@ def step_reasons(step: dict, min_delivery: float, max_latency_ms: float, publish
     return reasons + publisher_problems
 
 
+# --- the server's processes: the control process and its media workers --------------------------------------
+
+
+def parse_metrics(text: str) -> dict[str, list[tuple[dict[str, str], float]]]:
+    """Prometheus text: name -> [(labels, value)]. Enough for what the server writes (no escaped quotes in the
+    labels the bench reads)."""
+    out: dict[str, list[tuple[dict[str, str], float]]] = {}
+    for line in text.splitlines():
+        if not line or line.startswith("#"):
+            continue
+        head, _, value = line.rpartition(" ")
+        name, _, rest = head.partition("{")
+        labels = {}
+        for part in rest.rstrip("}").split('",') if rest else []:
+            key, _, val = part.partition("=")
+            labels[key.strip()] = val.strip().strip('"')
+        try:
+            out.setdefault(name, []).append((labels, float(value)))
+        except ValueError:
+            continue
+    return out
+
+
+def _by_worker(metrics: dict | None, name: str, **match: str) -> dict[int, float]:
+    """A per-worker family of parsed /metrics, as worker index -> value (the samples whose labels match)."""
+    values: dict[int, float] = {}
+    for labels, value in (metrics or {}).get(name, []):
+        if "worker" in labels and all(labels.get(k) == v for k, v in match.items()):
+            values[int(labels["worker"])] = value
+    return values
+
+
+def _worker_pids(control: int) -> dict[int, int]:
+    """Worker index -> pid, from the control process's children."""
+    return {int(role.split()[1]): pid for role, pid in procstat.server_processes(control) if role.startswith("worker ")}
+
+
+async def _wait_for_workers(control: int, count: int, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while len(_worker_pids(control)) < count:
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the server has {len(_worker_pids(control))} media worker(s), not {count}")
+        await asyncio.sleep(0.1)
+
+
+def _tree_cpu(control: int) -> dict[int, tuple[str, float, float]]:
+    """pid -> (role, user, system) CPU seconds so far, of every server process (control, workers, other children)."""
+    out = {}
+    for role, pid in procstat.server_processes(control):
+        with contextlib.suppress(OSError):
+            out[pid] = (role, *procstat.cpu_times(pid))
+    return out
+
+
+def _tree_rss_kb(control: int) -> int:
+    total = 0
+    for _, pid in procstat.server_processes(control):
+        with contextlib.suppress(OSError):
+            total += procstat.rss_kb(pid)
+    return total
+
+
+def _process_figures(tree0: dict | None, tree1: dict | None, wall: float, metrics: dict | None
+                     ) -> tuple[list[dict], tuple[float, float] | None, tuple[float, float] | None]:
+    """Each server process's CPU over the window (those alive at both ends; a worker replaced mid-window is
+    listed with `restarted`), players and publishers per worker from /metrics; and the (user, system) sums
+    at both ends, for the server's totals."""
+    if tree0 is None or tree1 is None:
+        return [], None, None
+    players = _by_worker(metrics, "webcall_worker_players")
+    publishers = _by_worker(metrics, "webcall_worker_publishers")
+    processes, u0 = [], [0.0, 0.0]
+    u1 = [0.0, 0.0]
+    for pid, (role, user1, sys1) in tree1.items():
+        if pid not in tree0:
+            processes.append({"role": role, "pid": pid, "restarted": True, "cpu_fraction": None})
+            continue
+        _, user0, sys0 = tree0[pid]
+        u0[0] += user0
+        u0[1] += sys0
+        u1[0] += user1
+        u1[1] += sys1
+        seconds = (user1 - user0) + (sys1 - sys0)
+        entry = {"role": role, "pid": pid, "cpu_seconds": round(seconds, 3),
+                 "cpu_fraction": round(seconds / wall, 4) if wall > 0 else None,
+                 "sys_share": round((sys1 - sys0) / seconds, 3) if seconds > 0 else None}
+        if role.startswith("worker "):
+            index = int(role.split()[1])
+            entry["index"] = index
+            entry["players"] = int(players[index]) if index in players else None
+            entry["publishers"] = int(publishers[index]) if index in publishers else None
+        processes.append(entry)
+    gone = [role for pid, (role, _, _) in tree0.items() if pid not in tree1]
+    processes += [{"role": role, "gone": True, "cpu_fraction": None} for role in gone]
+    return processes, (u0[0], u0[1]), (u1[0], u1[1])
+
+
+def _relay_figures(metrics0: dict | None, metrics1: dict | None, wall: float) -> dict | None:
+    """Packets the workers' relay sockets sent and received over the window (each worker reports its counters
+    every --rate-interval/2, so the window's edges are that coarse); None without workers or /metrics."""
+    if not metrics0 or not metrics1 or "webcall_relay_packets_total" not in metrics1:
+        return None
+    out: dict = {}
+    for direction in ("sent", "received"):
+        before = _by_worker(metrics0, "webcall_relay_packets_total", direction=direction)
+        after = _by_worker(metrics1, "webcall_relay_packets_total", direction=direction)
+        # A worker's counters restart with it: a drop means a new worker, counted from 0.
+        per_worker = {i: int(v - before.get(i, 0) if v >= before.get(i, 0) else v) for i, v in after.items()}
+        out[f"packets_{direction}"] = sum(per_worker.values())
+        out[f"{direction}_by_worker"] = per_worker
+    out["per_s"] = round(out["packets_sent"] / wall, 1) if wall > 0 else None
+    return out
+
+
 def _threads(pid: int) -> list[int]:
     """Every thread (task) of a process; just the pid if /proc cannot tell."""
     try:
@@ -756,21 +961,45 @@ def _all_cpus() -> None:
         _set_affinity(os.getpid(), range(os.cpu_count() or 1))
 
 
-def _pin(server_pid: int) -> dict | None:
-    """The server alone on the last CPU, this process (players, publishers) on the others: the load generator
-    then cannot take the server's core, and a starved server is not mistaken for a slow one. Every thread of
-    both: the server's fan-out helper and executor threads, and ours."""
+def _pin(server_pid: int, workers: dict[int, int] | None = None) -> dict | None:
+    """The server alone on the last CPUs, this process (players, publishers) on the others: the load generator
+    then cannot take the server's cores, and a starved server is not mistaken for a slow one. Every thread of
+    every process: the server's fan-out helper and executor threads, its media workers', and ours.
+
+    Without workers the server gets the last CPU. With N workers it gets the last min(N, CPUs − 1) CPUs (the
+    load generator keeps at least one): worker i alone on one of them (round robin when there are fewer CPUs
+    than workers, which then share), the control process (signalling, off the packet path) on all of them. A
+    worker the server starts later (a lost one replaced) inherits the control process's set."""
     cpus = sorted(os.sched_getaffinity(0))
     if len(cpus) < 2:
         return None
-    server_cpus, own_cpus = {cpus[-1]}, set(cpus[:-1])
+    workers = dict(sorted((workers or {}).items()))
+    k = max(1, min(len(workers), len(cpus) - 1))
+    server_cpus, own_cpus = cpus[-k:], cpus[:-k]
+    worker_cpus = {index: [server_cpus[n % k]] for n, index in enumerate(workers)}
+    threads = 0
     try:
-        _set_affinity(server_pid, server_cpus)
-        _set_affinity(os.getpid(), own_cpus)
+        _set_affinity(server_pid, set(server_cpus))
+        threads += len(_threads(server_pid))
+        for index, pid in workers.items():
+            _set_affinity(pid, set(worker_cpus[index]))
+            threads += len(_threads(pid))
+        _set_affinity(os.getpid(), set(own_cpus))
     except OSError:
         return None
-    return {"server_cpus": sorted(server_cpus), "loadgen_cpus": sorted(own_cpus),
-            "server_threads": len(_threads(server_pid))}
+
+    def cpu_text(cs: list[int]) -> str:
+        return ("CPU " if len(cs) == 1 else "CPUs ") + ",".join(map(str, cs))
+
+    parts = [f"server (pid {server_pid}{', control: signalling only' if workers else ''}) {cpu_text(server_cpus)}"]
+    parts += [f"worker {i} (pid {workers[i]}) {cpu_text(c)}" for i, c in worker_cpus.items()]
+    parts.append(f"load generator {cpu_text(own_cpus)}")
+    text = "; ".join(parts) + f" — every thread ({threads} in the server)"
+    if len(workers) > k:
+        text += f"; {len(workers)} workers share {k} CPU(s): this machine has {len(cpus)}"
+    return {"server_cpus": server_cpus, "loadgen_cpus": own_cpus, "control_cpus": server_cpus,
+            "worker_cpus": {str(i): c for i, c in worker_cpus.items()}, "workers_share_cpus": len(workers) > k,
+            "server_threads": threads, "text": text}
 
 
 def _local_server_pid(answer_sdp: str) -> int | None:
@@ -781,7 +1010,8 @@ def _local_server_pid(answer_sdp: str) -> int | None:
         ip.ip if isinstance(ip.ip, str) else ip.ip[0] for adapter in ifaddr.get_adapters() for ip in adapter.ips}
     for ip, port in parse_answer(answer_sdp).candidates:
         if ip in local:
-            return procstat.udp_port_owner(port)
+            owner = procstat.udp_port_owner(port)
+            return procstat.control_pid(owner) if owner is not None else None  # a worker's port: its parent
     return None
 
 
@@ -813,13 +1043,36 @@ def _step_line(step: dict) -> str:
     ttff = step["ttff_ms"]
     ratio = cpu.get("ratio_to_ceiling")
     return (f"{step['players']:5d} players: server CPU {100 * (cpu.get('fraction') or 0):5.1f}% "
-            f"{cpu.get('us_per_packet') or 0:6.1f} µs/pkt" + (f" (x{ratio:.2f} ceiling)" if ratio else "") + " | "
+            f"{cpu.get('us_per_packet') or 0:6.1f} µs/pkt" + (f" (x{ratio:.2f} ceiling)" if ratio else "")
+            + _processes_text(step) + " | "
             f"loss {step['delivery']['loss_pct'] or 0:.2f}% | TTFF p50 {ttff['p50']} ms"
             + (f" (alone {ttff['lone']['p50']})" if ttff.get("lone") else "") + " | "
             f"latency p50 {lat['p50']} p99 {lat['p99']} ms | "
             f"load CPU {100 * (step['loadgen']['cpu_fraction'] or 0):.0f}%"
             f" | {'ok' if step['ok'] else 'BROKEN: ' + '; '.join(step['reasons'])}"
             + "".join(f"\n        warning: {w}" for w in step.get("warnings", [])))
+
+
+def process_label(process: dict) -> str:
+    role = process["role"]
+    return "w" + role.split()[1] if role.startswith("worker ") else role
+
+
+def _processes_text(step: dict) -> str:
+    """` [control 1.2%, w0 40.1% 100 pl, w1 39.8% 100 pl; relay 110 pkt/s]` with workers; empty without."""
+    processes = step.get("server_processes") or []
+    if len(processes) < 2:
+        return ""
+    parts = []
+    for proc in processes:
+        if proc.get("cpu_fraction") is None:
+            parts.append(f"{process_label(proc)} {'restarted' if proc.get('restarted') else 'gone'}")
+            continue
+        players = f" {proc['players']} pl" if proc.get("players") is not None else ""
+        parts.append(f"{process_label(proc)} {100 * proc['cpu_fraction']:.1f}%{players}")
+    relay = step.get("relay")
+    tail = f"; relay {relay['per_s']:.0f} pkt/s" if relay and relay.get("per_s") is not None else ""
+    return " [" + ", ".join(parts) + tail + "]"
 
 
 def write_json(result: dict, path: Path) -> None:
