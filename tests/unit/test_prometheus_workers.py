@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from types import SimpleNamespace
 
+from webcall.hooks.client import HookStats
 from webcall.server import prometheus
 from webcall.workers.control import AggregatePort, RemotePlayer, RemotePublisher
 
@@ -22,14 +23,15 @@ def _samples(text: str) -> dict[str, float]:
 
 def _hub(plane: object) -> SimpleNamespace:
     return SimpleNamespace(sessions=[], streams=lambda: [], started_at=0.0, totals=lambda: {}, plane=plane,
-                           snapshots=SimpleNamespace(completed=0, failed=0, refused=0))
+                           snapshots=SimpleNamespace(completed=0, failed=0, refused=0),
+                           hooks=SimpleNamespace(stats=HookStats()), refusals={})
 
 
 def test_worker_families() -> None:
     handles = {i: SimpleNamespace(pid=100 + i, media_port=0, hello={"media_port": 5000 + i}) for i in (0, 1)}
     endpoints = [_endpoint(RemotePublisher, 0), _endpoint(RemotePlayer, 0), _endpoint(RemotePlayer, 1),
                  _endpoint(RemotePlayer, 1), _endpoint(RemotePlayer, 1)]
-    plane = SimpleNamespace(supervisor=SimpleNamespace(workers=handles), endpoints=dict(enumerate(endpoints)),
+    plane = SimpleNamespace(supervisor=SimpleNamespace(workers=handles, losses=[(1, "killed by SIGKILL")]), endpoints=dict(enumerate(endpoints)),
                             relay_stats={0: {"sent": 70, "received": 0}, 1: {"sent": 0, "received": 69}})
     samples = _samples(prometheus.render(_hub(plane), AggregatePort()))
     assert samples['webcall_worker_info{worker="1",pid="101",media_port="5001"}'] == 1
