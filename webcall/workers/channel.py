@@ -175,8 +175,13 @@ class Channel:
         self._on_closed = on_closed
         self._read_task = asyncio.create_task(self._read_loop(), name=f"{self.name}-read")
         if ping_interval is not None:
-            self._ping_task = asyncio.create_task(
-                self._ping_loop(ping_interval, ping_timeout or ping_interval, on_unresponsive), name=f"{self.name}-ping")
+            self.start_pinging(ping_interval, ping_timeout, on_unresponsive)
+
+    def start_pinging(self, interval: float, timeout: float | None = None,
+                      on_unresponsive: Callable[[], None] | None = None) -> None:
+        """Ping the peer every `interval`; one unanswered within `timeout` calls `on_unresponsive()` once."""
+        self._ping_task = asyncio.create_task(
+            self._ping_loop(interval, timeout or interval, on_unresponsive), name=f"{self.name}-ping")
 
     @property
     def closed(self) -> bool:

@@ -40,6 +40,7 @@ from .wire import fanout_cost_add, negotiation_to_wire, track_to_wire
 
 log = logging.getLogger("webcall.workers")
 
+PING_TIMEOUT = 5.0  # a worker whose loop does not answer for this long is lost (a loaded machine stalls for less)
 RETIRE_AFTER = 2.0  # seconds until an ended endpoint's last counters have surely arrived (stats every ≤ 0.5 s)
 RELAY_LINGER = 3.0  # seconds a relay outlives the last player it served (a quick re-join reuses it)
 FILL_THRESHOLD = 300.0  # placement load (players + 4 × publishers) at which `fill` moves on to another worker
@@ -260,7 +261,7 @@ class WorkerPlane:
         self.announced_ips = announced_ips
         self.supervisor = Supervisor(
             count, media_host=media_host, media_port=media_port, on_worker_lost=self._worker_lost,
-            on_worker_started=self._worker_started, app=APP,
+            on_worker_started=self._worker_started, app=APP, ping_interval=1.0, ping_timeout=PING_TIMEOUT,
             extra_args=["--settings", json.dumps(asdict(settings)), "--log-level", log_level.upper()],
         )
         # spread: every endpoint weighs the same, so one stream's players alternate over the workers.

@@ -215,16 +215,17 @@ class Supervisor:
             channel.on_event(event, _bind_index(fn, index))
         for op, fn in self._requests.items():
             channel.on_request(op, _bind_index(fn, index))
-        channel.start(ping_interval=self.ping_interval, ping_timeout=self.ping_timeout,
-                      on_unresponsive=lambda: self._lose(handle, "unresponsive: no pong within "
-                                                                  f"{self.ping_timeout:g}s"),
-                      on_closed=lambda reason: self._on_channel_closed(handle, reason))
+        channel.start(on_closed=lambda reason: self._on_channel_closed(handle, reason))
         self._spawn_task(self._watch(handle), f"watch-worker{index}")
         try:
             handle.hello = await channel.request("hello", timeout=self.start_timeout)
         except ChannelError as exc:
             self._lose(handle, f"no hello: {exc}")
             raise
+        # Pings start once the worker is up: a busy machine may take seconds to import and bind a new worker,
+        # which the start timeout covers; a worker that stops answering after that is lost.
+        channel.start_pinging(self.ping_interval, self.ping_timeout,
+                              lambda: self._lose(handle, f"unresponsive: no pong within {self.ping_timeout:g}s"))
         log.info("worker %d started: pid %d, media port %d", index, proc.pid, port)
         self._ready[index].set()
         if self.on_worker_started is not None:
