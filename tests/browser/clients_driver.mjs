@@ -62,6 +62,11 @@ async function open(browser, browserName, label, url) {
     const lines = [];
     page.on("console", (msg) => lines.push(`${msg.type()}: ${msg.text()}`.slice(0, 1000)));
     page.on("pageerror", (err) => lines.push(`pageerror: ${err.message}`));
+    page.on("response", (r) => {
+        if (r.status() >= 400) {
+            lines.push(`http ${r.status()} ${r.request().method()} ${r.url()}`);
+        }
+    });
     page.__lines = lines;
     page.__log = path.join(ARTIFACTS, `console-${browserName}-${label}.log`);
     await page.setViewport({width: 1280, height: 900});
@@ -342,6 +347,7 @@ async function whip(browsers, b) {
             out.stopPublish = await page.evaluate(() => W.stopPublish());
             out.pageErrors = pageErrors(page);
             out.consoleErrors = page.__lines.filter((l) => l.startsWith("error")).slice(0, 10);
+            out.httpErrors = page.__lines.filter((l) => l.startsWith("http ")).slice(0, 10);
             return out;
         } finally {
             await close(page);
@@ -355,7 +361,9 @@ async function main() {
     const browsers = {};
     let exitCode = 0;
     try {
-        for (const name of BROWSERS) {
+        // Both browsers start, and then go through the vendor pages, side by side: most of each scenario is
+        // waiting (ICE, DTLS, the recording's seconds, the frame samples), so this halves the run.
+        await Promise.all(BROWSERS.map(async (name) => {
             const t = Date.now();
             try {
                 browsers[name] = await launch(name);
@@ -364,14 +372,14 @@ async function main() {
                 emit(name, "launch", {error: String(e && e.message || e)});
                 exitCode = 1;
             }
-        }
-        for (const name of Object.keys(browsers)) {
+        }));
+        await Promise.all(Object.keys(browsers).map(async (name) => {
             const br = browsers[name];
             if (ONLY.has("two_way")) { note(`${name}: two way + player`); await twoWay(br, name); }
             if (ONLY.has("snapshot")) { note(`${name}: snapshot`); await snapshot(br, name); }
             if (ONLY.has("recording")) { note(`${name}: recording`); await recording(br, name); }
             if (ONLY.has("diagnostic")) { note(`${name}: diagnostic`); await diagnostic(br, name); }
-        }
+        }));
         if (ONLY.has("whip") && browsers.chromium) {
             note("chromium: whip/whep");
             await whip(browsers, "chromium");
