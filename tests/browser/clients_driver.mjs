@@ -33,7 +33,8 @@ const ONLY = new Set(args.only.split(",").filter(Boolean));
 fs.mkdirSync(ARTIFACTS, {recursive: true});
 
 const T0 = Date.now();
-const note = (...parts) => process.stderr.write(`[clients +${((Date.now() - T0) / 1000).toFixed(1)}s] ${parts.join(" ")}\n`);
+const note = (...parts) =>
+    process.stderr.write(`[clients +${((Date.now() - T0) / 1000).toFixed(1)}s] ${parts.join(" ")}\n`);
 const emit = (browser, scenario, payload) =>
     process.stdout.write("RESULT " + JSON.stringify({browser, scenario, ...payload}) + "\n");
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));

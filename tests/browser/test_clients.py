@@ -47,7 +47,8 @@ def _static_dir(tmp: Path) -> Path:
     shutil.copy(WEBSDK / "flashphoner.js", sdk / "flashphoner.js")  # the pages load ../../../../flashphoner.js
     shutil.copytree(WEBSDK / "examples" / "demo" / "dependencies", sdk / "examples" / "demo" / "dependencies")
     for page in PAGES:
-        shutil.copytree(WEBSDK / "examples" / "demo" / "streaming" / page, sdk / "examples" / "demo" / "streaming" / page)
+        shutil.copytree(WEBSDK / "examples" / "demo" / "streaming" / page,
+                        sdk / "examples" / "demo" / "streaming" / page)
     shutil.copy(HERE / "whip.html", static / "whip.html")
     build = subprocess.run([str(ESBUILD), str(HERE / "whip_clients.js"), "--bundle", "--format=iife",
                             "--target=es2020", f"--outfile={static / 'whip-clients.js'}"],
@@ -213,7 +214,8 @@ def test_whip_web_client_publishes_and_whip_whep_plays(results: Results) -> None
     # closes its RTCPeerConnection first, the server ends the playback on the DTLS close_notify (why=peer-closed),
     # and the DELETE that follows finds no session (404; the library ignores the answer).
     unexpected = [line for line in data["httpErrors"]
-                  if not line.endswith("/favicon.ico") and not (line.startswith("http 404 DELETE") and "/whep/" in line)]
+                  if not line.endswith("/favicon.ico")
+                  and not (line.startswith("http 404 DELETE") and "/whep/" in line)]
     assert not unexpected, data["httpErrors"]
 
 
