@@ -281,6 +281,7 @@ class WorkerPlane:
         self.supervisor.on_event("stats", self._on_stats)
         self.supervisor.on_event("recorder", self._on_recorder)
         self.supervisor.on_event("relay_sender_report", self._on_relay_sender_report)
+        self.supervisor.on_event("relay_ready", self._on_relay_ready)
 
     async def start(self) -> None:
         await self.supervisor.start()
@@ -382,10 +383,10 @@ class WorkerPlane:
         relay = Relay(next(self._ids), publisher, worker)
         publisher.relays[worker] = relay
         workers = self.supervisor.workers
-        # The receiver first: the channel keeps order, so it subscribes before its players are made.
+        # The receiver first (its channel keeps order, so it subscribes before its players are made); the sender
+        # starts when the receiver says it is ready (`_on_relay_ready`), so the GOP it sends first is not lost.
         self.notify(worker, "relay_in", rid=relay.id, name=publisher.label,
                     src=workers[publisher.worker].hello["relay"], tracks=[track_to_wire(t) for t in publisher.tracks])
-        self.notify(publisher.worker, "relay_out", rid=relay.id, source=publisher.id, dest=workers[worker].hello["relay"])
         log.info("relay started stream=%s from=worker%d to=worker%d relay=%d", publisher.label, publisher.worker,
                  worker, relay.id)
         return relay
@@ -439,6 +440,16 @@ class WorkerPlane:
             recorder = self.recorders.get(int(id))
             if recorder is not None and received:
                 recorder.received_media = True
+
+    def _on_relay_ready(self, worker: int, rid: int) -> None:
+        """The receiving worker holds the relayed copy: the publisher's worker may send (its GOP first)."""
+        for endpoint in list(self.endpoints.values()):
+            if isinstance(endpoint, RemotePublisher):
+                relay = endpoint.relays.get(worker)
+                if relay is not None and relay.id == rid:
+                    self.notify(endpoint.worker, "relay_out", rid=rid, source=endpoint.id,
+                                dest=self.supervisor.workers[worker].hello["relay"])
+                    return
 
     def _on_relay_sender_report(self, worker: int, rid: int, **report: Any) -> None:
         """A publisher's SR, from its worker to each worker that holds a relayed copy of it."""

@@ -108,6 +108,10 @@ class RelayOut:
         self.reported_srs = [0.0] * len(self.tracks)  # sr_arrival of the last sender report passed on
         self.readers = []
         for index, track in enumerate(self.tracks):
+            # The current GOP first: the receiving worker's first player starts from its ring at once, as it
+            # would on this worker, instead of waiting for the next keyframe.
+            for _, packet in track.producer.current_gop() or ():
+                sender.send(index, packet)
             reader = self._reader(index)
             track.add_reader(reader)
             self.readers.append(reader)
@@ -251,6 +255,7 @@ class MediaWorker:
         self.relays_in[rid] = router
         self.sources[rid] = source
         self.relay.subscribe(rid, (src[0], src[1]))
+        self.channel.notify("relay_ready", rid=rid)  # now the sending worker may start (GOP first)
 
     def _nacker(self, rid: int, index: int):
         def send_nack(producer: Producer, seqs: list[int]) -> None:
