@@ -9,9 +9,14 @@ body for the read-only queries, as the SDK's rest-module sends `find_all`. Bodie
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import collections
+import gc
 import json
 import logging
+import os
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -101,6 +106,8 @@ class RestApi:
         add_recording_routes(app.router, self.hub)  # startRecording, stopRecording, recorder/*, client/records
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/health", self.health)
+        if os.environ.get(DEBUG_ENV) == "1":  # soak/leak hunting only: never on in production
+            app.router.add_get("/debug/objects", self.debug_objects)
         return app
 
     # --- streams ------------------------------------------------------------------------------------
@@ -198,6 +205,24 @@ class RestApi:
     async def health(self, request: web.Request) -> web.Response:
         return _json(health(self.hub))
 
+    async def debug_objects(self, request: web.Request) -> web.Response:
+        """Live objects counted by type (gc.get_objects after a collection), the `top` largest counts; with
+        tracemalloc running (PYTHONTRACEMALLOC=N), also the allocation sites holding the most memory."""
+        top = int(request.query.get("top", "60"))
+        gc.collect()
+        counts = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+        out: dict[str, Any] = {"types": dict(counts.most_common(top))}
+        import tracemalloc
+        if tracemalloc.is_tracing():
+            snapshot = tracemalloc.take_snapshot().filter_traces(
+                [tracemalloc.Filter(False, tracemalloc.__file__)])
+            out["sites"] = [{"site": str(stat.traceback), "kb": stat.size // 1024, "count": stat.count}
+                            for stat in snapshot.statistics("lineno")[:top]]
+        return _json(out)
+
+
+DEBUG_ENV = "WEBCALL_DEBUG_OBJECTS"  # "1": GET /debug/objects on the REST port (live objects by type)
+
 
 def health(hub: Hub) -> dict[str, Any]:
     streams = hub.streams()
@@ -206,4 +231,6 @@ def health(hub: Hub) -> dict[str, Any]:
         "sessions": len(hub.sessions),
         "streams": sum(1 for s in streams if s.published and not s.closed),
         "players": sum(1 for s in streams if not s.published and not s.closed),
+        "tasks": len(asyncio.all_tasks()),  # this process's asyncio tasks (a leak shows as a climb)
+        "threads": threading.active_count(),
     }
