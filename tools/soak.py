@@ -25,6 +25,7 @@ import contextlib
 import json
 import os
 import random
+import signal
 import socket
 import struct
 import subprocess
@@ -163,7 +164,7 @@ class Server:
             env["PYTHONTRACEMALLOC"] = str(self.trace)
         with open(self.log_path, "wb") as log:
             self.proc = subprocess.Popen(self.wrapper + self.args, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         env=env, cwd=ROOT)
+                                         env=env, cwd=ROOT, start_new_session=True)  # its own group: see stop()
         deadline = time.monotonic() + 30
         while True:
             if self.proc.poll() is not None:
@@ -183,11 +184,14 @@ class Server:
         if self.proc is None:
             return None
         if self.proc.poll() is None:
-            self.proc.terminate()
+            # the whole group: a wrapper (heaptrack) runs the server as its child
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGTERM)
             try:
                 self.proc.wait(15)
             except subprocess.TimeoutExpired:
-                self.proc.kill()
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(self.proc.pid, signal.SIGKILL)
                 self.proc.wait(5)
         return self.proc.returncode
 
@@ -237,30 +241,33 @@ class Soak:
                 warmup = int(args.cycles * args.warmup)
                 next_cycle = 0
 
-                async def lane() -> None:
+                async def lane(stop: int) -> None:
                     nonlocal next_cycle
-                    while next_cycle < args.cycles:
+                    while next_cycle < stop:
                         i = next_cycle
                         next_cycle += 1
                         await self.cycle(i)
                         self.done += 1
                         if self.done % args.sample_every == 0:
                             await self.sample(self.done)
-                        if self.done % 100 == 0:
-                            print(f"  [workers={self.workers}] {self.done}/{args.cycles} cycles "
-                                  f"({time.monotonic() - started:.0f} s) rss={self.samples[-1]['rss_kb']} KB",
-                                  file=sys.stderr, flush=True)
 
-                lanes = [asyncio.create_task(lane()) for _ in range(args.lanes)]
-                while not all(t.done() for t in lanes):
-                    await asyncio.sleep(0.5)
-                    if objects_before is None and self.done >= warmup:
+                # Batches of --quiet-every cycles; after each, everything ends (faults included) and a quiet sample
+                # is taken with no session left: the slope is fitted on those, free of what is in flight.
+                while next_cycle < args.cycles:
+                    stop = min(args.cycles, next_cycle + args.quiet_every)
+                    await asyncio.gather(*(lane(stop) for _ in range(args.lanes)))
+                    await asyncio.gather(*self.background, return_exceptions=True)
+                    await self.drain(http)
+                    await self.sample(self.done, quiet=True)
+                    print(f"  [workers={self.workers}] {self.done}/{args.cycles} cycles "
+                          f"({time.monotonic() - started:.0f} s) quiet: rss={self.samples[-1]['rss_kb']} KB "
+                          f"malloc={self.samples[-1].get('heap_kb')} KB", file=sys.stderr, flush=True)
+                    if objects_before is None and self.done >= warmup and not args.no_objects:
                         snap = await self.server.get(http, "/debug/objects?top=400")
                         objects_before, sites_before = snap["types"], snap.get("sites", [])
                         workers_before = snap.get("workers", {})
-                        # the slope is fitted from the next sample on: the snapshot itself allocates
+                        # the slope is fitted from the next quiet sample on: the snapshot itself allocates
                         self.fit_from = self.done + 1
-                await asyncio.gather(*lanes)
                 await asyncio.gather(*self.background, return_exceptions=True)
                 end = await self.drain(http)
                 await self.sample(self.done, settled=True)
@@ -297,15 +304,22 @@ class Soak:
                 return {"health": health, "find_all_streams": len(streams), "connections": len(sessions)}
             await asyncio.sleep(0.5)
 
-    async def sample(self, cycle: int, settled: bool = False) -> None:
+    async def sample(self, cycle: int, settled: bool = False, quiet: bool = False) -> None:
         assert self.server is not None and self.server.proc is not None
         pid = self.server.proc.pid
         health = await self.server.get(self.http, "/health")
         s: dict[str, Any] = {"cycle": cycle, "t": round(time.monotonic(), 2), **proc_sample(pid),
                              "tasks": health.get("tasks"), "sessions": health["sessions"],
-                             "streams": health["streams"], "players": health["players"], "settled": settled}
+                             "streams": health["streams"], "players": health["players"], "settled": settled,
+                             "quiet": quiet}
         heap = await self.server.get(self.http, "/debug/heap")
         s["heap_kb"] = heap.get("in_use_kb")  # malloc's bytes in use: a leak grows it, fragmentation does not
+        s["gc_stats"] = heap.get("gc_stats")
+        if quiet and self.args.collect:  # and after a full collection: what is left then is held, not waiting for it
+            s["rss_kb_before_gc"] = s["rss_kb"]
+            heap = await self.server.get(self.http, "/debug/heap?gc=1")
+            s["heap_kb_before_gc"], s["heap_kb"] = s["heap_kb"], heap.get("in_use_kb")
+            s["gc_collected"] = heap.get("collected")
         if self.workers > 1:
             s["worker_procs"] = [{"pid": k, **proc_sample(k)} for k in children(pid)]
             for index, (w, h) in enumerate(zip(s["worker_procs"], heap.get("workers", {}).values())):
@@ -443,7 +457,9 @@ class Soak:
 
     def result(self, started: float, warmup: int, end: dict[str, Any], before: dict[str, int],
                after: dict[str, int], rc: int | None) -> dict[str, Any]:
-        live = [s for s in self.samples if not s["settled"] and s["cycle"] >= max(warmup, self.fit_from)]
+        live = [s for s in self.samples if s.get("quiet") and s["cycle"] >= max(warmup, self.fit_from)]
+        if len(live) < 3:  # too few quiet points: every sample after warm-up
+            live = [s for s in self.samples if not s["settled"] and s["cycle"] >= max(warmup, self.fit_from)]
         figures: dict[str, Any] = {}
         for key in ("rss_kb", "heap_kb", "fds", "threads", "tasks"):
             points = [(s["cycle"], s[key]) for s in live if s.get(key) is not None]
@@ -503,7 +519,8 @@ def table(runs: list[dict[str, Any]]) -> str:
         h = f["heap_kb"]
         lines.append(f"{'':>7} control process: malloc in use {h['warm']}→{h['end']} KB ({s(h['slope_per_cycle'], 2)} "
                      f"KB/cycle, 2nd half {s(h['slope_last_half'], 2)}); RSS after malloc_trim at the end "
-                     f"{r['end'].get('rss_kb_after_trim')} KB")
+                     f"{r['end'].get('rss_kb_after_trim')} KB; full collections in the server: "
+                     f"{(r['samples'][-1].get('gc_stats') or [{}, {}, {}])[2].get('collections')}")
         for w in r["worker_processes"]:
             lines.append(f"{'':>7} worker pid {w['pid']}: malloc in use {w.get('heap_kb_warm')}→{w.get('heap_kb_end')} KB "
                          f"({s(w.get('heap_slope_kb_per_cycle'), 2)} KB/cycle)")
@@ -533,11 +550,19 @@ async def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--lanes", type=int, default=3, help="cycles run at once")
     ap.add_argument("--fault-every", type=int, default=5, help="one cycle in N starts a fault")
     ap.add_argument("--sample-every", type=int, default=20)
+    ap.add_argument("--quiet-every", type=int, default=50,
+                    help="cycles between quiet points (all cycles and faults ended, no session left): the slopes "
+                         "are fitted on these")
     ap.add_argument("--warmup", type=float, default=0.2, help="fraction of cycles before the slope is fitted")
     ap.add_argument("--hook-timeout", type=float, default=0.5)
     ap.add_argument("--seed", type=int, default=1)
     ap.add_argument("--tracemalloc", type=int, default=0, metavar="FRAMES",
                     help="run the server with PYTHONTRACEMALLOC=FRAMES and report the allocation sites that grew")
+    ap.add_argument("--collect", action="store_true",
+                    help="a full garbage collection in the server at every quiet point (then malloc in use is what is "
+                         "really held; without it, what the server's own collector leaves)")
+    ap.add_argument("--no-objects", action="store_true",
+                    help="no object census after warm-up (it runs a full collection, which changes what it measures)")
     ap.add_argument("--no-hooks", action="store_true", help="no hook backend (the hook fault then publishes freely)")
     ap.add_argument("--server-wrapper", default="",
                     help='a command the server runs under, e.g. "heaptrack -o /tmp/soak" (its pid is then the '

@@ -212,13 +212,15 @@ class RestApi:
         gives free memory back to the system (malloc_trim). In-use bytes that keep growing are a leak; RSS that
         grows while they do not is fragmentation."""
         trim = request.query.get("trim") == "1"
-        out = debug_heap(trim)
+        collect = request.query.get("gc") == "1"
+        out = debug_heap(trim, collect)
         supervisor = getattr(self.hub.plane, "supervisor", None)
         if supervisor is not None:
             out["workers"] = {}
             for index in sorted(supervisor.workers):
                 try:
-                    out["workers"][str(index)] = await supervisor.request(index, "debug_heap", timeout=5, trim=trim)
+                    out["workers"][str(index)] = await supervisor.request(index, "debug_heap", timeout=5, trim=trim,
+                                                                          collect=collect)
                 except Exception as exc:  # noqa: BLE001 - a debug aid: say what failed
                     out["workers"][str(index)] = {"error": repr(exc)}
         return _json(out)
@@ -247,8 +249,10 @@ class _Mallinfo2(ctypes.Structure):
                                                      "fsmblks", "uordblks", "fordblks", "keepcost")]
 
 
-def debug_heap(trim: bool = False) -> dict[str, Any]:
-    """glibc's mallinfo2 for this process, in KB (empty where there is no glibc ≥ 2.33)."""
+def debug_heap(trim: bool = False, collect: bool = False) -> dict[str, Any]:
+    """glibc's mallinfo2 for this process, in KB (empty where there is no glibc ≥ 2.33); `collect`: after a full
+    garbage collection (what only the cyclic collector frees is then not counted), with what it found."""
+    found = gc.collect() if collect else None
     try:
         libc = ctypes.CDLL(None)
         libc.mallinfo2.restype = _Mallinfo2
@@ -258,7 +262,8 @@ def debug_heap(trim: bool = False) -> dict[str, Any]:
     except (OSError, AttributeError):
         return {}
     return {"in_use_kb": (info.uordblks + info.hblkhd) // 1024, "free_kb": info.fordblks // 1024,
-            "arena_kb": info.arena // 1024, "mmap_kb": info.hblkhd // 1024}
+            "arena_kb": info.arena // 1024, "mmap_kb": info.hblkhd // 1024, "collected": found,
+            "gc_counts": gc.get_count(), "gc_stats": gc.get_stats()}
 
 
 def debug_objects(top: int) -> dict[str, Any]:
