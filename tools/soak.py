@@ -262,7 +262,7 @@ class Soak:
                     print(f"  [workers={self.workers}] {self.done}/{args.cycles} cycles "
                           f"({time.monotonic() - started:.0f} s) quiet: rss={self.samples[-1]['rss_kb']} KB "
                           f"malloc={self.samples[-1].get('heap_kb')} KB", file=sys.stderr, flush=True)
-                    if objects_before is None and self.done >= warmup and not args.no_objects:
+                    if objects_before is None and self.done >= warmup and args.objects:
                         snap = await self.server.get(http, "/debug/objects?top=400")
                         objects_before, sites_before = snap["types"], snap.get("sites", [])
                         workers_before = snap.get("workers", {})
@@ -276,7 +276,7 @@ class Soak:
                 end["rss_kb_after_trim"] = proc_sample(pid)["rss_kb"]
                 if self.workers > 1:
                     end["worker_rss_kb_after_trim"] = [proc_sample(k)["rss_kb"] for k in children(pid)]
-                snap = await self.server.get(http, "/debug/objects?top=400")
+                snap = await self.server.get(http, "/debug/objects?top=400") if args.objects else {"types": {}}
                 objects_after, sites_after = snap["types"], snap.get("sites", [])
                 workers_after = snap.get("workers", {})
             finally:
@@ -561,8 +561,9 @@ async def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--collect", action="store_true",
                     help="a full garbage collection in the server at every quiet point (then malloc in use is what is "
                          "really held; without it, what the server's own collector leaves)")
-    ap.add_argument("--no-objects", action="store_true",
-                    help="no object census after warm-up (it runs a full collection, which changes what it measures)")
+    ap.add_argument("--objects", action="store_true",
+                    help="an object census after warm-up and at the end, diffed by type (leak hunting; it runs a full "
+                         "collection in the server, which changes what the slopes measure)")
     ap.add_argument("--no-hooks", action="store_true", help="no hook backend (the hook fault then publishes freely)")
     ap.add_argument("--server-wrapper", default="",
                     help='a command the server runs under, e.g. "heaptrack -o /tmp/soak" (its pid is then the '
