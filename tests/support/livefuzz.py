@@ -149,8 +149,9 @@ class Mutator:
             message = self._set(message, r.choice(paths) if paths else ("data",), deep)
         try:
             text = json.dumps(message, ensure_ascii=r.random() < 0.5)
-        except (ValueError, RecursionError):
-            text = json.dumps({"message": message.get("message"), "data": None})
+        except (ValueError, RecursionError):  # nesting too deep for json.dumps: written by hand
+            depth = r.choice((1000, 5000, 50_000))
+            text = '{"message": "publishStream", "data": ' + "[" * depth + "]" * depth + "}"
         if op == "truncate":
             text = text[: r.randrange(len(text) + 1)]
         elif op == "flip" and text:
