@@ -121,9 +121,9 @@ async def run(args: argparse.Namespace) -> int:
         result = _load_app(args.app)(ctx)
         if inspect.isawaitable(result):
             await result
-    # As the control process does (server/cli.py): what start-up loaded is frozen out of the collector's passes,
-    # then a full pass resets its count of long-lived objects, so that ended endpoints' reference cycles (and the
-    # DTLS/SRTP memory they hold) are freed within a few cycles instead of after thousands.
+    # As the control process does (server/cli.py): what start-up loaded is frozen out of the collector's passes
+    # (shorter full passes), then a full pass resets its count of long-lived objects, so that full passes, which
+    # free ended endpoints' reference cycles, come as often as the live set warrants.
     gc.collect()
     gc.freeze()
     gc.collect()
