@@ -5,6 +5,10 @@
 #   make bench    set up the venv, then load-test the server      (ARGS="--steps 10,50,100")
 #   make core     compile the fan-out core (webcall/media/_fanout.so; serve, test and bench do it)
 #   make fuzz     the fuzz targets (tests/fuzz) with 100,000 examples each (not part of make test)
+#   make soak     1,000 publish/play/stop cycles with faults against a server subprocess (--workers 1, then 2):
+#                 RSS/fds/threads/tasks slopes; artifacts/soak/soak-<time>.json (ARGS="--cycles 300 --workers 2")
+#   make fuzz-live  mutated SDK messages and UDP garbage while a healthy stream plays (long; a short seeded
+#                 run is tests/e2e/test_live_fuzz.py in make test)
 #
 # serve installs only what serving needs (gcc, nodejs, npm, python3-venv; requirements.txt); test adds the
 # browsers (chromium, firefox-esr), GStreamer (webrtcbin, python3-gi) and the test tools (requirements-dev.txt); bench adds requirements-dev.txt.
@@ -41,13 +45,15 @@ CC          ?= gcc
 CORE_SRC    := webcall/media/fanout.c
 CORE_LIB    := webcall/media/_fanout.so
 
-.PHONY: serve test bench fuzz core venv venv-runtime sdk deps-system deps-test clean help
+.PHONY: serve test bench fuzz soak fuzz-live core venv venv-runtime sdk deps-system deps-test clean help
 
 help:
 	@echo "make serve        run the server (ARGS='--port 8080 --public-ip 1.2.3.4')"
 	@echo "make test         run the tests  (PYTEST_ARGS='-k name -x')"
 	@echo "make bench        viewers per core, first-frame time, added latency (ARGS='--steps 10,50,100')"
 	@echo "make fuzz         the fuzz targets with 100,000 examples each (FUZZ_EXAMPLES=N to change; PYTEST_ARGS='-k sdp')"
+	@echo "make soak         publish/play/stop cycles with faults; memory, fds, tasks slopes (ARGS='--cycles 1000 --workers 1,2')"
+	@echo "make fuzz-live    mutated SDK messages + UDP garbage at a live stream (LIVE_FUZZ_MUTATIONS, LIVE_FUZZ_UDP_SECONDS)"
 	@echo "make core         compile the fan-out core (C, loaded with cffi; without it forwarding runs in Python)"
 	@echo "make venv         create .venv and install requirements-dev.txt (tests, bench tools)"
 	@echo "make venv-runtime create .venv and install requirements.txt only (what make serve uses)"
@@ -76,6 +82,20 @@ FUZZ_EXAMPLES ?= 100000
 fuzz: venv
 	WEBCALL_FUZZ_PROFILE=fuzz WEBCALL_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(VENV_PY) -m pytest -q tests/fuzz \
 	  --hypothesis-show-statistics --durations=0 $(PYTEST_ARGS)
+
+# Not part of make test: a report (a table, and artifacts/soak/soak-<time>.json); exits 1 if a session or stream
+# is left at the end (or the RSS slope is above --max-slope, when given).
+soak: deps-system venv core
+	$(VENV_PY) tools/soak.py $(ARGS)
+
+# The long live fuzz (random seed unless LIVE_FUZZ_SEED): counts printed. make test runs it short and seeded.
+LIVE_FUZZ_MUTATIONS ?= 20000
+LIVE_FUZZ_UDP_SECONDS ?= 60
+LIVE_FUZZ_SEED ?= $(shell od -An -N4 -tu4 /dev/urandom | tr -d ' ')
+fuzz-live: venv core
+	WEBCALL_LIVE_FUZZ_MUTATIONS=$(LIVE_FUZZ_MUTATIONS) WEBCALL_LIVE_FUZZ_UDP_SECONDS=$(LIVE_FUZZ_UDP_SECONDS) \
+	  WEBCALL_LIVE_FUZZ_SEED=$(LIVE_FUZZ_SEED) $(VENV_PY) -m pytest -q -s tests/e2e/test_live_fuzz.py \
+	  -p no:cacheprovider $(PYTEST_ARGS)
 
 venv: $(VENV_STAMP)
 

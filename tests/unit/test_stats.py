@@ -161,3 +161,25 @@ def test_rate_sampling_is_spread_over_slots_each_stream_once() -> None:
         assert len(sampled) == 400
     finally:
         hub.snapshots.close()
+
+
+def test_retiring_streams_are_let_go_without_a_metrics_scrape(monkeypatch) -> None:
+    """With media workers an ended stream is kept RETIRE_AFTER seconds for its last counters; the queue used to
+    be emptied only by /metrics, so a server nobody scraped kept every ended stream (and its session) forever."""
+    import webcall.wcs.hub as hub_module
+
+    class Ended:
+        def counters(self) -> dict:
+            return {("rtp_packets_received", "video"): 1}
+
+    class Plane:
+        retire_after = 2.0
+
+    now = [100.0]
+    monkeypatch.setattr(hub_module.time, "monotonic", lambda: now[0])
+    hub = Hub(StreamSettings(candidates=()), Plane())  # type: ignore[arg-type]
+    for _ in range(1000):
+        hub.retire(Ended())  # type: ignore[arg-type]
+        now[0] += 0.1
+    assert len(hub._retiring) <= 21  # the last 2 s of ended streams, not all 1000
+    assert hub.totals()[("rtp_packets_received", "video")] == 1000  # every one counted, in transit or settled

@@ -232,6 +232,7 @@ class WebRtcTransport:
             return
         for datagram in self._dtls.shutdown():
             self.send_raw(datagram)
+        self._dtls.release()  # a closed transport sits in reference cycles until a full collection: free this now
         self.state = TransportState.CLOSED
         self.port.unregister(self)
         self._rx = self.tx = None

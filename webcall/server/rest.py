@@ -9,9 +9,15 @@ body for the read-only queries, as the SDK's rest-module sends `find_all`. Bodie
 
 from __future__ import annotations
 
+import asyncio
 import base64
+import collections
+import ctypes
+import gc
 import json
 import logging
+import os
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -101,6 +107,9 @@ class RestApi:
         add_recording_routes(app.router, self.hub)  # startRecording, stopRecording, recorder/*, client/records
         app.router.add_get("/metrics", self.metrics)
         app.router.add_get("/health", self.health)
+        if os.environ.get(DEBUG_ENV) == "1":  # soak/leak hunting only: never on in production
+            app.router.add_get("/debug/objects", self.debug_objects)
+            app.router.add_get("/debug/heap", self.debug_heap)
         return app
 
     # --- streams ------------------------------------------------------------------------------------
@@ -198,6 +207,78 @@ class RestApi:
     async def health(self, request: web.Request) -> web.Response:
         return _json(health(self.hub))
 
+    async def debug_heap(self, request: web.Request) -> web.Response:
+        """malloc's view of this process (and each media worker's): bytes in use, free but kept; `?trim=1` first
+        gives free memory back to the system (malloc_trim). In-use bytes that keep growing are a leak; RSS that
+        grows while they do not is fragmentation."""
+        trim = request.query.get("trim") == "1"
+        collect = request.query.get("gc") == "1"
+        out = debug_heap(trim, collect)
+        supervisor = getattr(self.hub.plane, "supervisor", None)
+        if supervisor is not None:
+            out["workers"] = {}
+            for index in sorted(supervisor.workers):
+                try:
+                    out["workers"][str(index)] = await supervisor.request(index, "debug_heap", timeout=5, trim=trim,
+                                                                          collect=collect)
+                except Exception as exc:  # noqa: BLE001 - a debug aid: say what failed
+                    out["workers"][str(index)] = {"error": repr(exc)}
+        return _json(out)
+
+    async def debug_objects(self, request: web.Request) -> web.Response:
+        """Live objects counted by type (gc.get_objects after a collection), the `top` largest counts; with
+        tracemalloc running (PYTHONTRACEMALLOC=N), also the allocation sites holding the most memory."""
+        top = int(request.query.get("top", "60"))
+        out = debug_objects(top)
+        supervisor = getattr(self.hub.plane, "supervisor", None)  # media workers: theirs too
+        if supervisor is not None:
+            out["workers"] = {}
+            for index in sorted(supervisor.workers):
+                try:
+                    out["workers"][str(index)] = await supervisor.request(index, "debug_objects", timeout=20, top=top)
+                except Exception as exc:  # noqa: BLE001 - a debug aid: say what failed
+                    out["workers"][str(index)] = {"error": repr(exc)}
+        return _json(out)
+
+
+DEBUG_ENV = "WEBCALL_DEBUG_OBJECTS"  # "1": GET /debug/objects on the REST port (live objects by type)
+
+
+class _Mallinfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in ("arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks",
+                                                     "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+
+def debug_heap(trim: bool = False, collect: bool = False) -> dict[str, Any]:
+    """glibc's mallinfo2 for this process, in KB (empty where there is no glibc ≥ 2.33); `collect`: after a full
+    garbage collection (what only the cyclic collector frees is then not counted), with what it found."""
+    found = gc.collect() if collect else None
+    try:
+        libc = ctypes.CDLL(None)
+        libc.mallinfo2.restype = _Mallinfo2
+        if trim:
+            libc.malloc_trim(0)
+        info = libc.mallinfo2()
+    except (OSError, AttributeError):
+        return {}
+    return {"in_use_kb": (info.uordblks + info.hblkhd) // 1024, "free_kb": info.fordblks // 1024,
+            "arena_kb": info.arena // 1024, "mmap_kb": info.hblkhd // 1024, "collected": found,
+            "gc_counts": gc.get_count(), "gc_stats": gc.get_stats()}
+
+
+def debug_objects(top: int) -> dict[str, Any]:
+    """This process's live objects by type (after a collection) and, with tracemalloc on, its top allocation
+    sites. Also answered by each media worker (workers/media_worker.py) when WEBCALL_DEBUG_OBJECTS=1."""
+    gc.collect()
+    counts = collections.Counter(type(o).__qualname__ for o in gc.get_objects())
+    out: dict[str, Any] = {"types": dict(counts.most_common(top))}
+    import tracemalloc
+    if tracemalloc.is_tracing():
+        snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+        out["sites"] = [{"site": str(stat.traceback), "kb": stat.size // 1024, "count": stat.count}
+                        for stat in snapshot.statistics("lineno")[:top]]
+    return out
+
 
 def health(hub: Hub) -> dict[str, Any]:
     streams = hub.streams()
@@ -206,4 +287,6 @@ def health(hub: Hub) -> dict[str, Any]:
         "sessions": len(hub.sessions),
         "streams": sum(1 for s in streams if s.published and not s.closed),
         "players": sum(1 for s in streams if not s.published and not s.closed),
+        "tasks": len(asyncio.all_tasks()),  # this process's asyncio tasks (a leak shows as a climb)
+        "threads": threading.active_count(),
     }

@@ -201,16 +201,22 @@ class Hub:
         """Keep an ended stream's media counters, so the /metrics totals never go backwards. With media workers
         its last counters are still on their way: it is counted as it is for `retire_after` seconds more."""
         delay = getattr(self.plane, "retire_after", 0.0)
+        now = time.monotonic()
+        self._settle(now)  # without this, only a /metrics scrape emptied the queue: every ended stream (and its
+        # session, hooks client, endpoints) stayed in memory on a server nobody scraped
         if delay:
-            self._retiring.append((time.monotonic() + delay, stream))
+            self._retiring.append((now + delay, stream))
         else:
             self.retired.update(stream.counters())
 
-    def totals(self) -> Counter[tuple[str, str]]:
-        """Media counters since start: ended streams plus live ones."""
-        now = time.monotonic()
+    def _settle(self, now: float) -> None:
+        """Streams whose last counters are in: into `retired` (their counters only), and let go of."""
         while self._retiring and self._retiring[0][0] <= now:
             self.retired.update(self._retiring.popleft()[1].counters())
+
+    def totals(self) -> Counter[tuple[str, str]]:
+        """Media counters since start: ended streams plus live ones."""
+        self._settle(time.monotonic())
         totals = Counter(self.retired)
         for _, stream in self._retiring:
             totals.update(stream.counters())

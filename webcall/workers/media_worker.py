@@ -164,6 +164,10 @@ class MediaWorker:
                      "record_stop", "keyframe", "sender_report"):
             ch.on_event(name, getattr(self, f"_on_{name}"))
         ch.on_request("snapshot", self._snapshot)
+        if os.environ.get("WEBCALL_DEBUG_OBJECTS") == "1":  # leak hunting only (tools/soak.py), never in production
+            from ..server.rest import debug_heap, debug_objects
+            ch.on_request("debug_objects", lambda top=60: debug_objects(top))
+            ch.on_request("debug_heap", lambda trim=False, collect=False: debug_heap(trim, collect))
         loop = asyncio.get_running_loop()
         self._stats_task = loop.create_task(self._stats_loop(), name="worker-stats")
         self._tick_task = loop.create_task(self._relay_tick(), name="worker-relay-tick")
