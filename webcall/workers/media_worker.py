@@ -26,6 +26,7 @@ import time
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from ..debug import DEBUG_ENV, debug_heap, debug_objects
 from ..media.dtls import DtlsIdentity
 from ..media.endpoints import PlayerEndpoint, PublisherEndpoint
 from ..media.failures import Failure
@@ -164,8 +165,7 @@ class MediaWorker:
                      "record_stop", "keyframe", "sender_report"):
             ch.on_event(name, getattr(self, f"_on_{name}"))
         ch.on_request("snapshot", self._snapshot)
-        if os.environ.get("WEBCALL_DEBUG_OBJECTS") == "1":  # leak hunting only (tools/soak.py), never in production
-            from ..server.rest import debug_heap, debug_objects
+        if os.environ.get(DEBUG_ENV) == "1":  # leak hunting only (tools/soak.py), never in production
             ch.on_request("debug_objects", lambda top=60: debug_objects(top))
             ch.on_request("debug_heap", lambda trim=False, collect=False: debug_heap(trim, collect))
         loop = asyncio.get_running_loop()
