@@ -40,10 +40,10 @@ sys.path.insert(0, str(ROOT))
 import aiohttp  # noqa: E402
 from aiohttp import web  # noqa: E402
 
-from webcall.bench.player import BenchPlayer, ClientIdentity, build_play_offer  # noqa: E402
-from webcall.bench.publisher import (BenchPublisher, Window, encode_audio_clip, encode_video_clip,  # noqa: E402
+from webcall_bench.player import BenchPlayer, ClientIdentity, build_play_offer  # noqa: E402
+from webcall_bench.publisher import (BenchPublisher, Window, encode_audio_clip, encode_video_clip,  # noqa: E402
                                      use_loopback_candidates)
-from webcall.bench.signalling import (SignallingError, WcsConnection, new_media_session_id,  # noqa: E402
+from webcall_bench.signalling import (SignallingError, WcsConnection, new_media_session_id,  # noqa: E402
                                       play_request)
 
 FAULTS = ("drop", "noice", "reset", "hook", "wsjunk", "udpjunk")

@@ -21,7 +21,7 @@ import pytest
 
 from tests.support import hostile, peers
 from tests.support.livefuzz import Mutator, UdpFuzzer, WsFuzzer, load_messages
-from webcall.bench.signalling import connection_payload
+from webcall_bench.signalling import connection_payload
 
 LIVE = "live"
 MUTATIONS = int(os.environ.get("WEBCALL_LIVE_FUZZ_MUTATIONS", "300"))
