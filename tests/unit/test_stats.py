@@ -177,7 +177,7 @@ def test_retiring_streams_are_let_go_without_a_metrics_scrape(monkeypatch) -> No
 
     now = [100.0]
     monkeypatch.setattr(hub_module.time, "monotonic", lambda: now[0])
-    hub = Hub(StreamSettings(candidates=()), Plane())  # type: ignore[arg-type]
+    hub = Hub(StreamSettings(), Plane())  # type: ignore[arg-type]
     for _ in range(1000):
         hub.retire(Ended())  # type: ignore[arg-type]
         now[0] += 0.1
