@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 
 import asyncio
+import json
 import uuid
+
+import aiohttp
 
 from tests.support import peers
 from tests.support.wcs_client import WcsClient
@@ -147,3 +150,21 @@ async def test_send_data_and_stream_events_relay(server) -> None:
     for client in [pub_client, *watchers]:
         await client.close()
     await server.wait_empty()
+
+
+async def test_client_with_permessage_deflate_reads_every_message(server) -> None:
+    """Browsers negotiate permessage-deflate. The server may send any message uncompressed (RFC 7692 §6), and
+    a client that compresses its own messages is understood."""
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(server.url, compress=15, heartbeat=None) as ws:
+            assert ws.compress == 15  # the extension was negotiated
+            await ws.send_str(json.dumps({"message": "connection", "data": [{"appKey": "defaultApp"}]}))
+            seen = []
+            while "getVersion" not in seen:
+                reply = await asyncio.wait_for(ws.receive(), 5)
+                assert reply.type == aiohttp.WSMsgType.TEXT
+                seen.append(json.loads(reply.data)["message"])
+            assert seen[0] == "getUserData"
+            await ws.send_str(json.dumps({"message": "ping", "data": []}))
+            while (reply := json.loads((await asyncio.wait_for(ws.receive(), 5)).data))["message"] != "pong":
+                pass

@@ -34,10 +34,11 @@ from .config import Config
 from .rest_recording import record_file_handler
 from .rest import RestApi, health
 from .tls import reload_context, server_context
+from .wsout import Outbox
 
 log = logging.getLogger("webcall.server")
 
-OUTGOING_QUEUE_LIMIT = 1000  # a client this far behind is not reading: drop it
+OUTGOING_LIMIT_BYTES = 1 << 20  # a client with this much of our output unsent is not reading: drop it
 
 
 class WebcallServer:
@@ -122,7 +123,7 @@ class WebcallServer:
         worker_settings = WorkerSettings(
             connect_timeout=c.connect_timeout, consent_timeout=c.consent_timeout, max_bitrate=c.max_bitrate,
             fanout_core=c.fanout_core, fanout_threads=c.fanout_threads, snapshot_timeout=c.snapshot_timeout,
-            stats_interval=c.rate_interval / 2, rtp_activity_timeout=c.rtp_activity_timeout,
+            stats_interval=c.rate_interval, rtp_activity_timeout=c.rtp_activity_timeout,
             bitrate_ceiling=c.publisher_bitrate_ceiling, bitrate_grace=c.bitrate_grace,
             max_unverified_datagrams=c.max_unverified_datagrams, max_dtls_handshakes=c.max_dtls_handshakes)
         self.workers = WorkerPlane(count, mode=c.placement, settings=worker_settings, media_host=c.media_host,
@@ -140,7 +141,7 @@ class WebcallServer:
             return
         log.info("shutting down sessions=%d streams=%d", len(hub.sessions), len(hub.streams()))
         hub.shut_down()
-        deadline = time.monotonic() + 5.0  # writers flush their queue, then close the socket
+        deadline = time.monotonic() + 5.0  # each socket says goodbye (close frame), then its handler returns
         while self._sockets and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await hub.recordings.finish()
@@ -246,20 +247,22 @@ class WebcallServer:
             await ws.close()
             return ws
         self._sockets.add(ws)
-        outgoing: asyncio.Queue[str | None] = asyncio.Queue()
+        closing: list[asyncio.Task[bool]] = []
 
-        def send(text: str) -> None:
-            if outgoing.qsize() >= OUTGOING_QUEUE_LIMIT:
-                log.warning("client not reading, closing session=%s", session.id)
-                session.close()
-                return
-            outgoing.put_nowait(text)
+        def close_socket() -> None:  # the session ended on our side: say goodbye once, in the background
+            if not closing and not ws.closed:
+                closing.append(asyncio.get_running_loop().create_task(ws.close(), name=f"ws-close {session.id}"))
 
-        sock = request.transport.get_extra_info("sockname") if request.transport else None
+        def stalled() -> None:
+            log.warning("client not reading, closing session=%s", session.id)
+            session.close()
+
+        assert request.transport is not None  # prepared: the connection is open
+        outbox = Outbox(request.transport, OUTGOING_LIMIT_BYTES, stalled)
+        sock = request.transport.get_extra_info("sockname")
         remote = f"{peer[0]}:{peer[1]}" if peer else "unknown"
         local = f"{sock[0]}:{sock[1]}" if sock else "unknown"
-        session = Session(self.hub, send, lambda: outgoing.put_nowait(None), remote, local, origin)
-        writer = asyncio.create_task(self._writer(ws, outgoing), name=f"ws-writer {session.id}")
+        session = Session(self.hub, outbox.send, close_socket, remote, local, origin)
         log.info("websocket open session=%s", session.id)
         try:
             async for frame in ws:
@@ -271,19 +274,8 @@ class WebcallServer:
                     break
         finally:
             session.close()
-            outgoing.put_nowait(None)
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(writer, 5)
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, ConnectionError, RuntimeError):
+                await asyncio.wait_for(closing[0] if closing else ws.close(), 5)
             self._sockets.discard(ws)
             log.info("websocket closed session=%s code=%s", session.id, ws.close_code)
         return ws
-
-    @staticmethod
-    async def _writer(ws: web.WebSocketResponse, outgoing: asyncio.Queue[str | None]) -> None:
-        try:
-            while (text := await outgoing.get()) is not None:
-                await ws.send_str(text)
-        except (ConnectionError, RuntimeError):
-            pass  # the client went away; the reader side cleans up
-        finally:
-            await ws.close()

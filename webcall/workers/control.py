@@ -59,14 +59,16 @@ class ProducerView:
     """A publisher track's counters, as last reported (media/producer.py's names)."""
 
     __slots__ = ("kind", "codec", "packets", "octets", "frames", "keyframes", "nacks_sent", "keyframe_requests",
-                 "lost", "recovered", "width", "height")
+                 "lost", "recovered", "width", "height", "reported_at")
 
     def __init__(self, kind: str, codec: Codec) -> None:
         self.kind, self.codec = kind, codec
         self.packets = self.octets = self.frames = self.keyframes = self.nacks_sent = 0
         self.keyframe_requests = self.lost = self.recovered = self.width = self.height = 0
+        self.reported_at: float | None = None  # the worker's time.monotonic() when it read these counters
 
-    def update(self, values: list[int]) -> None:
+    def update(self, values: list[int], at: float | None) -> None:
+        self.reported_at = at
         (self.packets, self.octets, self.frames, self.keyframes, self.nacks_sent, self.keyframe_requests,
          self.lost, self.recovered, self.width, self.height) = values
 
@@ -75,15 +77,17 @@ class ConsumerView:
     """A player track's counters, as last reported (media/consumer.py's names)."""
 
     __slots__ = ("kind", "mid", "ssrc", "rtx_ssrc", "producer", "packets", "octets", "retransmits",
-                 "retransmit_octets", "nacks", "keyframe_requests", "player_lost")
+                 "retransmit_octets", "nacks", "keyframe_requests", "player_lost", "reported_at")
 
     def __init__(self, kind: str, mid: str, ssrcs: tuple[int, int | None], producer: ProducerView) -> None:
         self.kind, self.mid, self.producer = kind, mid, producer
         self.ssrc, self.rtx_ssrc = ssrcs
         self.packets = self.octets = self.retransmits = self.retransmit_octets = 0
         self.nacks = self.keyframe_requests = self.player_lost = 0
+        self.reported_at: float | None = None  # the worker's time.monotonic() when it read these counters
 
-    def update(self, values: list[int]) -> None:
+    def update(self, values: list[int], at: float | None) -> None:
+        self.reported_at = at
         (self.packets, self.octets, self.retransmits, self.retransmit_octets, self.nacks, self.keyframe_requests,
          self.player_lost) = values
 
@@ -415,7 +419,7 @@ class WorkerPlane:
         return endpoint
 
     def _on_stats(self, worker: int, pubs: dict, players: dict, recording: dict, port: list,
-                  relay: dict | None = None) -> None:
+                  relay: dict | None = None, at: float | None = None) -> None:
         self.port.by_worker[worker] = port
         if relay is not None:
             self.relay_stats[worker] = relay
@@ -428,14 +432,14 @@ class WorkerPlane:
                 for kind, values in kinds.items():
                     view = endpoint.producers.get(kind)
                     if view is not None:
-                        view.update(values)
+                        view.update(values, at)
         for id, mids in players.items():
             endpoint = self._endpoint(int(id))
             if isinstance(endpoint, RemotePlayer):
                 for consumer in endpoint.consumers:
                     values = mids.get(consumer.mid)
                     if values is not None:
-                        consumer.update(values)
+                        consumer.update(values, at)
         for id, received in recording.items():
             recorder = self.recorders.get(int(id))
             if recorder is not None and received:

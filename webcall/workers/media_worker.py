@@ -397,7 +397,7 @@ class MediaWorker:
         port = self.port
         relay = asdict(self.relay.stats) if self.relay is not None else {}
         relay["retransmitted"] = self.relay_retransmitted
-        return {"pubs": pubs, "players": players, "recording": recording,
+        return {"at": time.monotonic(), "pubs": pubs, "players": players, "recording": recording,
                 "port": [port.dropped, port.errors, fanout_cost_to_wire(port.fanout_cost), dict(port.refusals)],
                 "relay": relay}
 
