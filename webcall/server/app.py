@@ -1,8 +1,8 @@
 """The aiohttp front: WebSocket signalling and demo pages on one port, the REST API on another, and the
 server's lifecycle: `start`, `shutdown` (graceful: SIGTERM, see cli.py), `stop`, and `reload_tls` (SIGHUP).
 
-Thin on purpose: frames in → `Session.handle_text`; `Session.send` → an outgoing queue drained by one
-writer task per socket, so the streams layer can emit messages synchronously from media events.
+Thin on purpose: frames in → `Session.handle_text`; `Session.send` → the frame written to the connection at
+once (`wsout.Outbox`), so the streams layer can emit messages synchronously from media events.
 """
 
 from __future__ import annotations
