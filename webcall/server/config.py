@@ -31,6 +31,9 @@ class Config:
     port: int = field(default=8080, metadata={"help": "HTTP + WebSocket signalling port (the SDK's urlServer)"})
     media_host: str = field(default="0.0.0.0", metadata={"help": "UDP media bind address"})
     media_port: int = field(default=31001, metadata={"help": "the one UDP port for all WebRTC media"})
+    media_tcp_port: int = field(default=31001, metadata={
+        "help": "TCP port for WebRTC media over ICE-TCP (clients that cannot use UDP, the SDK's transport TCP), "
+                "announced after UDP; 0 = any free port, -1 = off. Worker i owns --media-tcp-port + i"})
     public_ip: str = field(default="auto", metadata={
         "help": "IP announced in ICE candidates (comma-separated); auto = this host's IPv4 addresses"})
     tls_port: int = field(default=8443, metadata={
@@ -164,7 +167,7 @@ class Config:
         for name in ("port", "media_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name} must be 0..65535")
-        for name in ("rest_port", "tls_port"):
+        for name in ("rest_port", "tls_port", "media_tcp_port"):
             if not -1 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name} must be -1..65535")
         if bool(self.tls_cert) != bool(self.tls_key):
