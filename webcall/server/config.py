@@ -101,7 +101,11 @@ class Config:
         "help": "WebSocket Origin allow-list, comma-separated (https://a.com, *.b.com, c.com:8080); "
                 "empty = any origin"})
     whip_token: str = field(default="", metadata={
-        "help": "WHIP/WHEP bearer token: requests need Authorization: Bearer <token>; empty = no authorization"})
+        "help": "WHIP/WHEP bearer tokens, comma-separated: requests need Authorization: Bearer <one of them>; "
+                "empty = no static tokens (a --hook-url backend still decides, with the token as authToken)"})
+    whip_ice_servers: str = field(default="", metadata={
+        "help": "ICE servers sent to WHIP/WHEP clients as Link headers, comma-separated `URL [username credential]` "
+                "(e.g. turn:turn.example.com:3478?transport=udp user pass); empty = none: no client needs one"})
     # --- guardrails (webcall/streams/limits.py): 0 = no limit ---
     rtp_activity_timeout: float = field(default=5.0, metadata={
         "help": "seconds without RTP from a publishing client before its stream is FAILED (Failed by RTP "
@@ -200,6 +204,9 @@ class Config:
         if not self.hook_timeout > 0 or not self.keep_alive_interval >= 0 or self.hook_queue_size < 1:
             raise ValueError("hook_timeout must be > 0, keep_alive_interval >= 0, hook_queue_size >= 1")
         parse_allow_list(self.allow_origins)  # raises ValueError for a malformed pattern
+        for entry in filter(str.strip, self.whip_ice_servers.split(",")):
+            if len(entry.split()) not in (1, 3) or not entry.split()[0].startswith(("stun:", "stuns:", "turn:", "turns:")):
+                raise ValueError("whip_ice_servers entries must be `stun:/turn: URL [username credential]`")
         if not self.rtp_activity_timeout > 0 or not self.shutdown_timeout > 0 or not self.bitrate_grace > 0:
             raise ValueError("rtp_activity_timeout, shutdown_timeout and bitrate_grace must be > 0")
         for name in ("max_sessions_per_ip", "max_streams_per_session", "max_players_per_stream", "max_publishers",
