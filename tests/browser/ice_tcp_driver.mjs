@@ -1,10 +1,10 @@
 // WebRTC media over ICE-TCP in Chromium, through the official SDK (tests/browser/harness.js):
 //
 //   sdk_tcp      the SDK's `transport: "TCP"` for publish and play: the server announces only TCP candidates
-//   udp_blocked  Chromium with --force-webrtc-ip-handling-policy=disable_non_proxied_udp (no UDP for WebRTC at
-//                all), default transport: the server announces UDP and TCP, the browser can only use TCP
+//   udp_blocked  default transport against a server (--blocked-base) whose announced UDP candidate is a black
+//                hole, as behind a firewall that drops UDP: the browser tries UDP first and must fall back to TCP
 //
-//   node tests/browser/ice_tcp_driver.mjs --base http://127.0.0.1:PORT [--artifacts DIR]
+//   node tests/browser/ice_tcp_driver.mjs --base http://127.0.0.1:PORT --blocked-base http://127.0.0.1:PORT2
 //
 // Prints one RESULT line per scenario (publish/play statuses, what the player renders, the selected candidate
 // pair of each side); the Python side asserts.
@@ -18,17 +18,18 @@ import {launch} from "./browsers.mjs";
 const {values: args} = parseArgs({
     options: {
         base: {type: "string"},
+        "blocked-base": {type: "string"},
         artifacts: {type: "string", default: path.resolve("artifacts/browser-ice-tcp")},
     },
 });
-const BASE = args.base.replace(/\/$/, "");
-const WS_URL = BASE.replace(/^http/, "ws");
 fs.mkdirSync(args.artifacts, {recursive: true});
 const emit = (scenario, payload) => process.stdout.write("RESULT " + JSON.stringify({scenario, ...payload}) + "\n");
 const note = (...parts) => process.stderr.write(`[ice-tcp] ${parts.join(" ")}\n`);
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 
-async function openHarness(browser, label) {
+async function openHarness(browser, label, base) {
+    const BASE = base.replace(/\/$/, "");
+    const WS_URL = BASE.replace(/^http/, "ws");
     const page = await browser.newPage();
     const lines = [];
     page.on("console", (msg) => lines.push(`${msg.type()}: ${msg.text()}`.slice(0, 1000)));
@@ -39,13 +40,13 @@ async function openHarness(browser, label) {
     return page;
 }
 
-async function scenario(name, extraArgs, transport) {
-    const browser = await launch("chromium", extraArgs);
+async function scenario(name, base, transport) {
+    const browser = await launch("chromium");
     const stream = `ice-tcp-${name}-${Math.random().toString(36).slice(2, 8)}`;
     const pages = [];
     try {
-        const pub = await openHarness(browser, `${name}-publisher`);
-        const play = await openHarness(browser, `${name}-player`);
+        const pub = await openHarness(browser, `${name}-publisher`, base);
+        const play = await openHarness(browser, `${name}-player`, base);
         pages.push(pub, play);
         await pub.evaluate(() => T.connect("s"));
         await play.evaluate(() => T.connect("s"));
@@ -76,6 +77,6 @@ async function scenario(name, extraArgs, transport) {
     }
 }
 
-await scenario("sdk_tcp", [], "TCP");
-await scenario("udp_blocked", ["--force-webrtc-ip-handling-policy=disable_non_proxied_udp"], undefined);
+await scenario("sdk_tcp", args.base, "TCP");
+await scenario("udp_blocked", args["blocked-base"], undefined);
 process.exit(0);
