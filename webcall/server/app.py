@@ -84,7 +84,8 @@ class WebcallServer:
         app.router.add_static("/static/", c.static_dir, show_index=False)
         app.router.add_get("/client/records/{name}", record_file_handler(c.records_dir))  # spec §14, with Range
         self.whip = WhipFrontEnd(self.hub.registry, self.hub.plane, settings, c.whip_token,  # WHIP and WHEP
-                                 hooks=self.hub.hooks, ice_servers=c.whip_ice_servers)
+                                 hooks=self.hub.hooks, ice_servers=c.whip_ice_servers,
+                                 recordings=self.hub.recordings)
         self.whip.add_routes(app)
         self.hub.listings.append(self.whip.streams)
         app.router.add_get("/{path:.*}", self._any_path)  # last: the WCS WebSocket on any path not routed above

@@ -39,6 +39,7 @@ from ..hooks import policy as hook_policy
 from ..hooks.client import Hooks
 from ..logs import q
 from ..protocol.sdp import SdpError, negotiate_play, negotiate_publish
+from ..streams.recording import Recordings
 from ..streams.registry import NameInUse, StreamRegistry
 from .resources import Plane, Resource, Settings, WhepPlayback, WhipPublication
 
@@ -60,8 +61,9 @@ class WhipFrontEnd:
     """The WHIP and WHEP resources of one server; `add_routes(app)` mounts them."""
 
     def __init__(self, registry: StreamRegistry, plane: Plane, settings: Settings, token: str = "",
-                 hooks: Hooks | None = None, ice_servers: str = "") -> None:
+                 hooks: Hooks | None = None, ice_servers: str = "", recordings: Recordings | None = None) -> None:
         self.registry = registry
+        self.recordings = recordings  # the hub's: WHIP recordings are listed with the others
         self.plane = plane
         self.settings = settings
         self.tokens = [t.strip() for t in token.split(",") if t.strip()]
