@@ -263,7 +263,7 @@ async def test_gst_over_ice_tcp(server, mode) -> None:
                 try:
                     await assert_aiortc_decodes(player)
                     links = [a for a in server.port.by_addr if not isinstance(a, tuple)]
-                    assert len(links) == 1 and links[0].frames_in > 100, links  # GStreamer's media came over TCP
+                    assert len(links) == 1 and links[0].frames_in > 30, links  # GStreamer's media came over TCP
                 finally:
                     await player.close()
                 rc = await gst.finish()
