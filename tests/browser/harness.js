@@ -155,10 +155,16 @@
         (raw["outbound-rtp"] || []).forEach(function (r) {
             out.outbound[r.kind] = pick(r);
         });
+        function candidate(kind, id) {
+            return (raw[kind] || []).filter(function (c) { return c.id === id; })[0] || {};
+        }
         (raw["candidate-pair"] || []).forEach(function (r) {
             if (r.nominated && r.state === "succeeded") {
+                var remote = candidate("remote-candidate", r.remoteCandidateId);
                 out.pair = {availableOutgoingBitrate: r.availableOutgoingBitrate,
-                    availableIncomingBitrate: r.availableIncomingBitrate, currentRoundTripTime: r.currentRoundTripTime};
+                    availableIncomingBitrate: r.availableIncomingBitrate, currentRoundTripTime: r.currentRoundTripTime,
+                    localProtocol: candidate("local-candidate", r.localCandidateId).protocol,
+                    remoteProtocol: remote.protocol, remotePort: remote.port, remoteTcpType: remote.tcpType};
             }
         });
         (raw["codec"] || []).forEach(function (r) {
@@ -232,10 +238,14 @@
                 constraints.video = false;  // the SDK asks getUserMedia for the audio only and adds it
             }
             var display = newDisplay(key);
-            var stream = sessions[sessionKey].session.createStream({
+            var options = {
                 name: name, display: display, constraints: constraints, cacheLocalResources: false,
                 receiveVideo: false, receiveAudio: false
-            });
+            };
+            if (opts.transport) {
+                options.transport = opts.transport;  // the SDK's "TCP": WebRTC media over ICE-TCP
+            }
+            var stream = sessions[sessionKey].session.createStream(options);
             attachStream(key, stream, name, display);
             record({kind: "call", key: key, call: "publish", name: name});
             stream.publish();
@@ -248,6 +258,9 @@
             var options = {name: name, display: display};
             if (opts.constraints) {
                 options.constraints = opts.constraints;
+            }
+            if (opts.transport) {
+                options.transport = opts.transport;
             }
             var stream = sessions[sessionKey].session.createStream(options);
             attachStream(key, stream, name, display);

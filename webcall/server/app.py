@@ -51,6 +51,7 @@ class WebcallServer:
         self._rest_runner: web.AppRunner | None = None
         self.http_port = 0
         self.media_port = 0
+        self.media_tcp_port = 0  # bound ICE-TCP port (of worker 0 with workers); 0 while it is off
         self.rest_port = 0  # bound REST port; 0 while the REST API is off
         self.tls_port = 0  # bound HTTPS/WSS port; 0 while TLS is off
         self._sockets: set[web.WebSocketResponse] = set()
@@ -83,7 +84,9 @@ class WebcallServer:
         app.router.add_get("/sdk/flashphoner.js", self._sdk)
         app.router.add_static("/static/", c.static_dir, show_index=False)
         app.router.add_get("/client/records/{name}", record_file_handler(c.records_dir))  # spec §14, with Range
-        self.whip = WhipFrontEnd(self.hub.registry, self.hub.plane, settings, c.whip_token)  # WHIP and WHEP
+        self.whip = WhipFrontEnd(self.hub.registry, self.hub.plane, settings, c.whip_token,  # WHIP and WHEP
+                                 hooks=self.hub.hooks, ice_servers=c.whip_ice_servers,
+                                 recordings=self.hub.recordings)
         self.whip.add_routes(app)
         self.hub.listings.append(self.whip.streams)
         app.router.add_get("/{path:.*}", self._any_path)  # last: the WCS WebSocket on any path not routed above
@@ -106,8 +109,10 @@ class WebcallServer:
             await rest_site.start()
             self.rest_port = rest_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         media_ports = self.workers.media_ports() if self.workers else [self.media_port]
-        log.info("listening http+ws=%s:%d https+wss=%s media=udp/%s:%s workers=%d rest=%s announce=%s", c.host,
-                 self.http_port, self.tls_port or "off", c.media_host, ",".join(map(str, media_ports)),
+        tcp_ports = self.workers.media_tcp_ports() if self.workers else [self.media_tcp_port]
+        log.info("listening http+ws=%s:%d https+wss=%s media=udp/%s:%s tcp/%s workers=%d rest=%s announce=%s",
+                 c.host, self.http_port, self.tls_port or "off", c.media_host, ",".join(map(str, media_ports)),
+                 ",".join(map(str, tcp_ports)) if any(tcp_ports) else "off",
                  self.workers.count if self.workers else 0,
                  f"{c.rest_host}:{self.rest_port}" if self._rest_runner else "off", ",".join(ips))
 
@@ -118,18 +123,23 @@ class WebcallServer:
         if count == 1:
             self.port = MediaPort(c.fanout_core, c.fanout_threads, c.max_unverified_datagrams, c.max_dtls_handshakes)
             self.media_port = await self.port.start(c.media_host, c.media_port)
+            if c.media_tcp_port >= 0:
+                self.media_tcp_port = await self.port.start_tcp(c.media_host, c.media_tcp_port)
             identity = await asyncio.get_running_loop().run_in_executor(None, DtlsIdentity)
-            return MediaPlane(self.port, identity, settings, tuple((ip, self.media_port) for ip in ips))
+            return MediaPlane(self.port, identity, settings, tuple((ip, self.media_port) for ip in ips),
+                              tuple((ip, self.media_tcp_port) for ip in ips) if self.media_tcp_port else ())
         worker_settings = WorkerSettings(
             connect_timeout=c.connect_timeout, consent_timeout=c.consent_timeout, max_bitrate=c.max_bitrate,
             fanout_core=c.fanout_core, fanout_threads=c.fanout_threads, snapshot_timeout=c.snapshot_timeout,
             stats_interval=c.rate_interval, rtp_activity_timeout=c.rtp_activity_timeout,
             bitrate_ceiling=c.publisher_bitrate_ceiling, bitrate_grace=c.bitrate_grace,
-            max_unverified_datagrams=c.max_unverified_datagrams, max_dtls_handshakes=c.max_dtls_handshakes)
+            max_unverified_datagrams=c.max_unverified_datagrams, max_dtls_handshakes=c.max_dtls_handshakes,
+            media_tcp_port=c.media_tcp_port)
         self.workers = WorkerPlane(count, mode=c.placement, settings=worker_settings, media_host=c.media_host,
                                    media_port=c.media_port, announced_ips=ips, log_level=c.log_level)
         await self.workers.start()
         self.media_port = self.workers.media_ports()[0]
+        self.media_tcp_port = self.workers.media_tcp_ports()[0]
         return self.workers
 
     async def shutdown(self) -> None:

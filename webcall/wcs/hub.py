@@ -226,5 +226,8 @@ class Hub:
         return totals
 
     def find_publication_by_id(self, media_session_id: str) -> Publication | None:
+        """The live source with this mediaSessionId that can be recorded: a WCS publication, or one of another
+        front end's (a WHIP publication) with the same start_recording/stop_recording/recording."""
         return next((p for p in self.registry.sources()
-                     if isinstance(p, Publication) and p.media_session_id == media_session_id), None)
+                     if getattr(p, "media_session_id", None) == media_session_id and hasattr(p, "start_recording")),
+                    None)

@@ -159,7 +159,9 @@ class _Stream:
                 self.audio_codec = track.codec.name
             else:
                 self.video_codec = track.codec.name
-        return build_answer(neg, self.hub.plane.local_endpoint(transport),
+        # The SDK's `transport: "TCP"` (spec §3.2): announce only the ICE-TCP candidates (UDP when there are none).
+        tcp_only = str(self.request.raw.get("transport") or "").upper() == "TCP"
+        return build_answer(neg, self.hub.plane.local_endpoint(transport, tcp_only),
                             direction=direction, session_id=new_session_id(), ssrcs=ssrcs,
                             stream_label=f"webcall-{self.media_session_id[:8]}")
 

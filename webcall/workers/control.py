@@ -300,6 +300,10 @@ class WorkerPlane:
     def media_ports(self) -> list[int]:
         return [h.hello.get("media_port", 0) for _, h in sorted(self.supervisor.workers.items())]
 
+    def media_tcp_ports(self) -> list[int]:
+        """Each worker's ICE-TCP port (0: none)."""
+        return [h.hello.get("media_tcp_port", 0) for _, h in sorted(self.supervisor.workers.items())]
+
     def notify(self, worker: int, event: str, **args: Any) -> bool:
         try:
             self.supervisor.notify(worker, event, **args)
@@ -333,14 +337,22 @@ class WorkerPlane:
                     ice=[t.local_ufrag, t.local_pwd], ssrcs={c.mid: [c.ssrc, c.rtx_ssrc] for c in player.consumers})
         return player
 
-    def local_endpoint(self, transport: RemoteTransport) -> LocalEndpoint:
+    def local_endpoint(self, transport: RemoteTransport, tcp_only: bool = False) -> LocalEndpoint:
+        """As MediaPlane.local_endpoint: the worker's own UDP port, and its own ICE-TCP port if it has one."""
         hello = self.supervisor.workers[transport.worker].hello
         port = hello["media_port"]
+        tcp_port = hello.get("media_tcp_port", 0)
         fingerprint = hello["fingerprint"]
         override = self.announce_override.get(transport.worker)
-        candidates = (override,) if override is not None else tuple((ip, port) for ip in self.announced_ips)
+        if override is not None:  # tests: every client of this worker through a relay, UDP only
+            candidates, tcp = (override,), ()
+        else:
+            candidates = tuple((ip, port) for ip in self.announced_ips)
+            tcp = tuple((ip, tcp_port) for ip in self.announced_ips) if tcp_port else ()
+        if tcp_only and tcp:
+            candidates = ()
         return LocalEndpoint(transport.local_ufrag, transport.local_pwd, (fingerprint[0], fingerprint[1]),
-                             candidates)
+                             candidates, tcp)
 
     def start_recorder(self, publisher: RemotePublisher, path: str, options: Any, on_done: Any,
                        label: str) -> RemoteRecorder:

@@ -59,6 +59,7 @@ class Settings:
     bitrate_grace: float = 5.0
     max_unverified_datagrams: int = 0  # this worker's port limits (streams/limits.py); 0 = none
     max_dtls_handshakes: int = 0
+    media_tcp_port: int = -1  # ICE-TCP (media/tcp.py): -1 off, 0 any free port, else this + the worker's index
 
 
 class WorkerSource:
@@ -154,11 +155,14 @@ class MediaWorker:
 
     async def start(self) -> None:
         media_port = await self.port.start(self.ctx.media_host, self.ctx.media_port)
+        tcp_port = self.settings.media_tcp_port
+        if tcp_port >= 0:
+            tcp_port = await self.port.start_tcp(self.ctx.media_host, tcp_port + self.ctx.index if tcp_port else 0)
         self.plane = MediaPlane(self.port, self.identity, self.settings, ())
         self.relay = await RelayEndpoint.bind(on_packet=self._relay_packet, on_keyframe_request=self._relay_keyframe,
                                               on_nack=self._relay_nack)
         self.relay.test_loss = float(os.environ.get("WEBCALL_RELAY_TEST_LOSS") or 0.0)  # tests only
-        self.ctx.info.update(media_port=media_port, fingerprint=list(self.identity.fingerprint),
+        self.ctx.info.update(media_port=media_port, media_tcp_port=max(tcp_port, 0), fingerprint=list(self.identity.fingerprint),
                              relay=list(self.relay.address))
         ch = self.channel
         for name in ("publish", "play", "close", "relay_out", "relay_in", "relay_stop", "record_start",
