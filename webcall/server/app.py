@@ -30,6 +30,7 @@ from ..workers.supervisor import resolve_worker_count
 from ..wcs import messages as wcs_messages
 from ..wcs.session import Session
 from ..whip import WhipFrontEnd
+from . import media_socket
 from .config import Config
 from .rest_recording import record_file_handler
 from .rest import RestApi, health
@@ -246,6 +247,18 @@ class WebcallServer:
             await ws.close()
             return ws
         self._sockets.add(ws)
+        first = await ws.receive()  # a media socket (spec §11) says so in its first message
+        if first.type == WSMsgType.TEXT:
+            is_media, token = media_socket.media_token(first.data)
+            if is_media:
+                try:
+                    await media_socket.serve(ws, self.hub, token)
+                finally:
+                    self._sockets.discard(ws)
+                return ws
+        if first.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+            self._sockets.discard(ws)
+            return ws
         outgoing: asyncio.Queue[str | None] = asyncio.Queue()
 
         def send(text: str) -> None:
@@ -262,6 +275,7 @@ class WebcallServer:
         writer = asyncio.create_task(self._writer(ws, outgoing), name=f"ws-writer {session.id}")
         log.info("websocket open session=%s", session.id)
         try:
+            session.handle_text(first.data)
             async for frame in ws:
                 if frame.type == WSMsgType.TEXT:
                     session.handle_text(frame.data)
