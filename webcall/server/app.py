@@ -215,7 +215,8 @@ class WebcallServer:
                 obj = stream.describe()
                 out.append({k: obj.get(k) for k in ("name", "status", "width", "height", "videoCodec",
                                                      "audioCodec", "createDate", "metrics")}
-                           | {"players": len(stream.players)})
+                           | {"players": len(stream.players),
+                              "feeds": [f for f in self.hub.feeds.describe() if f["label"] == stream.name]})
         return web.json_response(sorted(out, key=lambda s: s["name"]))
 
     def _page(self, name: str):
