@@ -23,7 +23,15 @@ from typing import Any, Protocol
 log = logging.getLogger("webcall.streams")
 
 LINGER = 3.0  # seconds a feed outlives its last subscriber
+CATCH_UP_SPAN_MS = 500  # a late joiner gets the cached GOP only if it spans less: else it waits for a new keyframe
 GOP_CHUNKS = 600  # chunks kept since the last keyframe (≈ 10 s of 30 fps video with its audio)
+
+
+def _span_ms(chunks: list[bytes]) -> int:
+    """Time from the first to the last chunk (each starts with a record: tag, i32 timestamp ms)."""
+    if len(chunks) < 2:
+        return 0
+    return int.from_bytes(chunks[-1][1:5], "big", signed=True) - int.from_bytes(chunks[0][1:5], "big", signed=True)
 
 
 class Sink(Protocol):
@@ -136,7 +144,7 @@ class Feeds:
                 feed.sinks[sink] = True
                 sink.on_chunks(head)
             return
-        if feed.has_key and feed.ready():
+        if feed.has_key and feed.ready() and _span_ms(feed.gop) < CATCH_UP_SPAN_MS:
             feed.sinks[sink] = True
             sink.on_chunks(feed.head() + feed.gop)
         elif feed.handle is not None:

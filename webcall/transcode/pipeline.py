@@ -42,7 +42,15 @@ OUTPUTS = ("mse",)
 AAC_RATE = 48000
 MS = Fraction(1, 1000)
 
+REPLAY_MAX_SPAN = 0.3  # seconds: a current GOP longer than this is not replayed (a fresh keyframe is asked for)
+
 Chunk = tuple[str, bytes]
+
+
+def _span_seconds(gop: list[tuple[int, bytes]]) -> float:
+    first = int.from_bytes(gop[0][1][4:8], "big")
+    last = int.from_bytes(gop[-1][1][4:8], "big")
+    return ((last - first) & 0xFFFFFFFF) / 90000
 
 
 class FeedError(Exception):
@@ -202,6 +210,8 @@ class Feed:
     def start(self) -> None:
         for kind, track in self.tracks.items():
             gop = track.producer.current_gop() if kind == "video" else None
+            if gop and _span_seconds(gop) > REPLAY_MAX_SPAN:
+                gop = None  # an old keyframe: starting there would put the player that far behind live
             now = time.monotonic()
             for _, packet in gop or ():  # the current GOP first: the first player starts at once
                 self._queue.append((kind, now, packet))
