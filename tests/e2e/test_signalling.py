@@ -113,10 +113,16 @@ async def test_play_unknown_and_duplicate_publish(server) -> None:
 
 async def test_other_media_providers_fail_clearly(server) -> None:
     client = await server.client()
-    msid = str(uuid.uuid1())
-    await client.send("playStream", {"mediaSessionId": msid, "name": "x", "mediaProvider": "MSE", "sdp": "v=0"})
-    msg = await client.wait_for("notifyStreamStatusEvent", mediaSessionId=msid)
-    assert msg["data"][0]["status"] == "FAILED" and "MSE" in msg["data"][0]["info"]
+    cases = [  # MSE plays (tests/e2e/test_mse.py) but cannot publish; WSPlayer is not served
+        ("publishStream", "MSE", "Media provider MSE is not supported"),
+        ("playStream", "WSPlayer", "Media provider WSPlayer is not supported"),
+        ("playStream", "MSE", "Stream not found"),
+    ]
+    for message, provider, info in cases:
+        msid = str(uuid.uuid1())
+        await client.send(message, {"mediaSessionId": msid, "name": "x", "mediaProvider": provider, "sdp": "v=0"})
+        msg = await client.wait_for("notifyStreamStatusEvent", mediaSessionId=msid)
+        assert msg["data"][0]["status"] == "FAILED" and msg["data"][0]["info"] == info, msg
     await client.close()
 
 

@@ -30,6 +30,7 @@ from ..workers.supervisor import resolve_worker_count
 from ..wcs import messages as wcs_messages
 from ..wcs.session import Session
 from ..whip import WhipFrontEnd
+from . import media_socket
 from .config import Config
 from .rest_recording import record_file_handler
 from .rest import RestApi, health
@@ -225,7 +226,8 @@ class WebcallServer:
                 obj = stream.describe()
                 out.append({k: obj.get(k) for k in ("name", "status", "width", "height", "videoCodec",
                                                      "audioCodec", "createDate", "metrics")}
-                           | {"players": len(stream.players)})
+                           | {"players": len(stream.players),
+                              "feeds": [f for f in self.hub.feeds.describe() if f["label"] == stream.name]})
         return web.json_response(sorted(out, key=lambda s: s["name"]))
 
     def _page(self, name: str):
@@ -257,6 +259,25 @@ class WebcallServer:
             await ws.close()
             return ws
         self._sockets.add(ws)
+        # A media socket (spec §11) says so in its first message. A client that says nothing is dropped as a
+        # silent session would be (its pings unanswered).
+        silence = self.config.ping_interval * (self.config.ping_probes + 1)
+        try:
+            first = await ws.receive(timeout=silence)
+        except asyncio.TimeoutError:
+            first = None
+        if first is not None and first.type == WSMsgType.TEXT:
+            is_media, token = media_socket.media_token(first.data)
+            if is_media:
+                try:
+                    await media_socket.serve(ws, self.hub, token)
+                finally:
+                    self._sockets.discard(ws)
+                return ws
+        if first is None or first.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+            self._sockets.discard(ws)
+            await ws.close()
+            return ws
         closing: list[asyncio.Task[bool]] = []
 
         def close_socket() -> None:  # the session ended on our side: say goodbye once, in the background
@@ -275,6 +296,7 @@ class WebcallServer:
         session = Session(self.hub, outbox.send, close_socket, remote, local, origin)
         log.info("websocket open session=%s", session.id)
         try:
+            session.handle_text(first.data)
             async for frame in ws:
                 if frame.type == WSMsgType.TEXT:
                     session.handle_text(frame.data)

@@ -23,6 +23,7 @@ from ..media.plane import MediaPlane
 from ..media.router import Router
 from ..protocol.sdp import Negotiation, build_answer
 from ..streams.recording import RecordSettings, Recording, RecordingError, Recordings, login_of
+from ..streams.feeds import Feeds
 from ..streams.registry import EndReason, Source, StreamRegistry
 from . import messages as msg
 from . import rest
@@ -50,6 +51,7 @@ class Services(Protocol):
     plane: MediaPlane
     registry: StreamRegistry
     recordings: Recordings
+    feeds: Feeds
 
     def retire(self, stream: Publication | Playback) -> None: ...
 
@@ -360,6 +362,8 @@ class Publication(_Stream):
         log.info("publication ended %s status=%s info=%s players=%d packets_received=%d",
                  self.label, status, q(info), len(self.players), received)
         self.hub.registry.unpublish(self, end)
+        if self.router is not None:
+            self.hub.feeds.source_ended(self.router)
         self.session.forget(self)
         if self.endpoint is not None:
             self.endpoint.close()

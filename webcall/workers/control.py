@@ -168,6 +168,30 @@ class RemoteRouter:
         return self.publisher.plane.start_recorder(self.publisher, path, options, on_done, label)
 
 
+class RemoteFeed:
+    """A shared feed (transcode/pipeline.py) running in the publisher's worker; its chunks come back here."""
+
+    def __init__(self, plane: WorkerPlane, id: int, worker: int, emit: Any, on_failed: Any,
+                 transcoding_video: bool) -> None:
+        self.plane, self.id, self.worker, self.emit, self.on_failed = plane, id, worker, emit, on_failed
+        self.transcoding_video = transcoding_video  # as planned here; the worker's own report replaces it
+        self._stats: dict[str, Any] = {}
+
+    def request_keyframe(self) -> None:
+        self.plane.notify(self.worker, "feed_keyframe", id=self.id)
+
+    def close(self) -> None:
+        if self.plane.feeds.pop(self.id, None) is not None:
+            self.plane.notify(self.worker, "feed_stop", id=self.id)
+
+    def stats(self) -> dict[str, Any]:
+        return self._stats
+
+    def failed(self, info: str) -> None:
+        if self.plane.feeds.pop(self.id, None) is not None:
+            self.on_failed(info)
+
+
 class RemotePlayer(RemoteEndpoint):
     def __init__(self, plane: WorkerPlane, id: int, worker: int, neg: Negotiation, publisher: RemotePublisher,
                  listener: Any, label: str) -> None:
@@ -275,6 +299,7 @@ class WorkerPlane:
         # Endpoints closed in the last few seconds: their last counters are still on their way (see retire).
         self._closed: dict[int, tuple[float, RemoteEndpoint]] = {}
         self.recorders: dict[int, RemoteRecorder] = {}
+        self.feeds: dict[int, RemoteFeed] = {}
         self.port = AggregatePort()
         self.relay_stats: dict[int, dict[str, int]] = {}  # worker -> its relay socket's counters (relay.py)
         # Test-only: worker -> the (ip, port) its answers announce instead of announced_ips × its media port
@@ -286,6 +311,9 @@ class WorkerPlane:
         self.supervisor.on_event("recorder", self._on_recorder)
         self.supervisor.on_event("relay_sender_report", self._on_relay_sender_report)
         self.supervisor.on_event("relay_ready", self._on_relay_ready)
+        self.supervisor.on_event("feed", self._on_feed)
+        self.supervisor.on_event("feed_failed", self._on_feed_failed)
+        self.supervisor.on_event("feed_stats", self._on_feed_stats)
 
     async def start(self) -> None:
         await self.supervisor.start()
@@ -361,6 +389,16 @@ class WorkerPlane:
         self.notify(publisher.worker, "record_start", id=recorder.id, source=publisher.id, path=path,
                     options=asdict(options), label=label)
         return recorder
+
+    def feed(self, source: RemoteRouter, output: str, emit: Any, on_failed: Any, label: str) -> RemoteFeed:
+        """A shared rendition of `source`, made in its publisher's worker; one copy of its chunks comes here."""
+        publisher = source.publisher
+        video = publisher.producers.get("video")
+        feed = RemoteFeed(self, next(self._ids), publisher.worker, emit, on_failed,
+                          video is not None and video.codec.name.upper() != "H264")
+        self.feeds[feed.id] = feed
+        self.notify(publisher.worker, "feed_start", id=feed.id, source=publisher.id, output=output, label=label)
+        return feed
 
     # --- lifecycle of endpoints ------------------------------------------------------------------------
 
@@ -482,6 +520,22 @@ class WorkerPlane:
         if recorder is not None:
             recorder.finished(state, error, received, opened, stats)
 
+    def _on_feed(self, worker: int, id: int, chunks: list) -> None:
+        feed = self.feeds.get(id)
+        if feed is not None and feed.worker == worker:
+            feed.emit([(kind, base64.b64decode(data)) for kind, data in chunks])
+
+    def _on_feed_failed(self, worker: int, id: int, info: str) -> None:
+        feed = self.feeds.get(id)
+        if feed is not None and feed.worker == worker:
+            feed.failed(info)
+
+    def _on_feed_stats(self, worker: int, id: int, stats: dict) -> None:
+        feed = self.feeds.get(id)
+        if feed is not None and feed.worker == worker:
+            feed._stats = stats
+            feed.transcoding_video = bool(stats.get("transcoding_video"))
+
     # --- faults ----------------------------------------------------------------------------------------------
 
     def _worker_lost(self, index: int, reason: str) -> None:
@@ -498,6 +552,8 @@ class WorkerPlane:
             self._stop_relay(relay)  # its players are ending below
         for endpoint in [e for e in self.endpoints.values() if e.worker == index]:
             endpoint.fail(Failure.WORKER_LOST)
+        for feed in [f for f in self.feeds.values() if f.worker == index]:
+            feed.failed("media worker lost")
         for id, recorder in [(i, r) for i, r in self.recorders.items() if r.worker == index]:
             del self.recorders[id]
             recorder.finished("failed", "media worker lost", recorder.received_media, recorder.opened, {})
