@@ -40,7 +40,8 @@ PYTEST_ARGS ?=
 SYSTEM_CHECKS := gcc:gcc node:nodejs npm:npm
 GST_PACKAGES  := gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-nice \
                  gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0 python3-gi python3-gst-1.0 python3-websocket
-TEST_CHECKS   := chromium:chromium firefox-esr:firefox-esr $(GST_PACKAGES)
+# redis-server: the cluster tests (tests/e2e/test_cluster*.py) start their own, on a free port, no persistence.
+TEST_CHECKS   := chromium:chromium firefox-esr:firefox-esr $(GST_PACKAGES) redis-server:redis-server
 CC          ?= gcc
 CORE_SRC    := webcall/media/fanout.c
 CORE_LIB    := webcall/media/_fanout.so

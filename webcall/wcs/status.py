@@ -10,9 +10,10 @@ import enum
 from typing import Final
 
 from ..media.failures import Failure
+from ..cluster.reasons import Refusal
 from ..streams.registry import EndReason
 
-__all__ = ["StreamStatus", "Info", "OwnInfo", "TERMINAL", "FAILURE_INFO", "END_INFO"]
+__all__ = ["StreamStatus", "Info", "OwnInfo", "TERMINAL", "FAILURE_INFO", "END_INFO", "REFUSAL_INFO"]
 
 
 class StreamStatus(enum.StrEnum):
@@ -99,6 +100,9 @@ class OwnInfo:
     TOO_MANY_PLAYERS: Final = "Too many players of this stream"
     TOO_MANY_PUBLISHERS: Final = "Too many publishers on this server"
     TOO_MANY_MESSAGES: Final = "Too many messages per second"
+    ORIGIN_LOST: Final = "Origin node lost"  # cluster: the node publishing the stream went silent
+    CLUSTER_UNAVAILABLE: Final = "Cluster directory unavailable"  # cluster: Redis does not answer
+    ORIGIN_UNREACHABLE: Final = "Origin node unreachable"  # cluster: the publishing node did not answer
 
 
 # The media plane's and the stream core's reasons (media/failures.py, streams/registry.py) in WCS words.
@@ -119,4 +123,12 @@ END_INFO: Final[dict[EndReason, str]] = {
     EndReason.PUBLISHER_STOPPED: Info.STOPPED_BY_PUBLISHER_STOP,
     EndReason.PUBLISHER_DISCONNECTED: Info.STOPPED_BY_SESSION_DISCONNECT,
     EndReason.TERMINATED: Info.STOPPED_BY_REST_TERMINATE,
+    EndReason.ORIGIN_LOST: OwnInfo.ORIGIN_LOST,
+}
+
+# The cluster's refusals (cluster/reasons.py).
+REFUSAL_INFO: Final[dict[Refusal, str]] = {
+    Refusal.NAME_IN_USE: Info.STREAM_NAME_ALREADY_IN_USE,
+    Refusal.DIRECTORY_UNAVAILABLE: OwnInfo.CLUSTER_UNAVAILABLE,
+    Refusal.ORIGIN_UNREACHABLE: OwnInfo.ORIGIN_UNREACHABLE,
 }
