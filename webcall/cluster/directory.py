@@ -90,8 +90,8 @@ class Directory:
             pipe.set(f"{self.prefix}streams:{self.node_id}", json.dumps(streams), px=self.ttl_ms)
             names = list(claims)
             for name in names:
-                self._refresh(keys=[f"{self.prefix}stream:{name}"],
-                              args=[self.node_id, self._claim_value(claims[name]), self.ttl_ms], client=pipe)
+                await self._refresh(keys=[f"{self.prefix}stream:{name}"],
+                                    args=[self.node_id, self._claim_value(claims[name]), self.ttl_ms], client=pipe)
             results = await pipe.execute()
             return [name for name, ok in zip(names, results[2:]) if not ok]
         return await self._call(run)

@@ -522,8 +522,12 @@ class ClusterNode:
 
     def stats(self) -> dict[str, Any]:
         relay = self.relay
-        return {"node": self.node_id, "directory_up": self.directory_up, "pulled": len(self.pulled),
-                "serving": len(self.outs), "retransmitted": self.retransmitted,
+        return {"node": self.node_id, "directory_up": self.directory_up,
+                "pulled": [{"name": p.name, "origin": p.origin, "relay": p.rid,
+                            "readers": len(self.registry.readers(p.name))} for p in self.pulled.values()],
+                "serving": [{"name": o.name, "edge": o.edge, "relay": o.link.stream_id, "sending": o.out is not None}
+                            for o in self.outs.values()],
+                "retransmitted": self.retransmitted,
                 "relay": {} if relay is None else {**asdict(relay.stats), "unsealed": relay.unsealed,
                                                    "auth_failed": relay.auth_failed}}
 

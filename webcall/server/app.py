@@ -102,7 +102,9 @@ class WebcallServer:
             await tls_site.start()
             self.tls_port = tls_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         if c.rest_port >= 0:
-            self._rest_runner = web.AppRunner(RestApi(self.hub, c.max_message_size).app(), access_log=None)
+            rest_app = RestApi(self.hub, c.max_message_size).app()
+            rest_app.router.add_get("/cluster", self._cluster_state)  # the node's relays and counters
+            self._rest_runner = web.AppRunner(rest_app, access_log=None)
             await self._rest_runner.setup()
             rest_site = web.TCPSite(self._rest_runner, c.rest_host, c.rest_port)
             await rest_site.start()
@@ -134,6 +136,11 @@ class WebcallServer:
                                    terminate=terminate)
         await self.cluster.start()
         hub.cluster = self.cluster
+
+    async def _cluster_state(self, request: web.Request) -> web.Response:
+        if self.cluster is None:
+            raise web.HTTPNotFound(text="not a cluster node (--cluster-redis)")
+        return web.json_response(self.cluster.stats())
 
     async def _lb(self, request: web.Request) -> web.Response:
         """The SDK's lbUrl (spec §15): the least-loaded live node; this one without a cluster."""
