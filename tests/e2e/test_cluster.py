@@ -18,8 +18,9 @@ import pytest
 from tests.support import peers
 from tests.support.cluster import TTL, Node, RedisServer, start_node
 from tests.support.wcs_client import WcsClient
+from webcall.wcs.status import Info, OwnInfo
 
-NAME_IN_USE = "Stream name is already in use"
+NAME_IN_USE = Info.STREAM_NAME_ALREADY_IN_USE
 
 
 class Cluster:
@@ -229,10 +230,10 @@ async def test_redis_restart_streams_flow_new_pulls_fail_then_reregister(cluster
 
     # a new cross-node play fails at once with a clear info (it does not wait)
     late = await cluster.play(c, "steady", raise_on_failure=False)
-    assert late.status == "FAILED" and late.info == "Cluster directory unavailable", (late.status, late.info)
+    assert late.status == "FAILED" and late.info == OwnInfo.CLUSTER_UNAVAILABLE, (late.status, late.info)
     # so does a new publish: its name cannot be checked against the other nodes
     fresh = await cluster.publish(b, "fresh", raise_on_failure=False)
-    assert fresh.status == "FAILED" and fresh.info == "Cluster directory unavailable"
+    assert fresh.status == "FAILED" and fresh.info == OwnInfo.CLUSTER_UNAVAILABLE
 
     cluster.redis = RedisServer(cluster.redis.port)  # back, empty, on the same address
     await cluster.redis.start()
@@ -261,7 +262,7 @@ async def test_origin_cut_off_players_told_nothing_hangs(cluster: Cluster) -> No
         cut = time.monotonic()
         msg = await player.client.wait_for(lambda m: player._is_status_msg(m) and m["data"][0]["status"] in (
             "STOPPED", "FAILED"), timeout=6)
-        assert msg["data"][0]["info"] == "Origin node lost", msg
+        assert msg["data"][0]["info"] == OwnInfo.ORIGIN_LOST, msg
         assert time.monotonic() - cut < 6.0
         # B answers at once meanwhile: a new play of the lost stream fails clearly instead of hanging
         started = time.monotonic()
@@ -310,7 +311,7 @@ async def test_rest_terminate_from_any_node(cluster: Cluster) -> None:
     status, body = await c.rest_call("/rest-api/stream/terminate", {"mediaSessionId": pub.media_session_id})
     assert status == 200 and body == {"terminated": [pub.media_session_id]}, body
     await pub.wait_status("UNPUBLISHED", 5)
-    assert pub.info == "Stopped by REST terminate"
+    assert pub.info == Info.STOPPED_BY_REST_TERMINATE
     msg = await player.client.wait_for(lambda m: player._is_status_msg(m) and m["data"][0]["status"] == "STOPPED",
                                        timeout=5)
-    assert msg["data"][0]["info"] == "Stopped by REST terminate", msg
+    assert msg["data"][0]["info"] == Info.STOPPED_BY_REST_TERMINATE, msg
