@@ -177,6 +177,10 @@ class ClusterNode:
                 "relay": list(self.relay_address), "load": self.load()}
 
     async def _register(self) -> None:
+        # Sources published here by a front end that does not claim first (WHIP): claimed after the fact.
+        for source in self.registry.sources():
+            if not isinstance(source, PulledSource) and source.name not in self.claims and source.router is not None:
+                self.claims[source.name] = {"mediaSessionId": getattr(source, "media_session_id", "")}
         streams = [obj | {"node": self.node_id} for obj in self.describe()]
         lost = await self.directory.register(self.node_entry(), dict(self.claims), streams)
         if not self.directory_up:

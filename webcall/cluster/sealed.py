@@ -28,7 +28,7 @@ from typing import Any
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ..workers.relay import HEADER, MAGIC, Address, RelayEndpoint, RelaySender, _check_ids
+from ..workers.relay import HEADER, MAGIC, MIN_RTP, Address, RelayEndpoint, RelaySender, _check_ids
 
 log = logging.getLogger("webcall.cluster")
 
@@ -39,6 +39,7 @@ KEY_SIZE = 16
 _COUNTER = struct.Struct("!Q")
 _SEALED_MIN = HEADER.size + _COUNTER.size + 16
 WINDOW = 1024
+_MASK = (1 << WINDOW) - 1
 
 
 def new_key() -> bytes:
@@ -73,7 +74,7 @@ class _Box:
             return None
         if n > self.top:
             shift = n - self.top
-            self.window = ((self.window << shift) | 1) & ((1 << WINDOW) - 1) if shift < WINDOW else 1
+            self.window = ((self.window << shift) | 1) & _MASK if shift < WINDOW else 1
             self.top = n
         else:
             self.window |= 1 << (self.top - n)
@@ -223,5 +224,17 @@ class SealedRelay(RelayEndpoint):
             return
         if first and direction == UP and self.on_ready is not None:
             self.on_ready(link)
-        # relay.py's own checks and callbacks, on the opened datagram
+        if kind == 1 and direction == DOWN:  # media: relay.py's fast path, without building a plain datagram
+            if len(body) < MIN_RTP or body[0] >> 6 != 2:
+                self.stats.malformed += 1
+                return
+            self.stats.received += 1
+            if self.on_packet is not None:
+                try:
+                    self.on_packet(stream_id, track, body)
+                except Exception:
+                    self.stats.callback_errors += 1
+                    log.exception("relay on_packet failed")
+            return
+        # feedback: relay.py's own checks and callbacks, on the opened datagram
         super().datagram_received(HEADER.pack(MAGIC, kind, track, 0, stream_id) + body, addr)
