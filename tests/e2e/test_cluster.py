@@ -144,6 +144,8 @@ async def test_play_on_other_nodes_one_relay_per_node_and_linger(cluster: Cluste
     assert sorted((s["name"], s["edge"]) for s in serving) == [("live", "B"), ("live", "C")], serving
     pulled_b = (await state(b))["pulled"]
     assert [(p["name"], p["origin"], p["readers"]) for p in pulled_b] == [("live", "A", 10)]
+    # the publisher's sender reports reach the relayed copy (B's players' SRs keep audio and video in sync)
+    await eventually(lambda: _all_synced(b), 5, "B's relayed tracks have the publisher's sender reports")
 
     # the relay outlives the last player on B by a few seconds (LINGER), then ends on both sides
     for p in on_b:
@@ -155,6 +157,10 @@ async def test_play_on_other_nodes_one_relay_per_node_and_linger(cluster: Cluste
     # C still plays
     since = len(on_c.frames)
     await on_c.wait_decoded_frames(10, timeout=10, since=since)
+
+
+async def _all_synced(node: Node) -> bool:
+    return all(p["sender_reports"] for p in (await state(node))["pulled"])
 
 
 async def _empty(node: Node, key: str) -> bool:

@@ -139,3 +139,20 @@ async def test_keepalive_end_directions_are_checked() -> None:
     finally:
         origin.close()
         edge.close()
+
+
+async def test_sender_reports_pass_down_only() -> None:
+    srs: list[tuple[int, int, int, int]] = []
+    origin = await SealedRelay.bind("127.0.0.1", 0, on_sender_report=lambda *a: srs.append(a))
+    edge = await SealedRelay.bind("127.0.0.1", 0, on_sender_report=lambda *a: srs.append(a))
+    try:
+        down, up = new_key(), new_key()
+        link_in = edge.pull(3, origin.address, down, up)
+        link_out = origin.offer(edge.address, 3, down, up)
+        origin.sender_report(link_out, 1, 0xE000000012345678, 90000)
+        edge.sender_report(link_in, 1, 1, 2)  # an edge does not send SRs: the origin ignores one
+        await settle()
+        assert srs == [(3, 1, 0xE000000012345678, 90000)]
+    finally:
+        origin.close()
+        edge.close()

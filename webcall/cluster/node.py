@@ -28,7 +28,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..media.port import TICK_INTERVAL, MediaPort
-from ..media.producer import Producer
+from ..media.producer import Producer, SenderClock
 from ..media.router import Router, TrackRouter
 from ..protocol.sdp import Track
 from ..streams.registry import EndReason, NameInUse, Source, StreamRegistry
@@ -134,7 +134,8 @@ class ClusterNode:
         s = self.settings
         self.relay = await SealedRelay.bind(s.relay_bind[0], s.relay_bind[1], on_packet=self._packet,
                                             on_keyframe_request=self._keyframe_request, on_nack=self._nack,
-                                            on_end=self._end, on_ready=self._ready)
+                                            on_end=self._end, on_ready=self._ready,
+                                            on_sender_report=self._sender_report)
         self.relay_address = (s.relay_host, self.relay.address[1])
         try:
             await self._register()
@@ -295,11 +296,13 @@ class ClusterNode:
     def _router(self, rid: int, tracks: list[dict]) -> Router:
         """The relayed copy's producers and track routers, as a worker builds its relayed copy."""
         routers: dict[str, TrackRouter] = {}
+        clock = SenderClock()  # the publisher's, rebuilt from the sender reports the origin passes on
         for index, wire in enumerate(tracks):
             track = track_from_wire(wire)
             producer = Producer(track, send_nack=self._nacker(rid, index),
                                 send_keyframe_request=self._keyframe_asker(rid, index),
                                 on_keyframe=self._resized(rid))
+            producer.sender_clock = clock
             routers[track.kind] = TrackRouter(producer, core=self.port.core, batch=self.port.batch,
                                               fanout_cost=self.port.fanout_cost)
         return Router(routers)
@@ -420,6 +423,13 @@ class ClusterNode:
             return
         out.out = RelayOut(_HeldSource(router), self.relay.sealed_sender(link))  # type: ignore[arg-type]
 
+    def _sender_report(self, rid: int, track: int, ntp: int, rtp: int) -> None:
+        """The publisher's SR, passed on by the origin: our clock at its arrival stands for the publisher's
+        (the relay's delay is in it, as a direct SR's network delay would be)."""
+        source = self.pulled.get(rid)
+        if source is not None and track < len(source.tracks):
+            source.tracks[track].producer.on_sender_report(ntp, rtp, time.monotonic())
+
     def _packet(self, rid: int, track: int, packet: bytes) -> None:
         source = self.pulled.get(rid)
         if source is not None and track < len(source.tracks):
@@ -519,8 +529,19 @@ class ClusterNode:
             if now - (out.link.heard or out.created) > timeout:
                 self._close_out(out, "")
                 continue
-            if keepalive and self.relay is not None and out.out is not None:
-                self.relay.keepalive(out.link, DOWN)
+            if self.relay is not None and out.out is not None:
+                if keepalive:
+                    self.relay.keepalive(out.link, DOWN)
+                self._pass_sender_reports(out)
+
+    def _pass_sender_reports(self, out: OutRelay) -> None:
+        relay_out = out.out
+        assert relay_out is not None and self.relay is not None
+        for index, track in enumerate(relay_out.tracks):
+            p = track.producer
+            if p.sr_arrival and p.sr_arrival != relay_out.reported_srs[index]:
+                relay_out.reported_srs[index] = p.sr_arrival
+                self.relay.sender_report(out.link, index, p.sr_ntp, p.sr_rtp)
 
     # --- statistics ----------------------------------------------------------------------------------
 
@@ -528,7 +549,9 @@ class ClusterNode:
         relay = self.relay
         return {"node": self.node_id, "directory_up": self.directory_up,
                 "pulled": [{"name": p.name, "origin": p.origin, "relay": p.rid,
-                            "readers": len(self.registry.readers(p.name))} for p in self.pulled.values()],
+                            "readers": len(self.registry.readers(p.name)),
+                            "sender_reports": all(t.producer.sr_arrival for t in p.tracks)}
+                           for p in self.pulled.values()],
                 "serving": [{"name": o.name, "edge": o.edge, "relay": o.link.stream_id, "sending": o.out is not None}
                             for o in self.outs.values()],
                 "retransmitted": self.retransmitted,

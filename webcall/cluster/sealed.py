@@ -34,7 +34,8 @@ log = logging.getLogger("webcall.cluster")
 
 SEALED = 0x5A
 DOWN, UP = 1, 2  # origin -> edge (media, keepalive, end); edge -> origin (keyframe, NACK, keepalive, end)
-KEEPALIVE, END = 4, 5
+KEEPALIVE, END, SENDER_REPORT = 4, 5, 6
+_SR = struct.Struct("!QI")  # the publisher's NTP time and RTP timestamp of its latest sender report
 KEY_SIZE = 16
 _COUNTER = struct.Struct("!Q")
 _SEALED_MIN = HEADER.size + _COUNTER.size + 16
@@ -116,11 +117,13 @@ class SealedSender(RelaySender):
 class SealedRelay(RelayEndpoint):
     """A node's relay socket: relay.py's endpoint with every datagram sealed, and KEEPALIVE/END.
 
-    `on_heard(link)` is called for every authentic datagram's relay (liveness), `on_end(link, reason)` for END,
-    `on_ready(link)` for a sending relay's first datagram from its receiver."""
+    `on_end(link, reason)` for END, `on_ready(link)` for a sending relay's first datagram from its receiver,
+    `on_sender_report(stream_id, track, ntp, rtp)` for the publisher's SRs passed on (a player's SRs keep audio
+    and video in sync from them). Every authentic datagram sets its link's `heard` (liveness)."""
 
     def __init__(self, **callbacks: Any) -> None:
         self.on_end: Callable[[Link, str], Any] | None = callbacks.pop("on_end", None)
+        self.on_sender_report: Callable[[int, int, int, int], Any] | None = callbacks.pop("on_sender_report", None)
         self.on_ready: Callable[[Link], Any] | None = callbacks.pop("on_ready", None)
         super().__init__(**callbacks)
         self.in_links: dict[int, Link] = {}  # stream id -> the relay we pull
@@ -172,6 +175,9 @@ class SealedRelay(RelayEndpoint):
     def keepalive(self, link: Link, direction: int) -> None:
         self._send_sealed(link, KEEPALIVE, 0, direction, b"")
 
+    def sender_report(self, link: Link, track: int, ntp: int, rtp: int) -> None:
+        self._send_sealed(link, SENDER_REPORT, track, DOWN, _SR.pack(ntp & 0xFFFFFFFFFFFFFFFF, rtp & 0xFFFFFFFF))
+
     def _send_sealed(self, link: Link, kind: int, track: int, direction: int, body: bytes) -> bool:
         header = HEADER.pack(SEALED, kind, track, direction, link.stream_id)
         try:
@@ -216,6 +222,10 @@ class SealedRelay(RelayEndpoint):
         if kind == KEEPALIVE:
             if first and direction == UP and self.on_ready is not None:
                 self.on_ready(link)
+            return
+        if kind == SENDER_REPORT:
+            if direction == DOWN and len(body) == _SR.size and self.on_sender_report is not None:
+                self.on_sender_report(stream_id, track, *_SR.unpack(body))
             return
         if kind == END:
             link.ended = body.decode(errors="replace")
