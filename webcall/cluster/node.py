@@ -160,17 +160,20 @@ class ClusterNode:
             self._close_out(out, EndReason.PUBLISHER_STOPPED.value)
         for source in list(self.pulled.values()):
             self._end_pulled(source, EndReason.PUBLISHER_STOPPED, "node stopping")
-        try:
-            for name in list(self.claims):
-                await self.directory.release(name)
-            await self.directory.unregister()
-        except DirectoryUnavailable:
+        try:  # names and entries go at once, not after the ttl; bounded: Redis may be away
+            await asyncio.wait_for(self._unregister(), 2.0)
+        except (DirectoryUnavailable, TimeoutError):
             pass
         await self.directory.close()
         if self.relay is not None:
             self.relay.close()
 
     # --- the directory -------------------------------------------------------------------------------
+
+    async def _unregister(self) -> None:
+        for name in list(self.claims):
+            await self.directory.release(name)
+        await self.directory.unregister()
 
     def node_entry(self) -> dict[str, Any]:
         s = self.settings
