@@ -50,7 +50,7 @@ def bench(tmp_path_factory) -> tuple[dict, Path, subprocess.CompletedProcess, di
     out = tmp_path_factory.mktemp("bench") / "result.json"
     server = subprocess.Popen(
         [sys.executable, "-m", "webcall", "--host", "127.0.0.1", "--port", "0", "--media-host", "127.0.0.1",
-         "--media-port", "0", "--public-ip", "127.0.0.1", "--rest-port", "0", "--tls-port", "-1",
+         "--media-port", "0", "--media-tcp-port", "0", "--public-ip", "127.0.0.1", "--rest-port", "0", "--tls-port", "-1",
          "--log-level", "warning", "--workers", "1"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         env={**os.environ, "PYTHONPATH": str(ROOT)})

@@ -107,13 +107,13 @@ export const FIREFOX_PREFS = {
     "dom.timeout.enable_budget_timer_throttling": false,
 };
 
-export async function launch(name) {
+export async function launch(name, extraArgs = []) {
     if (name === "chromium") {
         const executablePath = process.env.CHROMIUM_PATH ||
             firstExisting(["/usr/lib/chromium/chromium", "/usr/bin/chromium"]);
         const userDataDir = fs.mkdtempSync(path.join(os.tmpdir(), "webcall-chromium-"));
         const browser = await puppeteer.launch({
-            browser: "chrome", executablePath, headless: true, userDataDir, args: CHROMIUM_ARGS,
+            browser: "chrome", executablePath, headless: true, userDataDir, args: [...CHROMIUM_ARGS, ...extraArgs],
             protocolTimeout: 60000,
         });
         browser.__cleanup = () => fs.rmSync(userDataDir, {recursive: true, force: true});

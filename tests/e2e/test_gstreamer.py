@@ -243,3 +243,74 @@ async def test_gst_balanced_is_none_and_refused(server, mode) -> None:
             if pub is not None:
                 await pub.close()
     await server.wait_empty()
+
+
+# --- ICE over TCP (webcall/media/tcp.py) and the two-worker shape ----------------------------------------------
+
+
+@pytest.mark.parametrize("mode", ["publish", "play"])
+async def test_gst_over_ice_tcp(server, mode) -> None:
+    """The SDK's transport "TCP" from GStreamer: the answer has only passive TCP candidates, and libnice (an
+    ICE-TCP implementation no one here wrote) connects to them; the media goes over TCP both ways."""
+    async with await server.client() as client:
+        pub = await peers.publish(client, "aio tcp") if mode == "play" else None
+        try:
+            gst = await GstClient.start("--mode", mode, "--signal", "wcs", "--url", server.url, "--transport", "TCP",
+                                        "--name", "aio tcp" if mode == "play" else "gst tcp", "--bundle", "max-bundle")
+            answer = (await gst.wait_event("answer-applied"))
+            if mode == "publish":
+                player = await peers.play(client, "gst tcp")
+                try:
+                    await assert_aiortc_decodes(player)
+                    links = [a for a in server.port.by_addr if not isinstance(a, tuple)]
+                    assert len(links) == 1 and links[0].frames_in > 30, links  # GStreamer's media came over TCP
+                finally:
+                    await player.close()
+                rc = await gst.finish()
+                assert rc == 0, gst.describe()
+            else:
+                links = []
+                for _ in range(100):  # the player's connection, while it lasts
+                    links = [a for a in server.port.by_addr if not isinstance(a, tuple)]
+                    if links:
+                        break
+                    await asyncio.sleep(0.1)
+                result = await gst.wait_event("result", timeout=25)
+                assert len(links) == 1 and links[0].frames_out > 30, links  # what GStreamer decoded came over TCP
+                rc = await gst.finish()
+                assert_gst_played(result, rc, gst)
+            assert answer is not None
+        finally:
+            if pub is not None:
+                await pub.close()
+    await server.wait_empty()
+
+
+async def test_gst_two_workers(make_server) -> None:
+    """--workers 2 --placement spread: a GStreamer publisher (WCS) on one worker, a GStreamer player (WHEP) and an
+    aiortc player spread over both, one of them through the relay between workers."""
+    server = await make_server(workers="2", placement="spread")
+    gst = await GstClient.start("--mode", "publish", "--signal", "wcs", "--url", server.url,
+                                "--name", "gst2", "--bundle", "max-bundle")
+    try:
+        await gst.wait_event("answer-applied")
+        async with await server.client() as client:
+            player = await peers.play(client, "gst2")
+            try:
+                await assert_aiortc_decodes(player)
+                gst_player = await GstClient.start("--mode", "play", "--signal", "whip", "--url", http_base(server),
+                                                   "--name", "gst2", "--bundle", "max-bundle")
+                result = await gst_player.wait_event("result", timeout=25)
+                rc = await gst_player.finish()
+                assert rc == 0 and result["ok"] and result["frames"] >= 30 and result["distinct"] >= 10, \
+                    gst_player.describe()
+                assert result["size"] == [320, 240] and result["audio_buffers"] > 0, result
+            finally:
+                await player.close()
+    except BaseException:
+        await gst.finish()
+        print(gst.describe())
+        raise
+    rc = await gst.finish()
+    assert rc == 0, gst.describe()
+    await server.wait_empty()

@@ -37,7 +37,7 @@ async def _read_until(stream: asyncio.StreamReader, pattern: bytes, lines: list[
 async def test_debug_log_has_no_sdp_passwords_or_tokens(tmp_path) -> None:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "webcall", "--host", "127.0.0.1", "--port", "0", "--media-host", "127.0.0.1",
-        "--media-port", "0", "--public-ip", "127.0.0.1", "--rest-port", "0", "--tls-port", "-1",
+        "--media-port", "0", "--media-tcp-port", "0", "--public-ip", "127.0.0.1", "--rest-port", "0", "--tls-port", "-1",
         "--records-dir", str(tmp_path), "--log-level", "debug", cwd=REPO,
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT, env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.stdout is not None

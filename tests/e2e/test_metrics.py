@@ -56,7 +56,7 @@ class ServerProcess:
 async def separate_server():
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "webcall", "--host", "127.0.0.1", "--port", "0", "--media-host", "127.0.0.1",
-        "--media-port", "0", "--public-ip", "127.0.0.1", "--rest-host", "127.0.0.1", "--rest-port", "0", "--tls-port", "-1",
+        "--media-port", "0", "--media-tcp-port", "0", "--public-ip", "127.0.0.1", "--rest-host", "127.0.0.1", "--rest-port", "0", "--tls-port", "-1",
         "--log-level", "warning", stdout=asyncio.subprocess.PIPE)
     try:
         banner = (await asyncio.wait_for(proc.stdout.readline(), 15)).decode()

@@ -305,7 +305,7 @@ async def test_recording_under_loss_has_no_broken_frames(make_server, tmp_path) 
 async def _spawn_server(records: Path) -> tuple[asyncio.subprocess.Process, str]:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "webcall", "--host", "127.0.0.1", "--port", "0", "--media-host", "127.0.0.1",
-        "--media-port", "0", "--public-ip", "127.0.0.1", "--rest-port", "-1", "--tls-port", "-1", "--records-dir", str(records),
+        "--media-port", "0", "--media-tcp-port", "0", "--public-ip", "127.0.0.1", "--rest-port", "-1", "--tls-port", "-1", "--records-dir", str(records),
         "--log-level", "warning", cwd=REPO, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
         env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.stdout is not None

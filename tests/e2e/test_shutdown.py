@@ -39,7 +39,7 @@ class Proc:
 async def spawn(tmp_path: Path, *args: str) -> Proc:
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "webcall", "--host", "127.0.0.1", "--port", "0", "--media-host", "127.0.0.1",
-        "--media-port", "0", "--public-ip", "127.0.0.1", "--rest-port", "-1", "--records-dir",
+        "--media-port", "0", "--media-tcp-port", "0", "--public-ip", "127.0.0.1", "--rest-port", "-1", "--records-dir",
         str(tmp_path / "records"), "--log-level", "warning", *args, cwd=REPO, stdout=asyncio.subprocess.PIPE,
         env={**os.environ, "PYTHONPATH": str(REPO)})
     assert proc.stdout is not None

@@ -366,7 +366,7 @@ async def test_relay_once_per_stream_and_worker(make_server, caplog) -> None:
 
 async def test_workers_die_with_control_process() -> None:
     argv = [sys.executable, "-m", "webcall", "--workers", "2", "--port", "0", "--rest-port", "-1", "--tls-port",
-            "-1", "--media-port", "0", "--host", "127.0.0.1", "--media-host", "127.0.0.1", "--public-ip",
+            "-1", "--media-port", "0", "--media-tcp-port", "0", "--host", "127.0.0.1", "--media-host", "127.0.0.1", "--public-ip",
             "127.0.0.1"]
     proc = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
     try:

@@ -99,9 +99,10 @@ class WcsSignalling(Signalling):
     """The minimal WCS WebSocket conversation (docs/protocol.md §1-§4): connection/getUserData, then
     publishStream or playStream with the offer, setRemoteSDP back; pings answered by a reader thread."""
 
-    def __init__(self, url: str, name: str, publish: bool) -> None:
+    def __init__(self, url: str, name: str, publish: bool, transport: str | None = None) -> None:
         import websocket
         self.name, self.publish = name, publish
+        self.transport = transport  # "TCP": the SDK's field, the server answers with ICE-TCP candidates only
         self.media_session_id = str(uuid.uuid1())
         self.ws = websocket.create_connection(url, timeout=10)
         self._lock = threading.Lock()
@@ -171,6 +172,8 @@ class WcsSignalling(Signalling):
                    "hasVideo": True, "hasAudio": True, "status": "PENDING", "record": False,
                    "mediaProvider": "WebRTC", "sdp": offer, "custom": {}, "bitrate": 0, "minBitrate": 0,
                    "maxBitrate": 0, "constraints": {"audio": True, "video": True}}
+        if self.transport:
+            request["transport"] = self.transport
         self.send("publishStream" if self.publish else "playStream", request)
         msg = self.wait(lambda m: self._about_us(m) and (
             m.get("message") == "setRemoteSDP"
@@ -416,6 +419,7 @@ def main() -> int:
     p.add_argument("--distinct", type=int, default=10, help="play: distinct frame hashes needed")
     p.add_argument("--timeout", type=float, default=20.0, help="play: give up after this many seconds")
     p.add_argument("--duration", type=float, default=60.0, help="publish: stop after this many seconds")
+    p.add_argument("--transport", choices=("UDP", "TCP"), help="wcs: the SDK's transport field")
     args = p.parse_args()
     if args.check:
         return check()
@@ -432,7 +436,7 @@ def main() -> int:
     try:
         client.pipeline.set_state(client.Gst.State.PLAYING)
         if args.signal == "wcs":
-            signalling = WcsSignalling(args.url, args.name, publish)
+            signalling = WcsSignalling(args.url, args.name, publish, args.transport)
         else:
             signalling = WhipSignalling(args.url, args.name, publish)
         client.negotiate(signalling)

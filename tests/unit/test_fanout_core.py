@@ -52,6 +52,8 @@ class Player:
         self.inbox.settimeout(2)
         self.addr = None
         self.sockaddr = None
+        self.link = None  # a UDP path (an ICE-TCP one is served in Python: media/tcp.py)
+        self.state = "new"
         self.send_errors = 0
         self.move_to(self.inbox.getsockname())
         self.send_rtp = WebRtcTransport.send_rtp.__get__(self)

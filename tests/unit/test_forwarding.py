@@ -111,6 +111,7 @@ class FakeTransport:
         self.port = SimpleNamespace(sock=FakeSocket(self.sent))
         self.addr = ("127.0.0.1", 50000)
         self.sockaddr = None  # no sendmmsg address: the Consumer sends with sendto, recorded above
+        self.link = None  # a UDP path (ICE-TCP players: tests/e2e/test_ice_tcp.py)
         self.tx = PlainTx()
         self.send_errors = 0
 

@@ -8,12 +8,13 @@ from __future__ import annotations
 
 import secrets
 import struct
+import time
 from typing import TYPE_CHECKING
 
 from ..protocol.sdp import EXT_MID, Track
 from .producer import Producer
 from .rtp import FIXED_HEADER, ExtensionPlan, rewrite
-from .srtp import SendBatch
+from .srtp import SendBatch, SrtpError, SrtpSession
 
 if TYPE_CHECKING:
     from .fanout import FanoutCore
@@ -31,7 +32,7 @@ class Consumer:
         "producer", "transport", "kind", "mid", "ssrc", "rtx_ssrc", "payload_type", "rtx_payload_type",
         "plan", "needs_keyframe", "_sock", "seq_offset", "ts_offset", "start_ext_seq", "rtx_seq", "_next_seq",
         "_ts_base", "target", "_target_refs", "_packets", "_octets", "retransmits", "retransmit_octets", "nacks",
-        "keyframe_requests", "fraction_lost", "player_lost",
+        "keyframe_requests", "fraction_lost", "player_lost", "tcp_waiting",
     )
 
     def __init__(self, producer: Producer, track: Track, transport: WebRtcTransport,
@@ -71,6 +72,7 @@ class Consumer:
         self.retransmit_octets = 0  # payload octets of retransmissions (not in `octets`: that feeds the SR)
         self.fraction_lost = 0
         self.player_lost = 0
+        self.tcp_waiting = False  # an ICE-TCP player's video dropped a packet: wait for the next keyframe
 
     @property
     def packets(self) -> int:
@@ -104,6 +106,9 @@ class Consumer:
             return
         seq = (ext_seq + self.seq_offset) & 0xFFFF
         ts = (ts + self.ts_offset) & 0xFFFFFFFF
+        if transport.link is not None:
+            self._forward_tcp(transport, tx, b0, marker, seq, ts, tail, keyframe, size)
+            return
         name = transport.sockaddr
         if batch is not None and name is not None:
             length = tx.protect_in_place(FIXED_HEADER, b0, marker | self.payload_type, seq, ts, self.ssrc, tail)
@@ -120,6 +125,33 @@ class Consumer:
             return
         self._packets += 1
         self._octets += size
+
+    def _forward_tcp(self, transport: WebRtcTransport, tx: SrtpSession, b0: int, marker: int, seq: int, ts: int,
+                     tail: bytes, keyframe: bool, size: int) -> None:
+        """An ICE-TCP player (media/tcp.py): framed on its connection; when the connection is over its write
+        bound the packet is dropped, and video then resumes at the next keyframe (a decodable picture, not a
+        smear of lost references), which is asked of the publisher at once."""
+        link = transport.link
+        if self.tcp_waiting:
+            if link.congested:
+                link.dropped_out += 1
+                return
+            if not keyframe:  # drained: ask again (the one asked for may have come while it was full)
+                link.dropped_out += 1
+                self.producer.request_keyframe(time.monotonic())  # at most one PLI per interval (producer.py)
+                return
+            self.tcp_waiting = False
+        try:
+            data = tx.protect(FIXED_HEADER.pack(b0, marker | self.payload_type, seq, ts, self.ssrc) + tail)
+        except SrtpError:
+            transport.send_errors += 1
+            return
+        if link.send(data):
+            self._packets += 1
+            self._octets += size
+        elif self.kind == "video":
+            self.tcp_waiting = True
+            self.producer.request_keyframe(time.monotonic())
 
     def promote(self, core: FanoutCore) -> bool:
         """Become a `struct wc_target` of the compiled core (once started, with keys and an IPv4 address)."""

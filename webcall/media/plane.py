@@ -17,11 +17,13 @@ from .transport import WebRtcTransport
 
 class MediaPlane:
     def __init__(self, port: MediaPort, identity: DtlsIdentity, settings: MediaSettings,
-                 candidates: tuple[tuple[str, int], ...]) -> None:
+                 candidates: tuple[tuple[str, int], ...],
+                 tcp_candidates: tuple[tuple[str, int], ...] = ()) -> None:
         self.port = port
         self.identity = identity
         self.settings = settings
         self.candidates = candidates  # announced (ip, port) of this plane's UDP port
+        self.tcp_candidates = tcp_candidates  # ... and of its ICE-TCP port (media/tcp.py), if it has one
 
     def publisher(self, neg: Negotiation, events: PublisherEvents, label: str,
                   ice: tuple[str, str] | None = None) -> PublisherEndpoint:
@@ -33,6 +35,9 @@ class MediaPlane:
         return PlayerEndpoint(self.port, self.identity, neg, self.settings, source, events, label=label, ice=ice,
                               ssrcs=ssrcs)
 
-    def local_endpoint(self, transport: WebRtcTransport) -> LocalEndpoint:
-        """What an SDP answer announces for this transport: ICE credentials, fingerprint, candidates."""
-        return LocalEndpoint(transport.local_ufrag, transport.local_pwd, self.identity.fingerprint, self.candidates)
+    def local_endpoint(self, transport: WebRtcTransport, tcp_only: bool = False) -> LocalEndpoint:
+        """What an SDP answer announces for this transport: ICE credentials, fingerprint, candidates (only the
+        TCP ones when the client asked for TCP — the SDK's `transport: "TCP"` — and there is a TCP port)."""
+        udp = () if tcp_only and self.tcp_candidates else self.candidates
+        return LocalEndpoint(transport.local_ufrag, transport.local_pwd, self.identity.fingerprint, udp,
+                             self.tcp_candidates)

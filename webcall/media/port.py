@@ -5,6 +5,10 @@ ICE username and answered here (ICE-lite: we never send checks); the first valid
 sender's address to that transport. DTLS and SRTP are then routed by a dict lookup on the address.
 Anything else — unknown addresses, garbage, bad STUN — is counted and dropped, never raised.
 
+ICE over TCP (tcp.py): with a TCP port (`start_tcp`), each accepted connection (`TcpLink`) is one more
+"address": its frames take the same demultiplexing as datagrams, and a link that a valid check bound to a
+transport is in `by_addr` like a UDP address. A link whose first frame is not a valid check is closed.
+
 Guardrails (streams/limits.py), per port, so per media worker with --workers 2+: an address that has not passed
 a STUN check may send `max_unverified` datagrams a second (more are dropped before any parsing: a flood of
 bogus checks costs no HMAC), and at most `max_handshakes` DTLS handshakes are in progress (a transport's first
@@ -27,6 +31,7 @@ from .failures import Failure
 from .fanout import FanoutCore, new_core
 from .srtp import SendBatch
 from .stats import FanoutCost
+from .tcp import MAX_UNVERIFIED_LINKS, UNVERIFIED_TIMEOUT, TcpLink, listen
 
 if TYPE_CHECKING:
     from .transport import Address, WebRtcTransport
@@ -59,6 +64,9 @@ class MediaPort(asyncio.DatagramProtocol):
         self.handshaking: set[WebRtcTransport] = set()
         self._endpoint: asyncio.DatagramTransport | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self.tcp_server: asyncio.AbstractServer | None = None
+        self.links: set[TcpLink] = set()  # open ICE-TCP connections
+        self.tcp_refused = 0  # ICE-TCP connections closed for bad input (framing, no valid check, too many)
 
     async def start(self, host: str, port: int) -> int:
         """Bind and start; returns the bound port (useful with port 0)."""
@@ -80,9 +88,19 @@ class MediaPort(asyncio.DatagramProtocol):
         self._ticker = asyncio.create_task(self._tick_loop(), name="media-port-ticker")
         return sock.getsockname()[1]
 
+    async def start_tcp(self, host: str, port: int) -> int:
+        """Listen for ICE-TCP (tcp.py) on `port` too; returns the bound port."""
+        self.tcp_server, bound = await listen(self, host, port)
+        return bound
+
     async def stop(self) -> None:
         for transport in list(self.transports):
             transport.fail(Failure.INTERNAL_ERROR)
+        if self.tcp_server is not None:
+            self.tcp_server.close()
+            self.tcp_server = None
+        for link in list(self.links):
+            link.close("server stopped")
         if self._ticker is not None:
             self._ticker.cancel()
             try:
@@ -115,6 +133,8 @@ class MediaPort(asyncio.DatagramProtocol):
         for addr in transport.addresses:
             if self.by_addr.get(addr) is transport:
                 del self.by_addr[addr]
+                if isinstance(addr, TcpLink):
+                    addr.close("transport closed")  # after what is queued (the DTLS close alert)
 
     def handshake_started(self, transport: WebRtcTransport) -> bool:
         """May this transport begin its DTLS handshake now? (False: over --max-dtls-handshakes, counted.)"""
@@ -144,6 +164,9 @@ class MediaPort(asyncio.DatagramProtocol):
     def datagram_received(self, data: bytes, addr: Address) -> None:
         if len(addr) > 2:  # IPv6 tuples carry flow info and scope id
             addr = addr[:2]
+        self._receive(data, addr)
+
+    def _receive(self, data: bytes, addr: Address | TcpLink) -> None:
         if not data:  # zero-length UDP is legal, and meaningless
             self.dropped += 1
             return
@@ -185,8 +208,10 @@ class MediaPort(asyncio.DatagramProtocol):
             request = stun.parse_message(data)
         except (ValueError, struct.error):  # aioice raises struct.error on short fixed-size attributes
             self.dropped += 1
+            self._refuse_link(addr, "not a STUN check")
             return
         if request.message_method != stun.Method.BINDING or request.message_class != stun.Class.REQUEST:
+            self._refuse_link(addr, "not a STUN check")
             return  # indications (keepalives) and stray responses need nothing
         username = request.attributes.get("USERNAME", "")
         local_ufrag, _, remote_ufrag = username.partition(":")
@@ -197,20 +222,54 @@ class MediaPort(asyncio.DatagramProtocol):
             or not request.check_message_integrity(transport.local_pwd.encode())
         ):
             self.dropped += 1
+            self._refuse_link(addr, "STUN check for no transport")
             return
         response = stun.Message(
             message_method=stun.Method.BINDING,
             message_class=stun.Class.RESPONSE,
             transaction_id=request.transaction_id,
         )
-        response.attributes["XOR-MAPPED-ADDRESS"] = addr
-        response.add_message_integrity(transport.local_pwd.encode())
-        assert self.sock is not None
-        try:
-            self.sock.sendto(bytes(response), addr)
-        except OSError:
-            pass
+        if isinstance(addr, TcpLink):
+            response.attributes["XOR-MAPPED-ADDRESS"] = addr.peer
+            response.add_message_integrity(transport.local_pwd.encode())
+            addr.verified = True
+            addr.send(bytes(response))
+        else:
+            response.attributes["XOR-MAPPED-ADDRESS"] = addr
+            response.add_message_integrity(transport.local_pwd.encode())
+            assert self.sock is not None
+            try:
+                self.sock.sendto(bytes(response), addr)
+            except OSError:
+                pass
         transport.on_binding_request(addr, "USE-CANDIDATE" in request.attributes, time.monotonic())
+
+    # --- ICE-TCP links (tcp.py's FrameSink) ---------------------------------------------------------
+
+    def link_opened(self, link: TcpLink) -> bool:
+        if sum(1 for other in self.links if not other.verified) >= MAX_UNVERIFIED_LINKS:
+            return False
+        self.links.add(link)
+        return True
+
+    def frame_received(self, data: bytes, link: TcpLink) -> None:
+        self._receive(data, link)
+        if not link.verified and link not in self.by_addr and not link.closed:
+            self._refuse_link(link, "first frame is not a valid STUN check")
+
+    def link_closed(self, link: TcpLink) -> None:
+        self.links.discard(link)
+        if link.refused:
+            self.tcp_refused += 1
+        transport = self.by_addr.get(link)
+        if transport is not None:
+            del self.by_addr[link]
+            transport.path_lost(link)
+
+    def _refuse_link(self, addr: Address | TcpLink, reason: str) -> None:
+        """An ICE-TCP connection that has not passed a check and sends something else: closed (tcp.py)."""
+        if isinstance(addr, TcpLink) and not addr.verified:
+            addr.close(reason, refused=True)
 
     # --- time -----------------------------------------------------------------------------------------
 
@@ -221,6 +280,9 @@ class MediaPort(asyncio.DatagramProtocol):
             if now - self._unverified_reset >= 1.0:  # the unverified addresses' budgets are per second
                 self._unverified.clear()
                 self._unverified_reset = now
+            for link in [link for link in self.links if not link.verified]:
+                if now - link.opened > UNVERIFIED_TIMEOUT:
+                    link.close("no valid STUN check", refused=True)
             for transport in list(self.transports):
                 try:
                     transport.tick(now)

@@ -2,6 +2,10 @@
 
 The transport knows datagrams and keys, not tracks: decrypted RTP and RTCP go to its listener (a
 publisher or player endpoint), which owns the producers or consumers.
+
+A path is a UDP address or an ICE-TCP connection (tcp.py's `TcpLink`, framed, no sendmmsg and no compiled
+fan-out core: `sockaddr` stays None, so its players are served on the Python send path). Once connected, a
+transport keeps the kind of path it started on: its players may already be targets of the compiled core.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from typing import Protocol
 from .failures import Failure
 from .dtls import DtlsError, DtlsIdentity, DtlsServer
 from .srtp import SrtpError, SrtpSession, abi_ffi, pack_sockaddr
+from .tcp import TcpLink
 
 log = logging.getLogger("webcall.media")
 
@@ -44,7 +49,7 @@ class PortRegistry(Protocol):
     def register(self, transport: WebRtcTransport) -> None: ...
     def handshake_started(self, transport: WebRtcTransport) -> bool: ...
     def handshake_done(self, transport: WebRtcTransport) -> None: ...
-    def bind_address(self, transport: WebRtcTransport, addr: Address) -> None: ...
+    def bind_address(self, transport: WebRtcTransport, addr: Address | TcpLink) -> None: ...
     def unregister(self, transport: WebRtcTransport) -> None: ...
 
 
@@ -78,8 +83,9 @@ class WebRtcTransport:
         self.local_ufrag, self.local_pwd = ice or new_ice_credentials()
         self.remote_ufrag = remote_ufrag
         self.state = TransportState.NEW
-        self.addr: Address | None = None  # where we send
-        self.addresses: set[Address] = set()  # every address that passed a connectivity check
+        self.addr: Address | TcpLink | None = None  # where we send
+        self.link: TcpLink | None = None  # `addr` when it is an ICE-TCP connection
+        self.addresses: set[Address | TcpLink] = set()  # every path that passed a connectivity check
         # `addr` as a struct sockaddr_in for sendmmsg, rewritten in place when the peer moves: the players'
         # fan-out targets point at it. None until an address is known, or when it is not IPv4.
         self.sockaddr = None
@@ -98,7 +104,7 @@ class WebRtcTransport:
 
     # --- ICE ------------------------------------------------------------------------------------
 
-    def on_binding_request(self, addr: Address, use_candidate: bool, now: float) -> None:
+    def on_binding_request(self, addr: Address | TcpLink, use_candidate: bool, now: float) -> None:
         """A valid check arrived (the port verified its integrity): that address may now carry our traffic.
 
         Every validated address is accepted for input; we send to the nominated one, or to the first one
@@ -113,14 +119,21 @@ class WebRtcTransport:
         if self.addr is None:
             self._send_to(addr)
             self.state = TransportState.ICE_CONNECTED
-            log.debug("ice connected transport=%s %s addr=%s:%d", self.id, self.label, addr[0], addr[1])
+            log.debug("ice connected transport=%s %s addr=%s", self.id, self.label, addr)
         elif use_candidate and addr != self.addr:
             self._send_to(addr)
 
-    def _send_to(self, addr: Address) -> None:
+    def _send_to(self, addr: Address | TcpLink) -> None:
         if addr == self.addr:
             return
+        link = addr if isinstance(addr, TcpLink) else None
+        if self.state == TransportState.CONNECTED and (link is None) != (self.link is None):
+            return  # no switching between UDP and TCP once players may be on the compiled core (module docstring)
         self.addr = addr
+        self.link = link
+        if link is not None:
+            self.sockaddr = None
+            return
         packed = pack_sockaddr(addr)
         if packed is None:
             self.sockaddr = None
@@ -131,7 +144,14 @@ class WebRtcTransport:
 
     # --- DTLS -----------------------------------------------------------------------------------
 
-    def on_dtls(self, data: bytes, addr: Address, now: float) -> None:
+    def path_lost(self, addr: Address | TcpLink) -> None:
+        """An ICE-TCP connection of this transport closed: if we were sending on it, the client is gone."""
+        self.addresses.discard(addr)
+        if addr is self.addr and self.state != TransportState.CLOSED:
+            log.info("ice-tcp connection lost transport=%s %s", self.id, self.label)
+            self.fail(Failure.PEER_CLOSED)
+
+    def on_dtls(self, data: bytes, addr: Address | TcpLink, now: float) -> None:
         if not self._handshaking and self.state == TransportState.ICE_CONNECTED:
             if not self.port.handshake_started(self):
                 return  # over the cap: dropped; the client retransmits its ClientHello
@@ -194,6 +214,11 @@ class WebRtcTransport:
 
     def send_raw(self, data: bytes) -> None:
         if self.addr is None:
+            return
+        link = self.link
+        if link is not None:
+            if not link.send(data):
+                self.send_errors += 1
             return
         try:
             self.port.sock.sendto(data, self.addr)

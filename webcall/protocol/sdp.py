@@ -105,7 +105,8 @@ class LocalEndpoint:
     ice_ufrag: str
     ice_pwd: str
     fingerprint: tuple[str, str]  # ("sha-256", "AB:CD:...")
-    candidates: tuple[tuple[str, int], ...]  # (ip, port) host candidates, best first
+    candidates: tuple[tuple[str, int], ...]  # (ip, port) UDP host candidates, best first
+    tcp_candidates: tuple[tuple[str, int], ...] = ()  # (ip, port) ICE-TCP passive host candidates (RFC 6544)
 
 
 def parse_fmtp(fmtp: str) -> dict[str, str]:
@@ -122,8 +123,30 @@ def _parse(offer: str) -> SessionDescription:
         raise SdpError("Bad SDP: not a session description")
     try:
         return SessionDescription.parse(offer)
-    except Exception as exc:  # aiortc's parser asserts and raises freely on bad input
-        raise SdpError(f"Bad SDP: {type(exc).__name__}") from None
+    except Exception:  # aiortc's parser asserts and raises freely on bad input, without saying where
+        raise SdpError(f"Bad SDP: {_where_unparsable(offer)}") from None
+
+
+_LINE = re.compile(r"[a-z]=")
+
+
+def _where_unparsable(offer: str) -> str:
+    """Where an offer that aiortc's parser refused goes wrong, for the client's info string (our parser's
+    exception names mean nothing to a client): the first line that is not `<type>=<value>`, else the first
+    section (session part, then each m= section in turn) that cannot be parsed with those before it."""
+    lines = offer.splitlines()
+    for number, line in enumerate(lines, 1):
+        if line and not _LINE.match(line):
+            return f"line {number} is not <type>=<value>"
+    starts = [i for i, line in enumerate(lines) if line.startswith("m=")] + [len(lines)]
+    for index, end in enumerate(starts):
+        try:
+            SessionDescription.parse("\r\n".join(lines[:end]) + "\r\n")
+        except Exception:
+            if index == 0:
+                return "the session-level lines cannot be parsed"
+            return f"m-line {index} ({lines[starts[index - 1]][2:].split(' ', 1)[0]}) cannot be parsed"
+    return "cannot be parsed"
 
 
 def _codecs(media: MediaDescription) -> list[Codec]:
@@ -298,6 +321,21 @@ _FB_PUBLISH = ("nack", "nack pli", "ccm fir", "goog-remb")
 _FB_PLAY = ("nack", "nack pli", "ccm fir")
 
 
+def candidate_lines(local: LocalEndpoint) -> list[str]:
+    """Host candidates: UDP first, then ICE-TCP passive ones at a lower priority, so a client that can use both
+    prefers UDP. Priorities per RFC 8445 §5.1.2.1 (type preference 126 for host); a TCP candidate's local
+    preference follows RFC 6544 §4.2 (direction preference 4 of 6 for passive, shifted left 13 bits)."""
+    lines = []
+    for index, (cip, cport) in enumerate(local.candidates):
+        prio = (126 << 24) | ((65535 - index) << 8) | 255
+        lines.append(f"a=candidate:{index + 1} 1 udp {prio} {cip} {cport} typ host")
+    for index, (cip, cport) in enumerate(local.tcp_candidates):
+        prio = (126 << 24) | (((4 << 13) + 8191 - index) << 8) | 255
+        lines.append(f"a=candidate:{len(local.candidates) + index + 1} 1 tcp {prio} {cip} {cport} typ host "
+                     "tcptype passive")
+    return lines
+
+
 def build_answer(
     neg: Negotiation,
     local: LocalEndpoint,
@@ -308,7 +346,7 @@ def build_answer(
     cname: str = "webcall",
     stream_label: str = "webcall",
 ) -> str:
-    ip, port = local.candidates[0]
+    ip, port = (local.candidates or local.tcp_candidates)[0]
     accepted = [m.mid for m in neg.mlines if m.track is not None]
     feedback = _FB_PUBLISH if direction == "recvonly" else _FB_PLAY
     lines = [
@@ -334,9 +372,7 @@ def build_answer(
         pts = [c.payload_type] + ([c.rtx_payload_type] if c.rtx_payload_type is not None else [])
         lines += [f"m={m.kind} {port} {m.profile} {' '.join(map(str, pts))}", f"c=IN IP4 {ip}",
                   f"a=rtcp:{port} IN IP4 {ip}"]
-        for priority_index, (cip, cport) in enumerate(local.candidates):
-            prio = 2130706431 - priority_index
-            lines.append(f"a=candidate:{priority_index + 1} 1 udp {prio} {cip} {cport} typ host")
+        lines += candidate_lines(local)
         lines += ["a=end-of-candidates", *transport, f"a=mid:{m.mid}"]
         for uri, ext_id in sorted(t.extensions.items(), key=lambda kv: kv[1]):
             lines.append(f"a=extmap:{ext_id} {uri}")

@@ -1,8 +1,8 @@
 """The aiohttp front: WebSocket signalling and demo pages on one port, the REST API on another, and the
 server's lifecycle: `start`, `shutdown` (graceful: SIGTERM, see cli.py), `stop`, and `reload_tls` (SIGHUP).
 
-Thin on purpose: frames in → `Session.handle_text`; `Session.send` → an outgoing queue drained by one
-writer task per socket, so the streams layer can emit messages synchronously from media events.
+Thin on purpose: frames in → `Session.handle_text`; `Session.send` → the frame written to the connection at
+once (`wsout.Outbox`), so the streams layer can emit messages synchronously from media events.
 """
 
 from __future__ import annotations
@@ -31,14 +31,16 @@ from ..workers.supervisor import resolve_worker_count
 from ..wcs import messages as wcs_messages
 from ..wcs.session import Session
 from ..whip import WhipFrontEnd
+from . import media_socket
 from .config import Config
 from .rest_recording import record_file_handler
 from .rest import RestApi, health
 from .tls import reload_context, server_context
+from .wsout import Outbox
 
 log = logging.getLogger("webcall.server")
 
-OUTGOING_QUEUE_LIMIT = 1000  # a client this far behind is not reading: drop it
+OUTGOING_LIMIT_BYTES = 1 << 20  # a client with this much of our output unsent is not reading: drop it
 
 
 class WebcallServer:
@@ -52,6 +54,7 @@ class WebcallServer:
         self._rest_runner: web.AppRunner | None = None
         self.http_port = 0
         self.media_port = 0
+        self.media_tcp_port = 0  # bound ICE-TCP port (of worker 0 with workers); 0 while it is off
         self.rest_port = 0  # bound REST port; 0 while the REST API is off
         self.tls_port = 0  # bound HTTPS/WSS port; 0 while TLS is off
         self._sockets: set[web.WebSocketResponse] = set()
@@ -85,7 +88,9 @@ class WebcallServer:
         app.router.add_get("/sdk/flashphoner.js", self._sdk)
         app.router.add_static("/static/", c.static_dir, show_index=False)
         app.router.add_get("/client/records/{name}", record_file_handler(c.records_dir))  # spec §14, with Range
-        self.whip = WhipFrontEnd(self.hub.registry, self.hub.plane, settings, c.whip_token)  # WHIP and WHEP
+        self.whip = WhipFrontEnd(self.hub.registry, self.hub.plane, settings, c.whip_token,  # WHIP and WHEP
+                                 hooks=self.hub.hooks, ice_servers=c.whip_ice_servers,
+                                 recordings=self.hub.recordings)
         self.whip.add_routes(app)
         self.hub.listings.append(self.whip.streams)
         app.router.add_get("/{path:.*}", self._any_path)  # last: the WCS WebSocket on any path not routed above
@@ -112,8 +117,10 @@ class WebcallServer:
         if c.cluster_redis:
             await self._join_cluster(ips)
         media_ports = self.workers.media_ports() if self.workers else [self.media_port]
-        log.info("listening http+ws=%s:%d https+wss=%s media=udp/%s:%s workers=%d rest=%s announce=%s", c.host,
-                 self.http_port, self.tls_port or "off", c.media_host, ",".join(map(str, media_ports)),
+        tcp_ports = self.workers.media_tcp_ports() if self.workers else [self.media_tcp_port]
+        log.info("listening http+ws=%s:%d https+wss=%s media=udp/%s:%s tcp/%s workers=%d rest=%s announce=%s",
+                 c.host, self.http_port, self.tls_port or "off", c.media_host, ",".join(map(str, media_ports)),
+                 ",".join(map(str, tcp_ports)) if any(tcp_ports) else "off",
                  self.workers.count if self.workers else 0,
                  f"{c.rest_host}:{self.rest_port}" if self._rest_runner else "off", ",".join(ips))
 
@@ -156,18 +163,23 @@ class WebcallServer:
         if count == 1:
             self.port = MediaPort(c.fanout_core, c.fanout_threads, c.max_unverified_datagrams, c.max_dtls_handshakes)
             self.media_port = await self.port.start(c.media_host, c.media_port)
+            if c.media_tcp_port >= 0:
+                self.media_tcp_port = await self.port.start_tcp(c.media_host, c.media_tcp_port)
             identity = await asyncio.get_running_loop().run_in_executor(None, DtlsIdentity)
-            return MediaPlane(self.port, identity, settings, tuple((ip, self.media_port) for ip in ips))
+            return MediaPlane(self.port, identity, settings, tuple((ip, self.media_port) for ip in ips),
+                              tuple((ip, self.media_tcp_port) for ip in ips) if self.media_tcp_port else ())
         worker_settings = WorkerSettings(
             connect_timeout=c.connect_timeout, consent_timeout=c.consent_timeout, max_bitrate=c.max_bitrate,
             fanout_core=c.fanout_core, fanout_threads=c.fanout_threads, snapshot_timeout=c.snapshot_timeout,
-            stats_interval=c.rate_interval / 2, rtp_activity_timeout=c.rtp_activity_timeout,
+            stats_interval=c.rate_interval, rtp_activity_timeout=c.rtp_activity_timeout,
             bitrate_ceiling=c.publisher_bitrate_ceiling, bitrate_grace=c.bitrate_grace,
-            max_unverified_datagrams=c.max_unverified_datagrams, max_dtls_handshakes=c.max_dtls_handshakes)
+            max_unverified_datagrams=c.max_unverified_datagrams, max_dtls_handshakes=c.max_dtls_handshakes,
+            media_tcp_port=c.media_tcp_port)
         self.workers = WorkerPlane(count, mode=c.placement, settings=worker_settings, media_host=c.media_host,
                                    media_port=c.media_port, announced_ips=ips, log_level=c.log_level)
         await self.workers.start()
         self.media_port = self.workers.media_ports()[0]
+        self.media_tcp_port = self.workers.media_tcp_ports()[0]
         return self.workers
 
     async def shutdown(self) -> None:
@@ -179,7 +191,7 @@ class WebcallServer:
             return
         log.info("shutting down sessions=%d streams=%d", len(hub.sessions), len(hub.streams()))
         hub.shut_down()
-        deadline = time.monotonic() + 5.0  # writers flush their queue, then close the socket
+        deadline = time.monotonic() + 5.0  # each socket says goodbye (close frame), then its handler returns
         while self._sockets and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await hub.recordings.finish()
@@ -257,7 +269,8 @@ class WebcallServer:
                 obj = stream.describe()
                 out.append({k: obj.get(k) for k in ("name", "status", "width", "height", "videoCodec",
                                                      "audioCodec", "createDate", "metrics")}
-                           | {"players": len(stream.players)} | node)
+                           | {"players": len(stream.players),
+                              "feeds": [f for f in self.hub.feeds.describe() if f["label"] == stream.name]} | node)
         if self.cluster is not None:  # the other nodes' publications (their player counts are theirs)
             out += [{k: obj.get(k) for k in ("name", "status", "width", "height", "videoCodec", "audioCodec",
                                              "createDate", "metrics", "node")}
@@ -293,22 +306,44 @@ class WebcallServer:
             await ws.close()
             return ws
         self._sockets.add(ws)
-        outgoing: asyncio.Queue[str | None] = asyncio.Queue()
+        # A media socket (spec §11) says so in its first message. A client that says nothing is dropped as a
+        # silent session would be (its pings unanswered).
+        silence = self.config.ping_interval * (self.config.ping_probes + 1)
+        try:
+            first = await ws.receive(timeout=silence)
+        except asyncio.TimeoutError:
+            first = None
+        if first is not None and first.type == WSMsgType.TEXT:
+            is_media, token = media_socket.media_token(first.data)
+            if is_media:
+                try:
+                    await media_socket.serve(ws, self.hub, token)
+                finally:
+                    self._sockets.discard(ws)
+                return ws
+        if first is None or first.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+            self._sockets.discard(ws)
+            await ws.close()
+            return ws
+        closing: list[asyncio.Task[bool]] = []
 
-        def send(text: str) -> None:
-            if outgoing.qsize() >= OUTGOING_QUEUE_LIMIT:
-                log.warning("client not reading, closing session=%s", session.id)
-                session.close()
-                return
-            outgoing.put_nowait(text)
+        def close_socket() -> None:  # the session ended on our side: say goodbye once, in the background
+            if not closing and not ws.closed:
+                closing.append(asyncio.get_running_loop().create_task(ws.close(), name=f"ws-close {session.id}"))
 
-        sock = request.transport.get_extra_info("sockname") if request.transport else None
+        def stalled() -> None:
+            log.warning("client not reading, closing session=%s", session.id)
+            session.close()
+
+        assert request.transport is not None  # prepared: the connection is open
+        outbox = Outbox(request.transport, OUTGOING_LIMIT_BYTES, stalled)
+        sock = request.transport.get_extra_info("sockname")
         remote = f"{peer[0]}:{peer[1]}" if peer else "unknown"
         local = f"{sock[0]}:{sock[1]}" if sock else "unknown"
-        session = Session(self.hub, send, lambda: outgoing.put_nowait(None), remote, local, origin)
-        writer = asyncio.create_task(self._writer(ws, outgoing), name=f"ws-writer {session.id}")
+        session = Session(self.hub, outbox.send, close_socket, remote, local, origin)
         log.info("websocket open session=%s", session.id)
         try:
+            session.handle_text(first.data)
             async for frame in ws:
                 if frame.type == WSMsgType.TEXT:
                     session.handle_text(frame.data)
@@ -318,19 +353,8 @@ class WebcallServer:
                     break
         finally:
             session.close()
-            outgoing.put_nowait(None)
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(writer, 5)
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, ConnectionError, RuntimeError):
+                await asyncio.wait_for(closing[0] if closing else ws.close(), 5)
             self._sockets.discard(ws)
             log.info("websocket closed session=%s code=%s", session.id, ws.close_code)
         return ws
-
-    @staticmethod
-    async def _writer(ws: web.WebSocketResponse, outgoing: asyncio.Queue[str | None]) -> None:
-        try:
-            while (text := await outgoing.get()) is not None:
-                await ws.send_str(text)
-        except (ConnectionError, RuntimeError):
-            pass  # the client went away; the reader side cleans up
-        finally:
-            await ws.close()

@@ -54,8 +54,9 @@ async def _serve(server: WebcallServer) -> None:
     loop.add_signal_handler(signal.SIGHUP, server.reload_tls)
     rest = f", REST http://{server.config.rest_host}:{server.rest_port}/rest-api/" if server.rest_port else ""
     tls = f", https://localhost:{server.tls_port}/" if server.tls_port else ""
+    tcp = f" tcp/{server.media_tcp_port}" if server.media_tcp_port else ""
     print(f"webcall: open http://localhost:{server.http_port}/  (signalling ws://<host>:{server.http_port}, "
-          f"media udp/{server.media_port}{rest}{tls})", flush=True)
+          f"media udp/{server.media_port}{tcp}{rest}{tls})", flush=True)
     await stop.wait()
     timeout = server.config.shutdown_timeout
     try:

@@ -31,6 +31,9 @@ class Config:
     port: int = field(default=8080, metadata={"help": "HTTP + WebSocket signalling port (the SDK's urlServer)"})
     media_host: str = field(default="0.0.0.0", metadata={"help": "UDP media bind address"})
     media_port: int = field(default=31001, metadata={"help": "the one UDP port for all WebRTC media"})
+    media_tcp_port: int = field(default=31001, metadata={
+        "help": "TCP port for WebRTC media over ICE-TCP (clients that cannot use UDP, the SDK's transport TCP), "
+                "announced after UDP; 0 = any free port, -1 = off. Worker i owns --media-tcp-port + i"})
     public_ip: str = field(default="auto", metadata={
         "help": "IP announced in ICE candidates (comma-separated); auto = this host's IPv4 addresses"})
     tls_port: int = field(default=8443, metadata={
@@ -98,7 +101,11 @@ class Config:
         "help": "WebSocket Origin allow-list, comma-separated (https://a.com, *.b.com, c.com:8080); "
                 "empty = any origin"})
     whip_token: str = field(default="", metadata={
-        "help": "WHIP/WHEP bearer token: requests need Authorization: Bearer <token>; empty = no authorization"})
+        "help": "WHIP/WHEP bearer tokens, comma-separated: requests need Authorization: Bearer <one of them>; "
+                "empty = no static tokens (a --hook-url backend still decides, with the token as authToken)"})
+    whip_ice_servers: str = field(default="", metadata={
+        "help": "ICE servers sent to WHIP/WHEP clients as Link headers, comma-separated `URL [username credential]` "
+                "(e.g. turn:turn.example.com:3478?transport=udp user pass); empty = none: no client needs one"})
     # --- guardrails (webcall/streams/limits.py): 0 = no limit ---
     rtp_activity_timeout: float = field(default=5.0, metadata={
         "help": "seconds without RTP from a publishing client before its stream is FAILED (Failed by RTP "
@@ -177,7 +184,7 @@ class Config:
         for name in ("port", "media_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name} must be 0..65535")
-        for name in ("rest_port", "tls_port"):
+        for name in ("rest_port", "tls_port", "media_tcp_port"):
             if not -1 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name} must be -1..65535")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -218,6 +225,9 @@ class Config:
         if not self.hook_timeout > 0 or not self.keep_alive_interval >= 0 or self.hook_queue_size < 1:
             raise ValueError("hook_timeout must be > 0, keep_alive_interval >= 0, hook_queue_size >= 1")
         parse_allow_list(self.allow_origins)  # raises ValueError for a malformed pattern
+        for entry in filter(str.strip, self.whip_ice_servers.split(",")):
+            if len(entry.split()) not in (1, 3) or not entry.split()[0].startswith(("stun:", "stuns:", "turn:", "turns:")):
+                raise ValueError("whip_ice_servers entries must be `stun:/turn: URL [username credential]`")
         if not self.rtp_activity_timeout > 0 or not self.shutdown_timeout > 0 or not self.bitrate_grace > 0:
             raise ValueError("rtp_activity_timeout, shutdown_timeout and bitrate_grace must be > 0")
         for name in ("max_sessions_per_ip", "max_streams_per_session", "max_players_per_stream", "max_publishers",

@@ -103,6 +103,8 @@ class OwnInfo:
     ORIGIN_LOST: Final = "Origin node lost"  # cluster: the node publishing the stream went silent
     CLUSTER_UNAVAILABLE: Final = "Cluster directory unavailable"  # cluster: Redis does not answer
     ORIGIN_UNREACHABLE: Final = "Origin node unreachable"  # cluster: the publishing node did not answer
+    MEDIA_TRANSPORT_TIMEOUT: Final = "Media transport not connected"  # MSE/WSPlayer: no media socket came
+    MEDIA_TRANSPORT_NOT_READING: Final = "Media transport not reading"  # its socket's buffer overflowed
 
 
 # The media plane's and the stream core's reasons (media/failures.py, streams/registry.py) in WCS words.

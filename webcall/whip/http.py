@@ -11,8 +11,17 @@ connectivity checks, so the client's candidates are of no use to it (it learns t
 client's checks). A PATCH carrying candidates is accepted and ignored (204), so clients that trickle work
 unchanged; an ICE restart (new ufrag/pwd) is not supported (422, as RFC 9725 §4.3.1 says for that case).
 
-Authorization: with a token configured (--whip-token), every request but OPTIONS needs
-`Authorization: Bearer <token>` (401 otherwise); without one, anyone may publish and play.
+Authorization (RFC 9725 §4.5, RFC 6750 §3.1): with tokens configured (--whip-token, a comma-separated list), every
+request but OPTIONS needs `Authorization: Bearer <one of them>`: none → 401 with a `WWW-Authenticate: Bearer`
+challenge, another → 401 `error="invalid_token"`. With a hook backend for appKey defaultApp (--hook-url), a POST
+asks it too, as a WCS client would be asked: `connect` with the token as `authToken` (denied → 401), then
+`publishStream` or `playStream` with the stream's name (denied → 403 with the backend's message). Without
+either, anyone may publish and play.
+
+ICE servers (RFC 9725 §4.4, `Link: <url>; rel="ice-server"`): the server is ICE-lite with host candidates on
+UDP and TCP (media/tcp.py), so a client needs no STUN or TURN server to reach it, and none is sent by default.
+--whip-ice-servers lists some to send (a client behind a NAT that only TURN crosses): each entry is
+`URL [username credential]`.
 """
 
 from __future__ import annotations
@@ -20,13 +29,17 @@ from __future__ import annotations
 import hmac
 import logging
 import re
+import secrets
 from typing import Any
 from urllib.parse import quote
 
 from aiohttp import web
 
+from ..hooks import policy as hook_policy
+from ..hooks.client import Hooks
 from ..logs import q
 from ..protocol.sdp import SdpError, negotiate_play, negotiate_publish
+from ..streams.recording import Recordings
 from ..streams.registry import NameInUse, StreamRegistry
 from .resources import Plane, Resource, Settings, WhepPlayback, WhipPublication
 
@@ -47,11 +60,15 @@ CORS = {
 class WhipFrontEnd:
     """The WHIP and WHEP resources of one server; `add_routes(app)` mounts them."""
 
-    def __init__(self, registry: StreamRegistry, plane: Plane, settings: Settings, token: str = "") -> None:
+    def __init__(self, registry: StreamRegistry, plane: Plane, settings: Settings, token: str = "",
+                 hooks: Hooks | None = None, ice_servers: str = "", recordings: Recordings | None = None) -> None:
         self.registry = registry
+        self.recordings = recordings  # the hub's: WHIP recordings are listed with the others
         self.plane = plane
         self.settings = settings
-        self.token = token
+        self.tokens = [t.strip() for t in token.split(",") if t.strip()]
+        self.hooks = hooks
+        self.links = ice_server_links(ice_servers)
         self.resources: dict[str, Resource] = {}
 
     def add_routes(self, app: web.Application) -> None:
@@ -80,11 +97,51 @@ class WhipFrontEnd:
 
     # --- helpers ----------------------------------------------------------------------------------
 
-    def _authorized(self, request: web.Request) -> bool:
-        if not self.token:
-            return True
+    @staticmethod
+    def _bearer(request: web.Request) -> str | None:
         scheme, _, value = request.headers.get("Authorization", "").partition(" ")
-        return scheme.lower() == "bearer" and hmac.compare_digest(value.strip().encode(), self.token.encode())
+        return value.strip() if scheme.lower() == "bearer" and value.strip() else None
+
+    def _token_problem(self, request: web.Request) -> web.Response | None:
+        """401 unless the request carries one of the configured tokens (or none is configured)."""
+        if not self.tokens:
+            return None
+        token = self._bearer(request)
+        if token is None:
+            return self._reply(401, "Unauthorized", {"WWW-Authenticate": 'Bearer realm="webcall"'})
+        if not any(hmac.compare_digest(token.encode(), t.encode()) for t in self.tokens):
+            return self._reply(401, "Invalid token",
+                               {"WWW-Authenticate": 'Bearer realm="webcall", error="invalid_token"'})
+        return None
+
+    async def _hooks_refuse(self, request: web.Request, publish: bool, name: str) -> web.Response | None:
+        """The backend's connect and publishStream/playStream decisions, as for a WCS client of appKey defaultApp."""
+        hooks = self.hooks
+        app_key = hook_policy.DEFAULT_APP_KEY
+        if hooks is None or hooks.url_for(app_key) is None:
+            return None
+        token = self._bearer(request)
+        provider = "WHIP" if publish else "WHEP"
+        client = hooks.client(app_key, f"{provider.lower()}-{secrets.token_hex(6)}")
+        try:
+            connect = await client.invoke(hook_policy.CONNECT, {
+                "appKey": app_key, "authToken": token, "mediaProviders": [provider], "clientVersion": provider,
+                "origin": request.headers.get("Origin"), "custom": {"token": token} if token else {}})
+            if not connect.allowed:
+                log.info("%s refused by the connect hook stream=%s info=%s", provider.lower(), q(name), q(connect.info))
+                challenge = 'Bearer realm="webcall"' + (', error="invalid_token"' if token else "")
+                return self._reply(401, connect.info or "Unauthorized", {"WWW-Authenticate": challenge})
+            method = hook_policy.PUBLISH_STREAM if publish else hook_policy.PLAY_STREAM
+            decision = await client.invoke(method, {
+                "name": name, "published": publish, "mediaProvider": provider, "authToken": token,
+                "custom": {"token": token} if token else {}})
+            if not decision.allowed:
+                log.info("%s refused by the %s hook stream=%s info=%s", provider.lower(), method, q(name),
+                         q(decision.info))
+                return self._reply(403, decision.info or hook_policy.RESTRICTED_ACCESS)
+            return None
+        finally:
+            client.close()
 
     @staticmethod
     def _reply(status: int, text: str = "", headers: dict[str, str] | None = None,
@@ -93,12 +150,13 @@ class WhipFrontEnd:
                             headers={**CORS, **(headers or {})})
 
     def _refuse(self, request: web.Request) -> web.Response | None:
-        if not self._authorized(request):
-            return self._reply(401, "Unauthorized", {"WWW-Authenticate": 'Bearer realm="webcall"'})
-        return None
+        return self._token_problem(request)
 
     async def _offer(self, request: web.Request) -> str | web.Response:
         if (refused := self._refuse(request)) is not None:
+            return refused
+        publish = request.path.startswith("/whip/")
+        if (refused := await self._hooks_refuse(request, publish, request.match_info["stream"])) is not None:
             return refused
         if request.content_type != SDP:
             return self._reply(415, f"Content-Type must be {SDP}")
@@ -116,13 +174,19 @@ class WhipFrontEnd:
         self.resources[resource.id] = resource
         location = f"/{resource.protocol}/{quote(resource.name, safe='')}/{resource.id}"
         log.info("%s offer answered %s codecs=%s", resource.protocol, resource.label, resource.codecs())
-        return self._reply(201, answer, {"Location": location, "ETag": f'"{resource.id}"',
-                                         "Accept-Patch": SDPFRAG}, content_type=SDP)
+        response = self._reply(201, answer, {"Location": location, "ETag": f'"{resource.id}"',
+                                             "Accept-Patch": SDPFRAG}, content_type=SDP)
+        for link in self.links:
+            response.headers.add("Link", link)
+        return response
 
     # --- handlers ---------------------------------------------------------------------------------
 
     async def _options(self, request: web.Request) -> web.Response:
-        return self._reply(204, headers={"Accept-Post": SDP, "Accept-Patch": SDPFRAG})
+        response = self._reply(204, headers={"Accept-Post": SDP, "Accept-Patch": SDPFRAG})
+        for link in self.links:  # RFC 9725 §4.4: a client may fetch the ICE servers before its offer
+            response.headers.add("Link", link)
+        return response
 
     async def _publish(self, request: web.Request) -> web.Response:
         offer = await self._offer(request)
@@ -202,3 +266,18 @@ class WhipFrontEnd:
         if (ufrag and ufrag.group(1) != resource.neg.ice_ufrag) or (pwd and pwd.group(1) != resource.neg.ice_pwd):
             return self._reply(422, "ICE restart not supported")
         return self._reply(204)  # candidates: not needed by an ICE-lite server (see the module's docstring)
+
+
+def ice_server_links(spec: str) -> list[str]:
+    """`Link` header values (RFC 9725 §4.4) from --whip-ice-servers: comma-separated `URL [username credential]`."""
+    links = []
+    for entry in spec.split(","):
+        parts = entry.split()
+        if not parts:
+            continue
+        link = f'<{parts[0]}>; rel="ice-server"'
+        if len(parts) == 3:
+            username, credential = (p.replace('"', "") for p in parts[1:])
+            link += f'; username="{username}"; credential="{credential}"; credential-type="password"'
+        links.append(link)
+    return links

@@ -17,7 +17,9 @@ from ..logs import q
 from ..media.endpoints import new_session_id
 from ..media.failures import Failure
 from ..protocol.sdp import Negotiation, build_answer
+from ..streams.recording import RecordSettings, Recording, RecordingError, Recordings
 from ..streams.registry import EndReason, Source, StreamRegistry
+from ..wcs.rates import RateMeter, Reading
 
 log = logging.getLogger("webcall.whip")
 
@@ -33,6 +35,7 @@ class Plane(Protocol):
 class Settings(Protocol):
     video_codecs: tuple[str, ...]
     connect_timeout: float
+    records: RecordSettings
 
 
 class Owner(Protocol):
@@ -41,6 +44,7 @@ class Owner(Protocol):
     registry: StreamRegistry
     plane: Plane
     settings: Settings
+    recordings: Recordings | None
 
     def forget(self, resource: Resource) -> None: ...
 
@@ -59,6 +63,7 @@ class Resource:
         self.status = "PENDING"  # PENDING → PUBLISHING/PLAYING → STOPPED/FAILED
         self.width = self.height = 0
         self.endpoint: Any = None
+        self.meter = RateMeter()  # sampled by the hub like every stream (wcs/sampler.py): REST metrics, fps
 
     @property
     def closed(self) -> bool:
@@ -85,16 +90,29 @@ class Resource:
             "appKey": self.protocol, "sessionId": self.id, "mediaSessionId": self.id, "name": self.name,
             "published": self.published, "hasVideo": "video" in codecs, "hasAudio": "audio" in codecs,
             "status": self.status, "videoCodec": codecs.get("video"), "record": False, "width": self.width,
-            "height": self.height, "createDate": self.create_date, "transport": "UDP",
+            "height": self.height, "createDate": self.create_date, "transport": self.transport_kind(),
             "mediaType": "publish" if self.published else "play", "mediaProvider": self.protocol.upper(),
-            "metrics": {},
+            "fps": self.meter.latest.fps, "metrics": self.metrics(),
         }
         if "audio" in codecs:
             obj["audioCodec"] = codecs["audio"]
         return obj
 
+    def transport_kind(self) -> str:
+        """UDP, or TCP for a client on ICE-TCP (media/tcp.py); a worker's endpoint is reported as UDP."""
+        transport = getattr(self.endpoint, "transport", None)
+        return "TCP" if getattr(transport, "link", None) is not None else "UDP"
+
     def sample(self, now: float) -> None:
-        """No rate messages: HTTP has no channel after the answer."""
+        """Rates for REST and /metrics (no rate messages: HTTP has no channel after the answer)."""
+        if self.live:
+            self.meter.update(now, self.reading())
+
+    def reading(self) -> Reading:
+        raise NotImplementedError
+
+    def metrics(self) -> dict[str, int]:
+        raise NotImplementedError
 
     def counters(self) -> dict[tuple[str, str], int]:
         raise NotImplementedError
@@ -121,6 +139,11 @@ class WhipPublication(Resource):
     def __init__(self, owner: Owner, name: str, neg: Negotiation) -> None:
         super().__init__(owner, name, neg)
         self._timer: asyncio.TimerHandle | None = None
+        self.recording: Recording | None = None  # started by REST startRecording (server/rest_recording.py)
+        self.session_id = self.id  # for a recording's {sessionId}
+        self.login = ""  # no login over WHIP: {login} is empty
+        codecs = self.codecs()
+        self.audio_codec, self.video_codec = codecs.get("audio"), codecs.get("video")
 
     def start(self) -> str:
         """The media endpoint, and the SDP answer that announces it."""
@@ -150,7 +173,56 @@ class WhipPublication(Resource):
         for kind, p in self.producers.items():
             out["rtp_packets_received", kind] = p.packets
             out["rtp_payload_bytes_received", kind] = p.octets
+            out["rtp_packets_recovered", kind] = p.recovered
+            out["nacks_sent", kind] = p.nacks_sent
+            out["keyframe_requests_sent", kind] = p.keyframe_requests
         return out
+
+    def reading(self) -> Reading:
+        video, audio = self.producers.get("video"), self.producers.get("audio")
+        return Reading(video_octets=video.octets if video else 0, audio_octets=audio.octets if audio else 0,
+                       video_packets=video.packets if video else 0, audio_packets=audio.packets if audio else 0,
+                       frames=video.frames if video else 0)
+
+    def metrics(self) -> dict[str, int]:
+        """The WCS `metrics` object (spec §12), as a WCS publication reports it."""
+        rates = self.meter.latest
+        out: dict[str, int] = {}
+        video, audio = self.producers.get("video"), self.producers.get("audio")
+        if video is not None:
+            out.update(VIDEO_WIDTH=video.width, VIDEO_HEIGHT=video.height, VIDEO_RATE=rates.video_rate,
+                       VIDEO_FPS=rates.fps, VIDEO_NACK=video.nacks_sent, VIDEO_PLI=video.keyframe_requests,
+                       VIDEO_LOST=video.lost, VIDEO_K_FRAMES=video.keyframes,
+                       VIDEO_P_FRAMES=max(0, video.frames - video.keyframes), VIDEO_B_FRAMES=0)
+        if audio is not None:
+            out.update(AUDIO_RATE=rates.audio_rate, AUDIO_LOST=audio.lost)
+        return out
+
+    # --- recording (REST startRecording/stopRecording, streams/recording.py) -------------------------
+
+    def start_recording(self, template: str | None = None) -> Recording:
+        """Record this stream from now on (a no-op while it is being recorded); raises RecordingError."""
+        current = self.recording
+        if current is not None and current.stopped_at is None:
+            if current.status != "FAILED":
+                return current
+            current.stop()
+        if self.owner.recordings is None:
+            raise RecordingError("recording is not available")
+        recording = Recording(self, self.owner.settings.records, template)
+        recording.start()
+        self.recording = recording
+        self.owner.recordings.add(recording)
+        return recording
+
+    def stop_recording(self) -> str | None:
+        return self.recording.stop() if self.recording is not None else None
+
+    def on_recording_failed(self, error: str) -> None:
+        log.warning("recording failed %s error=%s", self.label, q(error))
+
+    def on_recording_done(self, record_name: str | None, status: str) -> None:
+        log.info("recording done %s file=%s status=%s", self.label, record_name, status)
 
     # --- media events -------------------------------------------------------------------------------
 
@@ -184,6 +256,7 @@ class WhipPublication(Resource):
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
+        self.stop_recording()  # the file is finalized in the background
         self.registry.unpublish(self, end)
         if self.endpoint is not None:
             self.endpoint.close()
@@ -213,6 +286,32 @@ class WhepPlayback(Resource):
         for consumer in self.endpoint.consumers if self.endpoint is not None else ():
             out["rtp_packets_sent", consumer.kind] = consumer.packets
             out["rtp_payload_bytes_sent", consumer.kind] = consumer.octets
+            out["rtp_packets_retransmitted", consumer.kind] = consumer.retransmits
+        return out
+
+    def _consumer(self, kind: str) -> Any:
+        return next((c for c in (self.endpoint.consumers if self.endpoint is not None else ()) if c.kind == kind),
+                    None)
+
+    def reading(self) -> Reading:
+        video, audio = self._consumer("video"), self._consumer("audio")
+        return Reading(
+            video_octets=video.octets + video.retransmit_octets if video else 0,
+            audio_octets=audio.octets + audio.retransmit_octets if audio else 0,
+            video_packets=video.packets + video.retransmits if video else 0,
+            audio_packets=audio.packets + audio.retransmits if audio else 0,
+            frames=video.producer.frames if video else 0)
+
+    def metrics(self) -> dict[str, int]:
+        rates = self.meter.latest
+        out: dict[str, int] = {}
+        video, audio = self._consumer("video"), self._consumer("audio")
+        if video is not None:
+            out.update(VIDEO_WIDTH=self.width, VIDEO_HEIGHT=self.height, VIDEO_RATE=rates.video_rate,
+                       VIDEO_FPS=rates.fps, VIDEO_NACK=video.nacks, VIDEO_PLI=video.keyframe_requests,
+                       VIDEO_LOST=video.player_lost)
+        if audio is not None:
+            out.update(AUDIO_RATE=rates.audio_rate, AUDIO_LOST=audio.player_lost)
         return out
 
     def on_connected(self) -> None:

@@ -1,0 +1,82 @@
+// WebRTC media over ICE-TCP in Chromium, through the official SDK (tests/browser/harness.js):
+//
+//   sdk_tcp      the SDK's `transport: "TCP"` for publish and play: the server announces only TCP candidates
+//   udp_blocked  default transport against a server (--blocked-base) whose announced UDP candidate is a black
+//                hole, as behind a firewall that drops UDP: the browser tries UDP first and must fall back to TCP
+//
+//   node tests/browser/ice_tcp_driver.mjs --base http://127.0.0.1:PORT --blocked-base http://127.0.0.1:PORT2
+//
+// Prints one RESULT line per scenario (publish/play statuses, what the player renders, the selected candidate
+// pair of each side); the Python side asserts.
+
+import fs from "node:fs";
+import path from "node:path";
+import {parseArgs} from "node:util";
+
+import {launch} from "./browsers.mjs";
+
+const {values: args} = parseArgs({
+    options: {
+        base: {type: "string"},
+        "blocked-base": {type: "string"},
+        artifacts: {type: "string", default: path.resolve("artifacts/browser-ice-tcp")},
+    },
+});
+fs.mkdirSync(args.artifacts, {recursive: true});
+const emit = (scenario, payload) => process.stdout.write("RESULT " + JSON.stringify({scenario, ...payload}) + "\n");
+const note = (...parts) => process.stderr.write(`[ice-tcp] ${parts.join(" ")}\n`);
+const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+
+async function openHarness(browser, label, base) {
+    const BASE = base.replace(/\/$/, "");
+    const WS_URL = BASE.replace(/^http/, "ws");
+    const page = await browser.newPage();
+    const lines = [];
+    page.on("console", (msg) => lines.push(`${msg.type()}: ${msg.text()}`.slice(0, 1000)));
+    page.on("pageerror", (err) => lines.push(`pageerror: ${err.message}`));
+    page.__save = () => fs.writeFileSync(path.join(args.artifacts, `console-${label}.log`), lines.join("\n") + "\n");
+    await page.goto(`${BASE}/static/harness.html?server=${encodeURIComponent(WS_URL)}`, {waitUntil: "load"});
+    await page.evaluate(() => T.init());
+    return page;
+}
+
+async function scenario(name, base, transport) {
+    const browser = await launch("chromium");
+    const stream = `ice-tcp-${name}-${Math.random().toString(36).slice(2, 8)}`;
+    const pages = [];
+    try {
+        const pub = await openHarness(browser, `${name}-publisher`, base);
+        const play = await openHarness(browser, `${name}-player`, base);
+        pages.push(pub, play);
+        await pub.evaluate(() => T.connect("s"));
+        await play.evaluate(() => T.connect("s"));
+        await pub.evaluate((n, t) => T.publish("p", "s", n, {transport: t}), stream, transport);
+        const published = await pub.evaluate(() => T.waitStatus("p", ["PUBLISHING", "FAILED"], 15000));
+        await play.evaluate((n, t) => T.play("v", "s", n, {transport: t}), stream, transport);
+        const playing = await play.evaluate(() => T.waitStatus("v", ["PLAYING", "FAILED"], 15000));
+        await sleep(2500);  // a few seconds of video, past the first keyframe
+        const frames = await play.evaluate(() => T.frameCheck("v", 700));
+        const pubStats = await pub.evaluate(() => T.stats("p"));
+        const playStats = await play.evaluate(() => T.stats("v"));
+        await play.evaluate(() => T.stop("v"));
+        await pub.evaluate(() => T.stop("p"));
+        await sleep(500);
+        emit(name, {data: {published: published.status, publishedInfo: published.info, playing: playing.status,
+            playingInfo: playing.info, frames, publisherPair: pubStats.pair, playerPair: playStats.pair,
+            inbound: playStats.inbound.video || null, outbound: pubStats.outbound.video || null}});
+    } catch (e) {
+        note(`${name} error: ${e && e.stack || e}`);
+        emit(name, {error: String(e && e.message || e)});
+    } finally {
+        for (const page of pages) {
+            page.__save();
+            await page.close().catch(() => {});
+        }
+        await browser.close().catch(() => {});
+        browser.__cleanup && browser.__cleanup();
+    }
+}
+
+await scenario("sdk_tcp", args.base, "TCP");
+await scenario("udp_blocked", args["blocked-base"], undefined);
+process.exit(0);
