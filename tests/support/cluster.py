@@ -123,7 +123,8 @@ async def start_node(name: str, redis_url: str, tmp: Path, *args: str, env: dict
     with open(log_path, "wb") as log:
         proc = await asyncio.create_subprocess_exec(
             sys.executable, "-m", "webcall", "--host", "127.0.0.1", "--port", str(http), "--media-host", "127.0.0.1",
-            "--media-port", "0", "--public-ip", "127.0.0.1", "--rest-port", str(rest), "--tls-port", "-1",
+            "--media-port", "0", "--media-tcp-port", "0", "--public-ip", "127.0.0.1", "--rest-port", str(rest),
+            "--tls-port", "-1",
             "--workers", "1", "--records-dir", str(tmp / "records"), "--log-level", "info",
             "--cluster-redis", redis_url, "--node-id", name, "--relay-host", "127.0.0.1", "--relay-port", "0",
             "--cluster-ttl", str(TTL), "--connect-timeout", "6", *args,
