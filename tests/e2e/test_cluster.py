@@ -171,6 +171,23 @@ async def _edges(node: Node, edges: list[str]) -> bool:
     return sorted(s["edge"] for s in (await state(node))["serving"]) == edges
 
 
+async def test_loss_on_the_relay_is_recovered_by_nacks_to_the_origin(tmp_path, cluster: Cluster) -> None:
+    """B drops 5 % of the relayed media it receives (WEBCALL_RELAY_TEST_LOSS, as between workers): B's ring
+    NACKs what it lost, A resends it from its own, and B's player decodes an intact picture."""
+    lossy = await start_node("L", cluster.redis.url, tmp_path, env={"WEBCALL_RELAY_TEST_LOSS": "0.05"})
+    cluster.nodes.append(lossy)
+    pub = await cluster.publish(cluster.a, "lossy")
+    await pub.wait_status("PUBLISHING", 10)
+    player = await cluster.play(lossy, "lossy")
+    await player.wait_decoded_frames(30, timeout=20)
+    since = len(player.frames)
+    await asyncio.sleep(3.0)
+    assert player.intact_ratio(since) > 0.9, player.counter_stats(since)
+    state_l, state_a = await state(lossy), await state(cluster.a)
+    assert state_l["relay"]["test_dropped"] > 0 and state_l["relay"]["nacks_sent"] > 0, state_l
+    assert state_a["retransmitted"] > 0, state_a
+
+
 # --- (3) failures ---------------------------------------------------------------------------------------
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import random
 import socket
 import time
@@ -137,6 +138,8 @@ class ClusterNode:
                                             on_end=self._end, on_ready=self._ready,
                                             on_sender_report=self._sender_report)
         self.relay_address = (s.relay_host, self.relay.address[1])
+        # Test-only, as between workers (workers/relay.py): drop this share of the relayed media received.
+        self.relay.test_loss = float(os.environ.get("WEBCALL_RELAY_TEST_LOSS") or 0.0)
         try:
             await self._register()
         except DirectoryUnavailable as exc:  # the node serves locally and registers once Redis answers

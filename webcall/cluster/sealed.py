@@ -238,6 +238,9 @@ class SealedRelay(RelayEndpoint):
             if len(body) < MIN_RTP or body[0] >> 6 != 2:
                 self.stats.malformed += 1
                 return
+            if self.test_loss and self._test_rng.random() < self.test_loss:  # tests only (relay.py)
+                self.stats.test_dropped += 1
+                return
             self.stats.received += 1
             if self.on_packet is not None:
                 try:
