@@ -338,3 +338,45 @@ async def test_rest_terminate_from_any_node(cluster: Cluster) -> None:
     msg = await player.client.wait_for(lambda m: player._is_status_msg(m) and m["data"][0]["status"] == "STOPPED",
                                        timeout=5)
     assert msg["data"][0]["info"] == Info.STOPPED_BY_REST_TERMINATE, msg
+
+
+# --- chaining ---------------------------------------------------------------------------------------------
+
+
+async def test_chain_when_the_origin_relays_are_full(tmp_path) -> None:
+    """A serves one outgoing relay at most (--relay-max-out 1): B pulls from A, C then from B (A -> B -> C)."""
+    redis = RedisServer()
+    await redis.start()
+    nodes = await asyncio.gather(start_node("A", redis.url, tmp_path, "--relay-max-out", "1"),
+                                 start_node("B", redis.url, tmp_path), start_node("C", redis.url, tmp_path))
+    cluster = Cluster(redis, list(nodes))
+    a, b, c = nodes
+    try:
+        pub = await cluster.publish(a, "chain")
+        await pub.wait_status("PUBLISHING", 10)
+        on_b = await cluster.play(b, "chain")
+        await on_b.wait_decoded_frames(5, timeout=15)
+
+        async def b_listed():  # C finds who relays it from the stream lists in Redis
+            status, body = await c.rest_call("/rest-api/stream/find", {"name": "chain", "published": False})
+            return status == 200 and any(o["node"] == "B" for o in body)
+        await eventually(b_listed, 3, "B's player is listed")
+        on_c = await cluster.play(c, "chain")
+        await on_c.wait_decoded_frames(10, timeout=15)
+        assert on_c.intact_ratio() > 0.9, on_c.counter_stats()
+        assert [(s["name"], s["edge"]) for s in (await state(a))["serving"]] == [("chain", "B")]
+        assert [(s["name"], s["edge"]) for s in (await state(b))["serving"]] == [("chain", "C")]
+        assert [(p["name"], p["origin"]) for p in (await state(c))["pulled"]] == [("chain", "B")]
+
+        # B's own player leaves: B keeps its copy while it relays it to C
+        await on_b.stop()
+        await asyncio.sleep(4.0)  # longer than the linger
+        since = len(on_c.frames)
+        await on_c.wait_decoded_frames(10, timeout=5, since=since)
+        # the publisher stops: the end travels down the chain with its reason
+        await pub.stop()
+        msg = await on_c.client.wait_for(lambda m: on_c._is_status_msg(m) and m["data"][0]["status"] == "STOPPED",
+                                         timeout=5)
+        assert msg["data"][0]["info"] == Info.STOPPED_BY_PUBLISHER_STOP, msg
+    finally:
+        await cluster.close()

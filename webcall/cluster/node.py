@@ -13,7 +13,9 @@ authentic datagram from the other side ends the relay: on the edge its players h
 stops sending into the void. The edge ends a relay LINGER seconds after its last reader left; the origin ends
 its relays when its stream ends, saying why (END), so edge players hear the same reason as local ones.
 
-Chaining (A -> B -> C) is not done: only a node's own publications are served to other nodes.
+Chaining (A -> B -> C): a node serves its relayed copies onward too. With --relay-max-out, an origin whose
+outgoing relays are all taken answers "full", and the edge pulls from a node that relays the stream already
+(one with players of it, the least loaded first); when a copy ends, the relays served from it end with it.
 """
 
 from __future__ import annotations
@@ -57,6 +59,7 @@ class ClusterSettings:
     ws_port: int = 8080
     wss_port: int = 0
     ttl: float = 3.0  # directory entries expire after this; relays end after this much silence
+    max_out: int = 0  # outgoing relays this node serves at most (then edges chain from others); 0 = no limit
 
 
 class PulledSource:
@@ -225,10 +228,10 @@ class ClusterNode:
 
     def _unpublished(self, source: Source, reason: EndReason) -> None:
         """The stream core's event: a name is free on this node."""
+        for out in [o for o in self.outs.values() if o.source is source]:  # chained relays end with it
+            self._close_out(out, reason.value)
         if isinstance(source, PulledSource):
             return
-        for out in [o for o in self.outs.values() if o.source is source]:
-            self._close_out(out, reason.value)
         if self.claims.pop(source.name, None) is not None:
             task = asyncio.get_running_loop().create_task(self._release(source.name))
             self._tasks.append(task)
@@ -264,29 +267,21 @@ class ClusterNode:
             owner = await self.directory.owner(name)
             if owner is None or owner[0] == self.node_id:
                 return None
-            node = await self.directory.node(owner[0])
-            if node is None:
-                return None
-            rid = random.randrange(1, 1 << 32)
-            down, up = new_key(), new_key()
-            answer = asyncio.get_running_loop().create_future()
-            self._answers[rid] = answer
-            try:
-                listeners = await self.directory.send(owner[0], {
-                    "op": "pull", "from": self.node_id, "rid": rid, "name": name, "dest": list(self.relay_address),
-                    "down": down.hex(), "up": up.hex()})
-                if not listeners:
-                    raise ClusterRefused(Refusal.ORIGIN_UNREACHABLE)
-                reply = await asyncio.wait_for(answer, PULL_TIMEOUT)
-            except TimeoutError:
-                raise ClusterRefused(Refusal.ORIGIN_UNREACHABLE) from None
-            finally:
-                self._answers.pop(rid, None)
+            found = await self._ask(owner[0], name)
+            if found is not None and found[1].get("full"):
+                # The origin's outgoing relays are all taken: chain from a node that relays it already (A -> B -> C)
+                found = None
+                for node_id in await self._holders(name, exclude={owner[0], self.node_id}):
+                    found = await self._ask(node_id, name)
+                    if found is not None and found[1].get("ok"):
+                        break
+                    found = None
         except DirectoryUnavailable:
             raise ClusterRefused(Refusal.DIRECTORY_UNAVAILABLE) from None
-        if not reply.get("ok"):
+        if found is None or not found[1].get("ok"):
             return None
-        source = PulledSource(name, owner[0], rid, self._router(rid, reply["tracks"]), reply.get("width", 0),
+        node, reply, rid, down, up = found
+        source = PulledSource(name, node["id"], rid, self._router(rid, reply["tracks"]), reply.get("width", 0),
                               reply.get("height", 0))
         try:
             self.registry.publish(source)
@@ -296,8 +291,39 @@ class ClusterNode:
         source.link = self.relay.pull(rid, (node["relay"][0], int(node["relay"][1])), down, up)
         for _ in range(2):  # ready: the origin starts sending (GOP first) on the first one that arrives
             self.relay.keepalive(source.link, UP)
-        log.info("cluster pull stream=%s origin=%s relay=%d", name, owner[0], rid)
+        log.info("cluster pull stream=%s from=%s origin=%s relay=%d", name, node["id"], owner[0], rid)
         return source
+
+    async def _ask(self, node_id: str, name: str) -> tuple[dict, dict, int, bytes, bytes] | None:
+        """Send `node_id` a pull request for `name`: (its entry, its answer, relay id, keys), None if it is gone;
+        ClusterRefused if it does not answer."""
+        node = await self.directory.node(node_id)
+        if node is None:
+            return None
+        rid = random.randrange(1, 1 << 32)
+        down, up = new_key(), new_key()
+        answer = asyncio.get_running_loop().create_future()
+        self._answers[rid] = answer
+        try:
+            listeners = await self.directory.send(node_id, {
+                "op": "pull", "from": self.node_id, "rid": rid, "name": name, "dest": list(self.relay_address),
+                "down": down.hex(), "up": up.hex()})
+            if not listeners:
+                raise ClusterRefused(Refusal.ORIGIN_UNREACHABLE)
+            reply = await asyncio.wait_for(answer, PULL_TIMEOUT)
+        except TimeoutError:
+            raise ClusterRefused(Refusal.ORIGIN_UNREACHABLE) from None
+        finally:
+            self._answers.pop(rid, None)
+        return node, reply, rid, down, up
+
+    async def _holders(self, name: str, exclude: set[str]) -> list[str]:
+        """Nodes that have players of `name` (so a relayed copy of it), fewest streams first."""
+        lists = await self.directory.streams()
+        nodes = await self.directory.nodes()
+        holders = [n for n, objs in lists.items() if n not in exclude and n in nodes
+                   and any(o.get("name") == name and not o.get("published") for o in objs)]
+        return sorted(holders, key=lambda n: (nodes[n].get("load", 0), n))
 
     def _router(self, rid: int, tracks: list[dict]) -> Router:
         """The relayed copy's producers and track routers, as a worker builds its relayed copy."""
@@ -404,9 +430,13 @@ class ClusterNode:
         assert self.relay is not None
         edge, rid, name = str(message["from"]), int(message["rid"]), str(message["name"])
         source = self.registry.find(name)
-        router = source.router if source is not None and not isinstance(source, PulledSource) else None
-        if router is None:  # not ours (a pulled copy is not served onward: no chaining), or not ready
+        router = source.router if source is not None else None
+        if router is None:  # not here (any more), or not ready
             self._answer(edge, {"op": "pulled", "rid": rid, "ok": False})
+            return
+        limit = self.settings.max_out
+        if limit and len(self.outs) >= limit:  # the edge may chain from a node that relays it already
+            self._answer(edge, {"op": "pulled", "rid": rid, "ok": False, "full": True})
             return
         dest = (str(message["dest"][0]), int(message["dest"][1]))
         link = self.relay.offer(dest, rid, bytes.fromhex(message["down"]), bytes.fromhex(message["up"]))
@@ -519,8 +549,8 @@ class ClusterNode:
             if now - (link.heard or source.started) > timeout:
                 self._end_pulled(source, EndReason.ORIGIN_LOST, "origin silent")
                 continue
-            if self.registry.readers(source.name):
-                source.idle_since = None
+            if self.registry.readers(source.name) or any(o.source is source for o in self.outs.values()):
+                source.idle_since = None  # read here, or relayed onward (chained)
             elif source.idle_since is None:
                 source.idle_since = now
             elif now - source.idle_since > LINGER:

@@ -133,7 +133,7 @@ class WebcallServer:
         settings = ClusterSettings(
             redis_url=c.cluster_redis, node_id=c.node_id or default_node_id(self.http_port),
             relay_bind=(c.relay_host or c.media_host, c.relay_port), relay_host=relay_host, server=ips[0],
-            ws_port=self.http_port, wss_port=self.tls_port, ttl=c.cluster_ttl)
+            ws_port=self.http_port, wss_port=self.tls_port, ttl=c.cluster_ttl, max_out=c.relay_max_out)
 
         def terminate(ids: list[str]) -> list[str]:
             return hub.terminate([s for s in hub.streams() if s.media_session_id in ids])

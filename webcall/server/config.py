@@ -146,6 +146,9 @@ class Config:
                 "--public-ip"})
     relay_port: int = field(default=31900, metadata={
         "help": "cluster: UDP port of the relay between nodes (sealed with AES-GCM); 0 = any free port"})
+    relay_max_out: int = field(default=0, metadata={
+        "help": "cluster: outgoing relays to other nodes this node serves at most; beyond, they chain from a node "
+                "that relays the stream already (A -> B -> C); 0 = no limit"})
     cluster_ttl: float = field(default=3.0, metadata={
         "help": "cluster: seconds a dead node's entries stay in Redis, and of silence before a relay between "
                 "nodes ends"})
@@ -213,8 +216,8 @@ class Config:
             if self.workers not in ("auto", "1"):
                 raise ValueError("cluster_redis needs workers 1 (or auto): media workers in a cluster node are not "
                                  "supported yet")
-            if not 0 <= self.relay_port <= 65535 or not self.cluster_ttl > 0:
-                raise ValueError("relay_port must be 0..65535, cluster_ttl > 0")
+            if not 0 <= self.relay_port <= 65535 or not self.cluster_ttl > 0 or self.relay_max_out < 0:
+                raise ValueError("relay_port must be 0..65535, cluster_ttl > 0, relay_max_out >= 0")
         if self.placement not in ("fill", "spread"):
             raise ValueError("placement must be fill or spread")
         if self.record_mp4_audio not in ("opus", "aac") or not self.record_fragment > 0:
