@@ -126,7 +126,8 @@ class ClusterNode:
         self._pulling: dict[str, asyncio.Task] = {}
         self._answers: dict[int, asyncio.Future] = {}
         self._requests = 0
-        self._tasks: list[asyncio.Task] = []
+        self._loops: list[asyncio.Task] = []  # heartbeat, channel, tick
+        self._tasks: list[asyncio.Task] = []  # one-off requests (releases, answers)
         self._last_keepalive = 0.0
         self.directory_up = False
         self.retransmitted = 0
@@ -148,20 +149,22 @@ class ClusterNode:
         except DirectoryUnavailable as exc:  # the node serves locally and registers once Redis answers
             log.warning("cluster directory unavailable at start: %s", exc)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._heartbeat(), name="cluster-heartbeat"),
+        self._loops = [loop.create_task(self._heartbeat(), name="cluster-heartbeat"),
                        loop.create_task(self.directory.listen(self._request, self._channel_up), name="cluster-listen"),
                        loop.create_task(self._tick(), name="cluster-tick")]
         log.info("cluster node=%s relay=%s:%d redis=%s ttl=%.1fs", self.node_id, *self.relay_address,
                  s.redis_url.split("@")[-1], s.ttl)
 
     async def stop(self) -> None:
-        for task in self._tasks:
+        for task in self._loops:
             task.cancel()
-        for task in self._tasks:
+        for task in self._loops:
             try:
                 await task
             except (asyncio.CancelledError, Exception):
                 pass
+        if self._tasks:  # names being released, answers being sent: let them finish, within a bound
+            await asyncio.wait(list(self._tasks), timeout=2.0)
         for out in list(self.outs.values()):
             self._close_out(out, EndReason.PUBLISHER_STOPPED.value)
         for source in list(self.pulled.values()):
