@@ -137,10 +137,14 @@ class ClusterNode:
 
     async def start(self) -> None:
         s = self.settings
-        self.relay = await SealedRelay.bind(s.relay_bind[0], s.relay_bind[1], on_packet=self._packet,
-                                            on_keyframe_request=self._keyframe_request, on_nack=self._nack,
-                                            on_end=self._end, on_ready=self._ready,
-                                            on_sender_report=self._sender_report)
+        callbacks: dict[str, Any] = dict(on_packet=self._packet, on_keyframe_request=self._keyframe_request,
+                                         on_nack=self._nack, on_end=self._end, on_ready=self._ready,
+                                         on_sender_report=self._sender_report)
+        try:  # on the announced address when it is this host's: our datagrams then come from it
+            self.relay = await SealedRelay.bind(s.relay_bind[0], s.relay_bind[1], **callbacks)
+        except OSError as exc:  # an address of a NAT in front of us: bind to any, announce it all the same
+            log.info("cluster relay: cannot bind %s (%s), binding 0.0.0.0", s.relay_bind[0], exc)
+            self.relay = await SealedRelay.bind("0.0.0.0", s.relay_bind[1], **callbacks)
         self.relay_address = (s.relay_host, self.relay.address[1])
         # Test-only, as between workers (workers/relay.py): drop this share of the relayed media received.
         self.relay.test_loss = float(os.environ.get("WEBCALL_RELAY_TEST_LOSS") or 0.0)
