@@ -380,3 +380,46 @@ async def test_chain_when_the_origin_relays_are_full(tmp_path) -> None:
         assert msg["data"][0]["info"] == Info.STOPPED_BY_PUBLISHER_STOP, msg
     finally:
         await cluster.close()
+
+
+# --- (5) cluster nodes with media workers: a stream crossing nodes lands in a worker -----------------------
+
+
+async def test_workers_publish_on_a_play_on_b_spread_then_origin_killed(tmp_path) -> None:
+    """A and B run two media workers each (B spreads its players over both), C runs in one process. The pulled
+    copy lands in one of B's workers and is relayed on to the other as a local publication would be; one relay
+    between nodes per (stream, node) however many players; A's worker serves the pull from its own socket.
+    Then A is killed: B's and C's players are told within 6 s."""
+    redis = RedisServer()
+    await redis.start()
+    a, b, c = await asyncio.gather(start_node("A", redis.url, tmp_path, "--workers", "2"),
+                                   start_node("B", redis.url, tmp_path, "--workers", "2", "--placement", "spread"),
+                                   start_node("C", redis.url, tmp_path))
+    cluster = Cluster(redis, [a, b, c])
+    try:
+        pub = await cluster.publish(a, "wk")
+        await pub.wait_status("PUBLISHING", 10)
+        on_b = [await cluster.play(b, "wk") for _ in range(4)]
+        on_c = await cluster.play(c, "wk")
+        await asyncio.gather(*(p.wait_decoded_frames(10, timeout=20) for p in on_b + [on_c]))
+        for p in on_b + [on_c]:
+            assert p.intact_ratio() > 0.9, p.counter_stats()
+        state_a, state_b = await state(a), await state(b)
+        assert state_a["workers"] == 2 and state_b["workers"] == 2
+        assert sorted((s["name"], s["edge"]) for s in state_a["serving"]) == [("wk", "B"), ("wk", "C")]
+        assert [(p["name"], p["origin"], p["readers"]) for p in state_b["pulled"]] == [("wk", "A", 4)]
+        # the copy's players on B's other worker read it through the relay between workers
+        assert "relay started stream=wk" in b.log(), b.log()[-2000:]
+        await eventually(lambda: _all_synced(b), 5, "B's copy has the publisher's sender reports")
+        assert (await state(a))["relay"]["sent"] > 0
+
+        await a.kill()
+        killed = time.monotonic()
+        for p in on_b + [on_c]:
+            msg = await p.client.wait_for(lambda m, p=p: p._is_status_msg(m) and m["data"][0]["status"] in (
+                "STOPPED", "FAILED"), timeout=6)
+            assert msg["data"][0]["info"], msg
+        assert time.monotonic() - killed < 6.0
+        await eventually(lambda: _empty(b, "pulled"), 3, "B's copy is gone")
+    finally:
+        await cluster.close()

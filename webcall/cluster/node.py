@@ -28,7 +28,7 @@ import socket
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ..media.port import TICK_INTERVAL, MediaPort
 from ..media.producer import Producer, SenderClock
@@ -40,6 +40,9 @@ from ..workers.wire import track_from_wire, track_to_wire
 from .directory import Directory, DirectoryUnavailable
 from .reasons import ClusterRefused, Refusal
 from .sealed import DOWN, UP, Link, SealedRelay, new_key
+
+if TYPE_CHECKING:
+    from ..workers.control import RemotePublisher, WorkerPlane
 
 log = logging.getLogger("webcall.cluster")
 
@@ -70,6 +73,7 @@ class PulledSource:
         self.width, self.height = width, height
         self.tracks = list(router.tracks.values())  # relay track index = position here
         self.link: Link | None = None
+        self.copy: RemotePublisher | None = None  # with media workers: the copy's view (held in copy.worker)
         self.started = time.monotonic()
         self.idle_since: float | None = None
         self.ended = False
@@ -100,17 +104,26 @@ class OutRelay:
 
     name: str
     source: Source
-    link: Link
+    link: Link | None  # None with media workers: the relay is the worker's (cluster/worker.py)
     edge: str
+    rid: int
+    dest: tuple[str, int]
+    worker: int | None = None  # with media workers: the worker that sends it
     created: float = field(default_factory=time.monotonic)
     out: RelayOut | None = None
 
 
 class ClusterNode:
-    def __init__(self, settings: ClusterSettings, registry: StreamRegistry, port: MediaPort, *,
+    def __init__(self, settings: ClusterSettings, registry: StreamRegistry, port: MediaPort | None, *,
                  describe: Callable[[], list[dict]], load: Callable[[], int],
-                 terminate: Callable[[list[str]], list[str]]) -> None:
+                 terminate: Callable[[list[str]], list[str]], workers: WorkerPlane | None = None) -> None:
         self.settings = settings
+        # With media workers (--workers 2+) each worker holds its own relay socket between nodes (cluster/worker.py)
+        # and this object only signals; without, the relay socket and the relayed copies are this process's.
+        self.workers = workers
+        self.worker_stats: dict[int, dict[str, Any]] = {}  # worker -> its latest relay counters
+        if workers is not None:
+            workers.on_cluster = self._worker_event
         self.node_id = settings.node_id
         self.registry = registry
         self.port = port
@@ -137,6 +150,23 @@ class ClusterNode:
 
     async def start(self) -> None:
         s = self.settings
+        if self.workers is not None:  # no socket here: each worker has its own, announced in its pull answers
+            self.relay_address = (s.relay_host, self.workers.cluster_relay_port(0))
+        else:
+            await self._bind_relay()
+        try:
+            await self._register()
+        except DirectoryUnavailable as exc:  # the node serves locally and registers once Redis answers
+            log.warning("cluster directory unavailable at start: %s", exc)
+        loop = asyncio.get_running_loop()
+        self._loops = [loop.create_task(self._heartbeat(), name="cluster-heartbeat"),
+                       loop.create_task(self.directory.listen(self._request, self._channel_up), name="cluster-listen"),
+                       loop.create_task(self._tick(), name="cluster-tick")]
+        log.info("cluster node=%s relay=%s:%d redis=%s ttl=%.1fs workers=%d", self.node_id, *self.relay_address,
+                 s.redis_url.split("@")[-1], s.ttl, self.workers.count if self.workers is not None else 0)
+
+    async def _bind_relay(self) -> None:
+        s = self.settings
         callbacks: dict[str, Any] = dict(on_packet=self._packet, on_keyframe_request=self._keyframe_request,
                                          on_nack=self._nack, on_end=self._end, on_ready=self._ready,
                                          on_sender_report=self._sender_report)
@@ -148,16 +178,6 @@ class ClusterNode:
         self.relay_address = (s.relay_host, self.relay.address[1])
         # Test-only, as between workers (workers/relay.py): drop this share of the relayed media received.
         self.relay.test_loss = float(os.environ.get("WEBCALL_RELAY_TEST_LOSS") or 0.0)
-        try:
-            await self._register()
-        except DirectoryUnavailable as exc:  # the node serves locally and registers once Redis answers
-            log.warning("cluster directory unavailable at start: %s", exc)
-        loop = asyncio.get_running_loop()
-        self._loops = [loop.create_task(self._heartbeat(), name="cluster-heartbeat"),
-                       loop.create_task(self.directory.listen(self._request, self._channel_up), name="cluster-listen"),
-                       loop.create_task(self._tick(), name="cluster-tick")]
-        log.info("cluster node=%s relay=%s:%d redis=%s ttl=%.1fs", self.node_id, *self.relay_address,
-                 s.redis_url.split("@")[-1], s.ttl)
 
     async def stop(self) -> None:
         for task in self._loops:
@@ -269,17 +289,21 @@ class ClusterNode:
         return await asyncio.shield(task)
 
     async def _pull(self, name: str) -> Source | None:
-        assert self.relay is not None
+        worker: int | None = None
+        dest = self.relay_address
+        if self.workers is not None:  # the copy lands in the worker a publication would (its players follow it)
+            worker = self.workers.quietest_worker()
+            dest = (self.settings.relay_host, self.workers.cluster_relay_port(worker))
         try:
             owner = await self.directory.owner(name)
             if owner is None or owner[0] == self.node_id:
                 return None
-            found = await self._ask(owner[0], name)
+            found = await self._ask(owner[0], name, dest)
             if found is not None and found[1].get("full"):
                 # The origin's outgoing relays are all taken: chain from a node that relays it already (A -> B -> C)
                 found = None
                 for node_id in await self._holders(name, exclude={owner[0], self.node_id}):
-                    found = await self._ask(node_id, name)
+                    found = await self._ask(node_id, name, dest)
                     if found is not None and found[1].get("ok"):
                         break
                     found = None
@@ -288,6 +312,10 @@ class ClusterNode:
         if found is None or not found[1].get("ok"):
             return None
         node, reply, rid, down, up = found
+        src = reply.get("relay") or node["relay"]  # the socket that sends it (a worker's, with media workers)
+        if self.workers is not None and worker is not None:
+            return self._pull_into_worker(name, node["id"], owner[0], reply, rid, down, up, src, worker)
+        assert self.relay is not None
         source = PulledSource(name, node["id"], rid, self._router(rid, reply["tracks"]), reply.get("width", 0),
                               reply.get("height", 0))
         try:
@@ -295,13 +323,33 @@ class ClusterNode:
         except NameInUse:  # published here meanwhile (by a local publisher): read that one
             return self.registry.find(name)
         self.pulled[rid] = source
-        source.link = self.relay.pull(rid, (node["relay"][0], int(node["relay"][1])), down, up)
+        source.link = self.relay.pull(rid, (src[0], int(src[1])), down, up)
         for _ in range(2):  # ready: the origin starts sending (GOP first) on the first one that arrives
             self.relay.keepalive(source.link, UP)
         log.info("cluster pull stream=%s from=%s origin=%s relay=%d", name, node["id"], owner[0], rid)
         return source
 
-    async def _ask(self, node_id: str, name: str) -> tuple[dict, dict, int, bytes, bytes] | None:
+    def _pull_into_worker(self, name: str, node_id: str, origin: str, reply: dict, rid: int, down: bytes, up: bytes,
+                          src: list, worker: int) -> Source | None:
+        """With media workers: the copy is held in `worker` (cluster/worker.py); here only its view."""
+        assert self.workers is not None
+        listener = _CopyListener(self)
+        copy = self.workers.pulled_copy(name, [track_from_wire(t) for t in reply["tracks"]], listener, worker)
+        source = PulledSource(name, node_id, rid, copy.router, reply.get("width", 0),  # type: ignore[arg-type]
+                              reply.get("height", 0))
+        source.copy, listener.source = copy, source
+        try:
+            self.registry.publish(source)
+        except NameInUse:  # published here meanwhile (by a local publisher): read that one
+            self.workers.forget(copy)
+            return self.registry.find(name)
+        self.pulled[rid] = source
+        self.workers.notify(worker, "cluster_in", id=copy.id, rid=rid, name=name, src=[src[0], int(src[1])],
+                            down=down.hex(), up=up.hex(), tracks=reply["tracks"])
+        log.info("cluster pull stream=%s from=%s origin=%s relay=%d worker=%d", name, node_id, origin, rid, worker)
+        return source
+
+    async def _ask(self, node_id: str, name: str, dest: tuple[str, int]) -> tuple[dict, dict, int, bytes, bytes] | None:
         """Send `node_id` a pull request for `name`: (its entry, its answer, relay id, keys), None if it is gone;
         ClusterRefused if it does not answer."""
         node = await self.directory.node(node_id)
@@ -313,7 +361,7 @@ class ClusterNode:
         self._answers[rid] = answer
         try:
             listeners = await self.directory.send(node_id, {
-                "op": "pull", "from": self.node_id, "rid": rid, "name": name, "dest": list(self.relay_address),
+                "op": "pull", "from": self.node_id, "rid": rid, "name": name, "dest": list(dest),
                 "down": down.hex(), "up": up.hex()})
             if not listeners:
                 raise ClusterRefused(Refusal.ORIGIN_UNREACHABLE)
@@ -334,6 +382,7 @@ class ClusterNode:
 
     def _router(self, rid: int, tracks: list[dict]) -> Router:
         """The relayed copy's producers and track routers, as a worker builds its relayed copy."""
+        assert self.port is not None
         routers: dict[str, TrackRouter] = {}
         clock = SenderClock()  # the publisher's, rebuilt from the sender reports the origin passes on
         for index, wire in enumerate(tracks):
@@ -434,7 +483,6 @@ class ClusterNode:
         task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
 
     def _serve_pull(self, message: dict[str, Any]) -> None:
-        assert self.relay is not None
         edge, rid, name = str(message["from"]), int(message["rid"]), str(message["name"])
         source = self.registry.find(name)
         router = source.router if source is not None else None
@@ -446,12 +494,26 @@ class ClusterNode:
             self._answer(edge, {"op": "pulled", "rid": rid, "ok": False, "full": True})
             return
         dest = (str(message["dest"][0]), int(message["dest"][1]))
-        link = self.relay.offer(dest, rid, bytes.fromhex(message["down"]), bytes.fromhex(message["up"]))
-        self.outs[(rid, dest)] = OutRelay(name, source, link, edge)
-        tracks = [track_to_wire(Track(t.producer.kind, t.producer.kind, t.producer.codec, dict(t.producer.extensions),
-                                      t.producer.ssrc, t.producer.rtx_ssrc)) for t in router.tracks.values()]
+        down, up = str(message["down"]), str(message["up"])
+        publisher = getattr(router, "publisher", None)  # a RemoteRouter: the stream lives in a media worker
+        if self.workers is not None and publisher is not None:  # that worker serves the pull, from its socket
+            self.outs[(rid, dest)] = OutRelay(name, source, None, edge, rid, dest, publisher.worker)
+            self.workers.notify(publisher.worker, "cluster_out", rid=rid, source=publisher.id, dest=list(dest),
+                                down=down, up=up)
+            tracks = [track_to_wire(t) for t in publisher.tracks]
+            relay = [self.settings.relay_host, self.workers.cluster_relay_port(publisher.worker)]
+        elif self.relay is not None:
+            link = self.relay.offer(dest, rid, bytes.fromhex(down), bytes.fromhex(up))
+            self.outs[(rid, dest)] = OutRelay(name, source, link, edge, rid, dest)
+            tracks = [track_to_wire(Track(t.producer.kind, t.producer.kind, t.producer.codec,
+                                          dict(t.producer.extensions), t.producer.ssrc, t.producer.rtx_ssrc))
+                      for t in router.tracks.values()]
+            relay = list(self.relay_address)
+        else:
+            self._answer(edge, {"op": "pulled", "rid": rid, "ok": False})
+            return
         self._answer(edge, {"op": "pulled", "rid": rid, "ok": True, "tracks": tracks, "width": source.width,
-                            "height": source.height})
+                            "height": source.height, "relay": relay})
         log.info("cluster serving stream=%s to=%s relay=%d", name, edge, rid)
 
     # --- the relay's events --------------------------------------------------------------------------
@@ -514,25 +576,53 @@ class ClusterNode:
     def _end_pulled(self, source: PulledSource, reason: EndReason, why: str) -> None:
         if source.ended:
             return
-        if self.relay is not None:
-            tell = why in ("unused", "node stopping")  # otherwise the origin ended it, or is silent
+        tell = why in ("unused", "node stopping")  # otherwise the origin ended it, or is silent
+        copy = source.copy
+        if copy is not None and self.workers is not None:
+            self.workers.notify(copy.worker, "cluster_in_stop", id=copy.id, reason=why if tell else "")
+        elif self.relay is not None:
             self.relay.unpull(source.rid, why if tell else "")
         self.pulled.pop(source.rid, None)
         log.info("cluster pull ended stream=%s origin=%s relay=%d why=%s", source.name, source.origin, source.rid, why)
         self.registry.unpublish(source, reason)  # its players hear `reason`
         source.ended = True
-        source.router_.close()
+        if copy is not None and self.workers is not None:
+            self.workers.forget(copy)  # its relays to the node's other workers stop with it
+        else:
+            source.router_.close()
 
-    def _close_out(self, out: OutRelay, reason: str) -> None:
-        if self.outs.get((out.link.stream_id, out.link.peer)) is not out:
+    def _close_out(self, out: OutRelay, reason: str, *, tell_worker: bool = True) -> None:
+        if self.outs.get((out.rid, out.dest)) is not out:
             return
-        del self.outs[(out.link.stream_id, out.link.peer)]
+        del self.outs[(out.rid, out.dest)]
         if out.out is not None:
             out.out.close()
-        if self.relay is not None:
+        if out.worker is not None and self.workers is not None:
+            if tell_worker:
+                self.workers.notify(out.worker, "cluster_out_stop", rid=out.rid, dest=list(out.dest), reason=reason)
+        elif self.relay is not None and out.link is not None:
             self.relay.withdraw(out.link, reason)
-        log.info("cluster serving ended stream=%s to=%s relay=%d reason=%s", out.name, out.edge, out.link.stream_id,
+        log.info("cluster serving ended stream=%s to=%s relay=%d reason=%s", out.name, out.edge, out.rid,
                  reason or "edge gone")
+
+    # --- what media workers report (cluster/worker.py) ----------------------------------------------------
+
+    def _worker_event(self, worker: int, what: str, **args: Any) -> None:
+        if what == "stats":
+            self.worker_stats[worker] = args
+        elif what == "in_ended":  # the origin ended the stream, or went silent
+            for source in list(self.pulled.values()):
+                if source.copy is not None and source.copy.id == args.get("id"):
+                    reason = str(args.get("reason", ""))
+                    try:
+                        end = EndReason(reason)
+                    except ValueError:
+                        end = EndReason.ORIGIN_LOST
+                    self._end_pulled(source, end, str(args.get("why") or f"origin said {reason}"))
+        elif what == "out_ended":  # the edge is gone, or needs it no more: the worker closed it already
+            out = self.outs.get((int(args["rid"]), (str(args["dest"][0]), int(args["dest"][1]))))
+            if out is not None and out.worker == worker:
+                self._close_out(out, "", tell_worker=False)
 
     # --- liveness, NACK retries, lingering -----------------------------------------------------------
 
@@ -551,9 +641,9 @@ class ClusterNode:
             self._last_keepalive = now
         for source in list(self.pulled.values()):
             link = source.link
-            if link is None:
+            if link is None and source.copy is None:
                 continue
-            if now - (link.heard or source.started) > timeout:
+            if link is not None and now - (link.heard or source.started) > timeout:
                 self._end_pulled(source, EndReason.ORIGIN_LOST, "origin silent")
                 continue
             if self.registry.readers(source.name) or any(o.source is source for o in self.outs.values()):
@@ -563,12 +653,16 @@ class ClusterNode:
             elif now - source.idle_since > LINGER:
                 self._end_pulled(source, EndReason.PUBLISHER_STOPPED, "unused")
                 continue
+            if link is None:  # held in a worker: its liveness and NACKs are the worker's
+                continue
             for track in source.tracks:
                 if track.producer.missing:
                     track.producer.retry_nacks(now)
             if keepalive and self.relay is not None:
                 self.relay.keepalive(link, UP)
         for out in list(self.outs.values()):
+            if out.link is None:  # served by a worker, which keeps its liveness
+                continue
             if now - (out.link.heard or out.created) > timeout:
                 self._close_out(out, "")
                 continue
@@ -579,7 +673,7 @@ class ClusterNode:
 
     def _pass_sender_reports(self, out: OutRelay) -> None:
         relay_out = out.out
-        assert relay_out is not None and self.relay is not None
+        assert relay_out is not None and self.relay is not None and out.link is not None
         for index, track in enumerate(relay_out.tracks):
             p = track.producer
             if p.sr_arrival and p.sr_arrival != relay_out.reported_srs[index]:
@@ -590,16 +684,54 @@ class ClusterNode:
 
     def stats(self) -> dict[str, Any]:
         relay = self.relay
+        counters: dict[str, int] = {} if relay is None else {**asdict(relay.stats), "unsealed": relay.unsealed,
+                                                            "auth_failed": relay.auth_failed}
+        retransmitted = self.retransmitted
+        synced: dict[str, bool] = {}
+        for report in self.worker_stats.values():  # with media workers: their sockets' counters, summed
+            for key, value in report.get("relay", {}).items():
+                counters[key] = counters.get(key, 0) + value
+            retransmitted += report.get("retransmitted", 0)
+            synced.update({str(k): v for k, v in report.get("synced", {}).items()})
+
+        def sender_reports(p: PulledSource) -> bool:
+            if p.copy is not None:
+                return synced.get(str(p.copy.id), False)
+            return all(t.producer.sr_arrival for t in p.tracks)
         return {"node": self.node_id, "directory_up": self.directory_up,
+                "workers": self.workers.count if self.workers is not None else 0,
                 "pulled": [{"name": p.name, "origin": p.origin, "relay": p.rid,
-                            "readers": len(self.registry.readers(p.name)),
-                            "sender_reports": all(t.producer.sr_arrival for t in p.tracks)}
+                            "readers": len(self.registry.readers(p.name)), "sender_reports": sender_reports(p),
+                            "worker": p.copy.worker if p.copy is not None else None}
                            for p in self.pulled.values()],
-                "serving": [{"name": o.name, "edge": o.edge, "relay": o.link.stream_id, "sending": o.out is not None}
+                "serving": [{"name": o.name, "edge": o.edge, "relay": o.rid,
+                             "sending": o.out is not None or o.worker is not None, "worker": o.worker}
                             for o in self.outs.values()],
-                "retransmitted": self.retransmitted,
-                "relay": {} if relay is None else {**asdict(relay.stats), "unsealed": relay.unsealed,
-                                                   "auth_failed": relay.auth_failed}}
+                "retransmitted": retransmitted, "relay": counters}
+
+
+class _CopyListener:
+    """A pulled copy's view hears its worker's events (workers/control.py's RemoteEndpoint)."""
+
+    def __init__(self, node: ClusterNode) -> None:
+        self.node = node
+        self.source: PulledSource | None = None
+
+    def on_connected(self) -> None:
+        pass
+
+    def on_first_media(self) -> None:
+        pass
+
+    def on_failed(self, reason: Any) -> None:  # its worker is lost: its players end too, the next one pulls again
+        if self.source is not None:
+            self.node._end_pulled(self.source, EndReason.ORIGIN_LOST, f"worker lost ({reason})")
+
+    def on_video_size(self, width: int, height: int) -> None:
+        source = self.source
+        if source is not None and not source.ended and (width, height) != (source.width, source.height):
+            source.width, source.height = width, height
+            self.node.registry.video_size(source, width, height)
 
 
 def default_node_id(port: int) -> str:

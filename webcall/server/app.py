@@ -25,7 +25,7 @@ from ..media.port import MediaPort
 from ..streams.limits import Limits
 from ..streams.recording import RecordSettings
 from ..wcs.hub import Hub, StreamSettings
-from ..workers.control import WorkerPlane
+from ..workers.control import APP, WorkerPlane
 from ..workers.media_worker import Settings as WorkerSettings
 from ..workers.supervisor import resolve_worker_count
 from ..wcs import messages as wcs_messages
@@ -128,7 +128,7 @@ class WebcallServer:
         """--cluster-redis: register in the directory, serve and pull streams (webcall/cluster/)."""
         from ..cluster.node import ClusterNode, ClusterSettings, default_node_id  # needs redis: only here
         c, hub = self.config, self.hub
-        assert hub is not None and self.port is not None
+        assert hub is not None and (self.port is not None or self.workers is not None)
         relay_host = c.relay_host or ips[0]
         settings = ClusterSettings(
             redis_url=c.cluster_redis, node_id=c.node_id or default_node_id(self.http_port),
@@ -140,7 +140,7 @@ class WebcallServer:
 
         self.cluster = ClusterNode(settings, hub.registry, self.port, load=lambda: len(hub.streams()),
                                    describe=lambda: [s.describe() for s in hub.streams() if not s.closed],
-                                   terminate=terminate)
+                                   terminate=terminate, workers=self.workers)
         await self.cluster.start()
         hub.cluster = self.cluster
 
@@ -159,7 +159,7 @@ class WebcallServer:
     async def _media_plane(self, settings: StreamSettings, ips: list[str]) -> MediaPlane | WorkerPlane:
         """One process (--workers 1): the media port is ours. More: worker i owns --media-port + i."""
         c = self.config
-        count = 1 if c.cluster_redis else resolve_worker_count(c.workers)  # a cluster node: one process (config.py)
+        count = resolve_worker_count(c.workers)
         if count == 1:
             self.port = MediaPort(c.fanout_core, c.fanout_threads, c.max_unverified_datagrams, c.max_dtls_handshakes)
             self.media_port = await self.port.start(c.media_host, c.media_port)
@@ -175,8 +175,14 @@ class WebcallServer:
             bitrate_ceiling=c.publisher_bitrate_ceiling, bitrate_grace=c.bitrate_grace,
             max_unverified_datagrams=c.max_unverified_datagrams, max_dtls_handshakes=c.max_dtls_handshakes,
             media_tcp_port=c.media_tcp_port)
+        app = APP
+        if c.cluster_redis:  # each worker has its own relay socket between nodes (cluster/worker.py), on port + index
+            worker_settings.cluster_relay_host = c.relay_host or c.media_host
+            worker_settings.cluster_relay_port = c.relay_port
+            worker_settings.cluster_ttl = c.cluster_ttl
+            app = "webcall.cluster.worker:setup"
         self.workers = WorkerPlane(count, mode=c.placement, settings=worker_settings, media_host=c.media_host,
-                                   media_port=c.media_port, announced_ips=ips, log_level=c.log_level)
+                                   media_port=c.media_port, announced_ips=ips, log_level=c.log_level, app=app)
         await self.workers.start()
         self.media_port = self.workers.media_ports()[0]
         self.media_tcp_port = self.workers.media_tcp_ports()[0]

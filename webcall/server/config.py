@@ -213,9 +213,6 @@ class Config:
         if self.cluster_redis:
             if not self.cluster_redis.startswith(("redis://", "rediss://", "unix://")):
                 raise ValueError("cluster_redis must be a redis://, rediss:// or unix:// URL")
-            if self.workers not in ("auto", "1"):
-                raise ValueError("cluster_redis needs workers 1 (or auto): media workers in a cluster node are not "
-                                 "supported yet")
             if not 0 <= self.relay_port <= 65535 or not self.cluster_ttl > 0 or self.relay_max_out < 0:
                 raise ValueError("relay_port must be 0..65535, cluster_ttl > 0, relay_max_out >= 0")
         if self.placement not in ("fill", "spread"):

@@ -30,7 +30,7 @@ from ..media.consumer import random_ssrc
 from ..media.failures import Failure
 from ..media.stats import FanoutCost
 from ..media.transport import new_ice_credentials
-from ..protocol.sdp import Codec, LocalEndpoint, Negotiation
+from ..protocol.sdp import Codec, LocalEndpoint, Negotiation, Track
 from ..streams.snapshots import SnapshotError
 from .channel import ChannelError
 from .media_worker import Settings
@@ -238,6 +238,13 @@ class RemoteRecorder:
 
 
 @dataclass
+class _Tracks:
+    """What RemotePublisher needs of a negotiation: its tracks (a pulled copy has no negotiation of its own)."""
+
+    tracks: list[Track]
+
+
+@dataclass
 class Relay:
     id: int
     source: RemotePublisher
@@ -284,12 +291,12 @@ class WorkerPlane:
     retire_after = RETIRE_AFTER  # the hub counts an ended stream for this long (its last counters are in transit)
 
     def __init__(self, count: int, *, mode: str, settings: Settings, media_host: str, media_port: int,
-                 announced_ips: list[str], log_level: str = "warning") -> None:
+                 announced_ips: list[str], log_level: str = "warning", app: str = APP) -> None:
         self.settings = settings
         self.announced_ips = announced_ips
         self.supervisor = Supervisor(
             count, media_host=media_host, media_port=media_port, on_worker_lost=self._worker_lost,
-            on_worker_started=self._worker_started, app=APP, ping_interval=1.0, ping_timeout=PING_TIMEOUT,
+            on_worker_started=self._worker_started, app=app, ping_interval=1.0, ping_timeout=PING_TIMEOUT,
             extra_args=["--settings", json.dumps(asdict(settings)), "--log-level", log_level.upper()],
         )
         # spread: every endpoint weighs the same, so one stream's players alternate over the workers.
@@ -314,6 +321,9 @@ class WorkerPlane:
         self.supervisor.on_event("feed", self._on_feed)
         self.supervisor.on_event("feed_failed", self._on_feed_failed)
         self.supervisor.on_event("feed_stats", self._on_feed_stats)
+        # A cluster node's workers (app cluster/worker.py) report their relays between nodes: to cluster/node.py.
+        self.on_cluster: Any = None  # on_cluster(worker, what, **args)
+        self.supervisor.on_event("cluster", self._on_cluster)
 
     async def start(self) -> None:
         await self.supervisor.start()
@@ -364,6 +374,30 @@ class WorkerPlane:
         self.notify(worker, "play", id=player.id, label=label, neg=negotiation_to_wire(neg), source=source_id,
                     ice=[t.local_ufrag, t.local_pwd], ssrcs={c.mid: [c.ssrc, c.rtx_ssrc] for c in player.consumers})
         return player
+
+    def quietest_worker(self) -> int:
+        """Where a publication would go now (the least-loaded worker), without placing anything."""
+        loads = self.placement.loads()
+        return min(sorted(loads), key=lambda w: loads[w])
+
+    def pulled_copy(self, name: str, tracks: list[Track], listener: Any, worker: int) -> RemotePublisher:
+        """A stream of another node, to be held in `worker` (cluster/worker.py; see `quietest_worker`): it weighs
+        as a publication there, and is relayed on to the node's other workers as a publication is. The caller
+        tells the worker to pull it (under the returned view's id), and forgets the view when it ends."""
+        if worker in self.placement.workers:
+            self.placement.set_load(worker, self.placement.load(worker) + self.placement.publisher_weight)
+        copy = RemotePublisher(self, next(self._ids), worker, _Tracks(tracks), listener, name)
+        self.endpoints[copy.id] = copy
+        return copy
+
+    def cluster_relay_port(self, worker: int) -> int:
+        """The UDP port of `worker`'s relay socket between nodes (cluster/worker.py); 0: none."""
+        handle = self.supervisor.workers.get(worker)
+        return int(handle.hello.get("cluster_relay", 0)) if handle is not None and handle.hello else 0
+
+    def _on_cluster(self, worker: int, what: str, **args: Any) -> None:
+        if self.on_cluster is not None:
+            self.on_cluster(worker, what, **args)
 
     def local_endpoint(self, transport: RemoteTransport, tcp_only: bool = False) -> LocalEndpoint:
         """As MediaPlane.local_endpoint: the worker's own UDP port, and its own ICE-TCP port if it has one."""

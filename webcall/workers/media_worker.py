@@ -61,6 +61,10 @@ class Settings:
     max_unverified_datagrams: int = 0  # this worker's port limits (streams/limits.py); 0 = none
     max_dtls_handshakes: int = 0
     media_tcp_port: int = -1  # ICE-TCP (media/tcp.py): -1 off, 0 any free port, else this + the worker's index
+    # A cluster node's workers (cluster/worker.py): the relay between nodes ends in each worker.
+    cluster_relay_host: str = ""  # where the worker's relay socket between nodes binds
+    cluster_relay_port: int = -1  # -1 off, 0 any free port, else this + the worker's index
+    cluster_ttl: float = 3.0  # seconds of silence that end a relay between nodes
 
 
 class WorkerSource:
@@ -475,14 +479,23 @@ class MediaWorker:
             self.relay.close()
 
 
-async def setup(ctx: WorkerContext) -> None:
-    """The `--app` entry: bind the media port and the relay socket, and answer the control process's commands."""
+async def setup(ctx: WorkerContext, before_stop: list[Any] | None = None) -> MediaWorker:
+    """The `--app` entry: bind the media port and the relay socket, and answer the control process's commands.
+    `before_stop`: coroutine functions awaited when the worker is asked to stop, before its media stops (an app
+    built on this one, such as cluster/worker.py, closes its own parts there)."""
     settings = Settings(**json.loads(ctx.args.settings or "{}"))
     worker = MediaWorker(ctx, settings)
     await worker.start()
+    stops = before_stop if before_stop is not None else []
 
     async def stop_when_asked() -> None:
         await ctx.stop.wait()
+        for stop in stops:
+            try:
+                await stop()
+            except Exception:
+                log.exception("worker stop step failed")
         await worker.stop()
 
     asyncio.get_running_loop().create_task(stop_when_asked(), name="worker-stop")
+    return worker
