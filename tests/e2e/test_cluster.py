@@ -15,9 +15,16 @@ from typing import Any
 
 import pytest
 
+import base64
+import io
+
+import av
+
 from tests.support import peers
 from tests.support.cluster import TTL, Node, RedisServer, start_node
+from tests.support.media import pattern_present, read_frame_counter
 from tests.support.wcs_client import WcsClient
+from tests.support.whip_client import whep_play
 from webcall.wcs.status import Info, OwnInfo
 
 NAME_IN_USE = Info.STREAM_NAME_ALREADY_IN_USE
@@ -423,3 +430,40 @@ async def test_workers_publish_on_a_play_on_b_spread_then_origin_killed(tmp_path
         await eventually(lambda: _empty(b, "pulled"), 3, "B's copy is gone")
     finally:
         await cluster.close()
+
+
+async def test_events_whep_snapshots_and_publisher_limit_across_nodes(tmp_path, cluster: Cluster) -> None:
+    """What else crosses nodes: the publisher's stream events reach players on another node (W, two media
+    workers); a WHEP player on B plays A's stream (pulled as for a WCS player); a snapshot asked on C of A's stream
+    shows its picture (C pulls it); W's copy of A's stream does not count against W's --max-publishers 1."""
+    w = await start_node("W", cluster.redis.url, tmp_path, "--workers", "2", "--max-publishers", "1")
+    cluster.nodes.append(w)
+    pub = await cluster.publish(cluster.a, "ev")
+    await pub.wait_status("PUBLISHING", 10)
+    on_w = await cluster.play(w, "ev")
+    whep = await whep_play(f"http://127.0.0.1:{cluster.b.http}", "ev")
+    cluster.streams.append(whep)
+    await asyncio.gather(on_w.wait_decoded_frames(10, timeout=20), whep.wait_decoded_frames(10, timeout=20))
+    assert whep.intact_ratio() > 0.9, whep.counter_stats()
+    assert [p["name"] for p in (await state(cluster.b))["pulled"]] == ["ev"]
+
+    mine = await cluster.publish(w, "mine")  # the copy of "ev" is not W's publisher: W's one slot is free
+    await mine.wait_status("PUBLISHING", 10)
+
+    await pub.client.send("sendStreamEvent", {"mediaSessionId": pub.media_session_id, "type": "audioMuted"})
+    await pub.client.send("sendStreamEvent", {"mediaSessionId": pub.media_session_id, "type": "data",
+                                              "payload": {"text": "hi"}})
+    muted = await on_w.client.wait_for("notifyStreamEvent", mediaSessionId=on_w.media_session_id, timeout=5)
+    assert muted["data"][0]["type"] == "audioMuted" and muted["data"][0]["payload"]["streamName"] == "ev", muted
+    data = await on_w.client.wait_for("notifyStreamEvent", mediaSessionId=on_w.media_session_id, timeout=5)
+    assert data["data"][0]["type"] == "data" and data["data"][0]["payload"] == {"text": "hi"}, data
+
+    asker = await cluster.client(cluster.c)
+    msid = str(uuid.uuid1())
+    await asker.send("snapshot", {"name": "ev", "mediaSessionId": msid})
+    msg = await asker.wait_for("notifyStreamEvent", mediaSessionId=msid, timeout=10)
+    event = msg["data"][0]
+    assert event["type"] == "snapshotCompleted", event
+    frame = next(av.open(io.BytesIO(base64.b64decode(event["payload"]["snapshot"]))).decode(video=0))
+    assert (frame.width, frame.height) == (320, 240)
+    assert read_frame_counter(frame) is not None and pattern_present(frame)

@@ -68,6 +68,8 @@ class ClusterSettings:
 class PulledSource:
     """A stream of another node, relayed here: a source of this node's stream core (streams/registry.py)."""
 
+    relayed = True  # not a publisher of this node: --max-publishers does not count it (wcs/session.py)
+
     def __init__(self, name: str, origin: str, rid: int, router: Router, width: int, height: int) -> None:
         self.name, self.origin, self.rid, self.router_ = name, origin, rid, router
         self.width, self.height = width, height
@@ -116,7 +118,8 @@ class OutRelay:
 class ClusterNode:
     def __init__(self, settings: ClusterSettings, registry: StreamRegistry, port: MediaPort | None, *,
                  describe: Callable[[], list[dict]], load: Callable[[], int],
-                 terminate: Callable[[list[str]], list[str]], workers: WorkerPlane | None = None) -> None:
+                 terminate: Callable[[list[str]], list[str]], workers: WorkerPlane | None = None,
+                 deliver_event: Callable[[str, str, object], int] | None = None) -> None:
         self.settings = settings
         # With media workers (--workers 2+) each worker holds its own relay socket between nodes (cluster/worker.py)
         # and this object only signals; without, the relay socket and the relayed copies are this process's.
@@ -130,6 +133,7 @@ class ClusterNode:
         self.describe = describe
         self.load = load
         self.terminate_local = terminate
+        self.deliver_event = deliver_event  # a stream event of a pulled stream, to this node's players of it
         self.directory = Directory(settings.redis_url, settings.node_id, settings.ttl)
         self.relay: SealedRelay | None = None
         self.relay_address: tuple[str, int] = ("", 0)
@@ -467,10 +471,30 @@ class ClusterNode:
                 future.set_result(message)
         elif op == "pull":
             self._serve_pull(message)
+        elif op == "event":
+            self._stream_event_from(message)
         elif op == "terminate":
             ids = [str(i) for i in message.get("ids", [])][:1000]
             stopped = self.terminate_local(ids)
             self._answer(message["from"], {"op": "terminated", "req": message.get("req"), "ids": stopped})
+
+    def stream_event(self, name: str, event_type: str, payload: object) -> None:
+        """A stream event (mute/unmute, sendStreamEvent) of `name`, to the nodes this node relays it to: each
+        delivers it to its own players (and passes it on to the nodes it relays it to, when relays chain)."""
+        for edge in sorted({o.edge for o in self.outs.values() if o.name == name}):
+            self._answer(edge, {"op": "event", "from": self.node_id, "name": name, "type": event_type,
+                                "payload": payload})
+
+    def _stream_event_from(self, message: dict[str, Any]) -> None:
+        name = str(message.get("name", ""))
+        source = self.registry.find(name)
+        # only from the node this node pulls the stream from: no other node speaks for it here
+        if not isinstance(source, PulledSource) or source.origin != message.get("from"):
+            return
+        event_type = str(message.get("type", ""))
+        if self.deliver_event is not None:
+            self.deliver_event(name, event_type, message.get("payload"))
+        self.stream_event(name, event_type, message.get("payload"))
 
     def _answer(self, node: str, message: dict[str, Any]) -> None:
         async def send() -> None:

@@ -140,9 +140,12 @@ class WebcallServer:
 
         self.cluster = ClusterNode(settings, hub.registry, self.port, load=lambda: len(hub.streams()),
                                    describe=lambda: [s.describe() for s in hub.streams() if not s.closed],
-                                   terminate=terminate, workers=self.workers)
+                                   terminate=terminate, workers=self.workers,
+                                   deliver_event=hub.deliver_stream_event)
         await self.cluster.start()
         hub.cluster = self.cluster
+        if self.whip is not None:
+            self.whip.cluster = self.cluster
 
     async def _cluster_state(self, request: web.Request) -> web.Response:
         if self.cluster is None:

@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Protocol
 
+from ..cluster.reasons import ClusterRefused
 from ..hooks.client import Hooks, HookSettings
 from ..logs import q
 from ..media.plane import MediaPlane
@@ -25,9 +26,10 @@ from ..streams.limits import SESSIONS_PER_IP, SHUTDOWN, Limits, Refusals
 from ..streams.registry import EndReason, Source, StreamRegistry
 from ..streams.snapshots import SnapshotError, Snapshotter
 from ..transcode.pipeline import start_local_feed
+from . import messages as wcs_messages
 from .rest import ConnectionQuery, StreamQuery
 from .sampler import RateSampler
-from .status import Info, OwnInfo, StreamStatus
+from .status import REFUSAL_INFO, Info, OwnInfo, StreamStatus
 from .stream import Playback, Publication
 
 
@@ -55,6 +57,7 @@ class ClusterView(Protocol):
     async def available(self, name: str) -> bool: ...
     async def remote_streams(self) -> list[dict]: ...
     async def terminate_remote(self, ids_by_node: dict[str, list[str]]) -> list[str]: ...
+    def stream_event(self, name: str, event_type: str, payload: object) -> None: ...
 
 log = logging.getLogger("webcall.wcs")
 
@@ -200,9 +203,21 @@ class Hub:
             return None
         return publication.relay_event(event_type, payload)
 
+    def deliver_stream_event(self, name: str, event_type: str, payload: object) -> int:
+        """A stream event of a stream published on another node, to this node's players of it (the cluster)."""
+        players = [r for r in self.registry.readers(name) if isinstance(r, Playback) and not r.closed]
+        for player in players:
+            player.session.send(wcs_messages.notify_stream_event(player.media_session_id, event_type, payload))
+        return len(players)
+
     async def snapshot(self, name: str) -> bytes:
         """PNG of stream `name`'s current picture; SnapshotError("Stream not found", ...) otherwise."""
         source = self.registry.find(name)
+        if source is None and self.cluster is not None:  # published on another node, maybe: pulled here (it
+            try:  # lingers a few seconds, so a series of snapshots pulls once)
+                source = await self.cluster.pull(name)
+            except ClusterRefused as exc:
+                raise SnapshotError(REFUSAL_INFO[exc.refusal]) from None
         if source is None:
             raise SnapshotError(Info.STREAM_NOT_FOUND)
         remote = getattr(source.router, "snapshot", None)  # a publication in a media worker: taken there

@@ -314,7 +314,9 @@ class Session:
         if not self._precheck(m):
             return
         limit = self.hub.settings.limits.publishers
-        if limit and len(self.hub.registry.names()) >= limit:  # connecting publishers count too
+        # connecting publishers count too; copies of other nodes' streams (cluster/node.py's `relayed`) do not
+        registry = self.hub.registry
+        if limit and len(registry.names()) - sum(getattr(s, "relayed", False) for s in registry.sources()) >= limit:
             self._refuse(m, limits.PUBLISHERS, OwnInfo.TOO_MANY_PUBLISHERS)
             return
         publication = Publication(self, m)

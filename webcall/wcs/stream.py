@@ -229,6 +229,8 @@ class Publication(_Stream):
         players = self.players
         for player in players:
             player.session.send(msg.notify_stream_event(player.media_session_id, event_type, payload))
+        if self.hub.cluster is not None:  # and to the players of the nodes that pull it (cluster/node.py)
+            self.hub.cluster.stream_event(self.name, event_type, payload)
         return len(players)
 
     # --- statistics ---------------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from urllib.parse import quote
 
 from aiohttp import web
 
+from ..cluster.reasons import ClusterRefused
 from ..hooks import policy as hook_policy
 from ..hooks.client import Hooks
 from ..logs import q
@@ -63,6 +64,7 @@ class WhipFrontEnd:
     def __init__(self, registry: StreamRegistry, plane: Plane, settings: Settings, token: str = "",
                  hooks: Hooks | None = None, ice_servers: str = "", recordings: Recordings | None = None) -> None:
         self.registry = registry
+        self.cluster: Any = None  # --cluster-redis: cluster/node.py's ClusterNode (a WHEP play pulls from other nodes)
         self.recordings = recordings  # the hub's: WHIP recordings are listed with the others
         self.plane = plane
         self.settings = settings
@@ -218,6 +220,12 @@ class WhipFrontEnd:
             return offer
         name = request.match_info["stream"]
         source = self.registry.find(name)
+        if source is None and self.cluster is not None:  # published on another node, maybe: pulled here
+            try:
+                source = await self.cluster.pull(name)
+            except ClusterRefused as exc:
+                log.info("whep offer refused stream=%s info=%s", q(name), q(exc))
+                return self._reply(503, f"Cluster: {exc}")
         router: Any = source.router if source is not None else None
         if source is None or router is None:
             return self._reply(404, "Stream not found")
