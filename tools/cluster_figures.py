@@ -6,7 +6,10 @@
 2. Time to first frame of an aiortc player on an edge node: cold (the stream is not on that node yet: the pull
    request through Redis, the relay set up, the origin's GOP) against warm (already relayed there), and a player
    on the origin itself for reference; p50/p95 over --trials streams. A real redis-server and two webcall nodes
-   as processes on 127.0.0.1.
+   as processes on 127.0.0.1; `--workers N` runs both nodes with N media workers each (the relay between nodes
+   then ends in a worker: cluster/worker.py).
+3. What the nodes write into Redis in steady state (its `total_net_input_bytes` and `total_commands_processed`
+   over 10 s) with one publisher on A and --players players of it on B: it must not grow with the players.
 """
 
 from __future__ import annotations
@@ -85,12 +88,12 @@ def pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(round(q * (len(values) - 1))))]
 
 
-async def first_frames(trials: int) -> dict[str, list[float]]:
+async def first_frames(trials: int, workers: int) -> dict[str, list[float]]:
     redis = RedisServer()
     await redis.start()
     tmp = Path(tempfile.mkdtemp(prefix="cluster-figures-"))
-    a, b = await asyncio.gather(start_node("A", redis.url, tmp, "--log-level", "warning"),
-                                start_node("B", redis.url, tmp, "--log-level", "warning"))
+    extra = ("--log-level", "warning", "--workers", str(workers))
+    a, b = await asyncio.gather(start_node("A", redis.url, tmp, *extra), start_node("B", redis.url, tmp, *extra))
     times: dict[str, list[float]] = {"origin": [], "edge_cold": [], "edge_warm": []}
     try:
         for i in range(trials):
@@ -114,14 +117,64 @@ async def first_frames(trials: int) -> dict[str, list[float]]:
     return times
 
 
+async def redis_info(port: int) -> dict[str, int]:
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    writer.write(b"INFO stats\r\n")
+    await writer.drain()
+    size = int((await reader.readline())[1:])
+    body = (await reader.readexactly(size + 2)).decode()
+    writer.close()
+    return {k: int(v) for k, _, v in (line.partition(":") for line in body.splitlines()) if v.strip().isdigit()}
+
+
+async def redis_load(players: int) -> dict[str, float]:
+    redis = RedisServer()
+    await redis.start()
+    tmp = Path(tempfile.mkdtemp(prefix="cluster-figures-"))
+    a, b = await asyncio.gather(start_node("A", redis.url, tmp, "--log-level", "warning", "--cluster-ttl", "3"),
+                                start_node("B", redis.url, tmp, "--log-level", "warning", "--cluster-ttl", "3"))
+    streams: list = []
+    clients: list = []
+    try:
+        clients.append(await a.client())
+        pub = await peers.publish(clients[0], "load", width=320, height=240)
+        streams.append(pub)
+        await pub.wait_status("PUBLISHING", 10)
+        for _ in range(players):
+            clients.append(await b.client())
+            streams.append(await peers.play(clients[-1], "load"))
+        await asyncio.gather(*(p.wait_decoded_frames(1, timeout=30) for p in streams[1:]))
+        before = await redis_info(redis.port)
+        await asyncio.sleep(10.0)
+        after = await redis_info(redis.port)
+        return {"bytes_per_s": (after["total_net_input_bytes"] - before["total_net_input_bytes"]) / 10,
+                "commands_per_s": (after["total_commands_processed"] - before["total_commands_processed"]) / 10}
+    finally:
+        for s in streams:
+            await s.close()
+        for c in clients:
+            await c.close()
+        await asyncio.gather(a.stop(), b.stop())
+        await redis.stop()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--packets", type=int, default=50_000)
     parser.add_argument("--trials", type=int, default=10)
+    parser.add_argument("--workers", type=int, default=1, help="media workers per node for the time to first frame")
+    parser.add_argument("--players", type=int, default=0, help="players on B for the Redis load figure (0: skip it)")
+    parser.add_argument("--only-redis", action="store_true", help="only the Redis load figure")
     args = parser.parse_args()
+    if args.players:
+        load = await redis_load(args.players)
+        print(f"redis writes, 2 nodes, 1 publisher, {args.players} players: {load['bytes_per_s']:.0f} B/s, "
+              f"{load['commands_per_s']:.1f} commands/s")
+        if args.only_redis:
+            return
     cost = await relay_cost(args.packets)
     print(f"relay cost per packet ({args.packets} x 1200 B, µs): " + ", ".join(f"{k}={v:.2f}" for k, v in cost.items()))
-    times = await first_frames(args.trials)
+    times = await first_frames(args.trials, args.workers)
     for key, values in times.items():
         print(f"time to first frame {key:10s} n={len(values)} p50={pct(values, 0.5) * 1000:.0f} ms "
               f"p95={pct(values, 0.95) * 1000:.0f} ms mean={statistics.mean(values) * 1000:.0f} ms")

@@ -364,7 +364,7 @@ async def test_chain_when_the_origin_relays_are_full(tmp_path) -> None:
         on_b = await cluster.play(b, "chain")
         await on_b.wait_decoded_frames(5, timeout=15)
 
-        async def b_listed():  # C finds who relays it from the stream lists in Redis
+        async def b_listed():  # B's copy is in its node entry in Redis (C finds who relays it there)
             status, body = await c.rest_call("/rest-api/stream/find", {"name": "chain", "published": False})
             return status == 200 and any(o["node"] == "B" for o in body)
         await eventually(b_listed, 3, "B's player is listed")

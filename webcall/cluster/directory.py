@@ -1,14 +1,18 @@
-"""The cluster's directory in Redis: live nodes, who publishes each stream name, and every node's stream list.
+"""The cluster's directory in Redis: live nodes and who publishes each stream name.
 
 Redis is the only shared state (no consensus of our own): every entry expires (`ttl`) unless its node
 refreshes it, so a node that dies vanishes within `ttl` seconds and its names become free.
 
 Keys (`prefix` = "webcall:"):
-- `node:<id>`     JSON {id, server, ws, wss, relay: [host, port], load} — refreshed every ttl/3.
+- `node:<id>`     JSON {id, server, ws, wss, relay: [host, port], load, copies: [names it relays here]} —
+                   refreshed every ttl/3.
 - `stream:<name>` "<node id>\\n{JSON}" — the claim on a name: set-if-absent on publish, refreshed (or set again
                    after a Redis restart) by its node with a script that never overwrites another node's claim.
-- `streams:<id>`  JSON list of the node's stream objects (REST find/find_all, /streams answer for the cluster).
-- channel `ctl:<id>` — requests to a node (pull, terminate) and their answers, as JSON (cluster/node.py).
+- channel `ctl:<id>` — requests to a node (pull, terminate, list, stream events) and their answers, as JSON
+                   (cluster/node.py).
+
+No stream lists: a node's streams (publishers and players, with their live counters) are asked of it when a REST
+query needs them (`list` on its channel), so what a node writes each refresh does not grow with its players.
 
 Every call is bounded by `timeout`; a Redis that does not answer raises DirectoryUnavailable.
 """
@@ -81,19 +85,18 @@ class Directory:
 
     # --- this node -----------------------------------------------------------------------------------
 
-    async def register(self, node: dict[str, Any], claims: dict[str, dict[str, Any]], streams: list[dict]) -> list[str]:
-        """Refresh this node, its claims and its stream list in one round trip. Returns the names another node
-        holds now (claims lost while Redis was away)."""
+    async def register(self, node: dict[str, Any], claims: dict[str, dict[str, Any]]) -> list[str]:
+        """Refresh this node and its claims in one round trip. Returns the names another node holds now (claims
+        lost while Redis was away)."""
         async def run() -> list[str]:
             pipe = self.redis.pipeline(transaction=False)
             pipe.set(f"{self.prefix}node:{self.node_id}", json.dumps(node), px=self.ttl_ms)
-            pipe.set(f"{self.prefix}streams:{self.node_id}", json.dumps(streams), px=self.ttl_ms)
             names = list(claims)
             for name in names:
                 await self._refresh(keys=[f"{self.prefix}stream:{name}"],
                                     args=[self.node_id, self._claim_value(claims[name]), self.ttl_ms], client=pipe)
             results = await pipe.execute()
-            return [name for name, ok in zip(names, results[2:]) if not ok]
+            return [name for name, ok in zip(names, results[1:]) if not ok]
         return await self._call(run)
 
     async def claim(self, name: str, info: dict[str, Any]) -> bool:
@@ -111,8 +114,7 @@ class Directory:
         await self._call(lambda: self._release(keys=[f"{self.prefix}stream:{name}"], args=[self.node_id]))
 
     async def unregister(self) -> None:
-        await self._call(lambda: self.redis.delete(f"{self.prefix}node:{self.node_id}",
-                                                   f"{self.prefix}streams:{self.node_id}"))
+        await self._call(lambda: self.redis.delete(f"{self.prefix}node:{self.node_id}"))
 
     # --- the cluster ---------------------------------------------------------------------------------
 
@@ -141,10 +143,6 @@ class Directory:
     async def nodes(self) -> dict[str, dict[str, Any]]:
         """Every live node's entry, by id."""
         return await self._all("node")
-
-    async def streams(self) -> dict[str, list[dict]]:
-        """Every live node's stream list, by node id."""
-        return await self._all("streams")
 
     # --- requests between nodes ----------------------------------------------------------------------
 

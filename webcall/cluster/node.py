@@ -50,6 +50,7 @@ KEEPALIVE = 0.5  # seconds between keepalives on each relay, both ways
 LINGER = 3.0  # seconds a pulled stream outlives its last reader on this node (a quick re-join reuses it)
 PULL_TIMEOUT = 3.0  # seconds to wait for the origin's answer to a pull request
 ANSWER_TIMEOUT = 2.0  # seconds to wait for another node's answer (terminate)
+LIST_TIMEOUT = 1.0  # seconds to wait for the other nodes' stream lists (REST find/find_all, /streams)
 
 
 @dataclass
@@ -146,6 +147,7 @@ class ClusterNode:
         self._loops: list[asyncio.Task] = []  # heartbeat, channel, tick
         self._tasks: list[asyncio.Task] = []  # one-off requests (releases, answers)
         self._last_keepalive = 0.0
+        self._ordered: asyncio.Task | None = None  # the last in-order message being sent (stream events)
         self.directory_up = False
         self.retransmitted = 0
         registry.on_unpublish.append(self._unpublished)
@@ -215,20 +217,30 @@ class ClusterNode:
     def node_entry(self) -> dict[str, Any]:
         s = self.settings
         return {"id": self.node_id, "server": s.server, "ws": s.ws_port, "wss": s.wss_port,
-                "relay": list(self.relay_address), "load": self.load()}
+                "relay": list(self.relay_address), "load": self.load(),
+                "copies": sorted({p.name for p in self.pulled.values()})}  # where an edge may chain from
 
     async def _register(self) -> None:
         # Sources published here by a front end that does not claim first (WHIP): claimed after the fact.
         for source in self.registry.sources():
             if not isinstance(source, PulledSource) and source.name not in self.claims and source.router is not None:
                 self.claims[source.name] = {"mediaSessionId": getattr(source, "media_session_id", "")}
-        streams = [obj | {"node": self.node_id} for obj in self.describe()]
-        lost = await self.directory.register(self.node_entry(), dict(self.claims), streams)
+        lost = await self.directory.register(self.node_entry(), dict(self.claims))
         if not self.directory_up:
             log.info("cluster registered node=%s names=%d", self.node_id, len(self.claims))
         self.directory_up = True
         for name in lost:  # another node claimed it while Redis was away from us: theirs now
             log.warning("cluster claim lost name=%s (another node holds it)", name)
+
+    def _register_soon(self) -> None:
+        async def register() -> None:
+            try:
+                await self._register()
+            except DirectoryUnavailable:
+                pass  # the heartbeat says so, and registers it when Redis is back
+        task = asyncio.get_running_loop().create_task(register())
+        self._tasks.append(task)
+        task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
 
     async def _heartbeat(self) -> None:
         while True:
@@ -327,6 +339,7 @@ class ClusterNode:
         except NameInUse:  # published here meanwhile (by a local publisher): read that one
             return self.registry.find(name)
         self.pulled[rid] = source
+        self._register_soon()  # its copy is in the node entry at once: an edge may chain from it
         source.link = self.relay.pull(rid, (src[0], int(src[1])), down, up)
         for _ in range(2):  # ready: the origin starts sending (GOP first) on the first one that arrives
             self.relay.keepalive(source.link, UP)
@@ -348,6 +361,7 @@ class ClusterNode:
             self.workers.forget(copy)
             return self.registry.find(name)
         self.pulled[rid] = source
+        self._register_soon()
         self.workers.notify(worker, "cluster_in", id=copy.id, rid=rid, name=name, src=[src[0], int(src[1])],
                             down=down.hex(), up=up.hex(), tracks=reply["tracks"])
         log.info("cluster pull stream=%s from=%s origin=%s relay=%d worker=%d", name, node_id, origin, rid, worker)
@@ -377,11 +391,9 @@ class ClusterNode:
         return node, reply, rid, down, up
 
     async def _holders(self, name: str, exclude: set[str]) -> list[str]:
-        """Nodes that have players of `name` (so a relayed copy of it), fewest streams first."""
-        lists = await self.directory.streams()
+        """Nodes that hold a relayed copy of `name`, fewest streams first."""
         nodes = await self.directory.nodes()
-        holders = [n for n, objs in lists.items() if n not in exclude and n in nodes
-                   and any(o.get("name") == name and not o.get("published") for o in objs)]
+        holders = [n for n, entry in nodes.items() if n not in exclude and name in entry.get("copies", ())]
         return sorted(holders, key=lambda n: (nodes[n].get("load", 0), n))
 
     def _router(self, rid: int, tracks: list[dict]) -> Router:
@@ -420,37 +432,46 @@ class ClusterNode:
         return on_keyframe
 
     async def remote_streams(self) -> list[dict]:
-        """The stream objects of every other live node (empty while Redis is away)."""
+        """The stream objects of every other live node, asked of each (empty while Redis is away; a node that
+        does not answer within LIST_TIMEOUT is left out)."""
         try:
-            by_node = await self.directory.streams()
+            nodes = sorted(n for n in await self.directory.nodes() if n != self.node_id)
         except DirectoryUnavailable:
             return []
-        return [obj for node, objs in sorted(by_node.items()) if node != self.node_id for obj in objs]
+        answers = await self._ask_nodes({n: {"op": "list"} for n in nodes}, LIST_TIMEOUT)
+        return [obj for answer in answers for obj in answer.get("streams", [])]
 
     async def terminate_remote(self, ids_by_node: dict[str, list[str]]) -> list[str]:
         """Ask each node to terminate these mediaSessionIds of its own; the ones they stopped."""
+        answers = await self._ask_nodes({n: {"op": "terminate", "ids": ids} for n, ids in ids_by_node.items()},
+                                        ANSWER_TIMEOUT)
+        return [i for answer in answers for i in answer.get("ids", [])]
+
+    async def _ask_nodes(self, requests: dict[str, dict[str, Any]], timeout: float) -> list[dict[str, Any]]:
+        """Send each node its request at once; the answers that came within `timeout`."""
         loop = asyncio.get_running_loop()
         waits = []
-        for node, ids in ids_by_node.items():
+        for node, message in requests.items():
             self._requests += 1
             req = -self._requests  # negative: never a relay id
             future = loop.create_future()
             self._answers[req] = future
             try:
-                await self.directory.send(node, {"op": "terminate", "from": self.node_id, "req": req, "ids": ids})
+                await self.directory.send(node, message | {"from": self.node_id, "req": req})
             except DirectoryUnavailable:
                 self._answers.pop(req, None)
                 continue
             waits.append((req, future))
-        stopped: list[str] = []
+        answers: list[dict[str, Any]] = []
+        deadline = loop.time() + timeout
         for req, future in waits:
             try:
-                stopped += (await asyncio.wait_for(future, ANSWER_TIMEOUT)).get("ids", [])
+                answers.append(await asyncio.wait_for(future, max(0.0, deadline - loop.time())))
             except TimeoutError:
                 pass
             finally:
                 self._answers.pop(req, None)
-        return stopped
+        return answers
 
     async def least_loaded(self) -> dict[str, Any]:
         """The /lb answer (spec §15): the live node with the least load, this one if Redis is away."""
@@ -465,12 +486,15 @@ class ClusterNode:
 
     def _request(self, message: dict[str, Any]) -> None:
         op = message.get("op")
-        if op in ("pulled", "terminated"):
+        if op in ("pulled", "terminated", "listed"):
             future = self._answers.get(message.get("rid") if op == "pulled" else message.get("req"))
             if future is not None and not future.done():
                 future.set_result(message)
         elif op == "pull":
             self._serve_pull(message)
+        elif op == "list":
+            streams = [obj | {"node": self.node_id} for obj in self.describe()]
+            self._answer(message["from"], {"op": "listed", "req": message.get("req"), "streams": streams})
         elif op == "event":
             self._stream_event_from(message)
         elif op == "terminate":
@@ -483,7 +507,7 @@ class ClusterNode:
         delivers it to its own players (and passes it on to the nodes it relays it to, when relays chain)."""
         for edge in sorted({o.edge for o in self.outs.values() if o.name == name}):
             self._answer(edge, {"op": "event", "from": self.node_id, "name": name, "type": event_type,
-                                "payload": payload})
+                                "payload": payload}, in_order=True)
 
     def _stream_event_from(self, message: dict[str, Any]) -> None:
         name = str(message.get("name", ""))
@@ -496,13 +520,21 @@ class ClusterNode:
             self.deliver_event(name, event_type, message.get("payload"))
         self.stream_event(name, event_type, message.get("payload"))
 
-    def _answer(self, node: str, message: dict[str, Any]) -> None:
+    def _answer(self, node: str, message: dict[str, Any], in_order: bool = False) -> None:
+        """Send `message` to `node` without waiting; `in_order`: after the previous in-order one (stream events
+        keep the order the publisher sent them in)."""
+        before = self._ordered if in_order else None
+
         async def send() -> None:
+            if before is not None and not before.done():
+                await asyncio.wait([before])
             try:
                 await self.directory.send(node, message)
             except DirectoryUnavailable:
                 pass
         task = asyncio.get_running_loop().create_task(send())
+        if in_order:
+            self._ordered = task
         self._tasks.append(task)
         task.add_done_callback(lambda t: t in self._tasks and self._tasks.remove(t))
 
