@@ -145,7 +145,8 @@ class Config:
         "help": "cluster: the address other nodes send relayed media to (announced in Redis); empty = the first "
                 "--public-ip"})
     relay_port: int = field(default=31900, metadata={
-        "help": "cluster: UDP port of the relay between nodes (sealed with AES-GCM); 0 = any free port"})
+        "help": "cluster: UDP port of the relay between nodes (sealed with AES-GCM); with workers, worker i "
+                "binds this + i; 0 = any free port"})
     relay_max_out: int = field(default=0, metadata={
         "help": "cluster: outgoing relays to other nodes this node serves at most; beyond, they chain from a node "
                 "that relays the stream already (A -> B -> C); 0 = no limit"})
