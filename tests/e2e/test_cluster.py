@@ -467,3 +467,43 @@ async def test_events_whep_snapshots_and_publisher_limit_across_nodes(tmp_path, 
     frame = next(av.open(io.BytesIO(base64.b64decode(event["payload"]["snapshot"]))).decode(video=0))
     assert (frame.width, frame.height) == (320, 240)
     assert read_frame_counter(frame) is not None and pattern_present(frame)
+
+
+async def test_workers_linger_edge_killed_and_loss(tmp_path) -> None:
+    """Both ends in workers: A (two workers) serves B and L (two workers each). B's player leaves: B's copy ends
+    after its linger and A's worker stops serving B (the edge's END). L drops 5 % of what it receives
+    (WEBCALL_RELAY_TEST_LOSS): its worker NACKs A's worker, which resends, and L's player decodes an intact
+    picture. L is killed: A's worker stops sending to it within the ttl (no traffic into the void)."""
+    redis = RedisServer()
+    await redis.start()
+    a, b, lossy = await asyncio.gather(
+        start_node("A", redis.url, tmp_path, "--workers", "2"), start_node("B", redis.url, tmp_path, "--workers", "2"),
+        start_node("L", redis.url, tmp_path, "--workers", "2", env={"WEBCALL_RELAY_TEST_LOSS": "0.05"}))
+    cluster = Cluster(redis, [a, b, lossy])
+    try:
+        pub = await cluster.publish(a, "wl")
+        await pub.wait_status("PUBLISHING", 10)
+        on_b, on_l = await cluster.play(b, "wl"), await cluster.play(lossy, "wl")
+        await asyncio.gather(on_b.wait_decoded_frames(10, timeout=20), on_l.wait_decoded_frames(30, timeout=20))
+        assert await _edges(a, ["B", "L"])
+
+        await on_b.stop()
+        await eventually(lambda: _empty(b, "pulled"), 7, "B's copy ends after its linger")
+        await eventually(lambda: _edges(a, ["L"]), 3, "A's worker stops serving B")
+
+        since = len(on_l.frames)
+        await asyncio.sleep(2.0)
+        assert on_l.intact_ratio(since) > 0.9, on_l.counter_stats(since)
+        state_l, state_a = await state(lossy), await state(a)
+        assert state_l["relay"]["test_dropped"] > 0 and state_l["relay"]["nacks_sent"] > 0, state_l
+        assert state_a["retransmitted"] > 0, state_a
+
+        await lossy.kill()
+        await eventually(lambda: _edges(a, []), TTL + 2, "A's worker stops serving the dead edge")
+        await asyncio.sleep(1.3)  # a counters report of A's workers (every --rate-interval, 1 s) after the end
+        sent = (await state(a))["relay"]["sent"]
+        await asyncio.sleep(1.0)
+        assert (await state(a))["relay"]["sent"] == sent, "A still sends into the void"
+        assert pub.status == "PUBLISHING"
+    finally:
+        await cluster.close()
