@@ -420,6 +420,12 @@ async def test_workers_publish_on_a_play_on_b_spread_then_origin_killed(tmp_path
         await eventually(lambda: _all_synced(b), 5, "B's copy has the publisher's sender reports")
         assert (await state(a))["relay"]["sent"] > 0
 
+        async def sized():  # the copy's counters reach B's control process (REST metrics of B's players)
+            status, body = await b.rest_call("/rest-api/stream/find", {"name": "wk", "published": False})
+            return status == 200 and [o for o in body if o["node"] == "B"
+                                      and o.get("metrics", {}).get("VIDEO_WIDTH") == 320]
+        assert len(await eventually(sized, 5, "B's players' metrics show the copy's picture size")) == 4
+
         await a.kill()
         killed = time.monotonic()
         for p in on_b + [on_c]:

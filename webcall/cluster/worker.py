@@ -125,6 +125,7 @@ class ClusterRelays:
         source.router, source.live = router, True
         worker.sources[id] = source
         worker.relays_in[id] = router  # the worker's tick retries its NACKs (its loopback relay never feeds it)
+        worker.reported_copies.add(id)  # its counters fill the control process's view, as a publication's
         link = self.relay.pull(rid, (str(src[0]), int(src[1])), bytes.fromhex(down), bytes.fromhex(up))
         self.ins[rid] = PulledIn(id, link, router)
         for _ in range(2):  # ready: the origin starts sending (GOP first) on the first one that arrives
@@ -142,6 +143,7 @@ class ClusterRelays:
         if self.relay is not None:
             self.relay.unpull(rid, reason)
         self.worker._on_relay_stop(pulled.id)  # closes the copy and what it fed on this worker
+        self.worker.reported_copies.discard(pulled.id)
 
     def _on_out(self, rid: int, source: int, dest: list, down: str, up: str) -> None:
         """Serve source `source` of this worker to the node worker at `dest` once it says it is ready."""

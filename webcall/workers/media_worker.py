@@ -158,6 +158,9 @@ class MediaWorker:
         self._stats_task: asyncio.Task[None] | None = None
         self._tick_task: asyncio.Task[None] | None = None
         self.relay_retransmitted = 0  # packets sent again over the relay in answer to a receiving worker's NACK
+        # Relayed sources whose counters are reported as a publisher's (copies of other nodes' streams, which the
+        # control process shows as publications: cluster/worker.py)
+        self.reported_copies: set[int] = set()
 
     async def start(self) -> None:
         media_port = await self.port.start(self.ctx.media_host, self.ctx.media_port)
@@ -438,6 +441,10 @@ class MediaWorker:
     def stats(self) -> dict[str, Any]:
         """Every endpoint's counters, for the control process's rates, REST answers and /metrics."""
         pubs = {id: self._publisher_counters(endpoint) for id, endpoint in self.publishers.items()}
+        for id in self.reported_copies:
+            router = self.relays_in.get(id)
+            if router is not None:
+                pubs[id] = self._producer_counters({kind: t.producer for kind, t in router.tracks.items()})
         players = {id: self._player_counters(endpoint) for id, endpoint in self.players.items()}
         pubs.update(self._final["pubs"])
         players.update(self._final["players"])
@@ -450,11 +457,15 @@ class MediaWorker:
                 "port": [port.dropped, port.errors, fanout_cost_to_wire(port.fanout_cost), dict(port.refusals)],
                 "relay": relay}
 
+    @classmethod
+    def _publisher_counters(cls, endpoint: PublisherEndpoint) -> dict[str, list[int]]:
+        return cls._producer_counters(endpoint.producers)
+
     @staticmethod
-    def _publisher_counters(endpoint: PublisherEndpoint) -> dict[str, list[int]]:
+    def _producer_counters(producers: dict[str, Producer]) -> dict[str, list[int]]:
         return {kind: [p.packets, p.octets, p.frames, p.keyframes, p.nacks_sent, p.keyframe_requests, p.lost,
                        p.recovered, p.width, p.height]
-                for kind, p in endpoint.producers.items()}
+                for kind, p in producers.items()}
 
     @staticmethod
     def _player_counters(endpoint: PlayerEndpoint) -> dict[str, list[int]]:
