@@ -13,6 +13,13 @@ authentic datagram from the other side ends the relay: on the edge its players h
 stops sending into the void. The edge ends a relay LINGER seconds after its last reader left; the origin ends
 its relays when its stream ends, saying why (END), so edge players hear the same reason as local ones.
 
+With media workers (--workers 2+) the same happens one level down: the relay socket, the copies and the served
+relays are the workers' (cluster/worker.py), the copy is a publication-like view in the worker plane (so the
+node's other workers get it over the relay between workers), and this object only signals (Redis, the workers'
+channels), keeps the claims and decides when a copy ends (its linger, or what a worker reports).
+
+Stream events of a publication go to the nodes it is relayed to (through Redis, in order), and on down a chain.
+
 Chaining (A -> B -> C): a node serves its relayed copies onward too. With --relay-max-out, an origin whose
 outgoing relays are all taken answers "full", and the edge pulls from a node that relays the stream already
 (one with players of it, the least loaded first); when a copy ends, the relays served from it end with it.
