@@ -1,7 +1,8 @@
 """Several webcall nodes as one service, through Redis (`--cluster-redis`): one namespace of stream names,
 streams pulled from the node that publishes them over the relay between workers (sealed), /lb.
 
-`directory.py` (Redis: nodes, claims, stream lists, requests), `sealed.py` (the relay, sealed per datagram),
-`node.py` (this node's part: claims, pulls, serving pulls, liveness, /lb), `reasons.py` (why a request failed,
-in no protocol's words). Imported only with --cluster-redis (it needs the `redis` package).
+`directory.py` (Redis: nodes, claims, requests), `sealed.py` (the relay, sealed per datagram), `node.py` (this
+node's part: claims, pulls, serving pulls, liveness, /lb, stream events), `worker.py` (a media worker's part with
+--workers 2+: its relay socket between nodes, its pulled copies and served relays), `reasons.py` (why a request
+failed, in no protocol's words). Imported only with --cluster-redis (it needs the `redis` package).
 """
