@@ -14,6 +14,7 @@ import socket
 import struct
 import uuid
 
+import aiohttp
 import pytest
 from aioice import stun
 
@@ -21,6 +22,13 @@ from tests.support import peers
 from tests.support.tcpshim import TcpShim
 
 FRAMES = 20
+async def prometheus_value(server, name: str) -> float:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server.rest_url}/metrics") as r:
+            text = await r.text()
+    return float(re.search(rf"^{name} (\S+)$", text, re.M)[1])
+
+
 CANDIDATE = re.compile(r"a=candidate:\S+ 1 (udp|tcp) (\d+) (\S+) (\d+) typ host( tcptype passive)?")
 
 
@@ -178,6 +186,7 @@ async def test_bad_input_on_the_tcp_port(server, monkeypatch) -> None:
         assert await closed_by_server(reader), f"{name}: connection not closed"
         writer.close()
     assert server.port.tcp_refused == refused + len(cases)
+    assert await prometheus_value(server, "webcall_ice_tcp_refused_total") == refused + len(cases)
 
     # Half a frame, then silence: kept while it may still be completed, closed after UNVERIFIED_TIMEOUT.
     reader, writer = await open_raw(port)
@@ -258,6 +267,11 @@ async def test_two_workers_over_tcp(make_server) -> None:
         players = [await peers.play(c, "two workers tcp") for c in clients]
         await asyncio.gather(*(assert_plays(p) for p in players))
         assert all(shim.connections for shim in shims), "both workers carried TCP media"
+        for _ in range(50):  # the workers report their ports' counters twice a rate interval
+            if await prometheus_value(server, "webcall_ice_tcp_connections") == 3:
+                break
+            await asyncio.sleep(0.1)
+        assert await prometheus_value(server, "webcall_ice_tcp_connections") == 3
         for p in (*players, pub):
             await p.close()
         for c in (pub_client, *clients):

@@ -205,7 +205,8 @@ class Config:
             raise ValueError("hook_timeout must be > 0, keep_alive_interval >= 0, hook_queue_size >= 1")
         parse_allow_list(self.allow_origins)  # raises ValueError for a malformed pattern
         for entry in filter(str.strip, self.whip_ice_servers.split(",")):
-            if len(entry.split()) not in (1, 3) or not entry.split()[0].startswith(("stun:", "stuns:", "turn:", "turns:")):
+            parts = entry.split()
+            if len(parts) not in (1, 3) or not parts[0].startswith(("stun:", "stuns:", "turn:", "turns:")):
                 raise ValueError("whip_ice_servers entries must be `stun:/turn: URL [username credential]`")
         if not self.rtp_activity_timeout > 0 or not self.shutdown_timeout > 0 or not self.bitrate_grace > 0:
             raise ValueError("rtp_activity_timeout, shutdown_timeout and bitrate_grace must be > 0")

@@ -242,6 +242,15 @@ class AggregatePort:
         return total
 
     @property
+    def links(self) -> range:
+        """Open ICE-TCP connections (media/tcp.py): only their number crosses the channel."""
+        return range(sum(r[4][0] for r in self.by_worker.values() if len(r) > 4))
+
+    @property
+    def tcp_refused(self) -> int:
+        return sum(r[4][1] for r in self.by_worker.values() if len(r) > 4)
+
+    @property
     def fanout_cost(self) -> FanoutCost:
         total = FanoutCost()
         for report in self.by_worker.values():

@@ -162,7 +162,8 @@ class MediaWorker:
         self.relay = await RelayEndpoint.bind(on_packet=self._relay_packet, on_keyframe_request=self._relay_keyframe,
                                               on_nack=self._relay_nack)
         self.relay.test_loss = float(os.environ.get("WEBCALL_RELAY_TEST_LOSS") or 0.0)  # tests only
-        self.ctx.info.update(media_port=media_port, media_tcp_port=max(tcp_port, 0), fingerprint=list(self.identity.fingerprint),
+        self.ctx.info.update(media_port=media_port, media_tcp_port=max(tcp_port, 0),
+                             fingerprint=list(self.identity.fingerprint),
                              relay=list(self.relay.address))
         ch = self.channel
         for name in ("publish", "play", "close", "relay_out", "relay_in", "relay_stop", "record_start",
@@ -402,7 +403,8 @@ class MediaWorker:
         relay = asdict(self.relay.stats) if self.relay is not None else {}
         relay["retransmitted"] = self.relay_retransmitted
         return {"pubs": pubs, "players": players, "recording": recording,
-                "port": [port.dropped, port.errors, fanout_cost_to_wire(port.fanout_cost), dict(port.refusals)],
+                "port": [port.dropped, port.errors, fanout_cost_to_wire(port.fanout_cost), dict(port.refusals),
+                         [len(port.links), port.tcp_refused]],
                 "relay": relay}
 
     @staticmethod
