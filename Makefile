@@ -37,10 +37,11 @@ PYTEST_ARGS ?=
 # SYSTEM_CHECKS is what serving needs (gcc builds the core; node_modules holds the SDK bundle it serves);
 # TEST_CHECKS is added for `make test` only: the browsers, and GStreamer's webrtcbin for tests/e2e/test_gstreamer.py
 # (driven by Debian's /usr/bin/python3 through python3-gi; python3-websocket is its WCS WebSocket client).
+# libavcodec59: Firefox on Linux decodes H264 (its MSE player, tests/browser) through the system FFmpeg.
 SYSTEM_CHECKS := gcc:gcc node:nodejs npm:npm
 GST_PACKAGES  := gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-nice \
                  gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0 python3-gi python3-gst-1.0 python3-websocket
-TEST_CHECKS   := chromium:chromium firefox-esr:firefox-esr $(GST_PACKAGES)
+TEST_CHECKS   := chromium:chromium firefox-esr:firefox-esr libavcodec59 $(GST_PACKAGES)
 CC          ?= gcc
 CORE_SRC    := webcall/media/fanout.c
 CORE_LIB    := webcall/media/_fanout.so

@@ -21,7 +21,7 @@ const {values: args} = parseArgs({
         base: {type: "string"},
         artifacts: {type: "string", default: path.resolve("artifacts/browser")},
         browsers: {type: "string", default: "chromium,firefox"},
-        only: {type: "string", default: "basic,cross,demo"},
+        only: {type: "string", default: "basic,cross,mse,demo"},
         "ttff-count": {type: "string", default: "10"},
         "bitrate-seconds": {type: "string", default: "15"},
         // Browsers whose main publication (the "basic" scenarios, bitrate included) is the canvas pattern rather
@@ -59,7 +59,7 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 const consoleLogs = new Map();  // file -> lines
 let currentStep = "setup";       // tags console warnings with the scenario step that was running
 
-async function openHarness(browser, browserName, label) {
+async function openHarness(browser, browserName, label, providers) {
     // A page of its own window: nothing runs as a throttled background tab.
     let page;
     try {
@@ -85,7 +85,8 @@ async function openHarness(browser, browserName, label) {
         warnings.push(`[${currentStep}] pageerror: ${err.message}`.slice(0, 500));
     });
     page.__warnings = warnings;
-    await page.goto(`${BASE}/static/harness.html?server=${encodeURIComponent(WS_URL)}`, {waitUntil: "load"});
+    const extra = providers ? `&providers=${providers}` : "";
+    await page.goto(`${BASE}/static/harness.html?server=${encodeURIComponent(WS_URL)}${extra}`, {waitUntil: "load"});
     page.__init = await page.evaluate(() => T.init());
     return page;
 }
@@ -310,6 +311,50 @@ async function cross(browsers, from, to) {
     });
 }
 
+// MSE players (spec §11.1) of a WebRTC publication, through the SDK's MediaSource provider: `from` publishes
+// (VP8 by default: the server transcodes it; or H264 with VP8/VP9/AV1 stripped from its offer: re-framed), `to`
+// plays with mediaProvider "MSE". What the viewer sees (moving pixels) and hears (decoded audio) is checked.
+async function mse(browsers, from, to, h264) {
+    const scenario = `mse_${from}${h264 ? "_h264" : ""}_to_${to}`;
+    await step(to, scenario, async () => {
+        const name = uniq(`mse-${from}`);
+        const pub = await openHarness(browsers[from], from, `${scenario}-publisher`);
+        const ply = await openHarness(browsers[to], to, `${scenario}-player`, "WebRTC,MSE");
+        try {
+            await call(pub, () => T.connect("pub"));
+            await call(ply, () => T.connect("play"));
+            await call(pub, (n, c, strip) => T.publish("x", "pub", n, {canvas: c, width: 640, height: 480,
+                stripCodecs: strip}), name, true, h264 ? "VP8,VP9,AV1" : "");
+            const pst = await call(pub, () => T.waitStatus("x", ["PUBLISHING", "FAILED"], 15000));
+            if (pst.status !== "PUBLISHING") {
+                return {publisher: pst};
+            }
+            const t0 = Date.now();
+            await call(ply, (n) => T.play("x", "play", n, {mediaProvider: "MSE"}), name);
+            const st = await call(ply, () => T.waitStatus("x", ["PLAYING", "FAILED", "STOPPED"], 15000));
+            const out = {publisher: {status: pst.status}, player: {status: st.status, info: st.info},
+                providers: ply.__init.providers};
+            if (st.status === "PLAYING") {
+                out.frames = await call(ply, () => T.frameCheck("x", 700));
+                out.firstFrameMs = Date.now() - t0;  // upper bound: includes the frameCheck's own 0.7 s
+                out.audio = await call(ply, () => T.audioCheck("x", 1000));
+                // the server's view of this stream's shared feeds: is the video transcoded or re-framed?
+                const listed = await (await fetch(`${BASE}/streams`)).json();
+                out.feeds = (listed.find((s) => s.name === name) || {}).feeds;
+            }
+            out.warnings = ply.__warnings.slice(0, 10);
+            await call(ply, () => T.stop("x"));
+            out.playerStop = (await call(ply, () => T.waitStatus("x", ["STOPPED", "FAILED"], 5000, 1))).status;
+            await call(pub, () => T.stop("x"));
+            out.unpublish = (await call(pub, () => T.waitStatus("x", ["UNPUBLISHED", "FAILED"], 5000))).status;
+            return out;
+        } finally {
+            await pub.close();
+            await ply.close();
+        }
+    });
+}
+
 // The real demo page (index.html at /): publish and play through its buttons, then a screenshot.
 async function demo(browser, browserName) {
     await step(browserName, "demo_page", async () => {
@@ -397,6 +442,15 @@ async function main() {
             note("cross");
             await cross(browsers, live[0], live[1]);
             await cross(browsers, live[1], live[0]);
+        }
+        if (ONLY.has("mse") && browsers.chromium) {
+            note("mse");
+            await mse(browsers, "chromium", "chromium", true);
+            await mse(browsers, "chromium", "chromium", false);
+            if (browsers.firefox) {
+                await mse(browsers, "firefox", "chromium", false);
+                await mse(browsers, "chromium", "firefox", false);
+            }
         }
         if (ONLY.has("demo")) {
             for (const name of live) {

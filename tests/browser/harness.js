@@ -194,7 +194,10 @@
         log: log,
 
         init: async function () {
-            await Flashphoner.init({preferredMediaProviders: ["WebRTC"]});
+            // ?providers=WebRTC,MSE: the pages that play over MSE (or WSPlayer) need those providers too
+            var providers = (params.get("providers") || "WebRTC").split(",");
+            await Flashphoner.init({preferredMediaProviders: providers,
+                receiverLocation: "/sdk/WSReceiver2.js", decoderLocation: "/sdk/video-worker2.js"});
             return {providers: Flashphoner.getMediaProviders(), userAgent: navigator.userAgent,
                 rvfc: "requestVideoFrameCallback" in HTMLVideoElement.prototype,
                 nativePromise: /\[native code\]/.test(String(window.Promise))};
@@ -240,7 +243,7 @@
             var display = newDisplay(key);
             var options = {
                 name: name, display: display, constraints: constraints, cacheLocalResources: false,
-                receiveVideo: false, receiveAudio: false
+                receiveVideo: false, receiveAudio: false, stripCodecs: opts.stripCodecs || []
             };
             if (opts.transport) {
                 options.transport = opts.transport;  // the SDK's "TCP": WebRTC media over ICE-TCP
@@ -256,6 +259,9 @@
             opts = opts || {};
             var display = newDisplay(key);
             var options = {name: name, display: display};
+            if (opts.mediaProvider) {
+                options.mediaProvider = opts.mediaProvider;  // "MSE" / "WSPlayer": the second-WebSocket players
+            }
             if (opts.constraints) {
                 options.constraints = opts.constraints;
             }
@@ -384,6 +390,24 @@
             }, function (e) {
                 return {error: e.message, videoWidth: video.videoWidth, readyState: video.readyState};
             });
+        },
+
+        // What an MSE player's <video> has of audio: the decoded audio bytes (Chromium), mozHasAudio (Firefox),
+        // and how much media is buffered; sampled twice, `gapMs` apart, so growth shows audio being played.
+        audioCheck: async function (key, gapMs) {
+            var video = videoOf(key);
+            if (!video) {
+                return {error: "no <video> in the display"};
+            }
+            function sample() {
+                var b = video.buffered;
+                return {decodedAudioBytes: video.webkitAudioDecodedByteCount, mozHasAudio: video.mozHasAudio,
+                    bufferedEnd: b.length ? b.end(b.length - 1) : 0, currentTime: video.currentTime,
+                    muted: video.muted, paused: video.paused};
+            }
+            var a = sample();
+            await sleep(gapMs || 1000);
+            return {before: a, after: sample()};
         },
 
         // The SDK's own promises may come from its bundled Promise polyfill, which the driver's

@@ -368,3 +368,35 @@ def test_demo_page(results: Results, browser: str) -> None:
     assert (data["stopped"], data["playAfter"]) == ("UNPUBLISHED", "STOPPED"), data
     assert Path(data["screenshot"]).stat().st_size > 10_000
     assert not [line for line in data["console"] if line.startswith("pageerror")], data["console"]
+
+
+# --------------------------------------------------------------------------------------------- MSE (spec §11.1)
+
+MSE_CASES = [  # (player browser, scenario, the feed transcodes the video)
+    ("chromium", "mse_chromium_h264_to_chromium", False),  # H264 publisher: re-framed, no transcoder
+    ("chromium", "mse_chromium_to_chromium", True),  # VP8 (Chromium's default) → H264
+    ("chromium", "mse_firefox_to_chromium", True),  # Firefox publishes VP8 (canvas)
+    ("firefox", "mse_chromium_to_firefox", True),  # Firefox plays MSE (H264 through the system's libavcodec)
+]
+
+
+@pytest.mark.parametrize(("player", "scenario", "transcoded"), MSE_CASES, ids=[c[1] for c in MSE_CASES])
+def test_mse_player(results: Results, player: str, scenario: str, transcoded: bool) -> None:
+    data = results.get(player, scenario)
+    assert data["publisher"]["status"] == "PUBLISHING", data
+    assert data["player"]["status"] == "PLAYING", data
+    assert "MSE" in data["providers"]
+    assert_moving_picture(data["frames"])
+    assert (data["frames"]["videoWidth"], data["frames"]["videoHeight"]) == (640, 480)
+    audio = data["audio"]
+    before, after = audio["before"], audio["after"]
+    if player == "chromium":  # decoded audio bytes grow while it plays
+        assert after["decodedAudioBytes"] > before["decodedAudioBytes"] > 0, audio
+    else:
+        assert after["mozHasAudio"] is True, audio
+    assert after["currentTime"] > before["currentTime"] and after["bufferedEnd"] > before["bufferedEnd"], audio
+    (feed,) = data["feeds"]
+    assert feed["output"] == "mse" and feed["players"] == 1
+    assert feed["transcodingVideo"] is transcoded, feed
+    assert feed["stats"]["video_codec"] == ("VP8" if transcoded else "H264"), feed
+    assert data["playerStop"] == "STOPPED" and data["unpublish"] == "UNPUBLISHED", data

@@ -5,7 +5,10 @@ from __future__ import annotations
 import pytest
 
 import asyncio
+import json
 import uuid
+
+import aiohttp
 
 from tests.support import peers
 from tests.support.wcs_client import WcsClient
@@ -110,10 +113,16 @@ async def test_play_unknown_and_duplicate_publish(server) -> None:
 
 async def test_other_media_providers_fail_clearly(server) -> None:
     client = await server.client()
-    msid = str(uuid.uuid1())
-    await client.send("playStream", {"mediaSessionId": msid, "name": "x", "mediaProvider": "MSE", "sdp": "v=0"})
-    msg = await client.wait_for("notifyStreamStatusEvent", mediaSessionId=msid)
-    assert msg["data"][0]["status"] == "FAILED" and "MSE" in msg["data"][0]["info"]
+    cases = [  # MSE plays (tests/e2e/test_mse.py) but cannot publish; WSPlayer is not served
+        ("publishStream", "MSE", "Media provider MSE is not supported"),
+        ("playStream", "WSPlayer", "Media provider WSPlayer is not supported"),
+        ("playStream", "MSE", "Stream not found"),
+    ]
+    for message, provider, info in cases:
+        msid = str(uuid.uuid1())
+        await client.send(message, {"mediaSessionId": msid, "name": "x", "mediaProvider": provider, "sdp": "v=0"})
+        msg = await client.wait_for("notifyStreamStatusEvent", mediaSessionId=msid)
+        assert msg["data"][0]["status"] == "FAILED" and msg["data"][0]["info"] == info, msg
     await client.close()
 
 
@@ -147,3 +156,21 @@ async def test_send_data_and_stream_events_relay(server) -> None:
     for client in [pub_client, *watchers]:
         await client.close()
     await server.wait_empty()
+
+
+async def test_client_with_permessage_deflate_reads_every_message(server) -> None:
+    """Browsers negotiate permessage-deflate. The server may send any message uncompressed (RFC 7692 §6), and
+    a client that compresses its own messages is understood."""
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(server.url, compress=15, heartbeat=None) as ws:
+            assert ws.compress == 15  # the extension was negotiated
+            await ws.send_str(json.dumps({"message": "connection", "data": [{"appKey": "defaultApp"}]}))
+            seen = []
+            while "getVersion" not in seen:
+                reply = await asyncio.wait_for(ws.receive(), 5)
+                assert reply.type == aiohttp.WSMsgType.TEXT
+                seen.append(json.loads(reply.data)["message"])
+            assert seen[0] == "getUserData"
+            await ws.send_str(json.dumps({"message": "ping", "data": []}))
+            while (reply := json.loads((await asyncio.wait_for(ws.receive(), 5)).data))["message"] != "pong":
+                pass

@@ -705,6 +705,16 @@ def test_video_rate() -> None:
         video_rate("videoRate", MSID, 1, 2, 3, 4, 5, 6, 7)  # type: ignore[arg-type]
 
 
+@pytest.mark.parametrize("media_session_id", [MSID, 'quote" back\\ é \ud800 \n', ""])
+def test_video_rate_is_the_text_json_would_write(media_session_id: str) -> None:
+    """The formatted fast path writes exactly what the generic encoder writes, client strings escaped alike."""
+    fields = {"mediaSessionId": media_session_id, "videoRate": 685256, "fps": 30, "nack": 1, "pli": 13,
+              "lostPackets": 2, "width": 640, "height": 360}
+    assert video_rate("outboundVideoRate", media_session_id, 685256, 30, 1, 13, 2, 640, 360) == encode(
+        "outboundVideoRate", fields)
+    assert _decoded(video_rate("inboundVideoRate", media_session_id, 1, 29.5, 3, 4, 5, 6, 7))["data"][0]["fps"] == 29.5
+
+
 @pytest.mark.parametrize(
     "text",
     [

@@ -403,6 +403,19 @@ def test_bad_sdp_play(offer) -> None:
     assert info.value.info.startswith("Bad SDP"), info.value.info
 
 
+def test_unparsable_sdp_says_where_not_which_exception() -> None:
+    offer = ("v=0\r\no=- 1 1 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\n"
+             "a=rtpmap:111 opus/48000/2\r\nm=video x UDP/TLS/RTP/SAVPF 96\r\n")
+    with pytest.raises(SdpError) as info:
+        negotiate_play(offer, {"audio": OPUS, "video": VP8})
+    assert info.value.info == "Bad SDP: m-line 2 (video) cannot be parsed"
+    for bad in BAD_SDP:
+        try:
+            negotiate_play(bad, {"audio": OPUS, "video": VP8})
+        except SdpError as exc:
+            assert "Error" not in exc.info and "Exception" not in exc.info, exc.info
+
+
 def test_sdp_error_is_value_error_with_info() -> None:
     err = SdpError("Bad SDP: x")
     assert isinstance(err, ValueError) and err.info == "Bad SDP: x" and str(err) == "Bad SDP: x"

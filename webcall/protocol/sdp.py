@@ -123,8 +123,30 @@ def _parse(offer: str) -> SessionDescription:
         raise SdpError("Bad SDP: not a session description")
     try:
         return SessionDescription.parse(offer)
-    except Exception as exc:  # aiortc's parser asserts and raises freely on bad input
-        raise SdpError(f"Bad SDP: {type(exc).__name__}") from None
+    except Exception:  # aiortc's parser asserts and raises freely on bad input, without saying where
+        raise SdpError(f"Bad SDP: {_where_unparsable(offer)}") from None
+
+
+_LINE = re.compile(r"[a-z]=")
+
+
+def _where_unparsable(offer: str) -> str:
+    """Where an offer that aiortc's parser refused goes wrong, for the client's info string (our parser's
+    exception names mean nothing to a client): the first line that is not `<type>=<value>`, else the first
+    section (session part, then each m= section in turn) that cannot be parsed with those before it."""
+    lines = offer.splitlines()
+    for number, line in enumerate(lines, 1):
+        if line and not _LINE.match(line):
+            return f"line {number} is not <type>=<value>"
+    starts = [i for i, line in enumerate(lines) if line.startswith("m=")] + [len(lines)]
+    for index, end in enumerate(starts):
+        try:
+            SessionDescription.parse("\r\n".join(lines[:end]) + "\r\n")
+        except Exception:
+            if index == 0:
+                return "the session-level lines cannot be parsed"
+            return f"m-line {index} ({lines[starts[index - 1]][2:].split(' ', 1)[0]}) cannot be parsed"
+    return "cannot be parsed"
 
 
 def _codecs(media: MediaDescription) -> list[Codec]:

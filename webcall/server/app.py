@@ -1,8 +1,8 @@
 """The aiohttp front: WebSocket signalling and demo pages on one port, the REST API on another, and the
 server's lifecycle: `start`, `shutdown` (graceful: SIGTERM, see cli.py), `stop`, and `reload_tls` (SIGHUP).
 
-Thin on purpose: frames in → `Session.handle_text`; `Session.send` → an outgoing queue drained by one
-writer task per socket, so the streams layer can emit messages synchronously from media events.
+Thin on purpose: frames in → `Session.handle_text`; `Session.send` → the frame written to the connection at
+once (`wsout.Outbox`), so the streams layer can emit messages synchronously from media events.
 """
 
 from __future__ import annotations
@@ -30,14 +30,16 @@ from ..workers.supervisor import resolve_worker_count
 from ..wcs import messages as wcs_messages
 from ..wcs.session import Session
 from ..whip import WhipFrontEnd
+from . import media_socket
 from .config import Config
 from .rest_recording import record_file_handler
 from .rest import RestApi, health
 from .tls import reload_context, server_context
+from .wsout import Outbox
 
 log = logging.getLogger("webcall.server")
 
-OUTGOING_QUEUE_LIMIT = 1000  # a client this far behind is not reading: drop it
+OUTGOING_LIMIT_BYTES = 1 << 20  # a client with this much of our output unsent is not reading: drop it
 
 
 class WebcallServer:
@@ -130,7 +132,7 @@ class WebcallServer:
         worker_settings = WorkerSettings(
             connect_timeout=c.connect_timeout, consent_timeout=c.consent_timeout, max_bitrate=c.max_bitrate,
             fanout_core=c.fanout_core, fanout_threads=c.fanout_threads, snapshot_timeout=c.snapshot_timeout,
-            stats_interval=c.rate_interval / 2, rtp_activity_timeout=c.rtp_activity_timeout,
+            stats_interval=c.rate_interval, rtp_activity_timeout=c.rtp_activity_timeout,
             bitrate_ceiling=c.publisher_bitrate_ceiling, bitrate_grace=c.bitrate_grace,
             max_unverified_datagrams=c.max_unverified_datagrams, max_dtls_handshakes=c.max_dtls_handshakes,
             media_tcp_port=c.media_tcp_port)
@@ -150,7 +152,7 @@ class WebcallServer:
             return
         log.info("shutting down sessions=%d streams=%d", len(hub.sessions), len(hub.streams()))
         hub.shut_down()
-        deadline = time.monotonic() + 5.0  # writers flush their queue, then close the socket
+        deadline = time.monotonic() + 5.0  # each socket says goodbye (close frame), then its handler returns
         while self._sockets and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         await hub.recordings.finish()
@@ -224,7 +226,8 @@ class WebcallServer:
                 obj = stream.describe()
                 out.append({k: obj.get(k) for k in ("name", "status", "width", "height", "videoCodec",
                                                      "audioCodec", "createDate", "metrics")}
-                           | {"players": len(stream.players)})
+                           | {"players": len(stream.players),
+                              "feeds": [f for f in self.hub.feeds.describe() if f["label"] == stream.name]})
         return web.json_response(sorted(out, key=lambda s: s["name"]))
 
     def _page(self, name: str):
@@ -256,22 +259,44 @@ class WebcallServer:
             await ws.close()
             return ws
         self._sockets.add(ws)
-        outgoing: asyncio.Queue[str | None] = asyncio.Queue()
+        # A media socket (spec §11) says so in its first message. A client that says nothing is dropped as a
+        # silent session would be (its pings unanswered).
+        silence = self.config.ping_interval * (self.config.ping_probes + 1)
+        try:
+            first = await ws.receive(timeout=silence)
+        except asyncio.TimeoutError:
+            first = None
+        if first is not None and first.type == WSMsgType.TEXT:
+            is_media, token = media_socket.media_token(first.data)
+            if is_media:
+                try:
+                    await media_socket.serve(ws, self.hub, token)
+                finally:
+                    self._sockets.discard(ws)
+                return ws
+        if first is None or first.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+            self._sockets.discard(ws)
+            await ws.close()
+            return ws
+        closing: list[asyncio.Task[bool]] = []
 
-        def send(text: str) -> None:
-            if outgoing.qsize() >= OUTGOING_QUEUE_LIMIT:
-                log.warning("client not reading, closing session=%s", session.id)
-                session.close()
-                return
-            outgoing.put_nowait(text)
+        def close_socket() -> None:  # the session ended on our side: say goodbye once, in the background
+            if not closing and not ws.closed:
+                closing.append(asyncio.get_running_loop().create_task(ws.close(), name=f"ws-close {session.id}"))
 
-        sock = request.transport.get_extra_info("sockname") if request.transport else None
+        def stalled() -> None:
+            log.warning("client not reading, closing session=%s", session.id)
+            session.close()
+
+        assert request.transport is not None  # prepared: the connection is open
+        outbox = Outbox(request.transport, OUTGOING_LIMIT_BYTES, stalled)
+        sock = request.transport.get_extra_info("sockname")
         remote = f"{peer[0]}:{peer[1]}" if peer else "unknown"
         local = f"{sock[0]}:{sock[1]}" if sock else "unknown"
-        session = Session(self.hub, send, lambda: outgoing.put_nowait(None), remote, local, origin)
-        writer = asyncio.create_task(self._writer(ws, outgoing), name=f"ws-writer {session.id}")
+        session = Session(self.hub, outbox.send, close_socket, remote, local, origin)
         log.info("websocket open session=%s", session.id)
         try:
+            session.handle_text(first.data)
             async for frame in ws:
                 if frame.type == WSMsgType.TEXT:
                     session.handle_text(frame.data)
@@ -281,19 +306,8 @@ class WebcallServer:
                     break
         finally:
             session.close()
-            outgoing.put_nowait(None)
-            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(writer, 5)
+            with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, ConnectionError, RuntimeError):
+                await asyncio.wait_for(closing[0] if closing else ws.close(), 5)
             self._sockets.discard(ws)
             log.info("websocket closed session=%s code=%s", session.id, ws.close_code)
         return ws
-
-    @staticmethod
-    async def _writer(ws: web.WebSocketResponse, outgoing: asyncio.Queue[str | None]) -> None:
-        try:
-            while (text := await outgoing.get()) is not None:
-                await ws.send_str(text)
-        except (ConnectionError, RuntimeError):
-            pass  # the client went away; the reader side cleans up
-        finally:
-            await ws.close()

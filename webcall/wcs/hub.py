@@ -19,10 +19,12 @@ from typing import Protocol
 from ..hooks.client import Hooks, HookSettings
 from ..logs import q
 from ..media.plane import MediaPlane
+from ..streams.feeds import Feeds
 from ..streams.recording import RecordSettings, Recordings
 from ..streams.limits import SESSIONS_PER_IP, SHUTDOWN, Limits, Refusals
 from ..streams.registry import EndReason, StreamRegistry
 from ..streams.snapshots import SnapshotError, Snapshotter
+from ..transcode.pipeline import start_local_feed
 from .rest import ConnectionQuery, StreamQuery
 from .sampler import RateSampler
 from .status import Info, OwnInfo, StreamStatus
@@ -87,6 +89,8 @@ class Hub:
         self.listings: list[Callable[[], list]] = []
         self.snapshots = Snapshotter(settings.snapshot_timeout)
         self.recordings = Recordings()
+        # Shared renditions for MSE/WSPlayer players: in a worker (WorkerPlane.feed) or in this process.
+        self.feeds = Feeds(getattr(plane, "feed", None) or start_local_feed)
         self.retired: Counter[tuple[str, str]] = Counter()  # media counters of streams that have ended
         self._retiring: deque[tuple[float, Publication | Playback]] = deque()  # ended, last counters in transit
         self.started_at = time.time()

@@ -635,6 +635,13 @@ def video_rate(
     """inboundVideoRate (publisher) / outboundVideoRate (player), spec §7."""
     if message_name not in ("inboundVideoRate", "outboundVideoRate"):
         raise ValueError(f"not a video rate message: {message_name!r}")
+    numbers = (video_rate, fps, nack, pli, lost_packets, width, height)
+    if all(type(n) is int for n in numbers):
+        # Every player gets one of these per second: formatted directly, the same text json.dumps gives, at a
+        # fraction of its cost (only the client's id needs JSON escaping).
+        return (f'{{"message":"{message_name}","data":[{{"mediaSessionId":{json.dumps(media_session_id)},'
+                f'"videoRate":{video_rate},"fps":{fps},"nack":{nack},"pli":{pli},"lostPackets":{lost_packets},'
+                f'"width":{width},"height":{height}}}]}}')
     return encode(
         message_name,
         {

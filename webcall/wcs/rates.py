@@ -20,6 +20,10 @@ class Reading:
     video_packets: int = 0
     audio_packets: int = 0
     frames: int = 0  # video frames (RTP marker bits)
+    # When the media plane read these counters (time.monotonic(), one clock for every process of the host).
+    # None: just now. Media workers report their counters once per rate interval, so a sample may find the
+    # same report as the last one; rates are taken between the reports' own times, never between our samples.
+    at: float | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,9 +49,13 @@ class RateMeter:
         self.latest = Rates()
 
     def update(self, now: float, reading: Reading) -> Rates | None:
+        """The rates since the previous reading; None for the first one, or when nothing newer was counted."""
+        now = now if reading.at is None else reading.at
         previous, since = self._reading, self._time
+        if since is not None and now <= since:
+            return None  # the same report as last time: keep the baseline
         self._time, self._reading = now, reading
-        if since is None or now <= since:
+        if since is None:
             return None
         dt = now - since
         self.latest = Rates(

@@ -34,6 +34,8 @@ from ..streams.snapshots import SnapshotError
 from . import messages as msg
 from .hub import Hub
 from .status import Info, OwnInfo, StreamStatus
+from .feed_playback import OUTPUT as FEED_PROVIDERS
+from .feed_playback import FeedPlayback, MediaTransport
 from .stream import Playback, Publication
 
 log = logging.getLogger("webcall.wcs")
@@ -274,7 +276,8 @@ class Session:
                            "status": str(StreamStatus.FAILED), "info": info})
 
     def _precheck(self, m: msg.PublishStream | msg.PlayStream) -> bool:
-        if m.media_provider != "WebRTC":
+        # MSE/WSPlayer can only play (spec §11); WebRTC does both
+        if m.media_provider != "WebRTC" and (isinstance(m, msg.PublishStream) or m.media_provider not in FEED_PROVIDERS):
             self._fail_stream(m, f"Media provider {m.media_provider} is not supported")
             return False
         if m.media_session_id in self.streams:
@@ -325,6 +328,12 @@ class Session:
         if limit and len(self.hub.registry.readers(m.name)) >= limit:
             self._refuse(m, limits.PLAYERS_PER_STREAM, OwnInfo.TOO_MANY_PLAYERS)
             return
+        if m.media_provider in FEED_PROVIDERS:
+            feed_playback = FeedPlayback(self, m, source)
+            self.streams[m.media_session_id] = feed_playback
+            self.hub.registry.read(m.name, feed_playback)
+            feed_playback.start_feed()
+            return
         try:
             neg = negotiate_play(m.sdp, {kind: track.producer.codec for kind, track in router.tracks.items()})
         except SdpError as exc:
@@ -334,6 +343,15 @@ class Session:
         self.streams[m.media_session_id] = playback
         self.hub.registry.read(m.name, playback)
         playback.start(neg, router)
+
+    def bind_media_transport(self, transport: MediaTransport) -> FeedPlayback | None:
+        """A media socket presented this session's token (spec §11): bind it to the most recent unbound MSE or
+        WSPlayer playback (the socket names no stream). None if there is none."""
+        for stream in reversed(list(self.streams.values())):
+            if isinstance(stream, FeedPlayback) and not stream.closed and not stream.bound:
+                stream.bind(transport)
+                return stream
+        return None
 
     def _stream(self, media_session_id: str, kind: type) -> Publication | Playback | None:
         stream = self.streams.get(media_session_id)

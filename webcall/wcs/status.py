@@ -99,6 +99,8 @@ class OwnInfo:
     TOO_MANY_PLAYERS: Final = "Too many players of this stream"
     TOO_MANY_PUBLISHERS: Final = "Too many publishers on this server"
     TOO_MANY_MESSAGES: Final = "Too many messages per second"
+    MEDIA_TRANSPORT_TIMEOUT: Final = "Media transport not connected"  # MSE/WSPlayer: no media socket came
+    MEDIA_TRANSPORT_NOT_READING: Final = "Media transport not reading"  # its socket's buffer overflowed
 
 
 # The media plane's and the stream core's reasons (media/failures.py, streams/registry.py) in WCS words.

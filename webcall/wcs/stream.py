@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from ..hooks.policy import RECORDING_STATUS_EVENT, START_RECORDING
 from ..logs import q
@@ -23,6 +23,7 @@ from ..media.plane import MediaPlane
 from ..media.router import Router
 from ..protocol.sdp import Negotiation, build_answer
 from ..streams.recording import RecordSettings, Recording, RecordingError, Recordings, login_of
+from ..streams.feeds import Feeds
 from ..streams.registry import EndReason, Source, StreamRegistry
 from . import messages as msg
 from . import rest
@@ -31,6 +32,12 @@ from .status import END_INFO, FAILURE_INFO, TERMINAL, Info, StreamStatus
 
 log = logging.getLogger("webcall.wcs")
 
+
+
+def _reported_at(counters: object) -> float | None:
+    """When a media worker read these counters (its views carry `reported_at`); None for the in-process plane,
+    whose counters are live."""
+    return getattr(counters, "reported_at", None)
 
 class StreamSettingsView(Protocol):
     connect_timeout: float
@@ -44,6 +51,7 @@ class Services(Protocol):
     plane: MediaPlane
     registry: StreamRegistry
     recordings: Recordings
+    feeds: Feeds
 
     def retire(self, stream: Publication | Playback) -> None: ...
 
@@ -231,6 +239,7 @@ class Publication(_Stream):
             video_octets=video.octets if video else 0, audio_octets=audio.octets if audio else 0,
             video_packets=video.packets if video else 0, audio_packets=audio.packets if audio else 0,
             frames=video.frames if video else 0,
+            at=_reported_at(video or audio),
         )
 
     def _rate_message(self, rates: Rates) -> str | None:
@@ -353,6 +362,8 @@ class Publication(_Stream):
         log.info("publication ended %s status=%s info=%s players=%d packets_received=%d",
                  self.label, status, q(info), len(self.players), received)
         self.hub.registry.unpublish(self, end)
+        if self.router is not None:
+            self.hub.feeds.source_ended(self.router)
         self.session.forget(self)
         if self.endpoint is not None:
             self.endpoint.close()
@@ -369,6 +380,7 @@ class Playback(_Stream):
         super().__init__(session, request)
         self.publication = publication
         self.endpoint: PlayerEndpoint | None = None
+        self._by_kind: dict[str, Any] | None = None  # the endpoint's first consumer of each kind
 
     def start(self, neg: Negotiation, router: Router) -> None:
         """Answer the offer with a player of `router` (the source's router, which the session checked)."""
@@ -421,7 +433,11 @@ class Playback(_Stream):
     def _consumer(self, kind: str):
         if self.endpoint is None:
             return None
-        return next((c for c in self.endpoint.consumers if c.kind == kind), None)
+        if self._by_kind is None:  # an endpoint's tracks are fixed when it is made; sampled every second
+            self._by_kind = {}
+            for consumer in self.endpoint.consumers:
+                self._by_kind.setdefault(consumer.kind, consumer)
+        return self._by_kind.get(kind)
 
     def reading(self) -> Reading | None:
         video, audio = self._consumer("video"), self._consumer("audio")
@@ -433,6 +449,7 @@ class Playback(_Stream):
             # Every frame of the publisher reaches this player once it started: the publisher's frame
             # count costs nothing per forwarded packet. An interval that forwarded nothing shows 0 fps.
             frames=video.producer.frames if video else 0,
+            at=_reported_at(video or audio),
         )
 
     def _fps(self, rates: Rates) -> int:

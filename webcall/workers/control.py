@@ -59,14 +59,16 @@ class ProducerView:
     """A publisher track's counters, as last reported (media/producer.py's names)."""
 
     __slots__ = ("kind", "codec", "packets", "octets", "frames", "keyframes", "nacks_sent", "keyframe_requests",
-                 "lost", "recovered", "width", "height")
+                 "lost", "recovered", "width", "height", "reported_at")
 
     def __init__(self, kind: str, codec: Codec) -> None:
         self.kind, self.codec = kind, codec
         self.packets = self.octets = self.frames = self.keyframes = self.nacks_sent = 0
         self.keyframe_requests = self.lost = self.recovered = self.width = self.height = 0
+        self.reported_at: float | None = None  # the worker's time.monotonic() when it read these counters
 
-    def update(self, values: list[int]) -> None:
+    def update(self, values: list[int], at: float | None) -> None:
+        self.reported_at = at
         (self.packets, self.octets, self.frames, self.keyframes, self.nacks_sent, self.keyframe_requests,
          self.lost, self.recovered, self.width, self.height) = values
 
@@ -75,15 +77,17 @@ class ConsumerView:
     """A player track's counters, as last reported (media/consumer.py's names)."""
 
     __slots__ = ("kind", "mid", "ssrc", "rtx_ssrc", "producer", "packets", "octets", "retransmits",
-                 "retransmit_octets", "nacks", "keyframe_requests", "player_lost")
+                 "retransmit_octets", "nacks", "keyframe_requests", "player_lost", "reported_at")
 
     def __init__(self, kind: str, mid: str, ssrcs: tuple[int, int | None], producer: ProducerView) -> None:
         self.kind, self.mid, self.producer = kind, mid, producer
         self.ssrc, self.rtx_ssrc = ssrcs
         self.packets = self.octets = self.retransmits = self.retransmit_octets = 0
         self.nacks = self.keyframe_requests = self.player_lost = 0
+        self.reported_at: float | None = None  # the worker's time.monotonic() when it read these counters
 
-    def update(self, values: list[int]) -> None:
+    def update(self, values: list[int], at: float | None) -> None:
+        self.reported_at = at
         (self.packets, self.octets, self.retransmits, self.retransmit_octets, self.nacks, self.keyframe_requests,
          self.player_lost) = values
 
@@ -162,6 +166,30 @@ class RemoteRouter:
 
     def recorder(self, path: str, options: Any, on_done: Any, label: str) -> RemoteRecorder:
         return self.publisher.plane.start_recorder(self.publisher, path, options, on_done, label)
+
+
+class RemoteFeed:
+    """A shared feed (transcode/pipeline.py) running in the publisher's worker; its chunks come back here."""
+
+    def __init__(self, plane: WorkerPlane, id: int, worker: int, emit: Any, on_failed: Any,
+                 transcoding_video: bool) -> None:
+        self.plane, self.id, self.worker, self.emit, self.on_failed = plane, id, worker, emit, on_failed
+        self.transcoding_video = transcoding_video  # as planned here; the worker's own report replaces it
+        self._stats: dict[str, Any] = {}
+
+    def request_keyframe(self) -> None:
+        self.plane.notify(self.worker, "feed_keyframe", id=self.id)
+
+    def close(self) -> None:
+        if self.plane.feeds.pop(self.id, None) is not None:
+            self.plane.notify(self.worker, "feed_stop", id=self.id)
+
+    def stats(self) -> dict[str, Any]:
+        return self._stats
+
+    def failed(self, info: str) -> None:
+        if self.plane.feeds.pop(self.id, None) is not None:
+            self.on_failed(info)
 
 
 class RemotePlayer(RemoteEndpoint):
@@ -280,6 +308,7 @@ class WorkerPlane:
         # Endpoints closed in the last few seconds: their last counters are still on their way (see retire).
         self._closed: dict[int, tuple[float, RemoteEndpoint]] = {}
         self.recorders: dict[int, RemoteRecorder] = {}
+        self.feeds: dict[int, RemoteFeed] = {}
         self.port = AggregatePort()
         self.relay_stats: dict[int, dict[str, int]] = {}  # worker -> its relay socket's counters (relay.py)
         # Test-only: worker -> the (ip, port) its answers announce instead of announced_ips × its media port
@@ -291,6 +320,9 @@ class WorkerPlane:
         self.supervisor.on_event("recorder", self._on_recorder)
         self.supervisor.on_event("relay_sender_report", self._on_relay_sender_report)
         self.supervisor.on_event("relay_ready", self._on_relay_ready)
+        self.supervisor.on_event("feed", self._on_feed)
+        self.supervisor.on_event("feed_failed", self._on_feed_failed)
+        self.supervisor.on_event("feed_stats", self._on_feed_stats)
 
     async def start(self) -> None:
         await self.supervisor.start()
@@ -367,6 +399,16 @@ class WorkerPlane:
                     options=asdict(options), label=label)
         return recorder
 
+    def feed(self, source: RemoteRouter, output: str, emit: Any, on_failed: Any, label: str) -> RemoteFeed:
+        """A shared rendition of `source`, made in its publisher's worker; one copy of its chunks comes here."""
+        publisher = source.publisher
+        video = publisher.producers.get("video")
+        feed = RemoteFeed(self, next(self._ids), publisher.worker, emit, on_failed,
+                          video is not None and video.codec.name.upper() != "H264")
+        self.feeds[feed.id] = feed
+        self.notify(publisher.worker, "feed_start", id=feed.id, source=publisher.id, output=output, label=label)
+        return feed
+
     # --- lifecycle of endpoints ------------------------------------------------------------------------
 
     def close_endpoint(self, endpoint: RemoteEndpoint) -> None:
@@ -436,7 +478,7 @@ class WorkerPlane:
         return endpoint
 
     def _on_stats(self, worker: int, pubs: dict, players: dict, recording: dict, port: list,
-                  relay: dict | None = None) -> None:
+                  relay: dict | None = None, at: float | None = None) -> None:
         self.port.by_worker[worker] = port
         if relay is not None:
             self.relay_stats[worker] = relay
@@ -449,14 +491,14 @@ class WorkerPlane:
                 for kind, values in kinds.items():
                     view = endpoint.producers.get(kind)
                     if view is not None:
-                        view.update(values)
+                        view.update(values, at)
         for id, mids in players.items():
             endpoint = self._endpoint(int(id))
             if isinstance(endpoint, RemotePlayer):
                 for consumer in endpoint.consumers:
                     values = mids.get(consumer.mid)
                     if values is not None:
-                        consumer.update(values)
+                        consumer.update(values, at)
         for id, received in recording.items():
             recorder = self.recorders.get(int(id))
             if recorder is not None and received:
@@ -487,6 +529,22 @@ class WorkerPlane:
         if recorder is not None:
             recorder.finished(state, error, received, opened, stats)
 
+    def _on_feed(self, worker: int, id: int, chunks: list) -> None:
+        feed = self.feeds.get(id)
+        if feed is not None and feed.worker == worker:
+            feed.emit([(kind, base64.b64decode(data)) for kind, data in chunks])
+
+    def _on_feed_failed(self, worker: int, id: int, info: str) -> None:
+        feed = self.feeds.get(id)
+        if feed is not None and feed.worker == worker:
+            feed.failed(info)
+
+    def _on_feed_stats(self, worker: int, id: int, stats: dict) -> None:
+        feed = self.feeds.get(id)
+        if feed is not None and feed.worker == worker:
+            feed._stats = stats
+            feed.transcoding_video = bool(stats.get("transcoding_video"))
+
     # --- faults ----------------------------------------------------------------------------------------------
 
     def _worker_lost(self, index: int, reason: str) -> None:
@@ -503,6 +561,8 @@ class WorkerPlane:
             self._stop_relay(relay)  # its players are ending below
         for endpoint in [e for e in self.endpoints.values() if e.worker == index]:
             endpoint.fail(Failure.WORKER_LOST)
+        for feed in [f for f in self.feeds.values() if f.worker == index]:
+            feed.failed("media worker lost")
         for id, recorder in [(i, r) for i, r in self.recorders.items() if r.worker == index]:
             del self.recorders[id]
             recorder.finished("failed", "media worker lost", recorder.received_media, recorder.opened, {})

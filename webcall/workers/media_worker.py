@@ -36,6 +36,7 @@ from ..media.producer import Producer, SenderClock
 from ..media.recorder import Recorder, RecorderOptions
 from ..media.router import Router, TrackRouter
 from ..streams.snapshots import SnapshotError, Snapshotter
+from ..transcode.pipeline import Feed
 from .main import WorkerContext
 from .relay import RelayEndpoint, RelaySender
 from .wire import fanout_cost_to_wire, negotiation_from_wire, track_from_wire
@@ -147,6 +148,7 @@ class MediaWorker:
         self.relays_out: dict[int, RelayOut] = {}
         self.relays_in: dict[int, Router] = {}
         self.recorders: dict[int, Recorder] = {}
+        self.feeds: dict[int, tuple[int, Feed]] = {}  # feed id -> (source id, feed): shared renditions
         self.snapshots = Snapshotter(settings.snapshot_timeout)
         self._final: dict[str, dict[int, Any]] = {"pubs": {}, "players": {}}  # counters of endpoints just closed
         self._stats_task: asyncio.Task[None] | None = None
@@ -167,7 +169,7 @@ class MediaWorker:
                              relay=list(self.relay.address))
         ch = self.channel
         for name in ("publish", "play", "close", "relay_out", "relay_in", "relay_stop", "record_start",
-                     "record_stop", "keyframe", "sender_report"):
+                     "record_stop", "keyframe", "sender_report", "feed_start", "feed_stop", "feed_keyframe"):
             ch.on_event(name, getattr(self, f"_on_{name}"))
         ch.on_request("snapshot", self._snapshot)
         if os.environ.get(DEBUG_ENV) == "1":  # leak hunting only (tools/soak.py), never in production
@@ -227,6 +229,10 @@ class MediaWorker:
         if source is None:
             return
         source.closed = True
+        for fid, (sid, feed) in list(self.feeds.items()):
+            if sid == id:
+                feed.close()
+                del self.feeds[fid]
         for rid, out in list(self.relays_out.items()):
             if out.source is source:
                 out.close()
@@ -370,6 +376,39 @@ class MediaWorker:
         self.channel.notify("recorder", id=id, state=recorder.state, error=recorder.error,
                             received=recorder.received_media, opened=recorder.opened, stats=recorder.stats())
 
+    # --- shared feeds (transcode/pipeline.py): their chunks go to the control process, once per feed -----------
+
+    def _on_feed_start(self, id: int, source: int, output: str, label: str) -> None:
+        held = self.sources.get(source)
+        if held is None or held.router is None:
+            self.channel.notify("feed_failed", id=id, info="stream ended")
+            return
+        channel = self.channel
+
+        def emit(chunks: list[tuple[str, bytes]]) -> None:
+            if id in self.feeds:
+                channel.notify("feed", id=id, chunks=[[kind, base64.b64encode(data).decode("ascii")]
+                                                      for kind, data in chunks])
+
+        def failed(info: str) -> None:
+            if self.feeds.pop(id, None) is not None:
+                channel.notify("feed_failed", id=id, info=info)
+
+        feed = Feed(held.router.tracks, output, asyncio.get_running_loop(), emit, failed, label)
+        self.feeds[id] = (source, feed)
+        feed.start()
+        channel.notify("feed_stats", id=id, stats=feed.stats())
+
+    def _on_feed_stop(self, id: int) -> None:
+        entry = self.feeds.pop(id, None)
+        if entry is not None:
+            entry[1].close()
+
+    def _on_feed_keyframe(self, id: int) -> None:
+        entry = self.feeds.get(id)
+        if entry is not None:
+            entry[1].request_keyframe()
+
     async def _snapshot(self, source: int) -> dict[str, Any]:
         held = self.sources.get(source)
         if held is None:
@@ -388,6 +427,8 @@ class MediaWorker:
             try:
                 self.sender_reports()
                 self.channel.notify("stats", **self.stats())
+                for id, (_, feed) in self.feeds.items():
+                    self.channel.notify("feed_stats", id=id, stats=feed.stats())
             except Exception:
                 log.exception("stats report failed")
 
@@ -402,7 +443,7 @@ class MediaWorker:
         port = self.port
         relay = asdict(self.relay.stats) if self.relay is not None else {}
         relay["retransmitted"] = self.relay_retransmitted
-        return {"pubs": pubs, "players": players, "recording": recording,
+        return {"at": time.monotonic(), "pubs": pubs, "players": players, "recording": recording,
                 "port": [port.dropped, port.errors, fanout_cost_to_wire(port.fanout_cost), dict(port.refusals),
                          [len(port.links), port.tcp_refused]],
                 "relay": relay}
@@ -423,6 +464,9 @@ class MediaWorker:
         for task in (self._stats_task, self._tick_task):
             if task is not None:
                 task.cancel()
+        for _, feed in self.feeds.values():
+            feed.close()
+        self.feeds.clear()
         for recorder in list(self.recorders.values()):
             recorder.stop()
         for recorder in list(self.recorders.values()):

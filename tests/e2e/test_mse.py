@@ -1,0 +1,222 @@
+"""MSE players (spec §11.1) against a real server: an aiortc publisher, a raw WCS client that plays with
+mediaProvider MSE, and the media socket read as the SDK's demuxer reads it — parsed here by a parser written for
+the test (not webcall/mse/flv.py) and decoded with FFmpeg: the picture moves, the audio carries the tone.
+
+H264 publishers are re-framed, never re-encoded (asserted: no transcoder started); VP8 publishers are transcoded
+to H264 once per stream, shared by every MSE player of the stream. Both server shapes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import struct
+import uuid
+from fractions import Fraction
+
+import aiohttp
+import av
+import numpy as np
+import pytest
+
+from tests.support import peers
+from tests.support.media import dominant_frequency
+
+SDK_MSE_OFFER = (  # the SDK's fixed MSE offer (media-source-media-provider.js createOffer)
+    "v=0\r\no=- 1988962254 1988962254 IN IP4 0.0.0.0\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\na=sdplang:en\r\n"
+    "m=video 0 RTP/AVP 112\r\na=rtpmap:112 H264/90000\r\na=fmtp:112 packetization-mode=1; profile-level-id=420020\r\n"
+    "a=recvonly\r\nm=audio 0 RTP/AVP 108 96 97 98 99 100 102 103 104\r\na=rtpmap:108 mpeg4-generic/48000/1\r\n"
+    "a=rtpmap:96 mpeg4-generic/8000/1\r\na=recvonly\r\n"
+)
+
+
+# --- an independent reader of the records (spec §11.1) ---------------------------------------------------------
+
+
+def parse_records(frame: bytes) -> list[tuple[int, int, bytes]]:
+    out, pos = [], 0
+    while pos < len(frame):
+        assert len(frame) - pos >= 9, "truncated record header"
+        tag = frame[pos]
+        ts, length = struct.unpack_from(">iI", frame, pos + 1)
+        pos += 9
+        assert pos + length <= len(frame), "record longer than its frame"
+        assert tag in (8, 9), tag
+        out.append((tag, ts, frame[pos : pos + length]))
+        pos += length
+    return out
+
+
+def parse_avcc(body: bytes) -> tuple[int, list[bytes], list[bytes]]:
+    """(NAL length size, SPSs, PPSs) of an AVCDecoderConfigurationRecord."""
+    assert body[0] == 1
+    size = (body[4] & 3) + 1
+    pos, sps, pps = 6, [], []
+    for _ in range(body[5] & 0x1F):
+        n = int.from_bytes(body[pos : pos + 2], "big")
+        sps.append(body[pos + 2 : pos + 2 + n])
+        pos += 2 + n
+    count = body[pos]
+    pos += 1
+    for _ in range(count):
+        n = int.from_bytes(body[pos : pos + 2], "big")
+        pps.append(body[pos + 2 : pos + 2 + n])
+        pos += 2 + n
+    return size, sps, pps
+
+
+class MsePlayerReader:
+    """What the SDK's demuxer would do with the socket's frames, down to decoded pictures and PCM."""
+
+    def __init__(self) -> None:
+        self.records: list[tuple[int, int, bytes]] = []
+        self.video_decoder = av.CodecContext.create("h264", "r")
+        self.audio_decoder: av.CodecContext | None = None
+        self.nal_size = 4
+        self.avcc_seen = self.asc_seen = False
+        self.pictures: list[np.ndarray] = []
+        self.pcm: list[np.ndarray] = []
+        self.first_video_keyframe: bool | None = None
+        self.audio_rate = 0
+        self.video_ts: list[int] = []
+
+    def feed(self, frame: bytes) -> None:
+        for tag, ts, body in parse_records(frame):
+            self.records.append((tag, ts, body))
+            if tag == 9:
+                self._video(ts, body)
+            else:
+                self._audio(body)
+
+    def _video(self, ts: int, body: bytes) -> None:
+        assert body[0] in (0x17, 0x27), hex(body[0])
+        if body[1] == 0:
+            self.nal_size, sps, pps = parse_avcc(body[5:])
+            self.avcc_seen = True
+            self.sps_pps = b"".join(b"\x00\x00\x00\x01" + n for n in sps + pps)
+            return
+        assert self.avcc_seen, "video before the avcC"
+        if self.first_video_keyframe is None:
+            self.first_video_keyframe = body[0] == 0x17
+        self.video_ts.append(ts)
+        pos, annexb = 5, []
+        while pos < len(body):
+            n = int.from_bytes(body[pos : pos + self.nal_size], "big")
+            annexb.append(b"\x00\x00\x00\x01" + body[pos + self.nal_size : pos + self.nal_size + n])
+            pos += self.nal_size + n
+        data = (self.sps_pps if body[0] == 0x17 else b"") + b"".join(annexb)
+        for picture in self.video_decoder.decode(av.Packet(data)):
+            self.pictures.append(picture.to_ndarray(format="gray"))
+
+    def _audio(self, body: bytes) -> None:
+        if body[0] == 0:
+            asc = body[1:]
+            rates = (96000, 88200, 64000, 48000, 44100, 32000, 24000, 22050, 16000, 12000, 11025, 8000, 7350)
+            self.audio_rate = rates[((asc[0] & 7) << 1) | (asc[1] >> 7)]
+            self.audio_decoder = av.CodecContext.create("aac", "r")
+            self.audio_decoder.extradata = asc
+            self.asc_seen = True
+            return
+        assert self.asc_seen, "audio before the AudioSpecificConfig"
+        assert self.audio_decoder is not None
+        for pcm in self.audio_decoder.decode(av.Packet(body[1:])):
+            self.pcm.append(pcm.to_ndarray()[0])
+
+
+async def play_mse(client, name: str, *, token: str | None = None):
+    """playStream with mediaProvider MSE, then the media socket; returns (mediaSessionId, ws, aiohttp session)."""
+    msid = str(uuid.uuid4())
+    await client.send("playStream", {"mediaSessionId": msid, "name": name, "published": False, "hasVideo": True,
+                                     "hasAudio": True, "status": "PENDING", "record": False, "width": 0, "height": 0,
+                                     "mediaProvider": "MSE", "sdp": SDK_MSE_OFFER})
+    return msid
+
+
+async def open_media_socket(url: str, token: str | None):
+    http = aiohttp.ClientSession()
+    ws = await http.ws_connect(url)
+    await ws.send_str(json.dumps({"message": "connectMediaTransport", "data": [{"authToken": token}]}))
+    return http, ws
+
+
+async def read_media(ws, reader: MsePlayerReader, pictures: int, timeout: float) -> None:
+    async def run() -> None:
+        while len(reader.pictures) < pictures or len(reader.pcm) < 50:
+            msg = await ws.receive()
+            assert msg.type == aiohttp.WSMsgType.BINARY, (msg.type, msg.data, msg.extra)
+            reader.feed(msg.data)
+    await asyncio.wait_for(run(), timeout)
+
+
+def assert_moving(pictures: list[np.ndarray]) -> None:
+    assert pictures[-1].std() > 10, "a flat picture"
+    diffs = [float(np.abs(a.astype(int) - b.astype(int)).mean()) for a, b in zip(pictures[::10], pictures[10::10])]
+    assert max(diffs) > 2, diffs
+
+
+@pytest.mark.parametrize("codec", ["H264", "VP8"])
+async def test_mse_player_sees_and_hears_the_stream(server_shapes, codec: str) -> None:
+    server = server_shapes
+    pub_client = await server.client()
+    publisher = await peers.publish(pub_client, "mse-live", video_codec=codec)
+    await publisher.wait_status("PUBLISHING", timeout=10)
+
+    readers, sockets, clients = [], [], []
+    for _ in range(2):  # two MSE players of one stream: one feed
+        client = await server.client(media_providers=["WebRTC", "MSE"])
+        msid = await play_mse(client, "mse-live")
+        answer = await client.wait_for("setRemoteSDP", timeout=5)
+        sdp = answer["data"][1]
+        assert "m=video 9 " in sdp and "m=audio 9 " in sdp  # port 0 would tell the SDK "no video"/"no audio"
+        status = await client.wait_for("notifyStreamStatusEvent", mediaSessionId=msid, timeout=5)
+        assert status["data"][0]["status"] == "PLAYING" and status["data"][0]["mediaSessionId"] == msid
+        http, ws = await open_media_socket(server.url, client.auth_token)
+        reader = MsePlayerReader()
+        readers.append(reader)
+        sockets.append((http, ws))
+        clients.append(client)
+
+    await asyncio.gather(*(read_media(ws, r, 40, 25) for (_, ws), r in zip(sockets, readers)))
+    for reader in readers:
+        assert reader.first_video_keyframe is True
+        kinds = [tag for tag, _, body in reader.records[:2]]
+        assert kinds == [9, 8], "the avcC and the AudioSpecificConfig come first"
+        assert reader.pictures[0].shape == (480, 640)
+        assert_moving(reader.pictures)
+        assert reader.audio_rate == 48000
+        pcm = np.concatenate(reader.pcm[10:])
+        assert abs(dominant_frequency(pcm, reader.audio_rate) - 440) < 20  # the publisher's tone (tests/support)
+        assert reader.video_ts == sorted(reader.video_ts)
+
+    feeds = server.hub.feeds
+    assert feeds.started == 1, "one feed for both players"
+    assert feeds.transcoders_started == (0 if codec == "H264" else 1)  # H264 is re-framed, never re-encoded
+
+    # a media socket that presents the token again has nothing left to bind to: closed with a reason
+    http, ws = await open_media_socket(server.url, clients[0].auth_token)
+    msg = await ws.receive()
+    assert msg.type == aiohttp.WSMsgType.CLOSE and "No MSE" in (msg.extra or "")
+    await http.close()
+
+    await publisher.stop()
+    for client in clients:
+        await client.wait_for("notifyStreamStatusEvent", status="STOPPED", timeout=5)
+    for http, ws in sockets:
+        await ws.close()
+        await http.close()
+    for client in [pub_client, *clients]:
+        await client.close()
+    await publisher.close()
+    await server.wait_empty()
+
+
+async def test_media_socket_with_bad_token_is_closed_alone(server) -> None:
+    for token, reason in ((None, "without authToken"), ("nope", "Unknown authToken")):
+        http, ws = await open_media_socket(server.url, token)
+        msg = await ws.receive()
+        assert msg.type == aiohttp.WSMsgType.CLOSE and reason in (msg.extra or ""), (msg.type, msg.extra)
+        await http.close()
+    # the signalling socket is unaffected
+    client = await server.client()
+    assert client.auth_token
+    await client.close()

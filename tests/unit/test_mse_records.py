@@ -1,0 +1,143 @@
+"""webcall/mse/flv.py and mse/signalling.py against a reader written here from spec §11.1 (the SDK's demuxer),
+and the shared-feed fan-out's start rules (streams/feeds.py) with a feed that is only a list of chunks."""
+
+from __future__ import annotations
+
+import struct
+
+import pytest
+
+from webcall.mse import flv
+from webcall.mse.signalling import feed_answer
+from webcall.streams import feeds as feeds_mod
+
+SPS = bytes.fromhex("6742c01e8c8d40a0fd00f08846a0")
+PPS = bytes.fromhex("68ce3c80")
+IDR = bytes((0x65,)) + bytes(range(40))
+SLICE = bytes((0x41,)) + bytes(range(30))
+
+
+def read(frame: bytes) -> list[tuple[int, int, bytes]]:
+    """tag u8, timestamp i32, length i32, payload — back to back, big-endian (spec §11.1)."""
+    out, pos = [], 0
+    while pos < len(frame):
+        tag, ts, n = struct.unpack(">BiI", frame[pos : pos + 9])
+        out.append((tag, ts, frame[pos + 9 : pos + 9 + n]))
+        pos += 9 + n
+    assert pos == len(frame)
+    return out
+
+
+def test_avc_sequence_header_is_an_avcc_the_sdk_reads() -> None:
+    ((tag, ts, body),) = read(flv.avc_sequence_header(1234, SPS, PPS))
+    assert (tag, ts) == (9, 1234)
+    assert body[:5] == b"\x17\x00\x00\x00\x00"  # keyframe+AVC, AVCPacketType 0, composition time 0
+    avcc = body[5:]
+    assert avcc[0] == 1 and avcc[1:4] == SPS[1:4]  # version, profile/compat/level
+    assert (avcc[4] & 3) + 1 == 4  # 4-byte NAL lengths
+    assert avcc[5] & 0x1F == 1 and int.from_bytes(avcc[6:8], "big") == len(SPS) and avcc[8 : 8 + len(SPS)] == SPS
+    rest = avcc[8 + len(SPS):]
+    assert rest[0] == 1 and int.from_bytes(rest[1:3], "big") == len(PPS) and rest[3:] == PPS
+    assert flv.codec_string(SPS) == "avc1.42C01E"
+
+
+@pytest.mark.parametrize("keyframe", [True, False])
+def test_avc_frame_is_length_prefixed_nal_units_without_parameter_sets(keyframe: bool) -> None:
+    nals = [SPS, PPS, IDR] if keyframe else [SLICE, SLICE]
+    ((tag, ts, body),) = read(flv.avc_frame(-5, nals, keyframe))
+    assert (tag, ts) == (9, -5)
+    assert body[0] == (0x17 if keyframe else 0x27) and body[1] == 1 and body[2:5] == b"\x00\x00\x00"
+    got, pos = [], 5
+    while pos < len(body):
+        n = int.from_bytes(body[pos : pos + 4], "big")
+        got.append(body[pos + 4 : pos + 4 + n])
+        pos += 4 + n
+    assert got == ([IDR] if keyframe else [SLICE, SLICE])
+
+
+def test_annexb_split_takes_three_and_four_byte_start_codes() -> None:
+    data = b"\x00\x00\x00\x01" + SPS + b"\x00\x00\x01" + PPS + b"\x00\x00\x00\x01" + IDR
+    assert flv.split_annexb(data) == [SPS, PPS, IDR]
+
+
+def test_audio_records_have_no_flv_sound_format_byte() -> None:
+    asc = flv.audio_specific_config(48000, 1)
+    assert asc == bytes((0x11, 0x88))  # AAC-LC, index 3 (48 kHz), mono
+    (tag, ts, body), (tag2, ts2, body2) = read(flv.aac_sequence_header(0, asc) + flv.aac_frame(21, b"\x21\x10"))
+    assert (tag, ts, body) == (8, 0, b"\x00" + asc)
+    assert (tag2, ts2, body2) == (8, 21, b"\x01\x21\x10")
+
+
+def test_timestamps_wrap_like_an_i32() -> None:
+    ((_, ts, _),) = read(flv.record(9, 2**31 + 5, b""))
+    assert ts == -(2**31) + 5
+
+
+def test_answer_rejects_only_the_kinds_not_sent() -> None:
+    offer = ("v=0\r\nm=video 0 RTP/AVP 112\r\na=rtpmap:112 H264/90000\r\na=recvonly\r\n"
+             "m=audio 0 RTP/AVP 108\r\na=rtpmap:108 mpeg4-generic/48000/1\r\na=recvonly\r\n")
+    both = feed_answer(offer, True, True)
+    assert "m=video 9 RTP/AVP 112" in both and "m=audio 9 RTP/AVP 108" in both
+    video_only = feed_answer(offer, True, False)
+    assert "m=video 9 " in video_only and "m=audio 0 " in video_only
+
+
+class FakeHandle:
+    transcoding_video = False
+
+    def __init__(self) -> None:
+        self.keyframes = 0
+        self.closed = False
+
+    def request_keyframe(self) -> None:
+        self.keyframes += 1
+
+    def close(self) -> None:
+        self.closed = True
+
+    def stats(self) -> dict:
+        return {}
+
+
+class ListSink:
+    def __init__(self) -> None:
+        self.got: list[bytes] = []
+        self.failed: str | None = None
+
+    def on_chunks(self, data: list[bytes]) -> None:
+        self.got.extend(data)
+
+    def on_feed_failed(self, info: str) -> None:
+        self.failed = info
+
+
+async def test_shared_feed_starts_each_player_at_headers_then_keyframe() -> None:
+    handles: list[tuple[FakeHandle, object]] = []
+
+    def start(router, output, emit, on_failed, label):
+        handle = FakeHandle()
+        handles.append((handle, emit))
+        return handle
+
+    hub = feeds_mod.Feeds(start)
+    router = object()
+    first, second, late = ListSink(), ListSink(), ListSink()
+    feed = hub.subscribe(router, "mse", first, "s", has_video=True)
+    assert hub.subscribe(router, "mse", second, "s", has_video=True) is feed and len(handles) == 1  # shared
+    handle, emit = handles[0]
+    vcfg, acfg = flv.avc_sequence_header(0, SPS, PPS), flv.aac_sequence_header(0, b"\x11\x88")
+    delta = flv.avc_frame(10, [SLICE], False)
+    key = flv.avc_frame(40, [IDR], True)
+    audio = flv.aac_frame(45, b"\x00")
+    emit([("vconfig", vcfg), ("delta", delta), ("aconfig", acfg), ("key", key), ("audio", audio)])
+    for sink in (first, second):
+        assert sink.got == [vcfg, acfg, key, audio]  # the delta before any keyframe is useless to a player
+    hub.subscribe(router, "mse", late, "s", has_video=True)
+    assert late.got == [vcfg, acfg, key, audio]  # the cached GOP, at once
+    hub.unsubscribe(feed, first)
+    emit([("delta", delta)])
+    assert first.got[-1] == audio and second.got[-1] == delta
+    handle_failed = feed.handle
+    assert handle_failed is handle
+    hub._on_failed(feed, "Transcoding failed: X")
+    assert second.failed == late.failed == "Transcoding failed: X" and first.failed is None

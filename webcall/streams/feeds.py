@@ -1,0 +1,194 @@
+"""Shared feeds: one output rendition per (publication, output), however many players read it.
+
+A front end that plays a publication in another form than WebRTC (the MSE and WSPlayer media sockets)
+subscribes a `Sink` here. The first subscriber starts the feed through the media plane's `feed` verb (in the
+process that holds the publication: media/plane.py, or a media worker through workers/control.py); the last one
+leaving stops it `LINGER` seconds later (a quick re-join reuses it). Chunks arrive once per feed and are fanned
+out here, on the control process's loop.
+
+A new subscriber starts clean: the latest sequence headers first, then the chunks since the latest video
+keyframe (kept here, bounded), so it shows a picture at once instead of waiting for the next keyframe.
+A sink that cannot take more (its socket is not reading) says so by returning False; it is dropped by its
+owner, never waited for.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+log = logging.getLogger("webcall.streams")
+
+LINGER = 3.0  # seconds a feed outlives its last subscriber
+CATCH_UP_SPAN_MS = 500  # a late joiner gets the cached GOP only if it spans less: else it waits for a new keyframe
+GOP_CHUNKS = 600  # chunks kept since the last keyframe (≈ 10 s of 30 fps video with its audio)
+
+
+def _span_ms(chunks: list[bytes]) -> int:
+    """Time from the first to the last chunk (each starts with a record: tag, i32 timestamp ms)."""
+    if len(chunks) < 2:
+        return 0
+    return int.from_bytes(chunks[-1][1:5], "big", signed=True) - int.from_bytes(chunks[0][1:5], "big", signed=True)
+
+
+class Sink(Protocol):
+    def on_chunks(self, data: list[bytes]) -> None: ...
+    def on_feed_failed(self, info: str) -> None: ...
+
+
+class FeedHandle(Protocol):
+    """What the media plane's `feed` verb returns."""
+
+    transcoding_video: bool
+
+    def request_keyframe(self) -> None: ...
+    def close(self) -> None: ...
+    def stats(self) -> dict[str, Any]: ...
+
+
+FeedStarter = Callable[[Any, str, Callable[[list[tuple[str, bytes]]], None], Callable[[str], None], str], FeedHandle]
+
+
+@dataclass
+class SharedFeed:
+    key: tuple[int, str]
+    output: str
+    label: str
+    handle: FeedHandle | None = None
+    sinks: dict[Sink, bool] = field(default_factory=dict)  # sink -> started (has had its keyframe)
+    vconfig: bytes | None = None
+    aconfig: bytes | None = None
+    gop: list[bytes] = field(default_factory=list)  # chunks since the latest keyframe, "key" first
+    has_key: bool = False
+    linger: asyncio.TimerHandle | None = None
+    failed: str | None = None
+    audio_only: bool = False
+    has_audio: bool = True
+
+    def ready(self) -> bool:
+        """The sequence headers a player needs before its first keyframe are known (avcC, and ASC if audio)."""
+        return self.vconfig is not None and (self.aconfig is not None or not self.has_audio)
+
+    def head(self) -> list[bytes]:
+        return [c for c in (self.vconfig, self.aconfig) if c is not None]
+
+
+class Feeds:
+    def __init__(self, start: FeedStarter) -> None:
+        self._start = start
+        self.feeds: dict[tuple[int, str], SharedFeed] = {}
+        self.started = 0  # feeds ever started (tests: "the transcoder was not started")
+        self.transcoders_started = 0
+
+    def subscribe(self, router: Any, output: str, sink: Sink, label: str, has_video: bool,
+                  has_audio: bool = True) -> SharedFeed:
+        key = (id(router), output)
+        feed = self.feeds.get(key)
+        if feed is not None and feed.failed is None:
+            if feed.linger is not None:
+                feed.linger.cancel()
+                feed.linger = None
+            feed.sinks[sink] = False
+            self._catch_up(feed, sink)
+            return feed
+        feed = SharedFeed(key, output, label, audio_only=not has_video, has_audio=has_audio)
+        self.feeds[key] = feed
+        feed.sinks[sink] = False
+        feed.handle = self._start(router, output, lambda chunks: self._on_chunks(feed, chunks),
+                                  lambda info: self._on_failed(feed, info), label)
+        self.started += 1
+        if feed.handle.transcoding_video:
+            self.transcoders_started += 1
+        log.info("feed started %s output=%s transcoding_video=%s", label, output, feed.handle.transcoding_video)
+        return feed
+
+    def unsubscribe(self, feed: SharedFeed, sink: Sink) -> None:
+        feed.sinks.pop(sink, None)
+        if not feed.sinks and feed.linger is None and self.feeds.get(feed.key) is feed:
+            feed.linger = asyncio.get_running_loop().call_later(LINGER, self._stop, feed)
+
+    def _stop(self, feed: SharedFeed) -> None:
+        feed.linger = None
+        if feed.sinks:
+            return
+        if self.feeds.get(feed.key) is feed:
+            del self.feeds[feed.key]
+        if feed.handle is not None:
+            stats = feed.handle.stats()
+            feed.handle.close()
+            log.info("feed stopped %s output=%s stats=%s", feed.label, feed.output, stats)
+
+    def source_ended(self, router: Any) -> None:
+        """The publication is gone: its feeds stop now (their subscribers are being stopped by the core)."""
+        for key in [k for k in self.feeds if k[0] == id(router)]:
+            feed = self.feeds.pop(key)
+            if feed.linger is not None:
+                feed.linger.cancel()
+            if feed.handle is not None:
+                feed.handle.close()
+
+    def describe(self) -> list[dict[str, Any]]:
+        return [{"label": f.label, "output": f.output, "players": len(f.sinks),
+                 "transcodingVideo": bool(f.handle and f.handle.transcoding_video),
+                 **({"stats": f.handle.stats()} if f.handle else {})} for f in self.feeds.values()]
+
+    # --- from the feed --------------------------------------------------------------------------------
+
+    def _catch_up(self, feed: SharedFeed, sink: Sink) -> None:
+        if feed.audio_only:
+            head = [c for c in (feed.aconfig,) if c is not None]
+            if head:
+                feed.sinks[sink] = True
+                sink.on_chunks(head)
+            return
+        if feed.has_key and feed.ready() and _span_ms(feed.gop) < CATCH_UP_SPAN_MS:
+            feed.sinks[sink] = True
+            sink.on_chunks(feed.head() + feed.gop)
+        elif feed.handle is not None:
+            feed.handle.request_keyframe()
+
+    def _on_chunks(self, feed: SharedFeed, chunks: list[tuple[str, bytes]]) -> None:
+        for kind, data in chunks:
+            if kind in ("vconfig", "aconfig"):
+                if kind == "vconfig":
+                    feed.vconfig = data
+                else:
+                    feed.aconfig = data
+                for sink, started in list(feed.sinks.items()):
+                    if started:  # a new picture size or codec setup: the demuxer re-initializes
+                        sink.on_chunks([data])
+                    elif feed.has_key and feed.ready():  # the last header came after the keyframe
+                        feed.sinks[sink] = True
+                        sink.on_chunks(feed.head() + feed.gop)
+                if kind == "aconfig" and feed.audio_only:
+                    for sink, started in list(feed.sinks.items()):
+                        if not started:
+                            feed.sinks[sink] = True
+                            sink.on_chunks([data])
+                continue
+            if kind == "key":
+                feed.gop = [data]
+                feed.has_key = True
+            elif feed.has_key:
+                if len(feed.gop) < GOP_CHUNKS:
+                    feed.gop.append(data)
+                else:  # a very long GOP: stop keeping it, a late joiner waits for (and asks) a keyframe
+                    feed.gop, feed.has_key = [], False
+            for sink, started in list(feed.sinks.items()):
+                if started:
+                    sink.on_chunks([data])
+                elif kind == "key" and feed.ready():
+                    feed.sinks[sink] = True
+                    sink.on_chunks(feed.head() + [data])
+
+    def _on_failed(self, feed: SharedFeed, info: str) -> None:
+        feed.failed = info
+        if self.feeds.get(feed.key) is feed:
+            del self.feeds[feed.key]
+        log.warning("feed failed %s output=%s info=%s", feed.label, feed.output, info)
+        for sink in list(feed.sinks):
+            sink.on_feed_failed(info)
+        feed.sinks.clear()

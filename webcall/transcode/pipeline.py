@@ -1,0 +1,338 @@
+"""A feed: one output rendition of one publication, made in its own thread, shared by all its players.
+
+The process that holds the publication (the single process, or the media worker of its publisher) runs one
+`Feed` per (publication, output). It is a Python reader of the publication's track routers (media/router.py):
+the reader only appends the packet to a bounded queue (O(1) on the forwarding path). The feed's thread puts
+packets back in order, assembles frames (media/depacketize.py), and turns them into the output's chunks:
+
+* `mse`: H264 is re-framed, never re-encoded (Annex-B access units → avcC + length-prefixed NAL units,
+  webcall/mse/flv.py); VP8 is decoded and encoded to H264 (libx264, zero latency); Opus → AAC.
+
+Every chunk is `(kind, bytes)`: "vconfig"/"aconfig" (sequence headers, sent to each player first), "key" (a
+video keyframe: a player starts there), "delta" and "audio". They are handed to `emit` on the event loop.
+
+Why a thread is enough: PyAV releases the GIL around the codec calls (avcodec_send_*/receive_* and sws_scale,
+see av/codec/context.py `with cython.nogil`), so encoding does not hold up the event loop; what runs in Python
+here (reordering, NAL framing) is small. A queue that fills (a transcoder slower than real time) drops video to
+the next keyframe, never the publisher's forwarding or other players.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable
+from fractions import Fraction
+from typing import Any
+
+import av
+
+from ..media.depacketize import ASSEMBLERS, Frame, ReorderBuffer
+from ..media.router import TrackRouter
+from ..mse import flv
+
+log = logging.getLogger("webcall.transcode")
+
+QUEUE_LIMIT = 2048  # packets (≈ 5 s of 2 Mbit/s video with its audio)
+LOSS_WAIT = 0.06  # a hole waits this long for its retransmission (live: short)
+OUTPUTS = ("mse",)
+AAC_RATE = 48000
+MS = Fraction(1, 1000)
+
+REPLAY_MAX_SPAN = 0.3  # seconds: a current GOP longer than this is not replayed (a fresh keyframe is asked for)
+
+Chunk = tuple[str, bytes]
+
+
+def _span_seconds(gop: list[tuple[int, bytes]]) -> float:
+    first = int.from_bytes(gop[0][1][4:8], "big")
+    last = int.from_bytes(gop[-1][1][4:8], "big")
+    return ((last - first) & 0xFFFFFFFF) / 90000
+
+
+class FeedError(Exception):
+    """The publication cannot be turned into this output (a decoder or encoder failed)."""
+
+
+def _unwrap(ts: int, last: int | None) -> int:
+    if last is None:
+        return ts
+    delta = (ts - (last & 0xFFFFFFFF)) & 0xFFFFFFFF
+    return last + delta if delta < 0x80000000 else last - (0x100000000 - delta)
+
+
+class _Clock:
+    """RTP timestamps of one track → milliseconds on the feed's clock (its first frame at its arrival)."""
+
+    def __init__(self, rate: int, started: float) -> None:
+        self.rate, self.started = rate, started
+        self.first: int | None = None
+        self.base_ms = 0
+        self.last: int | None = None
+
+    def ms(self, frame: Frame) -> int:
+        ext = _unwrap(frame.ts, self.last)
+        self.last = ext
+        if self.first is None:
+            self.first = ext
+            self.base_ms = max(0, int((frame.arrival - self.started) * 1000))
+        return self.base_ms + (ext - self.first) * 1000 // self.rate
+
+
+class _H264Framer:
+    """Annex-B access units → FLV records, with a new avcC whenever the SPS or PPS change."""
+
+    def __init__(self) -> None:
+        self.sps: bytes | None = None
+        self.pps: bytes | None = None
+        self.frames = 0
+
+    def chunks(self, data: bytes, ts_ms: int, keyframe: bool) -> list[Chunk]:
+        out: list[Chunk] = []
+        nals = flv.split_annexb(data)
+        sps = next((n for n in nals if n[0] & 0x1F == 7), None)
+        pps = next((n for n in nals if n[0] & 0x1F == 8), None)
+        if sps is not None and pps is not None and (sps != self.sps or pps != self.pps):
+            self.sps, self.pps = sps, pps
+            out.append(("vconfig", flv.avc_sequence_header(ts_ms, sps, pps)))
+        if self.sps is None:
+            return out  # nothing decodable before the first parameter sets
+        keyframe = keyframe or any(n[0] & 0x1F == 5 for n in nals)
+        out.append(("key" if keyframe else "delta", flv.avc_frame(ts_ms, nals, keyframe)))
+        self.frames += 1
+        return out
+
+
+class _H264Encoder:
+    """Decoded pictures → H264 (libx264, zero latency, constrained baseline: every MSE decodes it)."""
+
+    def __init__(self, gop: int = 60) -> None:
+        self.ctx: Any = None
+        self.gop = gop
+        self.force_key = False
+        self.frames = 0
+
+    def _open(self, width: int, height: int) -> None:
+        ctx = av.CodecContext.create("libx264", "w")
+        ctx.width, ctx.height = width, height
+        ctx.pix_fmt = "yuv420p"
+        ctx.time_base = MS
+        ctx.bit_rate = max(300_000, min(2_500_000, width * height * 3))  # ≈ 0.9 Mbit/s at 640x480
+        ctx.gop_size = self.gop
+        ctx.options = {"preset": "veryfast", "tune": "zerolatency", "profile": "baseline", "bf": "0",
+                       "threads": "1", "sliced-threads": "0"}
+        ctx.open()
+        self.ctx = ctx
+
+    def encode(self, picture: av.VideoFrame, ts_ms: int) -> list[tuple[bytes, int, bool]]:
+        if self.ctx is None or (self.ctx.width, self.ctx.height) != (picture.width, picture.height):
+            self._open(picture.width - picture.width % 2, picture.height - picture.height % 2)
+        if picture.format.name != "yuv420p" or (picture.width, picture.height) != (self.ctx.width, self.ctx.height):
+            picture = picture.reformat(width=self.ctx.width, height=self.ctx.height, format="yuv420p")
+        picture.pts = ts_ms
+        picture.time_base = MS
+        if self.force_key:
+            picture.pict_type = av.video.frame.PictureType.I
+            self.force_key = False
+        else:
+            picture.pict_type = av.video.frame.PictureType.NONE
+        out = []
+        for packet in self.ctx.encode(picture):
+            self.frames += 1
+            out.append((bytes(packet), int(packet.pts if packet.pts is not None else ts_ms), packet.is_keyframe))
+        return out
+
+
+class _AacEncoder:
+    """Opus packets → AAC-LC 48 kHz mono frames, on a continuous timeline (gaps filled by the decoder's PLC)."""
+
+    def __init__(self) -> None:
+        self.decoder = av.CodecContext.create("opus", "r")
+        self.resampler = av.AudioResampler(format="fltp", layout="mono", rate=AAC_RATE, frame_size=1024)
+        enc = av.CodecContext.create("aac", "w")
+        enc.sample_rate = AAC_RATE
+        enc.layout = "mono"
+        enc.format = "fltp"
+        enc.bit_rate = 64_000
+        enc.time_base = Fraction(1, AAC_RATE)
+        enc.open()
+        self.encoder = enc
+        self.asc = bytes(enc.extradata) if enc.extradata else flv.audio_specific_config(AAC_RATE, 1)
+        self.next_pts: int | None = None
+        self.frames = 0
+
+    def encode(self, data: bytes, ts_ms: int) -> list[tuple[bytes, int]]:
+        out: list[tuple[bytes, int]] = []
+        if self.next_pts is None or abs(ts_ms * 48 - self.next_pts) > AAC_RATE // 2:
+            self.next_pts = ts_ms * 48  # the start, or a long gap: re-anchor on the feed's clock
+        for pcm in self.decoder.decode(av.Packet(data)):
+            pcm.pts = None
+            for frame in self.resampler.resample(pcm):
+                frame.pts = self.next_pts
+                frame.time_base = Fraction(1, AAC_RATE)
+                self.next_pts += frame.samples
+                for packet in self.encoder.encode(frame):
+                    self.frames += 1
+                    pts = packet.pts if packet.pts is not None else frame.pts
+                    out.append((bytes(packet), int(pts) // 48))
+        return out
+
+
+class Feed:
+    """One output of one publication: readers on its track routers, a thread, chunks out on the loop."""
+
+    def __init__(self, tracks: dict[str, TrackRouter], output: str, loop: asyncio.AbstractEventLoop,
+                 emit: Callable[[list[Chunk]], None], on_failed: Callable[[str], None], label: str = "") -> None:
+        if output not in OUTPUTS:
+            raise ValueError(f"unknown output {output!r}")
+        self.tracks = {kind: tracks[kind] for kind in ("video", "audio") if kind in tracks}
+        self.output, self.loop, self.emit, self.on_failed, self.label = output, loop, emit, on_failed, label
+        self._queue: deque[tuple[str, float, bytes]] = deque()
+        self._wake = threading.Event()
+        self._stop = False
+        self._skip_video = False  # dropping video until the next keyframe (the queue overflowed)
+        self.dropped = 0
+        self.error: str | None = None
+        video = self.tracks.get("video")
+        self.video_codec = video.producer.codec.name.upper() if video else None
+        self.transcoding_video = self.video_codec is not None and self.video_codec != "H264"
+        self.chunks_out = 0
+        self.cpu_seconds = 0.0  # thread CPU time: the transcoder's cost
+        self._readers: list[tuple[TrackRouter, Callable[[bytes, bool], None]]] = []
+        self._thread = threading.Thread(target=self._run, name=f"feed-{output}", daemon=True)
+        self._encoder = _H264Encoder() if self.transcoding_video else None
+
+    # --- on the event loop -------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        for kind, track in self.tracks.items():
+            gop = track.producer.current_gop() if kind == "video" else None
+            if gop and _span_seconds(gop) > REPLAY_MAX_SPAN:
+                gop = None  # an old keyframe: starting there would put the player that far behind live
+            now = time.monotonic()
+            for _, packet in gop or ():  # the current GOP first: the first player starts at once
+                self._queue.append((kind, now, packet))
+            reader = self._reader(kind)
+            track.add_reader(reader)
+            self._readers.append((track, reader))
+        if "video" in self.tracks and not self._queue:
+            self.request_keyframe()
+        self._thread.start()
+
+    def _reader(self, kind: str) -> Callable[[bytes, bool], None]:
+        queue, wake, now = self._queue, self._wake, time.monotonic
+        video = kind == "video"
+
+        def reader(packet: bytes, keyframe: bool) -> None:
+            if video and self._skip_video:
+                if not keyframe:
+                    self.dropped += 1
+                    return
+                self._skip_video = False
+            if len(queue) >= QUEUE_LIMIT:
+                self.dropped += 1
+                if video:
+                    self._skip_video = True
+                return
+            queue.append((kind, now(), packet))
+            wake.set()
+        return reader
+
+    def request_keyframe(self) -> None:
+        """A new player joins: the next video frame it can start from, as soon as possible."""
+        if self._encoder is not None:
+            self._encoder.force_key = True
+        video = self.tracks.get("video")
+        if video is not None:
+            video.producer.request_keyframe(time.monotonic())
+
+    def close(self) -> None:
+        self._stop = True
+        self._wake.set()
+        for track, reader in self._readers:
+            track.remove_reader(reader)
+        self._readers.clear()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def stats(self) -> dict[str, Any]:
+        return {"output": self.output, "video_codec": self.video_codec, "transcoding_video": self.transcoding_video,
+                "dropped": self.dropped, "chunks": self.chunks_out, "cpu_seconds": round(self.cpu_seconds, 3)}
+
+    # --- in the thread ----------------------------------------------------------------------------------
+
+    def _run(self) -> None:
+        started_cpu = time.thread_time()
+        try:
+            self._loop()
+        except Exception as exc:  # a decoder or encoder failure ends this feed only
+            self.error = f"Transcoding failed: {type(exc).__name__}"
+            log.warning("feed failed %s output=%s error=%r", self.label, self.output, exc)
+            if not self._stop:
+                self.loop.call_soon_threadsafe(self._failed_on_loop)
+        finally:
+            self.cpu_seconds = time.thread_time() - started_cpu
+
+    def _failed_on_loop(self) -> None:
+        self.close()
+        self.on_failed(self.error or "Transcoding failed")
+
+    def _loop(self) -> None:
+        started = time.monotonic()
+        reorder = {kind: ReorderBuffer(LOSS_WAIT) for kind in self.tracks}
+        assemble = {kind: ASSEMBLERS[t.producer.codec.name.upper()]() for kind, t in self.tracks.items()}
+        clocks = {kind: _Clock(t.producer.codec.clock_rate, started) for kind, t in self.tracks.items()}
+        framer = _H264Framer()
+        decoder = av.CodecContext.create("vp8", "r") if self.video_codec == "VP8" else None
+        aac = _AacEncoder() if "audio" in self.tracks else None
+        sent_aconfig = False
+        queue = self._queue
+        cpu_mark = time.thread_time()
+        while not self._stop:
+            self._wake.wait(0.02)
+            self._wake.clear()
+            while queue:
+                kind, arrival, packet = queue.popleft()
+                reorder[kind].push(packet, arrival)
+            now = time.monotonic()
+            out: list[Chunk] = []
+            for kind, buffer in reorder.items():
+                assembler = assemble[kind]
+                for packet, arrival, lost in buffer.pop(now):
+                    for frame in assembler.push(packet, arrival, lost):
+                        ts = clocks[kind].ms(frame)
+                        if kind == "audio":
+                            assert aac is not None
+                            if not sent_aconfig:
+                                out.append(("aconfig", flv.aac_sequence_header(ts, aac.asc)))
+                                sent_aconfig = True
+                            out.extend(("audio", flv.aac_frame(t, data)) for data, t in aac.encode(frame.data, ts))
+                        elif decoder is None:
+                            out.extend(framer.chunks(frame.data, ts, frame.keyframe))
+                        else:
+                            assert self._encoder is not None
+                            for picture in decoder.decode(av.Packet(frame.data)):
+                                for data, t, key in self._encoder.encode(picture, ts):
+                                    out.extend(framer.chunks(data, t, key))
+                if getattr(assembler, "want_keyframe", False):
+                    assembler.want_keyframe = False
+                    self.loop.call_soon_threadsafe(self.request_keyframe)
+            if out and not self._stop:
+                self.chunks_out += len(out)
+                self.loop.call_soon_threadsafe(self.emit, out)
+            mark = time.thread_time()
+            self.cpu_seconds += mark - cpu_mark
+            cpu_mark = mark
+
+
+def start_local_feed(router: Any, output: str, emit: Callable[[list[Chunk]], None], on_failed: Callable[[str], None],
+                     label: str) -> Feed:
+    """The feed verb of a single-process server: the feed runs in a thread of this process."""
+    feed = Feed(router.tracks, output, asyncio.get_running_loop(), emit, on_failed, label)
+    feed.start()
+    return feed

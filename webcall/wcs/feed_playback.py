@@ -1,0 +1,125 @@
+"""A player over the second WebSocket (spec §11): MSE (and WSPlayer), fed by a shared feed of the stream.
+
+`playStream` with mediaProvider MSE gets a trivial answer (mse/signalling.py) and PLAYING at once; the client
+then opens its media socket with `connectMediaTransport {authToken}` (server/media_socket.py), which the session
+binds to its most recent unbound feed playback. From then on the playback is a sink of the publication's shared
+feed (streams/feeds.py): chunks go to the socket through a bounded buffer; a socket that stops reading ends this
+playback (FAILED), nothing else. A feed that fails (the publication cannot be transcoded) ends its players only.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, Protocol
+
+from ..logs import q
+from ..mse.signalling import feed_answer
+from ..streams.feeds import SharedFeed
+from ..streams.registry import Source
+from . import messages as msg
+from .status import Info, OwnInfo, StreamStatus
+from .stream import Owner, Playback
+
+log = logging.getLogger("webcall.wcs")
+
+OUTPUT = {"MSE": "mse"}  # mediaProvider -> feed output
+
+
+class MediaTransport(Protocol):
+    """The media socket as a playback sees it (server/media_socket.py)."""
+
+    def send_chunks(self, data: list[bytes]) -> bool: ...  # False: its buffer is full
+    def close(self, reason: str) -> None: ...
+
+
+class FeedPlayback(Playback):
+    def __init__(self, session: Owner, request: msg.PlayStream, publication: Source) -> None:
+        super().__init__(session, request, publication)
+        self.output = OUTPUT[request.media_provider]
+        self.transport: MediaTransport | None = None
+        self.feed: SharedFeed | None = None
+        self.chunks_sent = 0
+
+    def start_feed(self) -> None:
+        router = self.publication.router
+        assert router is not None
+        has_video, has_audio = "video" in router.tracks, "audio" in router.tracks
+        self.video_codec = "H264" if has_video else None
+        self.audio_codec = "mpeg4-generic" if has_audio else None
+        self.width, self.height = self.publication.width, self.publication.height
+        self.session.send(msg.set_remote_sdp(self.media_session_id, feed_answer(self.request.sdp or "", has_video,
+                                                                                has_audio)))
+        self.send_status(StreamStatus.PLAYING)
+        if self.width:
+            self.session.send(msg.notify_video_format(self.media_session_id, self.width, self.height))
+        self._timer = asyncio.get_running_loop().call_later(self.hub.settings.connect_timeout, self._no_transport)
+        log.info("feed play answered %s output=%s video=%s audio=%s", self.label, self.output, has_video, has_audio)
+
+    def _no_transport(self) -> None:
+        self._timer = None
+        if self.transport is None:
+            self.stop(StreamStatus.FAILED, OwnInfo.MEDIA_TRANSPORT_TIMEOUT)
+
+    @property
+    def bound(self) -> bool:
+        return self.transport is not None
+
+    def bind(self, transport: MediaTransport) -> None:
+        """The client's media socket arrived: from now on it gets the shared feed's chunks."""
+        self._cancel_timer()
+        self.transport = transport
+        router = self.publication.router
+        assert router is not None
+        self.feed = self.hub.feeds.subscribe(router, self.output, self, self.publication.name,
+                                             has_video="video" in router.tracks, has_audio="audio" in router.tracks)
+        log.info("media transport bound %s", self.label)
+
+    def unbind(self, transport: MediaTransport) -> None:
+        """The media socket closed; the playback stays until the client stops it (the SDK closes it first)."""
+        if self.transport is transport:
+            self.transport = None
+            self._leave_feed()
+
+    # --- as a sink of the shared feed (streams/feeds.py) ----------------------------------------------
+
+    def on_chunks(self, data: list[bytes]) -> None:
+        transport = self.transport
+        if transport is None or self.closed:
+            return
+        if not transport.send_chunks(data):
+            log.warning("media transport not reading %s", self.label)
+            self.stop(StreamStatus.FAILED, OwnInfo.MEDIA_TRANSPORT_NOT_READING)
+            return
+        self.chunks_sent += len(data)
+
+    def on_feed_failed(self, info: str) -> None:
+        self.feed = None
+        self.stop(StreamStatus.FAILED, info)
+
+    def on_video_size(self, width: int, height: int) -> None:
+        super().on_video_size(width, height)
+
+    def _leave_feed(self) -> None:
+        if self.feed is not None:
+            self.hub.feeds.unsubscribe(self.feed, self)
+            self.feed = None
+
+    def stop(self, status: StreamStatus, info: str | None, notify_self: bool = True) -> None:
+        if self.closed:
+            return
+        self._cancel_timer()
+        self._leave_feed()
+        transport, self.transport = self.transport, None
+        if transport is not None:
+            transport.close(info or "stopped")
+        super().stop(status, info, notify_self)
+        log.info("feed playback ended %s chunks_sent=%d info=%s", self.label, self.chunks_sent, q(info))
+
+    def describe(self) -> dict[str, Any]:
+        obj = super().describe()
+        obj["mediaProvider"] = self.request.media_provider
+        return obj
+
+
+__all__ = ["FeedPlayback", "Info"]
