@@ -316,7 +316,11 @@ async def test_slow_tcp_reader_does_not_slow_udp_players(server, monkeypatch) ->
 
         shim.resume_reading()
         since = len(slow.frames)
+        resumed = asyncio.get_running_loop().time()
         await assert_plays(slow, 30, since=since)  # decodable again, from a keyframe on
+        print(f"slow TCP reader: {link.dropped_out} packets dropped; UDP player meanwhile {len(fast_frames)} frames "
+              f"in {span:.1f} s, longest gap {max(gaps) * 1000:.0f} ms; TCP player decoding again "
+              f"{slow.frames[since].t - resumed:.2f} s after it read again")
         assert slow.status == "PLAYING"
         for p in (slow, fast, pub):
             await p.close()
