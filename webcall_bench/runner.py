@@ -161,7 +161,7 @@ class ServerProcess:
         self.workers = workers
         placement_args = ["--placement", placement] if placement else []
         self.args = [sys.executable, "-m", "webcall", "--host", "127.0.0.1", "--port", str(self.http_port),
-                     "--media-host", "127.0.0.1", "--media-port", str(self.media_port), "--media-tcp-port", "-1", "--public-ip", "127.0.0.1",
+                     "--media-host", "127.0.0.1", "--media-port", str(self.media_port), "--media-tcp-port", "off", "--public-ip", "127.0.0.1",
                      "--log-level", "warning", "--workers", str(workers), *placement_args,
                      *_rest_args(self.rest_port), *extra_args]
         self.proc: subprocess.Popen | None = None

@@ -100,7 +100,7 @@ async def test_answer_announces_tcp_after_udp_and_alone_for_transport_tcp(server
 
 
 async def test_no_tcp_candidates_when_off(make_server) -> None:
-    server = await make_server(media_tcp_port=-1)
+    server = await make_server(media_tcp_port="off")
     assert server.server.media_tcp_port == 0 and server.port.tcp_server is None
     client = await server.client()
     pub = await peers.publish(client, "udp", extra_fields={"transport": "TCP"})  # asks TCP: gets UDP

@@ -124,8 +124,8 @@ class WebcallServer:
         if count == 1:
             self.port = MediaPort(c.fanout_core, c.fanout_threads, c.max_unverified_datagrams, c.max_dtls_handshakes)
             self.media_port = await self.port.start(c.media_host, c.media_port)
-            if c.media_tcp_port >= 0:
-                self.media_tcp_port = await self.port.start_tcp(c.media_host, c.media_tcp_port)
+            if c.media_tcp_port_number() >= 0:
+                self.media_tcp_port = await self.port.start_tcp(c.media_host, c.media_tcp_port_number())
             identity = await asyncio.get_running_loop().run_in_executor(None, DtlsIdentity)
             return MediaPlane(self.port, identity, settings, tuple((ip, self.media_port) for ip in ips),
                               tuple((ip, self.media_tcp_port) for ip in ips) if self.media_tcp_port else ())
@@ -135,7 +135,7 @@ class WebcallServer:
             stats_interval=c.rate_interval, rtp_activity_timeout=c.rtp_activity_timeout,
             bitrate_ceiling=c.publisher_bitrate_ceiling, bitrate_grace=c.bitrate_grace,
             max_unverified_datagrams=c.max_unverified_datagrams, max_dtls_handshakes=c.max_dtls_handshakes,
-            media_tcp_port=c.media_tcp_port)
+            media_tcp_port=c.media_tcp_port_number())
         self.workers = WorkerPlane(count, mode=c.placement, settings=worker_settings, media_host=c.media_host,
                                    media_port=c.media_port, announced_ips=ips, log_level=c.log_level)
         await self.workers.start()
