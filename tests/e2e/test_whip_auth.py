@@ -116,6 +116,10 @@ async def backend():
 async def test_bearer_token_goes_to_the_hooks(make_server, backend) -> None:
     server = await make_server(hook_url=backend.url("whipapp"))
     base = http_base(server)
+    async with aiohttp.ClientSession() as http:  # bad input is refused before the backend is asked anything
+        async with http.post(base + "/whip/cam", data="v=0", headers={"Content-Type": "text/plain"}) as r:
+            assert r.status == 415
+    assert backend.requests == []
 
     status, r, text = await raw_post(base, "/whip/cam")  # no token: the backend's connect says no → 401
     assert status == 401 and r.headers["WWW-Authenticate"] == 'Bearer realm="webcall"' and text == "Unknown token"
