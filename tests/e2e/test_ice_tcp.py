@@ -308,18 +308,22 @@ async def test_slow_tcp_reader_does_not_slow_udp_players(server, monkeypatch) ->
         assert link.dropped_out >= 50, f"only {link.dropped_out} packets dropped: the buffer is not bounded"
         assert link.transport.get_write_buffer_size() <= 64 * 1024
         await asyncio.sleep(1.0)
-        fast_frames = fast.frames[fast_before:]
-        span = fast_frames[-1].t - fast_frames[0].t
-        assert len(fast_frames) >= 0.6 * 30 * span, f"UDP player slowed: {len(fast_frames)} frames in {span:.1f}s"
-        gaps = [b.t - a.t for a, b in zip(fast_frames, fast_frames[1:])]
-        assert max(gaps) < 0.5, f"UDP player froze {max(gaps):.2f}s while the TCP reader was stalled"
+        # The UDP player during the stall, in the publisher's frames (its counter): what it missed and its longest
+        # hole. Wall-clock rates would measure this shared machine's load on the aiortc decoders instead.
+        counters = [f.counter for f in fast.frames[fast_before:] if f.counter is not None]
+        covered = len(set(counters)) / (counters[-1] - counters[0] + 1)
+        hole = max(b - a for a, b in zip(counters, counters[1:]))
+        assert covered >= 0.9, f"UDP player lost {1 - covered:.0%} of the frames while the TCP reader was stalled"
+        assert hole <= 10, f"UDP player skipped {hole - 1} frames at once while the TCP reader was stalled"
 
         shim.resume_reading()
         since = len(slow.frames)
         resumed = asyncio.get_running_loop().time()
-        await assert_plays(slow, 30, since=since)  # decodable again, from a keyframe on
-        print(f"slow TCP reader: {link.dropped_out} packets dropped; UDP player meanwhile {len(fast_frames)} frames "
-              f"in {span:.1f} s, longest gap {max(gaps) * 1000:.0f} ms; TCP player decoding again "
+        await slow.wait_decoded_frames(30, timeout=15, since=since)  # decodable again, from a keyframe on
+        intact = [f.counter for f in slow.frames[since:] if f.pattern_present and f.counter is not None]
+        assert all(b > a for a, b in zip(intact[-20:], intact[-20:][1:])), str(intact)  # and moving forward
+        print(f"slow TCP reader: {link.dropped_out} packets dropped; UDP player meanwhile {len(counters)} frames, "
+              f"{covered:.0%} of the publisher's, longest hole {hole - 1} frames; TCP player decoding again "
               f"{slow.frames[since].t - resumed:.2f} s after it read again")
         assert slow.status == "PLAYING"
         for p in (slow, fast, pub):
