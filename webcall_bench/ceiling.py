@@ -252,22 +252,22 @@ def fit_linear(points: list[tuple[float, float]]) -> tuple[float, float] | None:
 
 
 def stream_sizes(video_frames: list[int], audio_frames: list[int], fps: float, seconds: float,
-                 max_payload: int = 1200) -> list[int]:
-    """Payload sizes of the packets a publisher sends for these frames, in time order: each video frame split
-    into packets of at most `max_payload` bytes (as aiortc's packetizers do), one packet per 20 ms audio frame,
-    `seconds` long (the audio clip looped)."""
-    events: list[tuple[float, int]] = []
+                 max_payload: int = 1200) -> list[list]:
+    """[payload size, kind] of the packets a publisher sends for these frames, in time order: each video frame
+    split into packets of at most `max_payload` bytes (as aiortc's packetizers do), one packet per 20 ms audio
+    frame, `seconds` long (the audio clip looped). Kind "v" or "a": two SSRCs, two libsrtp streams per player."""
+    events: list[tuple[float, int, str]] = []
     for i, size in enumerate(video_frames):
         count = max(1, -(-size // max_payload))
-        events += [(i / fps, -(-size // count))] * count
+        events += [(i / fps, -(-size // count), "v")] * count
     if audio_frames:
         for k in range(round(seconds * 50)):
-            events.append((k * 0.02, audio_frames[k % len(audio_frames)]))
+            events.append((k * 0.02, audio_frames[k % len(audio_frames)], "a"))
     events.sort(key=lambda e: e[0])
-    return [size for _, size in events]
+    return [[size, kind] for _, size, kind in events]
 
 
-def measure_compiled(fanouts: list[int], packets: int = 300, sizes: list[int] | None = None,
+def measure_compiled(fanouts: list[int], packets: int = 300, sizes: list | None = None,
                      rate: float = 133.0, profile_name: str = "gcm") -> dict:
     """The compiled ceiling at each fan-out (see the module's docstring)."""
     import time
@@ -280,9 +280,9 @@ def measure_compiled(fanouts: list[int], packets: int = 300, sizes: list[int] | 
         raise RuntimeError(f"the compiled ceiling needs the fan-out core: {core.load_error()}")
     profile = _profile(profile_name)
     key_length = _key_length(profile)
-    sizes = sizes or [1100]
-    step = max(1, len(sizes) // max(packets, 1))  # the whole stream's mix, sampled evenly
-    chosen = [sizes[(i * step) % len(sizes)] for i in range(packets)]
+    mix = [(item, "v") if isinstance(item, int) else (int(item[0]), str(item[1])) for item in sizes or [1100]]
+    step = max(1, len(mix) // max(packets, 1))  # the whole stream's mix, sampled evenly
+    chosen = [mix[(i * step) % len(mix)] for i in range(packets)]
     warmup = 16
 
     def session(key: bytes, inbound: bool) -> pylibsrtp.Session:
@@ -296,11 +296,15 @@ def measure_compiled(fanouts: list[int], packets: int = 300, sizes: list[int] | 
     publisher_key = os.urandom(key_length)
     publisher = session(publisher_key, False)
     ext = struct.pack("!HH", 0xBEDE, 2) + bytes([0x10, 0x31, 0x22, 0x01, 0x02, 0x03, 0, 0])
-    datagrams = [
-        publisher.protect(HEADER.pack(0x90, 96 | (0x80 if seq % 3 == 2 else 0), seq & 0xFFFF, (seq // 3) * 3000,
-                                      0x1234) + ext + os.urandom(size))
-        for seq, size in enumerate(chosen[:warmup] + chosen)
-    ]
+    # Audio and video as the publisher sends them: an SSRC each, with its own sequence numbers and clock.
+    datagrams: list[tuple[bytes, str]] = []
+    counters = {"v": 0, "a": 0}
+    for size, kind in chosen[:warmup] + chosen:
+        seq = counters[kind]
+        counters[kind] += 1
+        header = (HEADER.pack(0x90, 96 | (0x80 if seq % 3 == 2 else 0), seq & 0xFFFF, (seq // 3) * 3000, 0x1234)
+                  if kind == "v" else HEADER.pack(0x90, 111, seq & 0xFFFF, seq * 960, 0x5678))
+        datagrams.append((publisher.protect(header + ext + os.urandom(size)), kind))
 
     fwd = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     fwd.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
@@ -337,15 +341,16 @@ def measure_compiled(fanouts: list[int], packets: int = 300, sizes: list[int] | 
     try:
         for fanout in fanouts:
             keep = []  # the sessions and addresses the targets point into
-            targets = []
+            targets: dict[str, list] = {"v": [], "a": []}
             for addr in addresses[:fanout]:
-                tx = SrtpSession(session(os.urandom(key_length), False))
+                tx = SrtpSession(session(os.urandom(key_length), False))  # one session per player, as a transport
                 name = sockaddr(addr)
                 keep.append((tx, name))
-                targets.append(core.FanoutCore.new_target(
-                    tx, name, int.from_bytes(os.urandom(4), "big"), 96, int.from_bytes(os.urandom(2), "big"),
-                    int.from_bytes(os.urandom(4), "big"), 0))
-            array = core.FanoutCore.target_array(targets)
+                for kind, payload_type in (("v", 96), ("a", 111)):
+                    targets[kind].append(core.FanoutCore.new_target(
+                        tx, name, int.from_bytes(os.urandom(4), "big"), payload_type,
+                        int.from_bytes(os.urandom(2), "big"), int.from_bytes(os.urandom(4), "big"), 0))
+            arrays = {kind: core.FanoutCore.target_array(group) for kind, group in targets.items()}
             forward, fd = lib.wc_bench_forward, fwd.fileno()
 
             def run(paced: bool) -> tuple[int, int, int, float, float]:
@@ -354,11 +359,11 @@ def measure_compiled(fanouts: list[int], packets: int = 300, sizes: list[int] | 
                 rx_ctx = core.ffi.cast("void *", int(core.srtp_ffi.cast("uintptr_t", rx._srtp[0])))
                 spent = measured = sent = 0
                 if not paced:  # queued up front: the getrusage span then holds nothing but the calls
-                    for datagram in datagrams:
+                    for datagram, _ in datagrams:
                         feeder.sendto(datagram, fwd_addr)
                 u0, s0 = _thread_cpu()
                 next_at = time.monotonic()
-                for i, datagram in enumerate(datagrams):
+                for i, (datagram, kind) in enumerate(datagrams):
                     if paced:
                         if interval:
                             next_at += interval
@@ -368,7 +373,7 @@ def measure_compiled(fanouts: list[int], packets: int = 300, sizes: list[int] | 
                         feeder.sendto(datagram, fwd_addr)
                     # CLOCK_THREAD_CPUTIME_ID is exact; getrusage's user/sys are tick samples (see below).
                     t0 = time.thread_time_ns()
-                    queued = forward(sender, fd, rx_ctx, unprotect, rbuf, 2048, array, fanout)
+                    queued = forward(sender, fd, rx_ctx, unprotect, rbuf, 2048, arrays[kind], fanout)
                     t1 = time.thread_time_ns()
                     if queued != fanout:
                         raise RuntimeError(f"the compiled loop queued {queued} of {fanout} datagrams")
@@ -406,7 +411,7 @@ def measure_compiled(fanouts: list[int], packets: int = 300, sizes: list[int] | 
                 # back to back, warm (getrusage over the passes, the pacing left out): what pacing costs
                 "us_per_forwarded_packet_unpaced": round(1e6 * (busy_user + busy_sys) / max(busy_sent, 1), 3),
             }
-            del array, targets, keep
+            del arrays, targets, keep
     finally:
         os.kill(drainer, signal.SIGKILL)
         os.waitpid(drainer, 0)
@@ -417,7 +422,8 @@ def measure_compiled(fanouts: list[int], packets: int = 300, sizes: list[int] | 
         "kind": "compiled",
         "srtp_profile": profile_name,
         "rate_pps": rate,
-        "mean_payload_bytes": round(sum(chosen) / len(chosen), 1),
+        "mean_payload_bytes": round(sum(size for size, _ in chosen) / len(chosen), 1),
+        "audio_share": round(sum(1 for _, kind in chosen if kind == "a") / len(chosen), 3),
         "fanouts": results,
         "fit": {"fixed_us": round(fit[0], 2), "per_player_us": round(fit[1], 3)} if fit else None,
     }

@@ -86,7 +86,7 @@ def test_bench_forward_sends_what_each_player_can_decrypt() -> None:
 
 def test_measure_compiled_reports_every_fanout_and_a_fit() -> None:
     _lib()
-    result = measure_compiled([1, 8], packets=42, sizes=[80, 1200, 1200], rate=0)
+    result = measure_compiled([1, 8], packets=42, sizes=[[80, "a"], [1200, "v"], [1200, "v"]], rate=0)
     assert set(result["fanouts"]) == {"1", "8"}
     for r in result["fanouts"].values():
         assert r["input_packets"] == 42
@@ -95,6 +95,7 @@ def test_measure_compiled_reports_every_fanout_and_a_fit() -> None:
             r["us_per_forwarded_packet"], abs=0.01)
         assert r["us_per_publisher_packet"] == pytest.approx(r["fanout"] * r["us_per_forwarded_packet"], rel=0.01)
     assert result["fit"] is not None and result["mean_payload_bytes"] == pytest.approx((80 + 2400) / 3, abs=1)
+    assert result["audio_share"] == pytest.approx(1 / 3, abs=0.01)
 
 
 def test_fit_recovers_a_line() -> None:
@@ -104,9 +105,9 @@ def test_fit_recovers_a_line() -> None:
 
 
 def test_stream_sizes_split_frames_and_loop_audio() -> None:
-    sizes = stream_sizes([3000, 500], [90, 100], fps=1, seconds=0.06, max_payload=1200)
-    assert sorted(sizes) == sorted([1000, 1000, 1000, 500, 90, 100, 90])
-    assert sum(s for s in sizes if s >= 500) == 3500  # every video byte, no more
+    packets = stream_sizes([3000, 500], [90, 100], fps=1, seconds=0.06, max_payload=1200)
+    assert sorted(size for size, kind in packets if kind == "v") == [500, 1000, 1000, 1000]  # every video byte
+    assert sorted(size for size, kind in packets if kind == "a") == [90, 90, 100]  # the audio clip, looped
 
 
 def test_ratios_and_server_fit_per_step() -> None:
