@@ -306,6 +306,11 @@ def measure_compiled(fanouts: list[int], packets: int = 300, sizes: list | None 
                   if kind == "v" else HEADER.pack(0x90, 111, seq & 0xFFFF, seq * 960, 0x5678))
         datagrams.append((publisher.protect(header + ext + os.urandom(size)), kind))
 
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and max(fanouts) + 64 > hard:
+        raise RuntimeError(f"fan-out {max(fanouts)} needs as many sockets; the file limit is {hard}")
+    if soft != resource.RLIM_INFINITY and max(fanouts) + 64 > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one socket per player
     fwd = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     fwd.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     fwd.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
