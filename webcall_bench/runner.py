@@ -249,8 +249,13 @@ def apply_compiled(steps: list[dict], compiled: dict, publishers: int) -> None:
         cpu = step.get("server_cpu")
         if not cpu:
             continue
-        cost = compiled_cost_at(compiled, step["players"] / max(publishers, 1))
+        fanout = step["players"] / max(publishers, 1)
+        cost = compiled_cost_at(compiled, fanout)
         cpu["compiled_us_per_packet"] = round(cost, 3) if cost else None
+        measured = compiled["fanouts"].get(str(round(fanout))) if fanout == round(fanout) else None
+        if measured:  # the loop's user/kernel split at this very fan-out
+            cpu["compiled_us_user_per_packet"] = measured["us_user_per_forwarded_packet"]
+            cpu["compiled_us_sys_per_packet"] = measured["us_sys_per_forwarded_packet"]
         cpu["ratio_to_compiled"] = (round(cpu["us_per_packet"] / cost, 2)
                                     if cost and cpu.get("us_per_packet") else None)
 

@@ -111,8 +111,10 @@ def test_stream_sizes_split_frames_and_loop_audio() -> None:
 
 
 def test_ratios_and_server_fit_per_step() -> None:
-    compiled = {"fanouts": {"10": {"fanout": 10, "us_per_forwarded_packet": 4.0, "us_per_publisher_packet": 40.0},
-                            "100": {"fanout": 100, "us_per_forwarded_packet": 2.5, "us_per_publisher_packet": 250.0}},
+    compiled = {"fanouts": {"10": {"fanout": 10, "us_per_forwarded_packet": 4.0, "us_per_publisher_packet": 40.0,
+                                   "us_user_per_forwarded_packet": 1.0, "us_sys_per_forwarded_packet": 3.0},
+                            "100": {"fanout": 100, "us_per_forwarded_packet": 2.5, "us_per_publisher_packet": 250.0,
+                                    "us_user_per_forwarded_packet": 0.5, "us_sys_per_forwarded_packet": 2.0}},
                 "fit": {"fixed_us": 16.67, "per_player_us": 2.333}}
     assert compiled_cost_at(compiled, 100) == 2.5
     assert compiled_cost_at(compiled, 50) == pytest.approx(2.333 + 16.67 / 50)
@@ -120,6 +122,8 @@ def test_ratios_and_server_fit_per_step() -> None:
              {"players": 200, "server_cpu": {"us_per_packet": 3.25, "us_per_publisher_packet": 100.0 + 200 * 5}}]
     apply_compiled(steps, compiled, publishers=2)  # fan-outs 10 and 100
     assert steps[0]["server_cpu"]["ratio_to_compiled"] == 2.5 and steps[1]["server_cpu"]["ratio_to_compiled"] == 1.3
+    assert (steps[1]["server_cpu"]["compiled_us_user_per_packet"], steps[1]["server_cpu"]["compiled_us_sys_per_packet"]) \
+        == (0.5, 2.0)
     fit = server_fit(steps, publishers=1)
     assert fit["fixed_us"] == pytest.approx(100) and fit["per_player_us"] == pytest.approx(5)
     after = {"fanouts": {k: dict(v, us_per_forwarded_packet=v["us_per_forwarded_packet"] * 3,

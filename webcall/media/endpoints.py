@@ -51,7 +51,6 @@ def rtcp_interval() -> float:
     do not stay together (hundreds of players' SRs in one tick would hold up forwarding)."""
     return RTCP_INTERVAL * random.uniform(0.5, 1.5)
 _SSRC = struct.Struct("!I")
-_SR_HEADER = struct.pack("!BBH", 0x80, 200, 6)  # V=2, no report blocks, PT=SR, length 6 (28 bytes)
 
 
 class EndpointEvents(Protocol):
@@ -309,15 +308,10 @@ class PlayerEndpoint(_Endpoint):
             return
         self._next_rtcp = now + rtcp_interval()
         ntp = current_ntp_time()
-        # One compound RTCP packet with an SR per track (RFC 3550 §6.1): one protect and one datagram per
-        # player and interval, not one per track.
-        reports = b""
         for consumer in self.consumers:
             body = consumer.sender_report(now, ntp)
             if body is not None:
-                reports += _SR_HEADER + body
-        if reports:
-            self.transport.send_rtcp(reports)
+                self.transport.send_rtcp(struct.pack("!BBH", 0x80, 200, 6) + body)
 
     def _detach(self) -> None:
         for router, consumer in self._routes:
