@@ -454,18 +454,13 @@ def parse_message(text: str | bytes) -> Message:
 # --------------------------------------------------------------------------- outgoing
 
 
-# json.dumps with any argument builds a new encoder on every call; one for every server frame is ~25 % cheaper
-# (rate messages go to every player every interval). The same bytes as json.dumps(..., separators=(",", ":")).
-_ENCODER = json.JSONEncoder(separators=(",", ":"))
-
-
 def encode(name: str, *data: Any) -> str:
     """One server frame. ``data`` is always a list: the SDK reads ``data.data[0]``.
 
     ensure_ascii stays on: we echo client strings, and a lone surrogate from a
     client's "\\ud800" escape would otherwise fail to encode as a UTF-8 frame.
     """
-    return _ENCODER.encode({"message": name, "data": list(data)})
+    return json.dumps({"message": name, "data": list(data)}, separators=(",", ":"))
 
 
 def get_user_data(connection: Connection, session_id: str) -> str:
