@@ -41,12 +41,13 @@ PYTEST_ARGS ?=
 SYSTEM_CHECKS := gcc:gcc node:nodejs npm:npm
 GST_PACKAGES  := gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-nice \
                  gir1.2-gst-plugins-base-1.0 gir1.2-gst-plugins-bad-1.0 python3-gi python3-gst-1.0 python3-websocket
-TEST_CHECKS   := chromium:chromium firefox-esr:firefox-esr libavcodec59 $(GST_PACKAGES)
+# redis-server: the cluster tests (tests/e2e/test_cluster.py) start their own, on a free port, no persistence.
+TEST_CHECKS   := chromium:chromium firefox-esr:firefox-esr libavcodec59 $(GST_PACKAGES) redis-server:redis-server
 CC          ?= gcc
 CORE_SRC    := webcall/media/fanout.c
 CORE_LIB    := webcall/media/_fanout.so
 
-.PHONY: serve test bench fuzz soak fuzz-live core venv venv-runtime sdk deps-system deps-test clean help
+.PHONY: serve test bench fuzz soak fuzz-live cluster-figures core venv venv-runtime sdk deps-system deps-test clean help
 
 help:
 	@echo "make serve        run the server (ARGS='--port 8080 --public-ip 1.2.3.4')"
@@ -55,6 +56,7 @@ help:
 	@echo "make fuzz         the fuzz targets with 100,000 examples each (FUZZ_EXAMPLES=N to change; PYTEST_ARGS='-k sdp')"
 	@echo "make soak         publish/play/stop cycles with faults; memory, fds, tasks slopes (ARGS='--cycles 1000 --workers 1,2')"
 	@echo "make fuzz-live    mutated SDK messages + UDP garbage at a live stream (LIVE_FUZZ_MUTATIONS, LIVE_FUZZ_UDP_SECONDS)"
+	@echo "make cluster-figures  relay cost per packet and edge time to first frame (ARGS='--trials 20')"
 	@echo "make core         compile the fan-out core (C, loaded with cffi; without it forwarding runs in Python)"
 	@echo "make venv         create .venv and install requirements-dev.txt (tests, bench tools)"
 	@echo "make venv-runtime create .venv and install requirements.txt only (what make serve uses)"
@@ -97,6 +99,11 @@ fuzz-live: venv core
 	WEBCALL_LIVE_FUZZ_MUTATIONS=$(LIVE_FUZZ_MUTATIONS) WEBCALL_LIVE_FUZZ_UDP_SECONDS=$(LIVE_FUZZ_UDP_SECONDS) \
 	  WEBCALL_LIVE_FUZZ_SEED=$(LIVE_FUZZ_SEED) $(VENV_PY) -m pytest -q -s tests/e2e/test_live_fuzz.py \
 	  -p no:cacheprovider $(PYTEST_ARGS)
+
+# Not part of make test: the relay's cost per packet, sealed and plain, and an edge player's time to first frame
+# (cold: pulled on demand; warm: already relayed there), against a real redis-server and two nodes.
+cluster-figures: deps-test venv core
+	$(VENV_PY) tools/cluster_figures.py $(ARGS)
 
 venv: $(VENV_STAMP)
 

@@ -174,3 +174,16 @@ async def test_client_with_permessage_deflate_reads_every_message(server) -> Non
             await ws.send_str(json.dumps({"message": "ping", "data": []}))
             while (reply := json.loads((await asyncio.wait_for(ws.receive(), 5)).data))["message"] != "pong":
                 pass
+
+
+async def test_a_socket_that_never_speaks_is_closed(make_server) -> None:
+    """Before its first message a socket is neither a session nor a media socket (spec §11): one that says
+    nothing is closed as a silent session would be, after ping_interval × (ping_probes + 1)."""
+    server = await make_server(ping_interval=0.2, ping_probes=2)
+    async with aiohttp.ClientSession() as http:
+        async with http.ws_connect(server.url, heartbeat=None) as ws:
+            started = asyncio.get_running_loop().time()
+            message = await asyncio.wait_for(ws.receive(), 5)
+            assert message.type in (aiohttp.WSMsgType.CLOSE, aiohttp.WSMsgType.CLOSED)
+            assert 0.5 <= asyncio.get_running_loop().time() - started < 3
+    assert not server.hub.sessions

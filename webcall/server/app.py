@@ -13,6 +13,7 @@ import logging
 import ssl
 import time
 from pathlib import Path
+from typing import Any
 
 from aiohttp import WSMsgType, web
 
@@ -48,6 +49,7 @@ class WebcallServer:
         self.port: MediaPort | None = None  # the media port of a single-process server
         self.workers: WorkerPlane | None = None  # the media workers, with --workers 2 or more
         self.hub: Hub | None = None
+        self.cluster: Any = None  # cluster/node.py's ClusterNode with --cluster-redis
         self._runner: web.AppRunner | None = None
         self._rest_runner: web.AppRunner | None = None
         self.http_port = 0
@@ -81,6 +83,7 @@ class WebcallServer:
         app.router.add_get("/", self._root)
         app.router.add_get("/health", self._health)
         app.router.add_get("/streams", self._streams)
+        app.router.add_get("/lb", self._lb)
         app.router.add_get("/player", self._page("player.html"))
         app.router.add_get("/sdk/flashphoner.js", self._sdk)
         app.router.add_static("/static/", c.static_dir, show_index=False)
@@ -104,11 +107,15 @@ class WebcallServer:
             await tls_site.start()
             self.tls_port = tls_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         if c.rest_port >= 0:
-            self._rest_runner = web.AppRunner(RestApi(self.hub, c.max_message_size).app(), access_log=None)
+            rest_app = RestApi(self.hub, c.max_message_size).app()
+            rest_app.router.add_get("/cluster", self._cluster_state)  # the node's relays and counters
+            self._rest_runner = web.AppRunner(rest_app, access_log=None)
             await self._rest_runner.setup()
             rest_site = web.TCPSite(self._rest_runner, c.rest_host, c.rest_port)
             await rest_site.start()
             self.rest_port = rest_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        if c.cluster_redis:
+            await self._join_cluster(ips)
         media_ports = self.workers.media_ports() if self.workers else [self.media_port]
         tcp_ports = self.workers.media_tcp_ports() if self.workers else [self.media_tcp_port]
         log.info("listening http+ws=%s:%d https+wss=%s media=udp/%s:%s tcp/%s workers=%d rest=%s announce=%s",
@@ -117,10 +124,42 @@ class WebcallServer:
                  self.workers.count if self.workers else 0,
                  f"{c.rest_host}:{self.rest_port}" if self._rest_runner else "off", ",".join(ips))
 
+    async def _join_cluster(self, ips: list[str]) -> None:
+        """--cluster-redis: register in the directory, serve and pull streams (webcall/cluster/)."""
+        from ..cluster.node import ClusterNode, ClusterSettings, default_node_id  # needs redis: only here
+        c, hub = self.config, self.hub
+        assert hub is not None and self.port is not None
+        relay_host = c.relay_host or ips[0]
+        settings = ClusterSettings(
+            redis_url=c.cluster_redis, node_id=c.node_id or default_node_id(self.http_port),
+            relay_bind=(c.relay_host or c.media_host, c.relay_port), relay_host=relay_host, server=ips[0],
+            ws_port=self.http_port, wss_port=self.tls_port, ttl=c.cluster_ttl, max_out=c.relay_max_out)
+
+        def terminate(ids: list[str]) -> list[str]:
+            return hub.terminate([s for s in hub.streams() if s.media_session_id in ids])
+
+        self.cluster = ClusterNode(settings, hub.registry, self.port, load=lambda: len(hub.streams()),
+                                   describe=lambda: [s.describe() for s in hub.streams() if not s.closed],
+                                   terminate=terminate)
+        await self.cluster.start()
+        hub.cluster = self.cluster
+
+    async def _cluster_state(self, request: web.Request) -> web.Response:
+        if self.cluster is None:
+            raise web.HTTPNotFound(text="not a cluster node (--cluster-redis)")
+        return web.json_response(self.cluster.stats())
+
+    async def _lb(self, request: web.Request) -> web.Response:
+        """The SDK's lbUrl (spec §15): the least-loaded live node; this one without a cluster."""
+        if self.cluster is not None:
+            return web.json_response(await self.cluster.least_loaded())
+        ips = self.config.announced_ips()
+        return web.json_response({"server": ips[0], "ws": self.http_port, "wss": self.tls_port})
+
     async def _media_plane(self, settings: StreamSettings, ips: list[str]) -> MediaPlane | WorkerPlane:
         """One process (--workers 1): the media port is ours. More: worker i owns --media-port + i."""
         c = self.config
-        count = resolve_worker_count(c.workers)
+        count = 1 if c.cluster_redis else resolve_worker_count(c.workers)  # a cluster node: one process (config.py)
         if count == 1:
             self.port = MediaPort(c.fanout_core, c.fanout_threads, c.max_unverified_datagrams, c.max_dtls_handshakes)
             self.media_port = await self.port.start(c.media_host, c.media_port)
@@ -193,6 +232,9 @@ class WebcallServer:
             if runner is not None:
                 await runner.cleanup()
         self._runner = self._rest_runner = None
+        if self.cluster is not None:
+            await self.cluster.stop()  # its names are freed in Redis at once, not after the ttl
+            self.cluster = None
         if self.hub is not None:
             await self.hub.close()
         if self.port is not None:
@@ -221,13 +263,18 @@ class WebcallServer:
         """Live publications for the demo's home page: name, status, size, codecs and live rates."""
         assert self.hub is not None
         out = []
+        node = {"node": self.cluster.node_id} if self.cluster is not None else {}
         for stream in self.hub.streams():
             if stream.published and not stream.closed:
                 obj = stream.describe()
                 out.append({k: obj.get(k) for k in ("name", "status", "width", "height", "videoCodec",
                                                      "audioCodec", "createDate", "metrics")}
                            | {"players": len(stream.players),
-                              "feeds": [f for f in self.hub.feeds.describe() if f["label"] == stream.name]})
+                              "feeds": [f for f in self.hub.feeds.describe() if f["label"] == stream.name]} | node)
+        if self.cluster is not None:  # the other nodes' publications (their player counts are theirs)
+            out += [{k: obj.get(k) for k in ("name", "status", "width", "height", "videoCodec", "audioCodec",
+                                             "createDate", "metrics", "node")}
+                    for obj in await self.cluster.remote_streams() if obj.get("published")]
         return web.json_response(sorted(out, key=lambda s: s["name"]))
 
     def _page(self, name: str):

@@ -137,6 +137,22 @@ class Config:
                 "--max-bitrate (REMB asks for --max-bitrate)"})
     bitrate_grace: float = field(default=5.0, metadata={
         "help": "seconds a publisher may stay over --bitrate-ceiling (keyframes and retransmission bursts)"})
+    cluster_redis: str = field(default="", metadata={
+        "help": "join a cluster of webcall nodes through this Redis (redis://host:6379/0): one namespace of stream "
+                "names, play anywhere what is published anywhere, GET /lb; empty = a single node, no Redis"})
+    node_id: str = field(default="", metadata={
+        "help": "this node's name in the cluster; empty = host name:port"})
+    relay_host: str = field(default="", metadata={
+        "help": "cluster: the address other nodes send relayed media to (announced in Redis); empty = the first "
+                "--public-ip"})
+    relay_port: int = field(default=31900, metadata={
+        "help": "cluster: UDP port of the relay between nodes (sealed with AES-GCM); 0 = any free port"})
+    relay_max_out: int = field(default=0, metadata={
+        "help": "cluster: outgoing relays to other nodes this node serves at most; beyond, they chain from a node "
+                "that relays the stream already (A -> B -> C); 0 = no limit"})
+    cluster_ttl: float = field(default=3.0, metadata={
+        "help": "cluster: seconds a dead node's entries stay in Redis, and of silence before a relay between "
+                "nodes ends"})
     # TOML-only tables (no flag, no environment variable): [apps.<appKey>] with the keys in APP_KEYS.
     apps: dict[str, dict[str, Any]] = field(default_factory=dict, metadata={"table": True})
 
@@ -207,6 +223,14 @@ class Config:
             raise ValueError("fanout_threads must be 1 or 2")
         if not (self.workers == "auto" or (self.workers.isdigit() and 1 <= int(self.workers) <= 256)):
             raise ValueError("workers must be auto or a number from 1 to 256")
+        if self.cluster_redis:
+            if not self.cluster_redis.startswith(("redis://", "rediss://", "unix://")):
+                raise ValueError("cluster_redis must be a redis://, rediss:// or unix:// URL")
+            if self.workers not in ("auto", "1"):
+                raise ValueError("cluster_redis needs workers 1 (or auto): media workers in a cluster node are not "
+                                 "supported yet")
+            if not 0 <= self.relay_port <= 65535 or not self.cluster_ttl > 0 or self.relay_max_out < 0:
+                raise ValueError("relay_port must be 0..65535, cluster_ttl > 0, relay_max_out >= 0")
         if self.placement not in ("fill", "spread"):
             raise ValueError("placement must be fill or spread")
         if self.record_mp4_audio not in ("opus", "aac") or not self.record_fragment > 0:

@@ -112,16 +112,28 @@ class RestApi:
 
     # --- streams ------------------------------------------------------------------------------------
 
+    async def _described(self, query: rest.StreamQuery) -> list[dict[str, Any]]:
+        """Stream objects matching `query`: this node's, and with a cluster every live node's (each with its
+        `node`), oldest first."""
+        cluster = self.hub.cluster
+        if cluster is None:
+            return [s.describe() for s in self.hub.find_streams(query)]
+        found = [s.describe() | {"node": cluster.node_id} for s in self.hub.find_streams(query)]
+        found += [obj for obj in await cluster.remote_streams()
+                  if query.matches(name=obj.get("name", ""), media_session_id=obj.get("mediaSessionId", ""),
+                                   published=bool(obj.get("published")), status=str(obj.get("status")))]
+        return sorted(found, key=lambda o: (o.get("createDate", 0), o.get("mediaSessionId", "")))
+
     async def stream_find(self, request: web.Request) -> web.Response:
         query = rest.parse_stream_query(await _body(request))
-        found = self.hub.find_streams(query)
+        found = await self._described(query)
         if not found:
             raise _not_found(Info.STREAM_NOT_FOUND)
-        return _json([s.describe() for s in found])
+        return _json(found)
 
     async def stream_find_all(self, request: web.Request) -> web.Response:
         rest.parse_stream_query(await _body(request))  # a body, if any, must still be well-formed
-        return _json([s.describe() for s in self.hub.find_streams(rest.StreamQuery())])
+        return _json(await self._described(rest.StreamQuery()))
 
     async def stream_metrics(self, request: web.Request) -> web.Response:
         query = rest.parse_stream_query(await _body(request, required=True))
@@ -136,9 +148,16 @@ class RestApi:
         """{mediaSessionId} | {mediaSessionIds} | {name, published, status} filters; an explicit {} stops all."""
         query = rest.parse_stream_query(await _body(request, required=True))
         found = self.hub.find_streams(query)
-        if not found:
+        remote: dict[str, list[str]] = {}  # with a cluster: the other nodes' streams, each stopped by its node
+        if self.hub.cluster is not None:
+            for obj in await self._described(query):
+                if obj.get("node") != self.hub.cluster.node_id:
+                    remote.setdefault(obj["node"], []).append(obj["mediaSessionId"])
+        if not found and not remote:
             raise _not_found(Info.STREAM_NOT_FOUND)
         stopped = self.hub.terminate(found, Info.STOPPED_BY_REST_TERMINATE)
+        if remote and self.hub.cluster is not None:
+            stopped += await self.hub.cluster.terminate_remote(remote)
         log.info("rest terminate streams=%d mediaSessionIds=%s", len(stopped), q(",".join(stopped)))
         return _json({"terminated": stopped})
 

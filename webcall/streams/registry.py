@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import enum
 import logging
+from collections.abc import Callable
 from typing import Protocol
 
 from ..media.router import Router
@@ -25,6 +26,7 @@ class EndReason(enum.StrEnum):
     PUBLISHER_STOPPED = "publisher-stopped"  # the publisher stopped, or its media failed
     PUBLISHER_DISCONNECTED = "publisher-disconnected"  # the publisher's signalling connection closed
     TERMINATED = "terminated"  # an operator stopped it (REST terminate)
+    ORIGIN_LOST = "origin-lost"  # a stream relayed from another node: that node went silent (cluster/node.py)
 
 
 class NameInUse(Exception):
@@ -61,6 +63,8 @@ class StreamRegistry:
     def __init__(self) -> None:
         self._sources: dict[str, Source] = {}
         self._readers: dict[str, set[StreamReader]] = {}
+        # Told after a name is released, with the reason (the cluster frees the name in its directory).
+        self.on_unpublish: list[Callable[[Source, EndReason], None]] = []
 
     # --- publish ----------------------------------------------------------------------------------
 
@@ -80,6 +84,11 @@ class StreamRegistry:
                 reader.on_source_ended(reason)
             except Exception:  # one reader's bug must not keep the others reading a dead source
                 log.exception("reader failed on source end stream=%s", source.name)
+        for listener in self.on_unpublish:
+            try:
+                listener(source, reason)
+            except Exception:
+                log.exception("unpublish listener failed stream=%s", source.name)
 
     def find(self, name: str) -> Source | None:
         source = self._sources.get(name)

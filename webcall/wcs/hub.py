@@ -22,7 +22,7 @@ from ..media.plane import MediaPlane
 from ..streams.feeds import Feeds
 from ..streams.recording import RecordSettings, Recordings
 from ..streams.limits import SESSIONS_PER_IP, SHUTDOWN, Limits, Refusals
-from ..streams.registry import EndReason, StreamRegistry
+from ..streams.registry import EndReason, Source, StreamRegistry
 from ..streams.snapshots import SnapshotError, Snapshotter
 from ..transcode.pipeline import start_local_feed
 from .rest import ConnectionQuery, StreamQuery
@@ -43,6 +43,18 @@ class SessionView(Protocol):
     remote_ip: str
 
     def close(self) -> None: ...
+
+
+class ClusterView(Protocol):
+    """The cluster as the WCS front end uses it (cluster/node.py's ClusterNode), when --cluster-redis is set."""
+
+    node_id: str
+
+    async def claim(self, name: str, media_session_id: str) -> None: ...
+    async def pull(self, name: str) -> Source | None: ...
+    async def available(self, name: str) -> bool: ...
+    async def remote_streams(self) -> list[dict]: ...
+    async def terminate_remote(self, ids_by_node: dict[str, list[str]]) -> list[str]: ...
 
 log = logging.getLogger("webcall.wcs")
 
@@ -97,6 +109,7 @@ class Hub:
         self.refusals = Refusals()  # signalling limits' refusals; the media port counts its own
         self.shutting_down = False  # SIGTERM: no new sessions
         self.sampler = RateSampler(settings.rate_interval, self.streams)
+        self.cluster: ClusterView | None = None  # --cluster-redis: names, plays and REST answers span the cluster
 
     def start(self) -> None:
         self.sampler.start()

@@ -29,11 +29,12 @@ from ..hooks.client import HookClient, keep_alive_loop
 from ..logs import q
 from ..protocol.sdp import SdpError, negotiate_play, negotiate_publish
 from ..streams import limits
-from ..streams.registry import EndReason, NameInUse
+from ..cluster.reasons import ClusterRefused
+from ..streams.registry import EndReason, NameInUse, Source
 from ..streams.snapshots import SnapshotError
 from . import messages as msg
 from .hub import Hub
-from .status import Info, OwnInfo, StreamStatus
+from .status import REFUSAL_INFO, Info, OwnInfo, StreamStatus
 from .feed_playback import OUTPUT as FEED_PROVIDERS
 from .feed_playback import FeedPlayback, MediaTransport
 from .stream import Playback, Publication
@@ -158,9 +159,24 @@ class Session:
         except Exception:  # a bug here must not leave the session stuck behind this message
             log.exception("hooked message failed session=%s method=%s", self.id, method)
         finally:
-            self._hooking = None
+            if self._hooking is asyncio.current_task():  # the handler may have started a cluster request
+                self._hooking = None
             while self._waiting and self._hooking is None and not self.closed:
                 self._dispatch(self._waiting.popleft())
+
+    def _hold(self, coro: Any, name: str) -> None:
+        """Run `coro` (a cluster request) with the session's later messages waiting behind it, as behind a hook."""
+        async def run() -> None:
+            try:
+                await coro
+            except Exception:
+                log.exception("cluster request failed session=%s", self.id)
+            finally:
+                if self._hooking is asyncio.current_task():
+                    self._hooking = None
+                while self._waiting and self._hooking is None and not self.closed:
+                    self._dispatch(self._waiting.popleft())
+        self._hooking = asyncio.get_running_loop().create_task(run(), name=f"{name} {self.id}")
 
     def _overwritten(self, m: msg.PublishStream | msg.PlayStream, obj: dict[str, Any]) -> Any:
         """restPolicy OVERWRITE: the backend may rename the stream (validated like a client's name)."""
@@ -307,6 +323,25 @@ class Session:
         except NameInUse:
             self._fail_stream(m, Info.STREAM_NAME_ALREADY_IN_USE)
             return
+        if self.hub.cluster is not None:  # the name must be free on every node, too
+            self._hold(self._claim_then_publish(m, publication), "cluster claim")
+            return
+        self._publish(m, publication)
+
+    async def _claim_then_publish(self, m: msg.PublishStream, publication: Publication) -> None:
+        assert self.hub.cluster is not None
+        try:
+            await self.hub.cluster.claim(m.name, m.media_session_id)
+        except ClusterRefused as exc:
+            self.hub.registry.unpublish(publication, EndReason.PUBLISHER_STOPPED)
+            self._fail_stream(m, REFUSAL_INFO[exc.refusal])
+            return
+        if self.closed:  # the client left while we asked: the name goes again
+            self.hub.registry.unpublish(publication, EndReason.PUBLISHER_DISCONNECTED)
+            return
+        self._publish(m, publication)
+
+    def _publish(self, m: msg.PublishStream, publication: Publication) -> None:
         try:
             neg = negotiate_publish(m.sdp, self.hub.settings.video_codecs)
         except SdpError as exc:
@@ -320,6 +355,22 @@ class Session:
         if not self._precheck(m):
             return
         source = self.hub.registry.find(m.name)
+        if source is None and self.hub.cluster is not None:  # published on another node, maybe
+            self._hold(self._pull_then_play(m), "cluster pull")
+            return
+        self._play(m, source)
+
+    async def _pull_then_play(self, m: msg.PlayStream) -> None:
+        assert self.hub.cluster is not None
+        try:
+            source = await self.hub.cluster.pull(m.name)
+        except ClusterRefused as exc:
+            self._fail_stream(m, REFUSAL_INFO[exc.refusal])
+            return
+        if not self.closed:
+            self._play(m, source)
+
+    def _play(self, m: msg.PlayStream, source: Source | None) -> None:
         router = source.router if source is not None else None
         if source is None or router is None:
             self._fail_stream(m, Info.STREAM_NOT_FOUND)
@@ -374,6 +425,16 @@ class Session:
     def _on_AvailableStream(self, m: msg.AvailableStream) -> None:
         source = self.hub.registry.find(m.name)
         if source is not None and source.live:
+            self.send(msg.available_stream(m.media_session_id, True))
+        elif self.hub.cluster is not None:
+            self._hold(self._available_in_cluster(m), "cluster available")
+        else:
+            self.send(msg.available_stream(m.media_session_id, False, Info.STREAM_NOT_FOUND))
+
+    async def _available_in_cluster(self, m: msg.AvailableStream) -> None:
+        assert self.hub.cluster is not None
+        found = await self.hub.cluster.available(m.name)
+        if found:
             self.send(msg.available_stream(m.media_session_id, True))
         else:
             self.send(msg.available_stream(m.media_session_id, False, Info.STREAM_NOT_FOUND))

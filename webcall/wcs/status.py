@@ -10,9 +10,10 @@ import enum
 from typing import Final
 
 from ..media.failures import Failure
+from ..cluster.reasons import Refusal
 from ..streams.registry import EndReason
 
-__all__ = ["StreamStatus", "Info", "OwnInfo", "TERMINAL", "FAILURE_INFO", "END_INFO"]
+__all__ = ["StreamStatus", "Info", "OwnInfo", "TERMINAL", "FAILURE_INFO", "END_INFO", "REFUSAL_INFO"]
 
 
 class StreamStatus(enum.StrEnum):
@@ -99,6 +100,9 @@ class OwnInfo:
     TOO_MANY_PLAYERS: Final = "Too many players of this stream"
     TOO_MANY_PUBLISHERS: Final = "Too many publishers on this server"
     TOO_MANY_MESSAGES: Final = "Too many messages per second"
+    ORIGIN_LOST: Final = "Origin node lost"  # cluster: the node publishing the stream went silent
+    CLUSTER_UNAVAILABLE: Final = "Cluster directory unavailable"  # cluster: Redis does not answer
+    ORIGIN_UNREACHABLE: Final = "Origin node unreachable"  # cluster: the publishing node did not answer
     MEDIA_TRANSPORT_TIMEOUT: Final = "Media transport not connected"  # MSE/WSPlayer: no media socket came
     MEDIA_TRANSPORT_NOT_READING: Final = "Media transport not reading"  # its socket's buffer overflowed
 
@@ -121,4 +125,12 @@ END_INFO: Final[dict[EndReason, str]] = {
     EndReason.PUBLISHER_STOPPED: Info.STOPPED_BY_PUBLISHER_STOP,
     EndReason.PUBLISHER_DISCONNECTED: Info.STOPPED_BY_SESSION_DISCONNECT,
     EndReason.TERMINATED: Info.STOPPED_BY_REST_TERMINATE,
+    EndReason.ORIGIN_LOST: OwnInfo.ORIGIN_LOST,
+}
+
+# The cluster's refusals (cluster/reasons.py).
+REFUSAL_INFO: Final[dict[Refusal, str]] = {
+    Refusal.NAME_IN_USE: Info.STREAM_NAME_ALREADY_IN_USE,
+    Refusal.DIRECTORY_UNAVAILABLE: OwnInfo.CLUSTER_UNAVAILABLE,
+    Refusal.ORIGIN_UNREACHABLE: OwnInfo.ORIGIN_UNREACHABLE,
 }
