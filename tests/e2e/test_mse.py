@@ -220,3 +220,90 @@ async def test_media_socket_with_bad_token_is_closed_alone(server) -> None:
     client = await server.client()
     assert client.auth_token
     await client.close()
+
+
+# --- WSPlayer (spec §11.2) --------------------------------------------------------------------------------
+
+SDK_WSPLAYER_OFFER = ("v=0\r\no=- 1988962254 1988962254 IN IP4 0.0.0.0\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n"
+                      "a=sdplang:en\r\nm=video 0 RTP/AVP 32\r\na=rtpmap:32 MPV/90000\r\na=recvonly\r\n"
+                      "m=audio 0 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=recvonly\r\n")
+
+
+class WsPlayerReader:
+    """WSReceiver2.js's reading of the packets, down to MPEG-1 pictures and µ-law samples."""
+
+    def __init__(self) -> None:
+        self.video = av.CodecContext.create("mpeg1video", "r")
+        self.mulaw = av.CodecContext.create("pcm_mulaw", "r")
+        self.mulaw.sample_rate, self.mulaw.layout = 8000, "mono"
+        self.ssrcs: dict[int, int] = {}  # type -> ssrc
+        self.synced: set[int] = set()
+        self.pictures: list[np.ndarray] = []
+        self.pcm: list[np.ndarray] = []
+        self.first_video_keyframe: bool | None = None
+        self.audio_sizes: set[int] = set()
+
+    def feed(self, frame: bytes) -> None:
+        b0 = frame[0]
+        kind, has_ssrc, has_ts = (b0 >> 2) & 3, (b0 >> 1) & 1, b0 & 1
+        if kind == 3:
+            ssrc, rtp_ts, sec, frac = struct.unpack(">iIII", frame[1:17])
+            self.synced.add(ssrc & 0xFFFFFFFF)
+            return
+        pos = 1
+        if has_ssrc:
+            self.ssrcs[kind] = struct.unpack_from(">I", frame, pos)[0]
+            pos += 4
+        if has_ts:
+            pos += 4
+        payload = frame[pos:]
+        if kind == 1:
+            if self.first_video_keyframe is None:
+                self.first_video_keyframe = bool((b0 >> 4) & 1)
+            for picture in self.video.decode(av.Packet(payload)):
+                self.pictures.append(picture.to_ndarray(format="gray"))
+        elif kind == 2:
+            self.audio_sizes.add(len(payload))
+            for pcm in self.mulaw.decode(av.Packet(payload)):
+                self.pcm.append(pcm.to_ndarray()[0].astype(np.float64) / 32768)
+
+
+@pytest.mark.parametrize("codec", ["VP8", "H264"])
+async def test_wsplayer_player_sees_and_hears_the_stream(server_shapes, codec: str) -> None:
+    server = server_shapes
+    pub_client = await server.client()
+    publisher = await peers.publish(pub_client, "wsp-live", video_codec=codec)
+    await publisher.wait_status("PUBLISHING", timeout=10)
+    client = await server.client()
+    msid = str(uuid.uuid4())
+    await client.send("playStream", {"mediaSessionId": msid, "name": "wsp-live", "published": False,
+                                     "hasVideo": True, "hasAudio": True, "status": "PENDING", "record": False,
+                                     "width": 0, "height": 0, "mediaProvider": "WSPlayer", "sdp": SDK_WSPLAYER_OFFER})
+    status = await client.wait_for("notifyStreamStatusEvent", mediaSessionId=msid, timeout=5)
+    assert status["data"][0]["status"] == "PLAYING"
+    http, ws = await open_media_socket(server.url, client.auth_token)
+    reader = WsPlayerReader()
+
+    async def run() -> None:
+        while len(reader.pictures) < 40 or len(reader.pcm) < 100 or len(reader.synced) < 2:
+            msg = await ws.receive()
+            assert msg.type == aiohttp.WSMsgType.BINARY, (msg.type, msg.extra)
+            reader.feed(msg.data)
+    await asyncio.wait_for(run(), 25)
+
+    assert reader.first_video_keyframe is True
+    assert reader.synced == {reader.ssrcs[1], reader.ssrcs[2]}  # a sync packet for each SSRC
+    assert reader.audio_sizes == {160}  # 20 ms of µ-law per packet, as the player counts them
+    assert reader.pictures[0].shape == (480, 640)
+    assert_moving(reader.pictures)
+    pcm = np.concatenate(reader.pcm[20:])
+    assert abs(dominant_frequency(pcm, 8000) - 440) < 20
+    assert server.hub.feeds.transcoders_started == 1
+    await ws.close()
+    await http.close()
+    await publisher.stop()
+    await client.wait_for("notifyStreamStatusEvent", status="STOPPED", timeout=5)
+    for c in (pub_client, client):
+        await c.close()
+    await publisher.close()
+    await server.wait_empty()

@@ -51,12 +51,15 @@ class MediaSocket:
         self._closing: str | None = None
         self._writer = asyncio.get_running_loop().create_task(self._write(), name="media-socket-writer")
 
-    def send_chunks(self, data: list[bytes]) -> bool:
-        frame = b"".join(data)
-        if self.buffered + len(frame) > self.limit:
+    def send_chunks(self, data: list[bytes], joined: bool) -> bool:
+        """Queue `data` as one WebSocket frame (`joined`: MSE records go back to back) or one frame each
+        (WSPlayer: one packet per frame). False when the buffer is full: the client is not reading."""
+        frames = [b"".join(data)] if joined else data
+        size = sum(len(f) for f in frames)
+        if self.buffered + size > self.limit:
             return False
-        self._queue.append(frame)
-        self.buffered += len(frame)
+        self._queue.extend(frames)
+        self.buffered += size
         self._wake.set()
         return True
 

@@ -27,13 +27,6 @@ CATCH_UP_SPAN_MS = 500  # a late joiner gets the cached GOP only if it spans les
 GOP_CHUNKS = 600  # chunks kept since the last keyframe (≈ 10 s of 30 fps video with its audio)
 
 
-def _span_ms(chunks: list[bytes]) -> int:
-    """Time from the first to the last chunk (each starts with a record: tag, i32 timestamp ms)."""
-    if len(chunks) < 2:
-        return 0
-    return int.from_bytes(chunks[-1][1:5], "big", signed=True) - int.from_bytes(chunks[0][1:5], "big", signed=True)
-
-
 class Sink(Protocol):
     def on_chunks(self, data: list[bytes]) -> None: ...
     def on_feed_failed(self, info: str) -> None: ...
@@ -63,6 +56,7 @@ class SharedFeed:
     aconfig: bytes | None = None
     gop: list[bytes] = field(default_factory=list)  # chunks since the latest keyframe, "key" first
     has_key: bool = False
+    key_at: float = 0.0  # loop time the cached keyframe arrived
     linger: asyncio.TimerHandle | None = None
     failed: str | None = None
     audio_only: bool = False
@@ -144,7 +138,8 @@ class Feeds:
                 feed.sinks[sink] = True
                 sink.on_chunks(head)
             return
-        if feed.has_key and feed.ready() and _span_ms(feed.gop) < CATCH_UP_SPAN_MS:
+        age_ms = (asyncio.get_running_loop().time() - feed.key_at) * 1000
+        if feed.has_key and feed.ready() and age_ms < CATCH_UP_SPAN_MS:
             feed.sinks[sink] = True
             sink.on_chunks(feed.head() + feed.gop)
         elif feed.handle is not None:
@@ -172,6 +167,7 @@ class Feeds:
             if kind == "key":
                 feed.gop = [data]
                 feed.has_key = True
+                feed.key_at = asyncio.get_running_loop().time()
             elif feed.has_key:
                 if len(feed.gop) < GOP_CHUNKS:
                     feed.gop.append(data)

@@ -7,9 +7,12 @@ packets back in order, assembles frames (media/depacketize.py), and turns them i
 
 * `mse`: H264 is re-framed, never re-encoded (Annex-B access units → avcC + length-prefixed NAL units,
   webcall/mse/flv.py); VP8 is decoded and encoded to H264 (libx264, zero latency); Opus → AAC.
+* `wsplayer`: any video → MPEG-1 (mpeg1video), Opus → G.711 µ-law 8 kHz in 20 ms packets, and a sync packet
+  per SSRC every second (webcall/wsplayer/packets.py).
 
 Every chunk is `(kind, bytes)`: "vconfig"/"aconfig" (sequence headers, sent to each player first), "key" (a
-video keyframe: a player starts there), "delta" and "audio". They are handed to `emit` on the event loop.
+video keyframe: a player starts there), "delta" and "audio". (For WSPlayer the "configs" are the latest
+sync packets: a player needs one per SSRC before it plays.) They are handed to `emit` on the event loop.
 
 Why a thread is enough: PyAV releases the GIL around the codec calls (avcodec_send_*/receive_* and sws_scale,
 see av/codec/context.py `with cython.nogil`), so encoding does not hold up the event loop; what runs in Python
@@ -33,12 +36,13 @@ import av
 from ..media.depacketize import ASSEMBLERS, Frame, ReorderBuffer
 from ..media.router import TrackRouter
 from ..mse import flv
+from ..wsplayer import packets as wsp
 
 log = logging.getLogger("webcall.transcode")
 
 QUEUE_LIMIT = 2048  # packets (≈ 5 s of 2 Mbit/s video with its audio)
 LOSS_WAIT = 0.06  # a hole waits this long for its retransmission (live: short)
-OUTPUTS = ("mse",)
+OUTPUTS = ("mse", "wsplayer")
 AAC_RATE = 48000
 MS = Fraction(1, 1000)
 
@@ -181,6 +185,151 @@ class _AacEncoder:
         return out
 
 
+class _Mpeg1Encoder:
+    """Decoded pictures → MPEG-1 video (the WSPlayer's jsmpeg-like decoder), 30 fps, no B-frames."""
+
+    def __init__(self, gop: int = 30) -> None:
+        self.ctx: Any = None
+        self.gop = gop
+        self.force_key = False
+        self.frames = 0
+        self.last_pts = -1
+
+    def _open(self, width: int, height: int) -> None:
+        ctx = av.CodecContext.create("mpeg1video", "w")
+        ctx.width, ctx.height = width, height
+        ctx.pix_fmt = "yuv420p"
+        ctx.framerate = Fraction(30, 1)
+        ctx.time_base = Fraction(1, 30)
+        ctx.bit_rate = max(400_000, min(4_000_000, width * height * 5))  # ≈ 1.5 Mbit/s at 640x480
+        ctx.gop_size = self.gop
+        ctx.max_b_frames = 0
+        ctx.options = {"threads": "1"}
+        ctx.open()
+        self.ctx = ctx
+
+    def encode(self, picture: av.VideoFrame, ts_ms: int) -> list[tuple[bytes, int, bool]]:
+        width, height = picture.width - picture.width % 2, picture.height - picture.height % 2
+        if self.ctx is None or (self.ctx.width, self.ctx.height) != (width, height):
+            self._open(width, height)
+            self.force_key = True
+        picture = picture.reformat(width=width, height=height, format="yuv420p")
+        pts = max(self.last_pts + 1, ts_ms * 30 // 1000)  # MPEG-1 wants its frame clock: one tick per picture
+        self.last_pts = pts
+        picture.pts = pts
+        picture.time_base = self.ctx.time_base
+        picture.pict_type = av.video.frame.PictureType.I if self.force_key else av.video.frame.PictureType.NONE
+        self.force_key = False
+        out = []
+        for packet in self.ctx.encode(picture):
+            self.frames += 1
+            at = packet.pts if packet.pts is not None else pts
+            out.append((bytes(packet), int(at) * 1000 // 30, packet.is_keyframe))
+        return out
+
+
+class _MulawEncoder:
+    """Opus packets → G.711 µ-law 8 kHz, 160 samples (20 ms) per packet."""
+
+    def __init__(self) -> None:
+        self.decoder = av.CodecContext.create("opus", "r")
+        self.resampler = av.AudioResampler(format="s16", layout="mono", rate=8000, frame_size=wsp.AUDIO_SAMPLES)
+        enc = av.CodecContext.create("pcm_mulaw", "w")
+        enc.sample_rate = 8000
+        enc.layout = "mono"
+        enc.format = "s16"
+        enc.time_base = Fraction(1, 8000)
+        enc.open()
+        self.encoder = enc
+        self.next_ts: int | None = None
+
+    def encode(self, data: bytes, ts_ms: int) -> list[tuple[bytes, int]]:
+        out: list[tuple[bytes, int]] = []
+        if self.next_ts is None or abs(ts_ms * 8 - self.next_ts) > 4000:
+            self.next_ts = ts_ms * 8
+        for pcm in self.decoder.decode(av.Packet(data)):
+            pcm.pts = None
+            for frame in self.resampler.resample(pcm):
+                frame.pts = self.next_ts
+                for packet in self.encoder.encode(frame):
+                    out.append((bytes(packet), self.next_ts))
+                self.next_ts += frame.samples
+        return out
+
+
+class _MseOutput:
+    """H264 re-framed (or another codec transcoded to H264) and AAC, as FLV-style records."""
+
+    def __init__(self, video_codec: str | None, has_audio: bool) -> None:
+        self.framer = _H264Framer()
+        self.decoder = av.CodecContext.create("vp8", "r") if video_codec == "VP8" else None
+        self.encoder = _H264Encoder() if video_codec not in (None, "H264") else None
+        self.aac = _AacEncoder() if has_audio else None
+        self.sent_aconfig = False
+
+    def video(self, frame: Frame, ts: int) -> list[Chunk]:
+        if self.decoder is None:
+            return self.framer.chunks(frame.data, ts, frame.keyframe)
+        assert self.encoder is not None
+        out: list[Chunk] = []
+        for picture in self.decoder.decode(av.Packet(frame.data)):
+            for data, t, key in self.encoder.encode(picture, ts):
+                out.extend(self.framer.chunks(data, t, key))
+        return out
+
+    def audio(self, frame: Frame, ts: int) -> list[Chunk]:
+        assert self.aac is not None
+        out: list[Chunk] = []
+        if not self.sent_aconfig:
+            out.append(("aconfig", flv.aac_sequence_header(ts, self.aac.asc)))
+            self.sent_aconfig = True
+        out.extend(("audio", flv.aac_frame(t, data)) for data, t in self.aac.encode(frame.data, ts))
+        return out
+
+    def tick(self, now_ms: int) -> list[Chunk]:
+        return []
+
+
+class _WsPlayerOutput:
+    """MPEG-1 video and µ-law audio packets, and sync packets for both SSRCs once a second."""
+
+    SYNC_EVERY_MS = 1000
+
+    def __init__(self, video_codec: str | None, has_audio: bool) -> None:
+        import secrets
+
+        self.video_ssrc, self.audio_ssrc = secrets.randbits(31) | 1, secrets.randbits(31) | 2
+        self.decoder = av.CodecContext.create("vp8" if video_codec == "VP8" else "h264", "r") if video_codec else None
+        self.encoder = _Mpeg1Encoder() if video_codec else None
+        self.mulaw = _MulawEncoder() if has_audio else None
+        self.has_video, self.has_audio = video_codec is not None, has_audio
+        self.last_sync = -self.SYNC_EVERY_MS
+
+    def video(self, frame: Frame, ts: int) -> list[Chunk]:
+        assert self.decoder is not None and self.encoder is not None
+        out: list[Chunk] = []
+        for picture in self.decoder.decode(av.Packet(frame.data)):
+            for data, t, key in self.encoder.encode(picture, ts):
+                out.append(("key" if key else "delta", wsp.video_packet(self.video_ssrc, t * 90, data, key)))
+        return out
+
+    def audio(self, frame: Frame, ts: int) -> list[Chunk]:
+        assert self.mulaw is not None
+        return [("audio", wsp.audio_packet(self.audio_ssrc, t, data)) for data, t in self.mulaw.encode(frame.data, ts)]
+
+    def tick(self, now_ms: int) -> list[Chunk]:
+        if now_ms - self.last_sync < self.SYNC_EVERY_MS:
+            return []
+        self.last_sync = now_ms
+        # Both clocks are the feed's own (ms since it started), so one mapping keeps audio and video in sync.
+        out: list[Chunk] = []
+        if self.has_video:
+            out.append(("vconfig", wsp.sync_packet(self.video_ssrc, now_ms * 90, now_ms)))
+        if self.has_audio:
+            out.append(("aconfig", wsp.sync_packet(self.audio_ssrc, now_ms * 8, now_ms)))
+        return out
+
+
 class Feed:
     """One output of one publication: readers on its track routers, a thread, chunks out on the loop."""
 
@@ -198,12 +347,13 @@ class Feed:
         self.error: str | None = None
         video = self.tracks.get("video")
         self.video_codec = video.producer.codec.name.upper() if video else None
-        self.transcoding_video = self.video_codec is not None and self.video_codec != "H264"
+        self.transcoding_video = self.video_codec is not None and (output != "mse" or self.video_codec != "H264")
         self.chunks_out = 0
         self.cpu_seconds = 0.0  # thread CPU time: the transcoder's cost
         self._readers: list[tuple[TrackRouter, Callable[[bytes, bool], None]]] = []
         self._thread = threading.Thread(target=self._run, name=f"feed-{output}", daemon=True)
-        self._encoder = _H264Encoder() if self.transcoding_video else None
+        self._output: _MseOutput | _WsPlayerOutput | None = None  # made in the thread (codec set-up is slow)
+        self._force_key = False
 
     # --- on the event loop -------------------------------------------------------------------------------
 
@@ -243,8 +393,7 @@ class Feed:
 
     def request_keyframe(self) -> None:
         """A new player joins: the next video frame it can start from, as soon as possible."""
-        if self._encoder is not None:
-            self._encoder.force_key = True
+        self._force_key = True  # a transcoder makes one at once (picked up by the thread)
         video = self.tracks.get("video")
         if video is not None:
             video.producer.request_keyframe(time.monotonic())
@@ -287,38 +436,28 @@ class Feed:
         reorder = {kind: ReorderBuffer(LOSS_WAIT) for kind in self.tracks}
         assemble = {kind: ASSEMBLERS[t.producer.codec.name.upper()]() for kind, t in self.tracks.items()}
         clocks = {kind: _Clock(t.producer.codec.clock_rate, started) for kind, t in self.tracks.items()}
-        framer = _H264Framer()
-        decoder = av.CodecContext.create("vp8", "r") if self.video_codec == "VP8" else None
-        aac = _AacEncoder() if "audio" in self.tracks else None
-        sent_aconfig = False
+        make = _MseOutput if self.output == "mse" else _WsPlayerOutput
+        output = self._output = make(self.video_codec, "audio" in self.tracks)
+        encoder = getattr(output, "encoder", None)
         queue = self._queue
         cpu_mark = time.thread_time()
         while not self._stop:
             self._wake.wait(0.02)
             self._wake.clear()
+            if self._force_key and encoder is not None:
+                self._force_key = False
+                encoder.force_key = True
             while queue:
                 kind, arrival, packet = queue.popleft()
                 reorder[kind].push(packet, arrival)
             now = time.monotonic()
-            out: list[Chunk] = []
+            out: list[Chunk] = output.tick(int((now - started) * 1000))
             for kind, buffer in reorder.items():
                 assembler = assemble[kind]
                 for packet, arrival, lost in buffer.pop(now):
                     for frame in assembler.push(packet, arrival, lost):
                         ts = clocks[kind].ms(frame)
-                        if kind == "audio":
-                            assert aac is not None
-                            if not sent_aconfig:
-                                out.append(("aconfig", flv.aac_sequence_header(ts, aac.asc)))
-                                sent_aconfig = True
-                            out.extend(("audio", flv.aac_frame(t, data)) for data, t in aac.encode(frame.data, ts))
-                        elif decoder is None:
-                            out.extend(framer.chunks(frame.data, ts, frame.keyframe))
-                        else:
-                            assert self._encoder is not None
-                            for picture in decoder.decode(av.Packet(frame.data)):
-                                for data, t, key in self._encoder.encode(picture, ts):
-                                    out.extend(framer.chunks(data, t, key))
+                        out.extend(output.audio(frame, ts) if kind == "audio" else output.video(frame, ts))
                 if getattr(assembler, "want_keyframe", False):
                     assembler.want_keyframe = False
                     self.loop.call_soon_threadsafe(self.request_keyframe)

@@ -1,4 +1,4 @@
-"""A player over the second WebSocket (spec §11): MSE (and WSPlayer), fed by a shared feed of the stream.
+"""A player over the second WebSocket (spec §11): MSE or WSPlayer, fed by a shared feed of the stream.
 
 `playStream` with mediaProvider MSE gets a trivial answer (mse/signalling.py) and PLAYING at once; the client
 then opens its media socket with `connectMediaTransport {authToken}` (server/media_socket.py), which the session
@@ -23,13 +23,13 @@ from .stream import Owner, Playback
 
 log = logging.getLogger("webcall.wcs")
 
-OUTPUT = {"MSE": "mse"}  # mediaProvider -> feed output
+OUTPUT = {"MSE": "mse", "WSPlayer": "wsplayer"}  # mediaProvider -> feed output
 
 
 class MediaTransport(Protocol):
     """The media socket as a playback sees it (server/media_socket.py)."""
 
-    def send_chunks(self, data: list[bytes]) -> bool: ...  # False: its buffer is full
+    def send_chunks(self, data: list[bytes], joined: bool) -> bool: ...  # False: its buffer is full
     def close(self, reason: str) -> None: ...
 
 
@@ -45,8 +45,9 @@ class FeedPlayback(Playback):
         router = self.publication.router
         assert router is not None
         has_video, has_audio = "video" in router.tracks, "audio" in router.tracks
-        self.video_codec = "H264" if has_video else None
-        self.audio_codec = "mpeg4-generic" if has_audio else None
+        mse = self.output == "mse"
+        self.video_codec = ("H264" if mse else "MPV") if has_video else None
+        self.audio_codec = ("mpeg4-generic" if mse else "PCMU") if has_audio else None
         self.width, self.height = self.publication.width, self.publication.height
         self.session.send(msg.set_remote_sdp(self.media_session_id, feed_answer(self.request.sdp or "", has_video,
                                                                                 has_audio)))
@@ -87,7 +88,7 @@ class FeedPlayback(Playback):
         transport = self.transport
         if transport is None or self.closed:
             return
-        if not transport.send_chunks(data):
+        if not transport.send_chunks(data, self.output == "mse"):  # MSE records share frames; WSPlayer: one each
             log.warning("media transport not reading %s", self.label)
             self.stop(StreamStatus.FAILED, OwnInfo.MEDIA_TRANSPORT_NOT_READING)
             return

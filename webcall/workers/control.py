@@ -379,7 +379,7 @@ class WorkerPlane:
         publisher = source.publisher
         video = publisher.producers.get("video")
         feed = RemoteFeed(self, next(self._ids), publisher.worker, emit, on_failed,
-                          video is not None and video.codec.name.upper() != "H264")
+                          video is not None and (output != "mse" or video.codec.name.upper() != "H264"))
         self.feeds[feed.id] = feed
         self.notify(publisher.worker, "feed_start", id=feed.id, source=publisher.id, output=output, label=label)
         return feed
