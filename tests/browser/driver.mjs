@@ -355,6 +355,44 @@ async function mse(browsers, from, to, h264) {
     });
 }
 
+// WSPlayer (spec §11.2): the SDK's canvas player with its worker scripts from /sdk/; `from` publishes (VP8).
+async function wsplayer(browsers, from, to) {
+    const scenario = `wsplayer_${from}_to_${to}`;
+    await step(to, scenario, async () => {
+        const name = uniq(`wsp-${from}`);
+        const pub = await openHarness(browsers[from], from, `${scenario}-publisher`);
+        const ply = await openHarness(browsers[to], to, `${scenario}-player`, "WebRTC,WSPlayer");
+        try {
+            await call(pub, () => T.connect("pub"));
+            await call(ply, () => T.connect("play"));
+            await call(pub, (n) => T.publish("x", "pub", n, {canvas: true, width: 640, height: 480}), name);
+            const pst = await call(pub, () => T.waitStatus("x", ["PUBLISHING", "FAILED"], 15000));
+            if (pst.status !== "PUBLISHING") {
+                return {publisher: pst};
+            }
+            await call(ply, (n) => T.play("x", "play", n, {mediaProvider: "WSPlayer"}), name);
+            const st = await call(ply, () => T.waitStatus("x", ["PLAYING", "FAILED", "STOPPED"], 15000));
+            const out = {publisher: {status: pst.status}, player: {status: st.status, info: st.info},
+                providers: ply.__init.providers};
+            if (st.status === "PLAYING") {
+                out.frames = await call(ply, () => T.frameCheck("x", 700));
+                out.audio = await call(ply, () => T.wsAudioCheck(1000));
+                const listed = await (await fetch(`${BASE}/streams`)).json();
+                out.feeds = (listed.find((s) => s.name === name) || {}).feeds;
+            }
+            out.warnings = ply.__warnings.slice(0, 10);
+            await call(ply, () => T.stop("x"));
+            out.playerStop = (await call(ply, () => T.waitStatus("x", ["STOPPED", "FAILED"], 5000, 1))).status;
+            await call(pub, () => T.stop("x"));
+            out.unpublish = (await call(pub, () => T.waitStatus("x", ["UNPUBLISHED", "FAILED"], 5000))).status;
+            return out;
+        } finally {
+            await pub.close();
+            await ply.close();
+        }
+    });
+}
+
 // The real demo page (index.html at /): publish and play through its buttons, then a screenshot.
 async function demo(browser, browserName) {
     await step(browserName, "demo_page", async () => {
@@ -447,6 +485,7 @@ async function main() {
             note("mse");
             await mse(browsers, "chromium", "chromium", true);
             await mse(browsers, "chromium", "chromium", false);
+            await wsplayer(browsers, "chromium", "chromium");
             if (browsers.firefox) {
                 await mse(browsers, "firefox", "chromium", false);
                 await mse(browsers, "chromium", "firefox", false);
