@@ -394,8 +394,9 @@ async function wsplayer(browsers, from, to) {
 }
 
 // The real demo page (index.html at /): publish and play through its buttons, then a screenshot.
-async function demo(browser, browserName) {
-    await step(browserName, "demo_page", async () => {
+async function demo(browser, browserName, provider) {
+    // provider: the demo's ?mediaProvider= for its play panel (MSE / WSPlayer); publishing stays WebRTC
+    await step(browserName, provider ? `demo_page_${provider}` : "demo_page", async () => {
         const name = uniq(`demo-${browserName}`);
         let page;
         try {
@@ -409,7 +410,8 @@ async function demo(browser, browserName) {
         page.on("pageerror", (err) => lines.push(`pageerror: ${err.message}`));
         try {
             await page.setViewport({width: 1280, height: 900});
-            await page.goto(`${BASE}/?stream=${name}`, {waitUntil: "load"});
+            await page.goto(`${BASE}/?stream=${name}${provider ? "&mediaProvider=" + provider : ""}`,
+                {waitUntil: "load"});
             const text = (id) => page.$eval(id, (el) => el.textContent.trim());
             const waitText = async (id, wanted, ms) => {
                 const deadline = Date.now() + ms;
@@ -429,7 +431,7 @@ async function demo(browser, browserName) {
             await page.click("#playBtn");
             const play = await waitText("#playStatus", ["PLAYING", "FAILED"], 15000);
             await sleep(3000);  // let the stats lines fill in
-            const file = path.join(ARTIFACTS, `demo-index-${browserName}.png`);
+            const file = path.join(ARTIFACTS, `demo-index-${browserName}${provider ? "-" + provider : ""}.png`);
             await page.screenshot({path: file});
             const shown = {
                 publishStats: await text("#publishStats"), playStats: await text("#playStats"),
@@ -495,6 +497,9 @@ async function main() {
             for (const name of live) {
                 note(`${name}: demo page`);
                 await demo(browsers[name], name);
+                if (name === "chromium") {
+                    await demo(browsers[name], name, "MSE");
+                }
             }
         }
     } finally {

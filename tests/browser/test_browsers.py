@@ -416,3 +416,13 @@ def test_wsplayer_player(results: Results) -> None:
     (feed,) = data["feeds"]
     assert feed["output"] == "wsplayer" and feed["transcodingVideo"] is True, feed
     assert data["playerStop"] == "STOPPED" and data["unpublish"] == "UNPUBLISHED", data
+
+
+def test_demo_page_plays_over_mse(results: Results) -> None:
+    """The demo page with ?mediaProvider=MSE: it publishes over WebRTC and its play panel plays over MSE."""
+    data = results.get("chromium", "demo_page_MSE")
+    assert data["session"] == "ESTABLISHED", data
+    assert (data["publish"], data["play"]) == ("PUBLISHING", "PLAYING"), data
+    assert data["remoteVideo"] and data["remoteVideo"]["w"] > 0 and not data["remoteVideo"]["paused"], data
+    assert (data["stopped"], data["playAfter"]) == ("UNPUBLISHED", "STOPPED"), data
+    assert not [line for line in data["console"] if line.startswith("pageerror")], data["console"]
