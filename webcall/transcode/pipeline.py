@@ -9,6 +9,8 @@ packets back in order, assembles frames (media/depacketize.py), and turns them i
   webcall/mse/flv.py); VP8 is decoded and encoded to H264 (libx264, zero latency); Opus → AAC.
 * `wsplayer`: any video → MPEG-1 (mpeg1video), Opus → G.711 µ-law 8 kHz in 20 ms packets, and a sync packet
   per SSRC every second (webcall/wsplayer/packets.py).
+* `rtp-H264` / `rtp-VP8`: the video in the other WebRTC codec, as RTP packets for a rendition's producer
+  (transcode/rendition.py), for players whose offer lacks the publisher's codec.
 
 Every chunk is `(kind, bytes)`: "vconfig"/"aconfig" (sequence headers, sent to each player first), "key" (a
 video keyframe: a player starts there), "delta" and "audio". (For WSPlayer the "configs" are the latest
@@ -36,13 +38,14 @@ import av
 from ..media.depacketize import ASSEMBLERS, Frame, ReorderBuffer
 from ..media.router import TrackRouter
 from ..mse import flv
+from .rtp_out import RtpPacketizer
 from ..wsplayer import packets as wsp
 
 log = logging.getLogger("webcall.transcode")
 
 QUEUE_LIMIT = 2048  # packets (≈ 5 s of 2 Mbit/s video with its audio)
 LOSS_WAIT = 0.06  # a hole waits this long for its retransmission (live: short)
-OUTPUTS = ("mse", "wsplayer")
+OUTPUTS = ("mse", "wsplayer", "rtp-H264", "rtp-VP8")  # rtp-*: a WebRTC rendition's video (transcode/rendition.py)
 AAC_RATE = 48000
 MS = Fraction(1, 1000)
 
@@ -330,6 +333,64 @@ class _WsPlayerOutput:
         return out
 
 
+class _Vp8Encoder:
+    """Decoded pictures → VP8 (libvpx, real time)."""
+
+    def __init__(self, gop: int = 60) -> None:
+        self.ctx: Any = None
+        self.gop = gop
+        self.force_key = False
+
+    def encode(self, picture: av.VideoFrame, ts_ms: int) -> list[tuple[bytes, int, bool]]:
+        if self.ctx is None or (self.ctx.width, self.ctx.height) != (picture.width, picture.height):
+            ctx = av.CodecContext.create("libvpx", "w")
+            ctx.width, ctx.height = picture.width, picture.height
+            ctx.pix_fmt = "yuv420p"
+            ctx.time_base = MS
+            ctx.bit_rate = max(300_000, min(2_500_000, picture.width * picture.height * 3))
+            ctx.gop_size = self.gop
+            ctx.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "error-resilient": "1",
+                           "threads": "1"}
+            ctx.open()
+            self.ctx = ctx
+        if picture.format.name != "yuv420p":
+            picture = picture.reformat(format="yuv420p")
+        picture.pts = ts_ms
+        picture.time_base = MS
+        picture.pict_type = av.video.frame.PictureType.I if self.force_key else av.video.frame.PictureType.NONE
+        self.force_key = False
+        return [(bytes(p), int(p.pts if p.pts is not None else ts_ms), p.is_keyframe) for p in self.ctx.encode(picture)]
+
+
+class _RtpOutput:
+    """The video in another WebRTC codec, packetized: the chunks are RTP packets for a rendition's producer."""
+
+    def __init__(self, video_codec: str | None, target: str, payload_type: int) -> None:
+        if video_codec is None:
+            raise FeedError("no video to transcode")
+        self.decoder = av.CodecContext.create("vp8" if video_codec == "VP8" else "h264", "r")
+        self.encoder: _H264Encoder | _Vp8Encoder = _H264Encoder() if target == "H264" else _Vp8Encoder()
+        self.target = target
+        self.packetizer = RtpPacketizer(payload_type, target)
+
+    def video(self, frame: Frame, ts: int) -> list[Chunk]:
+        out: list[Chunk] = []
+        for picture in self.decoder.decode(av.Packet(frame.data)):
+            for data, t, key in self.encoder.encode(picture, ts):
+                unit: bytes | list[bytes] = data
+                if self.target == "H264":
+                    unit = [n for n in flv.split_annexb(data) if n[0] & 0x1F != 9]  # no access unit delimiters
+                kind = "key" if key else "delta"
+                out.extend((kind, packet) for packet in self.packetizer.packetize(unit, t * 90))
+        return out
+
+    def audio(self, frame: Frame, ts: int) -> list[Chunk]:
+        return []  # a rendition's audio is the publication's own track
+
+    def tick(self, now_ms: int) -> list[Chunk]:
+        return []
+
+
 class Feed:
     """One output of one publication: readers on its track routers, a thread, chunks out on the loop."""
 
@@ -348,11 +409,12 @@ class Feed:
         video = self.tracks.get("video")
         self.video_codec = video.producer.codec.name.upper() if video else None
         self.transcoding_video = self.video_codec is not None and (output != "mse" or self.video_codec != "H264")
+        self.payload_type = 96  # rtp-* outputs: the rendition's payload type (consumers rewrite it per player)
         self.chunks_out = 0
         self.cpu_seconds = 0.0  # thread CPU time: the transcoder's cost
         self._readers: list[tuple[TrackRouter, Callable[[bytes, bool], None]]] = []
         self._thread = threading.Thread(target=self._run, name=f"feed-{output}", daemon=True)
-        self._output: _MseOutput | _WsPlayerOutput | None = None  # made in the thread (codec set-up is slow)
+        self._output: Any = None  # made in the thread (codec set-up is slow)
         self._force_key = False
 
     # --- on the event loop -------------------------------------------------------------------------------
@@ -436,8 +498,14 @@ class Feed:
         reorder = {kind: ReorderBuffer(LOSS_WAIT) for kind in self.tracks}
         assemble = {kind: ASSEMBLERS[t.producer.codec.name.upper()]() for kind, t in self.tracks.items()}
         clocks = {kind: _Clock(t.producer.codec.clock_rate, started) for kind, t in self.tracks.items()}
-        make = _MseOutput if self.output == "mse" else _WsPlayerOutput
-        output = self._output = make(self.video_codec, "audio" in self.tracks)
+        output: _MseOutput | _WsPlayerOutput | _RtpOutput
+        if self.output == "mse":
+            output = _MseOutput(self.video_codec, "audio" in self.tracks)
+        elif self.output == "wsplayer":
+            output = _WsPlayerOutput(self.video_codec, "audio" in self.tracks)
+        else:
+            output = _RtpOutput(self.video_codec, self.output[4:], self.payload_type)
+        self._output = output
         encoder = getattr(output, "encoder", None)
         queue = self._queue
         cpu_mark = time.thread_time()

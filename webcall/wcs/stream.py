@@ -25,6 +25,7 @@ from ..protocol.sdp import Negotiation, build_answer
 from ..streams.recording import RecordSettings, Recording, RecordingError, Recordings, login_of
 from ..streams.feeds import Feeds
 from ..streams.registry import EndReason, Source, StreamRegistry
+from ..streams.renditions import Renditions
 from . import messages as msg
 from . import rest
 from .rates import RateMeter, Rates, Reading
@@ -46,6 +47,7 @@ class Services(Protocol):
     registry: StreamRegistry
     recordings: Recordings
     feeds: Feeds
+    renditions: Renditions
 
     def retire(self, stream: Publication | Playback) -> None: ...
 
@@ -355,6 +357,7 @@ class Publication(_Stream):
         self.hub.registry.unpublish(self, end)
         if self.router is not None:
             self.hub.feeds.source_ended(self.router)
+            self.hub.renditions.source_ended(self.router)
         self.session.forget(self)
         if self.endpoint is not None:
             self.endpoint.close()
@@ -371,6 +374,7 @@ class Playback(_Stream):
         super().__init__(session, request)
         self.publication = publication
         self.endpoint: PlayerEndpoint | None = None
+        self.on_end: list[Callable[[], None]] = []  # what the playback holds besides its endpoint (a rendition)
 
     def start(self, neg: Negotiation, router: Router) -> None:
         """Answer the offer with a player of `router` (the source's router, which the session checked)."""
@@ -414,6 +418,9 @@ class Playback(_Stream):
         self.session.forget(self)
         if self.endpoint is not None:
             self.endpoint.close()
+        for release in self.on_end:
+            release()
+        self.on_end.clear()
         sent = sum(c.packets for c in self.endpoint.consumers) if self.endpoint else 0
         log.info("playback ended %s status=%s info=%s packets_sent=%d", self.label, status, q(info), sent)
         self.hub.retire(self)
