@@ -1,4 +1,4 @@
-"""Shared renditions: one per (publication, codec), however many WebRTC players read it.
+"""Shared renditions: one per (publication, codec, size profile), however many WebRTC players read it.
 
 The first player whose offer lacks the publisher's video codec starts a rendition (transcode/rendition.py,
 through the media plane: this process, or the publisher's worker); the last one leaving stops it `LINGER`
@@ -20,7 +20,7 @@ LINGER = 3.0
 
 @dataclass
 class SharedRendition:
-    key: tuple[int, str]
+    key: tuple[int, str, tuple[int, int, int] | None]
     label: str
     handle: Any  # has .router (what players attach to), .close(), .stats(), .transcoding_video
     listeners: dict[Any, Callable[[str], None]] = field(default_factory=dict)
@@ -33,18 +33,19 @@ class SharedRendition:
 
 
 class Renditions:
-    def __init__(self, start: Callable[[Any, str, Callable[[str], None], str], Any]) -> None:
-        self._start = start
-        self.renditions: dict[tuple[int, str], SharedRendition] = {}
+    def __init__(self, start: Callable[..., Any]) -> None:
+        self._start = start  # (router, codec, on_failed, label, profile) -> a rendition
+        self.renditions: dict[tuple[int, str, tuple[int, int, int] | None], SharedRendition] = {}
         self.started = 0
 
-    def acquire(self, router: Any, codec: str, label: str, player: Any,
-                on_failed: Callable[[str], None]) -> SharedRendition:
-        key = (id(router), codec)
+    def acquire(self, router: Any, codec: str, label: str, player: Any, on_failed: Callable[[str], None],
+                profile: tuple[int, int, int] | None = None) -> SharedRendition:
+        """`profile`: (width, height, bit/s) for a size rendition, None for the full size."""
+        key = (id(router), codec, profile)
         entry = self.renditions.get(key)
         if entry is None or entry.failed is not None:
             entry = SharedRendition(key, label, None)
-            entry.handle = self._start(router, codec, lambda info: self._failed(entry, info), label)
+            entry.handle = self._start(router, codec, lambda info: self._failed(entry, info), label, profile)
             self.renditions[key] = entry
             self.started += 1
             log.info("rendition started %s codec=%s", label, codec)
@@ -76,7 +77,8 @@ class Renditions:
             entry.handle.close()
 
     def describe(self) -> list[dict[str, Any]]:
-        return [{"label": e.label, "codec": e.key[1], "players": len(e.listeners), "stats": e.handle.stats()}
+        return [{"label": e.label, "codec": e.key[1], "profile": e.key[2], "players": len(e.listeners),
+                 "stats": e.handle.stats()}
                 for e in self.renditions.values()]
 
     def _failed(self, entry: SharedRendition, info: str) -> None:

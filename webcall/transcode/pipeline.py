@@ -64,6 +64,24 @@ class FeedError(Exception):
     """The publication cannot be turned into this output (a decoder or encoder failed)."""
 
 
+def scaled_size(src_w: int, src_h: int, want_w: int, want_h: int) -> tuple[int, int]:
+    """The picture size a player that asked for (want_w, want_h) gets (0 = free): never larger than the
+    source, the source's aspect kept when one side is free, even numbers (4:2:0)."""
+    if src_w <= 0 or src_h <= 0:
+        return src_w, src_h
+    if want_w <= 0 and want_h <= 0:
+        w, h = src_w, src_h
+    elif want_h <= 0:
+        w = min(want_w, src_w)
+        h = round(src_h * w / src_w)
+    elif want_w <= 0:
+        h = min(want_h, src_h)
+        w = round(src_w * h / src_h)
+    else:
+        w, h = min(want_w, src_w), min(want_h, src_h)
+    return max(2, w - w % 2), max(2, h - h % 2)
+
+
 def _unwrap(ts: int, last: int | None) -> int:
     if last is None:
         return ts
@@ -116,9 +134,10 @@ class _H264Framer:
 class _H264Encoder:
     """Decoded pictures → H264 (libx264, zero latency, constrained baseline: every MSE decodes it)."""
 
-    def __init__(self, gop: int = 60) -> None:
+    def __init__(self, gop: int = 60, bit_rate: int = 0) -> None:
         self.ctx: Any = None
         self.gop = gop
+        self.bit_rate = bit_rate  # 0: from the picture size
         self.force_key = False
         self.frames = 0
 
@@ -127,7 +146,7 @@ class _H264Encoder:
         ctx.width, ctx.height = width, height
         ctx.pix_fmt = "yuv420p"
         ctx.time_base = MS
-        ctx.bit_rate = max(300_000, min(2_500_000, width * height * 3))  # ≈ 0.9 Mbit/s at 640x480
+        ctx.bit_rate = self.bit_rate or max(300_000, min(2_500_000, width * height * 3))  # ≈ 0.9 Mbit/s at 640x480
         ctx.gop_size = self.gop
         ctx.options = {"preset": "veryfast", "tune": "zerolatency", "profile": "baseline", "bf": "0",
                        "threads": "1", "sliced-threads": "0"}
@@ -336,9 +355,10 @@ class _WsPlayerOutput:
 class _Vp8Encoder:
     """Decoded pictures → VP8 (libvpx, real time)."""
 
-    def __init__(self, gop: int = 60) -> None:
+    def __init__(self, gop: int = 60, bit_rate: int = 0) -> None:
         self.ctx: Any = None
         self.gop = gop
+        self.bit_rate = bit_rate
         self.force_key = False
 
     def encode(self, picture: av.VideoFrame, ts_ms: int) -> list[tuple[bytes, int, bool]]:
@@ -347,7 +367,7 @@ class _Vp8Encoder:
             ctx.width, ctx.height = picture.width, picture.height
             ctx.pix_fmt = "yuv420p"
             ctx.time_base = MS
-            ctx.bit_rate = max(300_000, min(2_500_000, picture.width * picture.height * 3))
+            ctx.bit_rate = self.bit_rate or max(300_000, min(2_500_000, picture.width * picture.height * 3))
             ctx.gop_size = self.gop
             ctx.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "error-resilient": "1",
                            "threads": "1"}
@@ -365,17 +385,25 @@ class _Vp8Encoder:
 class _RtpOutput:
     """The video in another WebRTC codec, packetized: the chunks are RTP packets for a rendition's producer."""
 
-    def __init__(self, video_codec: str | None, target: str, payload_type: int) -> None:
+    def __init__(self, video_codec: str | None, target: str, payload_type: int,
+                 profile: tuple[int, int, int] | None = None) -> None:
         if video_codec is None:
             raise FeedError("no video to transcode")
         self.decoder = av.CodecContext.create("vp8" if video_codec == "VP8" else "h264", "r")
-        self.encoder: _H264Encoder | _Vp8Encoder = _H264Encoder() if target == "H264" else _Vp8Encoder()
+        bit_rate = profile[2] if profile else 0
+        self.encoder: _H264Encoder | _Vp8Encoder = (_H264Encoder(bit_rate=bit_rate) if target == "H264"
+                                                    else _Vp8Encoder(bit_rate=bit_rate))
         self.target = target
+        self.profile = profile  # (width, height, bit/s) a player asked for; 0 = as published
         self.packetizer = RtpPacketizer(payload_type, target)
 
     def video(self, frame: Frame, ts: int) -> list[Chunk]:
         out: list[Chunk] = []
         for picture in self.decoder.decode(av.Packet(frame.data)):
+            if self.profile is not None:
+                size = scaled_size(picture.width, picture.height, self.profile[0], self.profile[1])
+                if size != (picture.width, picture.height):
+                    picture = picture.reformat(width=size[0], height=size[1], format="yuv420p")
             for data, t, key in self.encoder.encode(picture, ts):
                 unit: bytes | list[bytes] = data
                 if self.target == "H264":
@@ -410,6 +438,7 @@ class Feed:
         self.video_codec = video.producer.codec.name.upper() if video else None
         self.transcoding_video = self.video_codec is not None and (output != "mse" or self.video_codec != "H264")
         self.payload_type = 96  # rtp-* outputs: the rendition's payload type (consumers rewrite it per player)
+        self.profile: tuple[int, int, int] | None = None  # rtp-* outputs: (width, height, bit/s) to scale to
         self.chunks_out = 0
         self.cpu_seconds = 0.0  # thread CPU time: the transcoder's cost
         self._readers: list[tuple[TrackRouter, Callable[[bytes, bool], None]]] = []
@@ -504,7 +533,7 @@ class Feed:
         elif self.output == "wsplayer":
             output = _WsPlayerOutput(self.video_codec, "audio" in self.tracks)
         else:
-            output = _RtpOutput(self.video_codec, self.output[4:], self.payload_type)
+            output = _RtpOutput(self.video_codec, self.output[4:], self.payload_type, self.profile)
         self._output = output
         encoder = getattr(output, "encoder", None)
         queue = self._queue

@@ -6,6 +6,9 @@ packets. Instead of FAILED "No common codecs", it reads a rendition: a `Feed` (p
 packets go, on the event loop, into a `Producer` of our own (ring, keyframes, NACK answers) whose `TrackRouter`
 serves the players exactly as a publisher's does (compiled fan-out core included). The audio is the publication's
 own track, shared, not copied. A player's keyframe request makes the encoder produce one at once.
+
+The same serves size profiles: a player whose playStream asks for a smaller `width`/`height` (and `bitrate`)
+than the publication reads a rendition in the publisher's own codec at that size, one per (stream, profile).
 """
 
 from __future__ import annotations
@@ -31,7 +34,8 @@ RENDITION_CODECS: dict[str, Codec] = {
 
 class Rendition:
     def __init__(self, source: Router, codec: str, on_failed: Callable[[str], None], label: str = "",
-                 core: Any = None, batch: Any = None, fanout_cost: Any = None) -> None:
+                 core: Any = None, batch: Any = None, fanout_cost: Any = None,
+                 profile: tuple[int, int, int] | None = None) -> None:
         original = source.tracks["video"]
         track = Track(mid="rendition", kind="video", codec=RENDITION_CODECS[codec], extensions={})
         self.producer = Producer(track, send_nack=lambda producer, seqs: None,
@@ -46,6 +50,7 @@ class Rendition:
         self.feed = Feed({"video": original}, f"rtp-{codec}", asyncio.get_running_loop(), self._packets, on_failed,
                          label)
         self.feed.payload_type = RENDITION_PAYLOAD_TYPE
+        self.feed.profile = profile  # a smaller size (and bitrate) a player asked for, or None
         self.transcoding_video = True
         self.closed = False
 
@@ -73,9 +78,11 @@ class Rendition:
 def start_local_rendition(port: Any) -> Callable[..., Rendition]:
     """The rendition verb of a single-process server: in a thread of this process, served by its port's core."""
 
-    def start(source: Router, codec: str, on_failed: Callable[[str], None], label: str) -> Rendition:
+    def start(source: Router, codec: str, on_failed: Callable[[str], None], label: str,
+              profile: tuple[int, int, int] | None = None) -> Rendition:
         rendition = Rendition(source, codec, on_failed, label, core=getattr(port, "core", None),
-                              batch=getattr(port, "batch", None), fanout_cost=getattr(port, "fanout_cost", None))
+                              batch=getattr(port, "batch", None), fanout_cost=getattr(port, "fanout_cost", None),
+                              profile=profile)
         rendition.start()
         return rendition
 

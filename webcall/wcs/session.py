@@ -343,19 +343,43 @@ class Session:
             error = exc
         playback = Playback(self, m, source)
         target = self._rendition_codec(m.sdp, router, neg)
-        if target is not None:  # the offer lacks the publisher's video codec: a shared transcoded rendition
+        profile = self._profile(m, source, router) if target is not None or neg is not None else None
+        if profile is not None and target is None and any(t.kind == "video" for t in neg.tracks):  # type: ignore[union-attr]
+            target = router.tracks["video"].producer.codec.name.upper()  # a smaller size, same codec
+        if target is not None:  # another codec or size than the publisher's: a shared transcoded rendition
             entry = self.hub.renditions.acquire(router, target, source.name, playback,
-                                                lambda info: playback.stop(StreamStatus.FAILED, info))
+                                                lambda info: playback.stop(StreamStatus.FAILED, info), profile)
             playback.on_end.append(lambda: self.hub.renditions.release(entry, playback))
+            playback.profile = profile
             router = entry.router
             neg = negotiate_play(m.sdp, {kind: track.producer.codec for kind, track in router.tracks.items()})
-            log.info("play through a rendition session=%s stream=%s codec=%s", self.id, q(m.name), target)
+            log.info("play through a rendition session=%s stream=%s codec=%s profile=%s", self.id, q(m.name),
+                     target, profile)
         if neg is None:
             self._fail_stream(m, error.info if error is not None else "No common codecs")
             return
         self.streams[m.media_session_id] = playback
         self.hub.registry.read(m.name, playback)
         playback.start(neg, router)
+
+    @staticmethod
+    def _profile(m: msg.PlayStream, source: Any, router: Any) -> tuple[int, int, int] | None:
+        """(width, height, bit/s) when playStream asks for a smaller picture than published (spec §4.1: 0 = as
+        published; `bitrate` in kbit/s, as WCS takes it, applies with a size)."""
+        video = router.tracks.get("video")
+        if video is None or video.producer.codec.name.upper() not in RENDITION_CODECS:
+            return None
+
+        def number(key: str) -> int:
+            value = m.raw.get(key)
+            return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 100_000 else 0
+
+        width, height, kbps = number("width"), number("height"), number("bitrate")
+        if not width and not height:
+            return None
+        if source.width and (not width or width >= source.width) and (not height or height >= source.height):
+            return None  # not smaller than what is published
+        return width, height, kbps * 1000
 
     @staticmethod
     def _rendition_codec(sdp: str, router: Any, neg: Negotiation | None) -> str | None:

@@ -26,6 +26,7 @@ from ..streams.recording import RecordSettings, Recording, RecordingError, Recor
 from ..streams.feeds import Feeds
 from ..streams.registry import EndReason, Source, StreamRegistry
 from ..streams.renditions import Renditions
+from ..transcode.pipeline import scaled_size
 from . import messages as msg
 from . import rest
 from .rates import RateMeter, Rates, Reading
@@ -375,6 +376,7 @@ class Playback(_Stream):
         self.publication = publication
         self.endpoint: PlayerEndpoint | None = None
         self.on_end: list[Callable[[], None]] = []  # what the playback holds besides its endpoint (a rendition)
+        self.profile: tuple[int, int, int] | None = None  # a size rendition's (width, height, bit/s)
 
     def start(self, neg: Negotiation, router: Router) -> None:
         """Answer the offer with a player of `router` (the source's router, which the session checked)."""
@@ -396,6 +398,8 @@ class Playback(_Stream):
             self.on_video_size(self.publication.width, self.publication.height)
 
     def on_video_size(self, width: int, height: int) -> None:
+        if self.profile is not None:  # the size this player really gets (transcode/pipeline.py scales so)
+            width, height = scaled_size(width, height, self.profile[0], self.profile[1])
         self.width, self.height = width, height
         if self.status == StreamStatus.PLAYING:
             self.session.send(msg.notify_video_format(self.media_session_id, width, height))

@@ -425,7 +425,8 @@ class WorkerPlane:
         self.notify(publisher.worker, "feed_start", id=feed.id, source=publisher.id, output=output, label=label)
         return feed
 
-    def rendition(self, source: RemoteRouter, codec: str, on_failed: Any, label: str) -> RemoteRendition:
+    def rendition(self, source: RemoteRouter, codec: str, on_failed: Any, label: str,
+                  profile: tuple[int, int, int] | None = None) -> RemoteRendition:
         """The publication's video in `codec`, made in its publisher's worker (transcode/rendition.py)."""
         from ..transcode.rendition import RENDITION_CODECS
 
@@ -434,7 +435,7 @@ class WorkerPlane:
                                     on_failed)
         self.renditions[rendition.source.id] = rendition
         self.notify(publisher.worker, "rendition_start", id=rendition.source.id, source=publisher.id, codec=codec,
-                    label=label)
+                    label=label, profile=list(profile) if profile else None)
         return rendition
 
     # --- lifecycle of endpoints ------------------------------------------------------------------------

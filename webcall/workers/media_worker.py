@@ -402,7 +402,7 @@ class MediaWorker:
         feed.start()
         channel.notify("feed_stats", id=id, stats=feed.stats())
 
-    def _on_rendition_start(self, id: int, source: int, codec: str, label: str) -> None:
+    def _on_rendition_start(self, id: int, source: int, codec: str, label: str, profile: list[int] | None = None) -> None:
         held = self.sources.get(source)
         if held is None or held.router is None or "video" not in held.router.tracks:
             self.channel.notify("rendition_failed", id=id, info="stream ended")
@@ -415,7 +415,8 @@ class MediaWorker:
 
         port = self.port
         rendition = Rendition(held.router, codec, failed, label, core=port.core, batch=port.batch,
-                              fanout_cost=port.fanout_cost)
+                              fanout_cost=port.fanout_cost,
+                              profile=(profile[0], profile[1], profile[2]) if profile else None)
         self.renditions[id] = (source, rendition)
         rsource = WorkerSource(label, rendition.router)
         rsource.live, rsource.width, rsource.height = True, held.width, held.height
