@@ -307,3 +307,62 @@ async def test_wsplayer_player_sees_and_hears_the_stream(server_shapes, codec: s
         await c.close()
     await publisher.close()
     await server.wait_empty()
+
+
+async def test_media_socket_that_stops_reading_fails_only_its_play(server, monkeypatch) -> None:
+    """A client that never reads its media socket fills its bounded buffer: that play is FAILED and the socket
+    dropped; the stream and another MSE player of it go on."""
+    import base64
+    import os
+    import socket
+
+    from webcall.server import media_socket
+
+    monkeypatch.setattr(media_socket, "BUFFER_LIMIT", 16 * 1024)
+    monkeypatch.setattr(media_socket, "SEND_BUFFER", 4096)
+    pub_client = await server.client()
+    publisher = await peers.publish(pub_client, "stuck", video_codec="H264")
+    await publisher.wait_status("PUBLISHING", timeout=10)
+
+    good_client = await server.client()
+    await play_mse(good_client, "stuck")
+    http, good_ws = await open_media_socket(server.url, good_client.auth_token)
+    good = MsePlayerReader()
+
+    stuck_client = await server.client()
+    msid = await play_mse(stuck_client, "stuck")
+    await stuck_client.wait_for("notifyStreamStatusEvent", mediaSessionId=msid, status="PLAYING", timeout=5)
+    # a raw socket with a small receive buffer that never reads after the handshake
+    port = int(server.url.rsplit(":", 1)[1].strip("/"))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    await loop.sock_sendall(sock, (f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                                   "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await loop.sock_recv(sock, 1)
+    assert b" 101 " in head
+    text = json.dumps({"message": "connectMediaTransport", "data": [{"authToken": stuck_client.auth_token}]}).encode()
+    mask = os.urandom(4)
+    length = bytes((0x80 | len(text),)) if len(text) < 126 else bytes((0x80 | 126,)) + struct.pack(">H", len(text))
+    await loop.sock_sendall(sock, b"\x81" + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(text)))
+
+    failed = await stuck_client.wait_for("notifyStreamStatusEvent", mediaSessionId=msid, status="FAILED", timeout=30)
+    assert failed["data"][0]["info"] == "Media transport not reading"
+    # the other player still gets pictures, the publication is untouched
+    await read_media(good_ws, good, 30, 20)
+    assert publisher.status == "PUBLISHING"
+    assert len(server.hub.registry.find("stuck").players) == 1
+    sock.close()
+    await good_ws.close()
+    await http.close()
+    await publisher.stop()
+    for c in (pub_client, good_client, stuck_client):
+        await c.close()
+    await publisher.close()
+    await server.wait_empty()

@@ -263,7 +263,7 @@ class WebcallServer:
             is_media, token = media_socket.media_token(first.data)
             if is_media:
                 try:
-                    await media_socket.serve(ws, self.hub, token)
+                    await media_socket.serve(ws, self.hub, token, request.transport)
                 finally:
                     self._sockets.discard(ws)
                 return ws
