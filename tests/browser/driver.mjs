@@ -355,6 +355,35 @@ async function mse(browsers, from, to, h264) {
     });
 }
 
+// README figures (not in the default run: `--only figures`): time to first frame per media provider, with one
+// Chromium publisher (canvas pattern, VP8) and one Chromium player page allowing all three providers.
+async function figures(browsers, count) {
+    await step("chromium", "provider_ttff", async () => {
+        const name = uniq("figures");
+        const pub = await openHarness(browsers.chromium, "chromium", "figures-publisher");
+        const ply = await openHarness(browsers.chromium, "chromium", "figures-player", "WebRTC,MSE,WSPlayer");
+        try {
+            await call(pub, () => T.connect("pub"));
+            await call(ply, () => T.connect("play"));
+            await call(pub, (n) => T.publish("x", "pub", n, {canvas: true, width: 640, height: 480}), name);
+            await call(pub, () => T.waitStatus("x", ["PUBLISHING", "FAILED"], 15000));
+            await sleep(2000);
+            const out = {};
+            for (const provider of ["WebRTC", "MSE", "WSPlayer"]) {
+                out[provider] = [];
+                for (let i = 0; i < count; i++) {  // one evaluate per play: each stays well under the CDP timeout
+                    out[provider].push(...await call(ply, (n, p) => T.providerTtff("play", n, p, 1), name, provider));
+                }
+            }
+            await call(pub, () => T.stop("x"));
+            return out;
+        } finally {
+            await pub.close();
+            await ply.close();
+        }
+    });
+}
+
 // WSPlayer (spec §11.2): the SDK's canvas player with its worker scripts from /sdk/; `from` publishes (VP8).
 async function wsplayer(browsers, from, to) {
     const scenario = `wsplayer_${from}_to_${to}`;
@@ -492,6 +521,10 @@ async function main() {
                 await mse(browsers, "firefox", "chromium", false);
                 await mse(browsers, "chromium", "firefox", false);
             }
+        }
+        if (ONLY.has("figures") && browsers.chromium) {
+            note("figures");
+            await figures(browsers, TTFF_COUNT);
         }
         if (ONLY.has("demo")) {
             for (const name of live) {

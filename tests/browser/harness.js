@@ -420,6 +420,56 @@
             });
         },
 
+        // Time to first frame per media provider (README figures): play() on a fresh stream until its first
+        // picture is shown — <video>: requestVideoFrameCallback (else readyState >= 2); WSPlayer's canvas: its first
+        // render, which sizes it to the picture. Then, while it plays, how far the MSE buffer runs ahead of
+        // what is shown (the SDK's own playout buffer). Then stop().
+        providerTtff: async function (sessionKey, name, provider, count) {
+            var out = [];
+            for (let i = 0; i < count; i++) {
+                const key = "pttff-" + provider + "-" + i + "-" + Math.random().toString(36).slice(2, 6);
+                const display = newDisplay(key);
+                const stream = sessions[sessionKey].session.createStream({name: name, display: display,
+                    mediaProvider: provider});
+                const entry = attachStream(key, stream, name, display);
+                let first = null;
+                const t0 = performance.now();
+                stream.play();
+                let hooked = false;
+                await waitFor(function () {
+                    const v = display.querySelector("video");
+                    const c = display.querySelector("canvas");
+                    if (v && !hooked && v.requestVideoFrameCallback) {
+                        hooked = true;
+                        v.requestVideoFrameCallback(function () {
+                            if (first === null) {
+                                first = performance.now();
+                            }
+                        });
+                    }
+                    if (first === null && v && !v.requestVideoFrameCallback && v.readyState >= 2) {
+                        first = performance.now();
+                    }
+                    if (first === null && c && c.width !== 300 && c.width !== 320) {
+                        first = performance.now();
+                    }
+                    return first !== null || entry.statuses.some((s) => s.status === "FAILED");
+                }, 15000, "first frame").catch(function () {});
+                const result = {provider: provider, ttffMs: first !== null ? Math.round(first - t0) : null};
+                const v = display.querySelector("video");
+                if (v && provider === "MSE") {
+                    await sleep(3000);
+                    const b = v.buffered;
+                    result.bufferAheadMs = b.length ? Math.round((b.end(b.length - 1) - v.currentTime) * 1000) : null;
+                }
+                stream.stop();
+                await T.waitStatus(key, ["STOPPED", "FAILED"], 5000);
+                display.remove();
+                out.push(result);
+            }
+            return out;
+        },
+
         // WSPlayer's audio callbacks so far (all its players on this page): how many output sound.
         wsAudioCheck: async function (gapMs) {
             var a = Object.assign({}, wsAudio);

@@ -162,6 +162,7 @@ async def test_mse_player_sees_and_hears_the_stream(server_shapes, codec: str) -
     await publisher.wait_status("PUBLISHING", timeout=10)
 
     readers, sockets, clients = [], [], []
+    started = asyncio.get_running_loop().time()
     for _ in range(2):  # two MSE players of one stream: one feed
         client = await server.client(media_providers=["WebRTC", "MSE"])
         msid = await play_mse(client, "mse-live")
@@ -188,8 +189,23 @@ async def test_mse_player_sees_and_hears_the_stream(server_shapes, codec: str) -
         assert abs(dominant_frequency(pcm, reader.audio_rate) - 440) < 20  # the publisher's tone (tests/support)
         assert reader.video_ts == sorted(reader.video_ts)
 
+    # A player joining a feed that has run for a while (the SDK's demuxer resets on a jump of more than 5 s in
+    # video timestamps, dropping the avcC it buffered): its avcC carries the time of its first keyframe.
+    await asyncio.sleep(max(0.0, 6.5 - (asyncio.get_running_loop().time() - started)))
+    late_client = await server.client()
+    await play_mse(late_client, "mse-live")
+    late_http, late_ws = await open_media_socket(server.url, late_client.auth_token)
+    late = MsePlayerReader()
+    await read_media(late_ws, late, 20, 20)
+    avcc_ts = next(ts for tag, ts, body in late.records if tag == 9 and body[1] == 0)
+    assert abs(late.video_ts[0] - avcc_ts) < 1000 and late.video_ts[0] > 5000, (avcc_ts, late.video_ts[:3])
+    assert_moving(late.pictures)
+    await late_ws.close()
+    await late_http.close()
+    clients.append(late_client)
+
     feeds = server.hub.feeds
-    assert feeds.started == 1, "one feed for both players"
+    assert feeds.started == 1, "one feed for all players"
     assert feeds.transcoders_started == (0 if codec == "H264" else 1)  # H264 is re-framed, never re-encoded
 
     # a media socket that presents the token again has nothing left to bind to: closed with a reason

@@ -155,7 +155,7 @@ class Feeds:
                 for sink, started in list(feed.sinks.items()):
                     if started:  # a new picture size or codec setup: the demuxer re-initializes
                         sink.on_chunks([data])
-                    elif feed.has_key and feed.ready():  # the last header came after the keyframe
+                    elif kind == "aconfig" and feed.has_key and feed.ready():  # audio's header came after the key
                         feed.sinks[sink] = True
                         sink.on_chunks(feed.head() + feed.gop)
                 if kind == "aconfig" and feed.audio_only:

@@ -120,12 +120,16 @@ class _H264Framer:
         nals = flv.split_annexb(data)
         sps = next((n for n in nals if n[0] & 0x1F == 7), None)
         pps = next((n for n in nals if n[0] & 0x1F == 8), None)
-        if sps is not None and pps is not None and (sps != self.sps or pps != self.pps):
+        if sps is not None and pps is not None:
             self.sps, self.pps = sps, pps
-            out.append(("vconfig", flv.avc_sequence_header(ts_ms, sps, pps)))
-        if self.sps is None:
+        if self.sps is None or self.pps is None:
             return out  # nothing decodable before the first parameter sets
         keyframe = keyframe or any(n[0] & 0x1F == 5 for n in nals)
+        if keyframe:
+            # The avcC again before every keyframe, stamped with its time: the SDK's demuxer cuts fragments at
+            # these records, and a player that starts here must not see an old timestamp first (a jump of more
+            # than 5 s resets its decoder and drops what it buffered, the avcC included).
+            out.append(("vconfig", flv.avc_sequence_header(ts_ms, self.sps, self.pps)))
         out.append(("key" if keyframe else "delta", flv.avc_frame(ts_ms, nals, keyframe)))
         self.frames += 1
         return out
