@@ -12,7 +12,6 @@ import asyncio
 import json
 import struct
 import uuid
-from fractions import Fraction
 
 import aiohttp
 import av
@@ -123,8 +122,8 @@ class MsePlayerReader:
             self.pcm.append(pcm.to_ndarray()[0])
 
 
-async def play_mse(client, name: str, *, token: str | None = None):
-    """playStream with mediaProvider MSE, then the media socket; returns (mediaSessionId, ws, aiohttp session)."""
+async def play_mse(client, name: str) -> str:
+    """playStream with mediaProvider MSE and the SDK's offer; returns its mediaSessionId."""
     msid = str(uuid.uuid4())
     await client.send("playStream", {"mediaSessionId": msid, "name": name, "published": False, "hasVideo": True,
                                      "hasAudio": True, "status": "PENDING", "record": False, "width": 0, "height": 0,

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..logs import q
 from ..mse.signalling import feed_answer
 from ..streams.feeds import SharedFeed
 from ..streams.registry import Source
 from . import messages as msg
-from .status import Info, OwnInfo, StreamStatus
+from .status import OwnInfo, StreamStatus
 from .stream import Owner, Playback
 
 log = logging.getLogger("webcall.wcs")
@@ -98,9 +98,6 @@ class FeedPlayback(Playback):
         self.feed = None
         self.stop(StreamStatus.FAILED, info)
 
-    def on_video_size(self, width: int, height: int) -> None:
-        super().on_video_size(width, height)
-
     def _leave_feed(self) -> None:
         if self.feed is not None:
             self.hub.feeds.unsubscribe(self.feed, self)
@@ -117,10 +114,3 @@ class FeedPlayback(Playback):
         super().stop(status, info, notify_self)
         log.info("feed playback ended %s chunks_sent=%d info=%s", self.label, self.chunks_sent, q(info))
 
-    def describe(self) -> dict[str, Any]:
-        obj = super().describe()
-        obj["mediaProvider"] = self.request.media_provider
-        return obj
-
-
-__all__ = ["FeedPlayback", "Info"]
