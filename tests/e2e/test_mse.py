@@ -20,6 +20,7 @@ import pytest
 
 from tests.support import peers
 from tests.support.media import dominant_frequency
+from webcall.streams import feeds as feeds_mod
 
 SDK_MSE_OFFER = (  # the SDK's fixed MSE offer (media-source-media-provider.js createOffer)
     "v=0\r\no=- 1988962254 1988962254 IN IP4 0.0.0.0\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\na=sdplang:en\r\n"
@@ -316,6 +317,10 @@ async def test_wsplayer_player_sees_and_hears_the_stream(server_shapes, codec: s
     assert server.hub.feeds.transcoders_started == 1
     await ws.close()
     await http.close()
+    # no socket left reading the feed: it stops after its linger, while the stream goes on (no player, no cost)
+    await asyncio.sleep(feeds_mod.LINGER + 1.0)
+    assert server.hub.feeds.feeds == {}
+    assert publisher.status == "PUBLISHING"
     await publisher.stop()
     await client.wait_for("notifyStreamStatusEvent", status="STOPPED", timeout=5)
     for c in (pub_client, client):
