@@ -386,3 +386,41 @@ async def test_media_socket_that_stops_reading_fails_only_its_play(server, monke
         await c.close()
     await publisher.close()
     await server.wait_empty()
+
+
+@pytest.mark.parametrize("provider", ["MSE", "WSPlayer"])
+async def test_audio_only_stream(server, provider: str) -> None:
+    """No video published: the answer rejects video (the SDK then waits for audio only) and the audio plays."""
+    pub_client = await server.client()
+    publisher = await peers.publish(pub_client, "radio", video=False)
+    await publisher.wait_status("PUBLISHING", timeout=10)
+    client = await server.client()
+    msid = str(uuid.uuid4())
+    offer = SDK_MSE_OFFER if provider == "MSE" else SDK_WSPLAYER_OFFER
+    await client.send("playStream", {"mediaSessionId": msid, "name": "radio", "mediaProvider": provider, "sdp": offer})
+    answer = await client.wait_for("setRemoteSDP", timeout=5)
+    assert "m=video 0 " in answer["data"][1] and "m=audio 9 " in answer["data"][1]
+    http, ws = await open_media_socket(server.url, client.auth_token)
+    pcm: list = []
+    if provider == "MSE":
+        reader = MsePlayerReader()
+        while len(reader.pcm) < 60:
+            msg = await asyncio.wait_for(ws.receive(), 10)
+            reader.feed(msg.data)
+        assert reader.records[0][0] == 8 and reader.records[0][2][0] == 0  # the ASC first
+        pcm, rate = reader.pcm[10:], reader.audio_rate
+    else:
+        wreader = WsPlayerReader()
+        while len(wreader.pcm) < 100 or not wreader.synced:
+            msg = await asyncio.wait_for(ws.receive(), 10)
+            wreader.feed(msg.data)
+        assert not wreader.pictures and wreader.synced == {wreader.ssrcs[2]}
+        pcm, rate = wreader.pcm[20:], 8000
+    assert abs(dominant_frequency(np.concatenate(pcm), rate) - 440) < 20
+    await ws.close()
+    await http.close()
+    await publisher.stop()
+    for c in (pub_client, client):
+        await c.close()
+    await publisher.close()
+    await server.wait_empty()
