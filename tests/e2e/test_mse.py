@@ -424,3 +424,36 @@ async def test_audio_only_stream(server, provider: str) -> None:
         await c.close()
     await publisher.close()
     await server.wait_empty()
+
+
+async def test_mse_player_asking_for_a_smaller_size(server_shapes) -> None:
+    """playStream width/height with MSE: a feed of its own at that size (even an H264 publication is then
+    transcoded); notifyVideoFormat tells that size. A player without a size still gets the re-framed feed."""
+    server = server_shapes
+    pub_client = await server.client()
+    publisher = await peers.publish(pub_client, "mse-sized", video_codec="H264")
+    await publisher.wait_status("PUBLISHING", timeout=10)
+    small_client = await server.client()
+    msid = str(uuid.uuid4())
+    await small_client.send("playStream", {"mediaSessionId": msid, "name": "mse-sized", "mediaProvider": "MSE",
+                                           "sdp": SDK_MSE_OFFER, "width": 320, "height": 0, "bitrate": 300})
+    small_http, small_ws = await open_media_socket(server.url, small_client.auth_token)
+    full_client = await server.client()
+    await play_mse(full_client, "mse-sized")
+    full_http, full_ws = await open_media_socket(server.url, full_client.auth_token)
+    small, full = MsePlayerReader(), MsePlayerReader()
+    await asyncio.gather(read_media(small_ws, small, 30, 25), read_media(full_ws, full, 30, 25))
+    assert small.pictures[-1].shape == (240, 320) and full.pictures[-1].shape == (480, 640)
+    assert_moving(small.pictures)
+    fmt = [m["data"][0] for m in small_client.messages if m["message"] == "notifyVideoFormat"]
+    assert fmt and (fmt[-1]["streamerVideoWidth"], fmt[-1]["streamerVideoHeight"]) == (320, 240), fmt
+    feeds = server.hub.feeds
+    assert feeds.started == 2 and feeds.transcoders_started == 1  # the re-framed one has no transcoder
+    for http, ws in ((small_http, small_ws), (full_http, full_ws)):
+        await ws.close()
+        await http.close()
+    await publisher.stop()
+    for c in (pub_client, small_client, full_client):
+        await c.close()
+    await publisher.close()
+    await server.wait_empty()

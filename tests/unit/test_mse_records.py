@@ -114,7 +114,7 @@ class ListSink:
 async def test_shared_feed_starts_each_player_at_headers_then_keyframe() -> None:
     handles: list[tuple[FakeHandle, object]] = []
 
-    def start(router, output, emit, on_failed, label):
+    def start(router, output, emit, on_failed, label, profile=None):
         handle = FakeHandle()
         handles.append((handle, emit))
         return handle

@@ -42,12 +42,12 @@ class FeedHandle(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
 
-FeedStarter = Callable[[Any, str, Callable[[list[tuple[str, bytes]]], None], Callable[[str], None], str], FeedHandle]
+FeedStarter = Callable[..., FeedHandle]  # (router, output, emit, on_failed, label, profile) -> a running feed
 
 
 @dataclass
 class SharedFeed:
-    key: tuple[int, str]
+    key: tuple[int, str, tuple[int, int, int] | None]
     output: str
     label: str
     handle: FeedHandle | None = None
@@ -73,13 +73,14 @@ class SharedFeed:
 class Feeds:
     def __init__(self, start: FeedStarter) -> None:
         self._start = start
-        self.feeds: dict[tuple[int, str], SharedFeed] = {}
+        self.feeds: dict[tuple[int, str, tuple[int, int, int] | None], SharedFeed] = {}
         self.started = 0  # feeds ever started (tests: "the transcoder was not started")
         self.transcoders_started = 0
 
     def subscribe(self, router: Any, output: str, sink: Sink, label: str, has_video: bool,
-                  has_audio: bool = True) -> SharedFeed:
-        key = (id(router), output)
+                  has_audio: bool = True, profile: tuple[int, int, int] | None = None) -> SharedFeed:
+        """`profile`: (width, height, bit/s) of a smaller picture; one feed per (stream, output, profile)."""
+        key = (id(router), output, profile)
         feed = self.feeds.get(key)
         if feed is not None and feed.failed is None:
             if feed.linger is not None:
@@ -92,7 +93,7 @@ class Feeds:
         self.feeds[key] = feed
         feed.sinks[sink] = False
         feed.handle = self._start(router, output, lambda chunks: self._on_chunks(feed, chunks),
-                                  lambda info: self._on_failed(feed, info), label)
+                                  lambda info: self._on_failed(feed, info), label, profile)
         self.started += 1
         if feed.handle.transcoding_video:
             self.transcoders_started += 1
@@ -125,7 +126,7 @@ class Feeds:
                 feed.handle.close()
 
     def describe(self) -> list[dict[str, Any]]:
-        return [{"label": f.label, "output": f.output, "players": len(f.sinks),
+        return [{"label": f.label, "output": f.output, "profile": f.key[2], "players": len(f.sinks),
                  "transcodingVideo": bool(f.handle and f.handle.transcoding_video),
                  **({"stats": f.handle.stats()} if f.handle else {})} for f in self.feeds.values()]
 

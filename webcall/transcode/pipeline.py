@@ -82,6 +82,15 @@ def scaled_size(src_w: int, src_h: int, want_w: int, want_h: int) -> tuple[int, 
     return max(2, w - w % 2), max(2, h - h % 2)
 
 
+def _scaled(picture: av.VideoFrame, profile: tuple[int, int, int] | None) -> av.VideoFrame:
+    if profile is None:
+        return picture
+    size = scaled_size(picture.width, picture.height, profile[0], profile[1])
+    if size == (picture.width, picture.height):
+        return picture
+    return picture.reformat(width=size[0], height=size[1], format="yuv420p")
+
+
 def _unwrap(ts: int, last: int | None) -> int:
     if last is None:
         return ts
@@ -217,6 +226,7 @@ class _Mpeg1Encoder:
     def __init__(self, gop: int = 30) -> None:
         self.ctx: Any = None
         self.gop = gop
+        self.bit_rate = 0  # 0: from the picture size
         self.force_key = False
         self.frames = 0
         self.last_pts = -1
@@ -227,7 +237,7 @@ class _Mpeg1Encoder:
         ctx.pix_fmt = "yuv420p"
         ctx.framerate = Fraction(30, 1)
         ctx.time_base = Fraction(1, 30)
-        ctx.bit_rate = max(400_000, min(4_000_000, width * height * 5))  # ≈ 1.5 Mbit/s at 640x480
+        ctx.bit_rate = self.bit_rate or max(400_000, min(4_000_000, width * height * 5))  # ≈ 1.5 Mbit/s at 640x480
         ctx.gop_size = self.gop
         ctx.max_b_frames = 0
         ctx.options = {"threads": "1"}
@@ -286,10 +296,13 @@ class _MulawEncoder:
 class _MseOutput:
     """H264 re-framed (or another codec transcoded to H264) and AAC, as FLV-style records."""
 
-    def __init__(self, video_codec: str | None, has_audio: bool) -> None:
+    def __init__(self, video_codec: str | None, has_audio: bool, profile: tuple[int, int, int] | None = None) -> None:
         self.framer = _H264Framer()
-        self.decoder = av.CodecContext.create("vp8", "r") if video_codec == "VP8" else None
-        self.encoder = _H264Encoder() if video_codec not in (None, "H264") else None
+        # H264 is re-framed as it comes, unless a player asked for a smaller size (a size profile)
+        transcode = video_codec is not None and (video_codec != "H264" or profile is not None)
+        self.decoder = av.CodecContext.create("vp8" if video_codec == "VP8" else "h264", "r") if transcode else None
+        self.encoder = _H264Encoder(bit_rate=profile[2] if profile else 0) if transcode else None
+        self.profile = profile
         self.aac = _AacEncoder() if has_audio else None
         self.sent_aconfig = False
 
@@ -299,6 +312,7 @@ class _MseOutput:
         assert self.encoder is not None
         out: list[Chunk] = []
         for picture in self.decoder.decode(av.Packet(frame.data)):
+            picture = _scaled(picture, self.profile)
             for data, t, key in self.encoder.encode(picture, ts):
                 out.extend(self.framer.chunks(data, t, key))
         return out
@@ -321,12 +335,15 @@ class _WsPlayerOutput:
 
     SYNC_EVERY_MS = 1000
 
-    def __init__(self, video_codec: str | None, has_audio: bool) -> None:
+    def __init__(self, video_codec: str | None, has_audio: bool, profile: tuple[int, int, int] | None = None) -> None:
         import secrets
 
         self.video_ssrc, self.audio_ssrc = secrets.randbits(31) | 1, secrets.randbits(31) | 2
         self.decoder = av.CodecContext.create("vp8" if video_codec == "VP8" else "h264", "r") if video_codec else None
         self.encoder = _Mpeg1Encoder() if video_codec else None
+        if self.encoder is not None and profile is not None and profile[2]:
+            self.encoder.bit_rate = profile[2]
+        self.profile = profile
         self.mulaw = _MulawEncoder() if has_audio else None
         self.has_video, self.has_audio = video_codec is not None, has_audio
         self.last_sync = -self.SYNC_EVERY_MS
@@ -335,7 +352,7 @@ class _WsPlayerOutput:
         assert self.decoder is not None and self.encoder is not None
         out: list[Chunk] = []
         for picture in self.decoder.decode(av.Packet(frame.data)):
-            for data, t, key in self.encoder.encode(picture, ts):
+            for data, t, key in self.encoder.encode(_scaled(picture, self.profile), ts):
                 out.append(("key" if key else "delta", wsp.video_packet(self.video_ssrc, t * 90, data, key)))
         return out
 
@@ -404,10 +421,7 @@ class _RtpOutput:
     def video(self, frame: Frame, ts: int) -> list[Chunk]:
         out: list[Chunk] = []
         for picture in self.decoder.decode(av.Packet(frame.data)):
-            if self.profile is not None:
-                size = scaled_size(picture.width, picture.height, self.profile[0], self.profile[1])
-                if size != (picture.width, picture.height):
-                    picture = picture.reformat(width=size[0], height=size[1], format="yuv420p")
+            picture = _scaled(picture, self.profile)
             for data, t, key in self.encoder.encode(picture, ts):
                 unit: bytes | list[bytes] = data
                 if self.target == "H264":
@@ -442,7 +456,7 @@ class Feed:
         self.video_codec = video.producer.codec.name.upper() if video else None
         self.transcoding_video = self.video_codec is not None and (output != "mse" or self.video_codec != "H264")
         self.payload_type = 96  # rtp-* outputs: the rendition's payload type (consumers rewrite it per player)
-        self.profile: tuple[int, int, int] | None = None  # rtp-* outputs: (width, height, bit/s) to scale to
+        self.profile: tuple[int, int, int] | None = None  # (width, height, bit/s) a player asked for, or None
         self.chunks_out = 0
         self.cpu_seconds = 0.0  # thread CPU time: the transcoder's cost
         self._readers: list[tuple[TrackRouter, Callable[[bytes, bool], None]]] = []
@@ -451,6 +465,12 @@ class Feed:
         self._force_key = False
 
     # --- on the event loop -------------------------------------------------------------------------------
+
+    def set_profile(self, profile: tuple[int, int, int] | None) -> None:
+        """A smaller picture (and bitrate) than published, before start(): the video is then always transcoded."""
+        self.profile = profile
+        if profile is not None and self.video_codec is not None:
+            self.transcoding_video = True
 
     def start(self) -> None:
         for kind, track in self.tracks.items():
@@ -533,9 +553,9 @@ class Feed:
         clocks = {kind: _Clock(t.producer.codec.clock_rate, started) for kind, t in self.tracks.items()}
         output: _MseOutput | _WsPlayerOutput | _RtpOutput
         if self.output == "mse":
-            output = _MseOutput(self.video_codec, "audio" in self.tracks)
+            output = _MseOutput(self.video_codec, "audio" in self.tracks, self.profile)
         elif self.output == "wsplayer":
-            output = _WsPlayerOutput(self.video_codec, "audio" in self.tracks)
+            output = _WsPlayerOutput(self.video_codec, "audio" in self.tracks, self.profile)
         else:
             output = _RtpOutput(self.video_codec, self.output[4:], self.payload_type, self.profile)
         self._output = output
@@ -571,8 +591,9 @@ class Feed:
 
 
 def start_local_feed(router: Any, output: str, emit: Callable[[list[Chunk]], None], on_failed: Callable[[str], None],
-                     label: str) -> Feed:
+                     label: str, profile: tuple[int, int, int] | None = None) -> Feed:
     """The feed verb of a single-process server: the feed runs in a thread of this process."""
     feed = Feed(router.tracks, output, asyncio.get_running_loop(), emit, on_failed, label)
+    feed.set_profile(profile)
     feed.start()
     return feed

@@ -26,6 +26,22 @@ log = logging.getLogger("webcall.wcs")
 OUTPUT = {"MSE": "mse", "WSPlayer": "wsplayer"}  # mediaProvider -> feed output
 
 
+def requested_profile(request: msg.PlayStream, source: Source) -> tuple[int, int, int] | None:
+    """(width, height, bit/s) when playStream asks for a smaller picture than published (spec §4.1: 0 = as
+    published; `bitrate` in kbit/s, as WCS takes it, applies with a size); None otherwise."""
+
+    def number(key: str) -> int:
+        value = request.raw.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 100_000 else 0
+
+    width, height, kbps = number("width"), number("height"), number("bitrate")
+    if not width and not height:
+        return None
+    if source.width and (not width or width >= source.width) and (not height or height >= source.height):
+        return None  # not smaller than what is published
+    return width, height, kbps * 1000
+
+
 class MediaTransport(Protocol):
     """The media socket as a playback sees it (server/media_socket.py)."""
 
@@ -48,12 +64,13 @@ class FeedPlayback(Playback):
         mse = self.output == "mse"
         self.video_codec = ("H264" if mse else "MPV") if has_video else None
         self.audio_codec = ("mpeg4-generic" if mse else "PCMU") if has_audio else None
+        self.profile = requested_profile(self.request, self.publication) if has_video else None
         self.width, self.height = self.publication.width, self.publication.height
         self.session.send(msg.set_remote_sdp(self.media_session_id, feed_answer(self.request.sdp or "", has_video,
                                                                                 has_audio)))
         self.send_status(StreamStatus.PLAYING)
         if self.width:
-            self.session.send(msg.notify_video_format(self.media_session_id, self.width, self.height))
+            self.on_video_size(self.width, self.height)  # the size this player gets (a profile scales it)
         self._timer = asyncio.get_running_loop().call_later(self.hub.settings.connect_timeout, self._no_transport)
         log.info("feed play answered %s output=%s video=%s audio=%s", self.label, self.output, has_video, has_audio)
 
@@ -73,7 +90,8 @@ class FeedPlayback(Playback):
         router = self.publication.router
         assert router is not None
         self.feed = self.hub.feeds.subscribe(router, self.output, self, self.publication.name,
-                                             has_video="video" in router.tracks, has_audio="audio" in router.tracks)
+                                             has_video="video" in router.tracks, has_audio="audio" in router.tracks,
+                                             profile=self.profile)
         log.info("media transport bound %s", self.label)
 
     def unbind(self, transport: MediaTransport) -> None:

@@ -36,7 +36,7 @@ from . import messages as msg
 from .hub import Hub
 from .status import Info, OwnInfo, StreamStatus
 from .feed_playback import OUTPUT as FEED_PROVIDERS
-from .feed_playback import FeedPlayback, MediaTransport
+from .feed_playback import FeedPlayback, MediaTransport, requested_profile
 from .stream import Playback, Publication
 
 log = logging.getLogger("webcall.wcs")
@@ -369,17 +369,7 @@ class Session:
         video = router.tracks.get("video")
         if video is None or video.producer.codec.name.upper() not in RENDITION_CODECS:
             return None
-
-        def number(key: str) -> int:
-            value = m.raw.get(key)
-            return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 100_000 else 0
-
-        width, height, kbps = number("width"), number("height"), number("bitrate")
-        if not width and not height:
-            return None
-        if source.width and (not width or width >= source.width) and (not height or height >= source.height):
-            return None  # not smaller than what is published
-        return width, height, kbps * 1000
+        return requested_profile(m, source)
 
     @staticmethod
     def _rendition_codec(sdp: str, router: Any, neg: Negotiation | None) -> str | None:

@@ -415,14 +415,17 @@ class WorkerPlane:
                     options=asdict(options), label=label)
         return recorder
 
-    def feed(self, source: RemoteRouter, output: str, emit: Any, on_failed: Any, label: str) -> RemoteFeed:
+    def feed(self, source: RemoteRouter, output: str, emit: Any, on_failed: Any, label: str,
+             profile: tuple[int, int, int] | None = None) -> RemoteFeed:
         """A shared rendition of `source`, made in its publisher's worker; one copy of its chunks comes here."""
         publisher = source.publisher
         video = publisher.producers.get("video")
         feed = RemoteFeed(self, next(self._ids), publisher.worker, emit, on_failed,
-                          video is not None and (output != "mse" or video.codec.name.upper() != "H264"))
+                          video is not None and (output != "mse" or video.codec.name.upper() != "H264"
+                                                 or profile is not None))
         self.feeds[feed.id] = feed
-        self.notify(publisher.worker, "feed_start", id=feed.id, source=publisher.id, output=output, label=label)
+        self.notify(publisher.worker, "feed_start", id=feed.id, source=publisher.id, output=output, label=label,
+                    profile=list(profile) if profile else None)
         return feed
 
     def rendition(self, source: RemoteRouter, codec: str, on_failed: Any, label: str,

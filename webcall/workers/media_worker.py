@@ -381,7 +381,7 @@ class MediaWorker:
 
     # --- shared feeds (transcode/pipeline.py): their chunks go to the control process, once per feed -----------
 
-    def _on_feed_start(self, id: int, source: int, output: str, label: str) -> None:
+    def _on_feed_start(self, id: int, source: int, output: str, label: str, profile: list[int] | None = None) -> None:
         held = self.sources.get(source)
         if held is None or held.router is None:
             self.channel.notify("feed_failed", id=id, info="stream ended")
@@ -398,6 +398,7 @@ class MediaWorker:
                 channel.notify("feed_failed", id=id, info=info)
 
         feed = Feed(held.router.tracks, output, asyncio.get_running_loop(), emit, failed, label)
+        feed.set_profile((profile[0], profile[1], profile[2]) if profile else None)
         self.feeds[id] = (source, feed)
         feed.start()
         channel.notify("feed_stats", id=id, stats=feed.stats())
