@@ -86,6 +86,8 @@ class WebcallServer:
         app.router.add_get("/lb", self._lb)
         app.router.add_get("/player", self._page("player.html"))
         app.router.add_get("/sdk/flashphoner.js", self._sdk)
+        for worker in ("WSReceiver2.js", "video-worker2.js"):  # WSPlayer's workers (spec §11.2), from the SDK
+            app.router.add_get(f"/sdk/{worker}", self._sdk_file(worker))
         app.router.add_static("/static/", c.static_dir, show_index=False)
         app.router.add_get("/client/records/{name}", record_file_handler(c.records_dir))  # spec §14, with Range
         self.whip = WhipFrontEnd(self.hub.registry, self.hub.plane, settings, c.whip_token,  # WHIP and WHEP
@@ -288,6 +290,14 @@ class WebcallServer:
             raise web.HTTPNotFound(text="SDK not installed: run `make sdk`")
         return web.FileResponse(path)
 
+    def _sdk_file(self, name: str):
+        async def handler(request: web.Request) -> web.StreamResponse:
+            path = Path(self.config.sdk_file).parent / "examples" / "demo" / "dependencies" / "websocket-player" / name
+            if not path.is_file():
+                raise web.HTTPNotFound(text="SDK not installed: run `make sdk`")
+            return web.FileResponse(path)
+        return handler
+
     # --- WebSocket signalling ---------------------------------------------------------------------
 
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
@@ -317,7 +327,7 @@ class WebcallServer:
             is_media, token = media_socket.media_token(first.data)
             if is_media:
                 try:
-                    await media_socket.serve(ws, self.hub, token)
+                    await media_socket.serve(ws, self.hub, token, request.transport)
                 finally:
                     self._sockets.discard(ws)
                 return ws
