@@ -17,7 +17,7 @@ install_loopback_only()  # no test traffic may leave 127.0.0.0/8
 
 
 def test_config(**overrides) -> Config:
-    base = Config(host="127.0.0.1", port=0, media_host="127.0.0.1", media_port=0, media_tcp_port=0,
+    base = Config(host="127.0.0.1", port=0, media_host="127.0.0.1", media_port=0, media_tcp_port="0",
                   public_ip="127.0.0.1",
                   rest_host="127.0.0.1", rest_port=0, tls_port=-1, connect_timeout=4.0, consent_timeout=15.0, ping_interval=5.0,
                   workers="1")

@@ -49,7 +49,7 @@ async def main(players: int, seconds: float) -> None:
     peers.install_loopback_only()
     http, media = free_port(), free_port()
     proc = subprocess.Popen([sys.executable, "-m", "webcall", "--host", "127.0.0.1", "--port", str(http),
-                             "--media-host", "127.0.0.1", "--media-port", str(media), "--media-tcp-port", "-1", "--public-ip", "127.0.0.1", "--tls-port", "-1",
+                             "--media-host", "127.0.0.1", "--media-port", str(media), "--media-tcp-port", "off", "--public-ip", "127.0.0.1", "--tls-port", "-1",
                              "--log-level", "warning"])
     try:
         url = f"ws://127.0.0.1:{http}/"

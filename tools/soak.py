@@ -139,7 +139,7 @@ class Server:
         self.workers = workers
         self.log_path = log_path
         self.args = [sys.executable, "-m", "webcall", "--host", "127.0.0.1", "--port", str(self.http_port),
-                     "--media-host", "127.0.0.1", "--media-port", str(self.media_port), "--media-tcp-port", "-1", "--public-ip", "127.0.0.1",
+                     "--media-host", "127.0.0.1", "--media-port", str(self.media_port), "--media-tcp-port", "off", "--public-ip", "127.0.0.1",
                      "--rest-port", str(self.rest_port), "--tls-port", "-1", "--workers", str(workers),
                      "--hook-url", hook_url, "--hook-timeout", str(hook_timeout), "--connect-timeout", "3",
                      "--consent-timeout", "6", "--log-level", "warning"]

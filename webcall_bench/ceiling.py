@@ -5,7 +5,14 @@
 Nothing else: no ring, no keyframe probe, no extension rewriting, no event loop. The server can't be cheaper
 than this in Python, so its own µs/packet reads as a ratio to this figure.
 
-Run as `python -m webcall_bench.ceiling --fanout 100 --packets 3000` (prints JSON). It runs in a process of
+Run as `python -m webcall_bench.ceiling --fanout 100 --packets 3000` (prints JSON).
+
+`--compiled --fanouts 10,100,200` measures the *compiled* ceiling instead: the same per-player work in a tight
+C loop built with the fan-out core (`wc_bench_forward` in webcall/media/fanout.c: recv, `srtp_unprotect` in
+place, then the very loop `wc_fanout` runs — header rewrite, copy, `srtp_protect` in place with pylibsrtp's
+libsrtp, one `sendmmsg` for all players), one publisher packet per call, paced at the stream's packet rate
+with the stream's packet sizes (`--sizes` on stdin), so player state goes as cold between packets as it does in
+the server. Its µs per forwarded packet, split user/kernel, and `fixed + N × per-player` per publisher packet. It runs in a process of
 its own so it does not share an interpreter with the load generator; the sockets it sends to are drained by
 a forked child, so sendto pays for delivery into a live socket as the server's does.
 """
@@ -232,6 +239,212 @@ def measure(fanout: int = 100, packets: int = 3000, payload_size: int = 1100, pr
     }
 
 
+def fit_linear(points: list[tuple[float, float]]) -> tuple[float, float] | None:
+    """(fixed, slope) of y = fixed + slope × x by least squares, or None with fewer than two distinct x."""
+    if len({x for x, _ in points}) < 2:
+        return None
+    n = len(points)
+    mx = sum(x for x, _ in points) / n
+    my = sum(y for _, y in points) / n
+    sxx = sum((x - mx) ** 2 for x, _ in points)
+    slope = sum((x - mx) * (y - my) for x, y in points) / sxx
+    return my - slope * mx, slope
+
+
+def stream_sizes(video_frames: list[int], audio_frames: list[int], fps: float, seconds: float,
+                 max_payload: int = 1200) -> list[list]:
+    """[payload size, kind] of the packets a publisher sends for these frames, in time order: each video frame
+    split into packets of at most `max_payload` bytes (as aiortc's packetizers do), one packet per 20 ms audio
+    frame, `seconds` long (the audio clip looped). Kind "v" or "a": two SSRCs, two libsrtp streams per player."""
+    events: list[tuple[float, int, str]] = []
+    for i, size in enumerate(video_frames):
+        count = max(1, -(-size // max_payload))
+        events += [(i / fps, -(-size // count), "v")] * count
+    if audio_frames:
+        for k in range(round(seconds * 50)):
+            events.append((k * 0.02, audio_frames[k % len(audio_frames)], "a"))
+    events.sort(key=lambda e: e[0])
+    return [[size, kind] for _, size, kind in events]
+
+
+def measure_compiled(fanouts: list[int], packets: int = 300, sizes: list | None = None,
+                     rate: float = 133.0, profile_name: str = "gcm") -> dict:
+    """The compiled ceiling at each fan-out (see the module's docstring)."""
+    import time
+
+    from webcall.media import fanout as core
+    from webcall.media.srtp import SrtpSession, sockaddr
+
+    lib = core.load_library()
+    if lib is None:
+        raise RuntimeError(f"the compiled ceiling needs the fan-out core: {core.load_error()}")
+    profile = _profile(profile_name)
+    key_length = _key_length(profile)
+    mix = [(item, "v") if isinstance(item, int) else (int(item[0]), str(item[1])) for item in sizes or [1100]]
+    step = max(1, len(mix) // max(packets, 1))  # the whole stream's mix, sampled evenly
+    chosen = [mix[(i * step) % len(mix)] for i in range(packets)]
+    warmup = 16
+
+    def session(key: bytes, inbound: bool) -> pylibsrtp.Session:
+        policy = pylibsrtp.Policy(
+            key=key, srtp_profile=profile,
+            ssrc_type=pylibsrtp.Policy.SSRC_ANY_INBOUND if inbound else pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+        policy.allow_repeat_tx = True
+        policy.window_size = 1024
+        return pylibsrtp.Session(policy)
+
+    publisher_key = os.urandom(key_length)
+    publisher = session(publisher_key, False)
+    ext = struct.pack("!HH", 0xBEDE, 2) + bytes([0x10, 0x31, 0x22, 0x01, 0x02, 0x03, 0, 0])
+    # Audio and video as the publisher sends them: an SSRC each, with its own sequence numbers and clock.
+    datagrams: list[tuple[bytes, str]] = []
+    counters = {"v": 0, "a": 0}
+    for size, kind in chosen[:warmup] + chosen:
+        seq = counters[kind]
+        counters[kind] += 1
+        header = (HEADER.pack(0x90, 96 | (0x80 if seq % 3 == 2 else 0), seq & 0xFFFF, (seq // 3) * 3000, 0x1234)
+                  if kind == "v" else HEADER.pack(0x90, 111, seq & 0xFFFF, seq * 960, 0x5678))
+        datagrams.append((publisher.protect(header + ext + os.urandom(size)), kind))
+
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if hard != resource.RLIM_INFINITY and max(fanouts) + 64 > hard:
+        raise RuntimeError(f"fan-out {max(fanouts)} needs as many sockets; the file limit is {hard}")
+    if soft != resource.RLIM_INFINITY and max(fanouts) + 64 > soft:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # one socket per player
+    fwd = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    fwd.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    fwd.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    fwd.bind(("127.0.0.1", 0))
+    fwd_addr = fwd.getsockname()
+    feeder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    sinks = []
+    for _ in range(max(fanouts)):
+        sink = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        sink.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 1 << 20)
+        sink.bind(("127.0.0.1", 0))
+        sinks.append(sink)
+    addresses = [sink.getsockname() for sink in sinks]
+    cpus = sorted(os.sched_getaffinity(0))
+    drainer = os.fork()
+    if drainer == 0:
+        try:
+            if len(cpus) > 1:
+                os.sched_setaffinity(0, cpus[:-1])
+            _drain(sinks)
+        finally:
+            os._exit(0)
+    if len(cpus) > 1:
+        os.sched_setaffinity(0, {cpus[-1]})
+    for sink in sinks:
+        sink.close()
+    sender = core.ffi.gc(lib.wc_sender_new(fwd.fileno(), core.SEND_CAPACITY, core.srtp_function_pointer()),
+                         lib.wc_sender_free)
+    unprotect = core.srtp_function_pointer("srtp_unprotect")
+    rbuf = core.ffi.new("char[]", 2048)
+    interval = 1.0 / rate if rate > 0 else 0.0
+    results = {}
+    try:
+        for fanout in fanouts:
+            keep = []  # the sessions and addresses the targets point into
+            targets: dict[str, list] = {"v": [], "a": []}
+            for addr in addresses[:fanout]:
+                tx = SrtpSession(session(os.urandom(key_length), False))  # one session per player, as a transport
+                name = sockaddr(addr)
+                keep.append((tx, name))
+                for kind, payload_type in (("v", 96), ("a", 111)):
+                    targets[kind].append(core.FanoutCore.new_target(
+                        tx, name, int.from_bytes(os.urandom(4), "big"), payload_type,
+                        int.from_bytes(os.urandom(2), "big"), int.from_bytes(os.urandom(4), "big"), 0))
+            arrays = {kind: core.FanoutCore.target_array(group) for kind, group in targets.items()}
+            forward, fd = lib.wc_bench_forward, fwd.fileno()
+
+            def run(paced: bool) -> tuple[int, int, int, float, float]:
+                """(CPU ns in the calls, publisher packets, datagrams queued, user s, sys s) of one pass."""
+                rx = session(publisher_key, True)  # fresh: the same packets again would be replays
+                rx_ctx = core.ffi.cast("void *", int(core.srtp_ffi.cast("uintptr_t", rx._srtp[0])))
+                spent = measured = sent = 0
+                if not paced:  # queued up front: the getrusage span then holds nothing but the calls
+                    for datagram, _ in datagrams:
+                        feeder.sendto(datagram, fwd_addr)
+                u0, s0 = _thread_cpu()
+                next_at = time.monotonic()
+                for i, (datagram, kind) in enumerate(datagrams):
+                    if paced:
+                        if interval:
+                            next_at += interval
+                            delay = next_at - time.monotonic()
+                            if delay > 0:
+                                time.sleep(delay)
+                        feeder.sendto(datagram, fwd_addr)
+                    # CLOCK_THREAD_CPUTIME_ID is exact; getrusage's user/sys are tick samples (see below).
+                    t0 = time.thread_time_ns()
+                    queued = forward(sender, fd, rx_ctx, unprotect, rbuf, 2048, arrays[kind], fanout)
+                    t1 = time.thread_time_ns()
+                    if queued != fanout:
+                        raise RuntimeError(f"the compiled loop queued {queued} of {fanout} datagrams")
+                    if i >= warmup:
+                        spent += t1 - t0
+                        measured += 1
+                        sent += queued
+                u1, s1 = _thread_cpu()
+                return spent, measured, sent, u1 - u0, s1 - s0
+
+            # The cost: paced, one packet at a time, as the server gets them. The user/kernel split: the kernel
+            # samples it once per tick, too rarely in a paced run that is mostly asleep, so it comes from the
+            # same packets sent back to back (no sleeps: every tick lands in this work), as a share of the whole.
+            spent, measured, sent, _, _ = run(True)
+            busy_user = busy_sys = 0.0
+            busy_sent = 0
+            for _ in range(100):  # until ~100 ticks (0.4 s) of samples, so small fan-outs get enough of them
+                if busy_user + busy_sys >= 0.4:
+                    break
+                _, _, busy_n, user, system = run(False)
+                busy_user += user
+                busy_sys += system
+                busy_sent += busy_n
+            kernel_share = busy_sys / (busy_user + busy_sys) if busy_user + busy_sys > 0 else 0.0
+            forwarded = max(sent, 1)
+            per_packet = spent / 1000 / forwarded
+            results[str(fanout)] = {
+                "fanout": fanout,
+                "input_packets": measured,
+                "us_per_forwarded_packet": round(per_packet, 3),
+                "us_user_per_forwarded_packet": round(per_packet * (1 - kernel_share), 3),
+                "us_sys_per_forwarded_packet": round(per_packet * kernel_share, 3),
+                "sys_share": round(kernel_share, 3),
+                "us_per_publisher_packet": round(spent / 1000 / max(measured, 1), 2),
+                # back to back, warm (getrusage over the passes, the pacing left out): what pacing costs
+                "us_per_forwarded_packet_unpaced": round(1e6 * (busy_user + busy_sys) / max(busy_sent, 1), 3),
+            }
+            del arrays, targets, keep
+    finally:
+        os.kill(drainer, signal.SIGKILL)
+        os.waitpid(drainer, 0)
+        fwd.close()
+        feeder.close()
+    fit = fit_linear([(r["fanout"], r["us_per_publisher_packet"]) for r in results.values()])
+    return {
+        "kind": "compiled",
+        "srtp_profile": profile_name,
+        "rate_pps": rate,
+        "mean_payload_bytes": round(sum(size for size, _ in chosen) / len(chosen), 1),
+        "audio_share": round(sum(1 for _, kind in chosen if kind == "a") / len(chosen), 3),
+        "fanouts": results,
+        "fit": {"fixed_us": round(fit[0], 2), "per_player_us": round(fit[1], 3)} if fit else None,
+    }
+
+
+def compiled_cost_at(compiled: dict, fanout: float) -> float | None:
+    """µs per forwarded packet of the compiled loop at this fan-out: measured there, else from the fit."""
+    found = compiled["fanouts"].get(str(round(fanout)))
+    if found and abs(fanout - round(fanout)) < 1e-9:
+        return found["us_per_forwarded_packet"]
+    fit = compiled.get("fit")
+    if not fit or fanout <= 0:
+        return None
+    return fit["per_player_us"] + fit["fixed_us"] / fanout
+
+
 def cost_at(ceiling: dict, fanout: float) -> float:
     """µs per forwarded packet of the minimal loop at another fan-out (the linear model above)."""
     return ceiling["us_per_output_packet"] + ceiling["us_per_input_packet"] / max(fanout, 1.0)
@@ -243,7 +456,18 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--packets", type=int, default=3000)
     parser.add_argument("--payload", type=int, default=1100)
     parser.add_argument("--profile", choices=("gcm", "cm"), default="gcm")
+    parser.add_argument("--compiled", action="store_true", help="the compiled ceiling (the fan-out core's loop)")
+    parser.add_argument("--fanouts", default="1,10,100", help="with --compiled: the fan-outs to measure")
+    parser.add_argument("--rate", type=float, default=133.0, help="with --compiled: publisher packets per second")
+    parser.add_argument("--sizes", action="store_true",
+                        help="with --compiled: read the stream's payload sizes (a JSON list) from stdin")
     args = parser.parse_args(argv)
+    if args.compiled:
+        sizes = json.load(sys.stdin) if args.sizes else [args.payload]
+        fanouts = sorted({int(x) for x in args.fanouts.split(",") if x.strip()})
+        json.dump(measure_compiled(fanouts, args.packets, sizes, args.rate, args.profile), sys.stdout)
+        sys.stdout.write("\n")
+        return
     json.dump(measure(args.fanout, args.packets, args.payload, args.profile), sys.stdout)
     sys.stdout.write("\n")
 

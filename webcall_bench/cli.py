@@ -95,6 +95,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="players decrypt one packet in this many to check integrity (default 100)")
     p.add_argument("--no-ceiling", action="store_true", help="skip the minimal-loop measurement")
     p.add_argument("--ceiling-packets", type=int, default=d.ceiling_packets)
+    p.add_argument("--no-compiled-ceiling", action="store_true",
+                   help="skip the compiled ceiling (the fan-out core's loop in C, measured at every step's fan-out)")
+    p.add_argument("--compiled-packets", type=int, default=d.compiled_packets,
+                   help="publisher packets per fan-out for the compiled ceiling, paced at the stream's rate")
     p.add_argument("--profile", action="store_true",
                    help="py-spy record the server during each window (top functions go into the JSON)")
     p.add_argument("--profile-native", action="store_true",
@@ -118,6 +122,7 @@ def config_from_args(args: argparse.Namespace) -> BenchConfig:
         settle=args.settle, join_concurrency=args.join_concurrency, probe_joins=args.probe_joins, pacing_factor=args.pacing_factor,
         min_delivery=args.min_delivery, max_latency_ms=args.max_latency_ms, stop_at_knee=not args.keep_going,
         sample_every=args.sample_every, ceiling=not args.no_ceiling, ceiling_packets=args.ceiling_packets,
+        compiled_ceiling=not (args.no_ceiling or args.no_compiled_ceiling), compiled_packets=args.compiled_packets,
         pin=not args.no_pin, profile=args.profile or args.profile_native, profile_native=args.profile_native,
         server_args=args.server_args, workers=args.workers or 1, placement=args.placement, rest_url=args.rest_url,
         baseline=args.baseline, output=args.output, plot=not args.no_plot,

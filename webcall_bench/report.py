@@ -11,9 +11,28 @@ def _fmt(value, spec: str = "", none: str = "-") -> str:
     return format(value, spec)
 
 
+def compiled_lines(result: dict) -> list[str]:
+    """The compiled ceiling fan-out by fan-out, and both fits (fixed + N × per-player per publisher packet)."""
+    lines = []
+    compiled = result.get("compiled_ceiling")
+    if compiled:
+        parts = [f"{r['fanout']}: {r['us_per_forwarded_packet']:.2f} ({r['us_user_per_forwarded_packet']:.2f} user "
+                 f"+ {r['us_sys_per_forwarded_packet']:.2f} sys)" for r in compiled["fanouts"].values()]
+        lines.append("compiled ceiling (the fan-out core's loop in C, paced at the stream's "
+                     f"{compiled['rate_pps']:.0f} pkt/s), µs per forwarded packet at fan-out " + ", ".join(parts)
+                     + (" (mean of a run before and one after the steps)" if compiled.get("runs") else ""))
+    fits = result.get("fit") or {}
+    for name, label in (("server", "server"), ("compiled", "compiled ceiling")):
+        fit = fits.get(name)
+        if fit:
+            lines.append(f"{label}: {fit['fixed_us']:.1f} µs per publisher packet + {fit['per_player_us']:.2f} µs "
+                         "per player (least squares over the fan-outs)")
+    return lines
+
+
 def table(result: dict) -> str:
     """The per-step table, plus the ceiling and the knee."""
-    head = ("players", "srv CPU%", "kernel%", "ms/s/pl", "µs/pkt", "x ceil", "pl/core", "loss% (worst)", "kbps/pl",
+    head = ("players", "srv CPU%", "kernel%", "ms/s/pl", "µs/pkt", "user/sys", "x ceil", "x C", "pl/core", "loss% (worst)", "kbps/pl",
             "TTFF p50/p95 ms", "alone p50/p95", "lat p50/p99 ms", "srv MB", "KB/pl", "load CPU%", "lag p99 ms", "ok")
     rows = [head]
     for s in result.get("steps", []):
@@ -27,7 +46,9 @@ def table(result: dict) -> str:
             _fmt(None if cpu.get("sys_share") is None else 100 * cpu["sys_share"], ".0f"),
             _fmt(cpu.get("ms_per_s_per_player"), ".3f"),
             _fmt(cpu.get("us_per_packet"), ".1f"),
+            f"{_fmt(cpu.get('us_user_per_packet'), '.1f')}/{_fmt(cpu.get('us_sys_per_packet'), '.1f')}",
             _fmt(cpu.get("ratio_to_ceiling"), ".2f"),
+            _fmt(cpu.get("ratio_to_compiled"), ".2f"),
             _fmt(cpu.get("players_per_core"), ".0f"),
             f"{_fmt(d['loss_pct'], '.2f')} ({_fmt(worst, '.2f')})",
             _fmt(d["kbps_per_player"], ".0f"),
@@ -54,6 +75,7 @@ def table(result: dict) -> str:
             lines.append("  (mean of a run before and one after the steps: "
                          + " and ".join(f"{r['us_per_output_packet']:.2f}" for r in c["runs"])
                          + " µs per forwarded packet)")
+    lines += compiled_lines(result)
     knee = result.get("knee") or {}
     if knee.get("reached"):
         held = (f"{knee['capacity_players']} players held" if knee.get("capacity_players")
@@ -167,6 +189,9 @@ def plot(result: dict, path: Path) -> Path:
     ax.plot(x, series(lambda s: s["server_cpu"]["us_per_packet"]), "o-", label="server µs per forwarded packet")
     ax.plot(x, series(lambda s: s["server_cpu"]["ceiling_us_per_packet"]), "--", color="green",
             label="ceiling: minimal Python loop")
+    if any((s.get("server_cpu") or {}).get("compiled_us_per_packet") for s in steps):
+        ax.plot(x, series(lambda s: s["server_cpu"]["compiled_us_per_packet"]), ":", color="black",
+                label="compiled ceiling: the core's loop in C")
     ax.set_ylabel("µs / packet")
     ax.set_ylim(bottom=0)
     ax.legend(loc="upper right", fontsize=8)

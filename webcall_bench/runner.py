@@ -33,7 +33,7 @@ from urllib.parse import urlparse
 import aiohttp
 
 from . import procstat
-from .ceiling import cost_at
+from .ceiling import compiled_cost_at, cost_at, fit_linear, stream_sizes
 from .player import BenchPlayer, ClientIdentity, parse_answer
 from .publisher import BenchPublisher, Window, encode_audio_clip, encode_video_clip, use_loopback_candidates
 from .signalling import WcsConnection
@@ -65,6 +65,8 @@ class BenchConfig:
     sample_every: int = 100  # decrypt one packet in this many to check integrity
     ceiling: bool = True
     ceiling_packets: int = 2000
+    compiled_ceiling: bool = True  # the same per-player work in C (the fan-out core's loop), at every step's fan-out
+    compiled_packets: int = 300  # publisher packets per fan-out, paced at the stream's rate (≈ 2.5 s each)
     pin: bool = True  # server on the last CPU, the load generator on the others (when it starts the server)
     profile: bool = False  # py-spy record the server during each window
     profile_native: bool = False  # ... with C frames (libsrtp, sendto) too
@@ -161,7 +163,7 @@ class ServerProcess:
         self.workers = workers
         placement_args = ["--placement", placement] if placement else []
         self.args = [sys.executable, "-m", "webcall", "--host", "127.0.0.1", "--port", str(self.http_port),
-                     "--media-host", "127.0.0.1", "--media-port", str(self.media_port), "--media-tcp-port", "-1", "--public-ip", "127.0.0.1",
+                     "--media-host", "127.0.0.1", "--media-port", str(self.media_port), "--media-tcp-port", "off", "--public-ip", "127.0.0.1",
                      "--log-level", "warning", "--workers", str(workers), *placement_args,
                      *_rest_args(self.rest_port), *extra_args]
         self.proc: subprocess.Popen | None = None
@@ -211,6 +213,59 @@ class ServerProcess:
 def _rest_args(port: int) -> list[str]:
     """REST (/metrics: players per worker, relayed packets) on a port picked here, no HTTPS (8443 by default)."""
     return ["--rest-host", "127.0.0.1", "--rest-port", str(port), "--tls-port", "-1"]
+
+
+async def measure_compiled_ceiling(fanouts: list[int], packets: int, sizes: list[int], rate: float) -> dict:
+    """The compiled ceiling (the fan-out core's loop in C) at these fan-outs, in a process of its own."""
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "webcall_bench.ceiling", "--compiled", "--sizes", "--fanouts",
+        ",".join(map(str, fanouts)), "--packets", str(packets), "--rate", f"{rate:.1f}",
+        stdin=asyncio.subprocess.PIPE, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        preexec_fn=_all_cpus, env=dict(os.environ, PYTHONPATH=os.pathsep.join(
+            filter(None, [str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH")]))))
+    out, err = await proc.communicate(json.dumps(sizes).encode())
+    if proc.returncode != 0:
+        raise RuntimeError(f"compiled ceiling measurement failed: {err.decode(errors='replace')[-2000:]}")
+    return json.loads(out)
+
+
+def average_compiled(before: dict, after: dict) -> dict:
+    """The mean of two compiled-ceiling measurements (before and after the steps), fan-out by fan-out."""
+    mean = dict(before, runs=[before, after])
+    mean["fanouts"] = {}
+    for key, first in before["fanouts"].items():
+        second = after["fanouts"].get(key)
+        mean["fanouts"][key] = {name: (round((value + second[name]) / 2, 3)
+                                       if second and name.startswith("us_") else value)
+                                for name, value in first.items()}
+    fit = fit_linear([(r["fanout"], r["us_per_publisher_packet"]) for r in mean["fanouts"].values()])
+    mean["fit"] = {"fixed_us": round(fit[0], 2), "per_player_us": round(fit[1], 3)} if fit else None
+    return mean
+
+
+def apply_compiled(steps: list[dict], compiled: dict, publishers: int) -> None:
+    """×compiled-ceiling for every step: server µs per forwarded packet ÷ the compiled loop's at that fan-out."""
+    for step in steps:
+        cpu = step.get("server_cpu")
+        if not cpu:
+            continue
+        fanout = step["players"] / max(publishers, 1)
+        cost = compiled_cost_at(compiled, fanout)
+        cpu["compiled_us_per_packet"] = round(cost, 3) if cost else None
+        measured = compiled["fanouts"].get(str(round(fanout))) if fanout == round(fanout) else None
+        if measured:  # the loop's user/kernel split at this very fan-out
+            cpu["compiled_us_user_per_packet"] = measured["us_user_per_forwarded_packet"]
+            cpu["compiled_us_sys_per_packet"] = measured["us_sys_per_forwarded_packet"]
+        cpu["ratio_to_compiled"] = (round(cpu["us_per_packet"] / cost, 2)
+                                    if cost and cpu.get("us_per_packet") else None)
+
+
+def server_fit(steps: list[dict], publishers: int) -> dict | None:
+    """The server's CPU per publisher packet over the steps as fixed + N × per-player (least squares)."""
+    points = [(step["players"] / max(publishers, 1), step["server_cpu"]["us_per_publisher_packet"])
+              for step in steps if (step.get("server_cpu") or {}).get("us_per_publisher_packet")]
+    fit = fit_linear(points)
+    return {"fixed_us": round(fit[0], 2), "per_player_us": round(fit[1], 3), "points": len(points)} if fit else None
 
 
 async def measure_ceiling(fanout: int, packets: int) -> dict:
@@ -296,6 +351,8 @@ class Bench:
             "machine": {**procstat.machine(), "python": sys.version.split()[0]},
             "config": asdict(cfg),
             "ceiling": None,
+            "compiled_ceiling": None,
+            "fit": None,
             "server": {},
             "publishers": [],
             "steps": [],
@@ -320,6 +377,25 @@ class Bench:
                                "video_kbps": round(8 * clip_bytes / (len(self.video_clip) / cfg.fps) / 1000, 1),
                                "audio_kbps": round(8 * sum(map(len, self.audio_clip))
                                                    / (0.02 * len(self.audio_clip)) / 1000, 1)}
+        compiled_args = None
+        if cfg.compiled_ceiling:
+            # The stream's own packet mix and rate (video frames split as aiortc does, Opus every 20 ms).
+            sizes = stream_sizes([len(d) for d, _ in self.video_clip], [len(a) for a in self.audio_clip], cfg.fps,
+                                 len(self.video_clip) / cfg.fps)
+            rate = cfg.publishers * len(sizes) / (len(self.video_clip) / cfg.fps)
+            fanouts = sorted({max(1, round(n / max(cfg.publishers, 1))) for n in steps})
+            compiled_args = (fanouts, cfg.compiled_packets, sizes, rate)
+            self.progress.show(f"measuring the compiled ceiling (the core's loop in C) at fan-outs {fanouts}...")
+            try:
+                self.result["compiled_ceiling"] = await measure_compiled_ceiling(*compiled_args)
+            except RuntimeError as exc:
+                self.progress.line(f"compiled ceiling unavailable: {exc}")
+                compiled_args = None
+            else:
+                fit = self.result["compiled_ceiling"]["fit"]
+                if fit:
+                    self.progress.line(f"compiled ceiling: {fit['fixed_us']:.1f} µs per publisher packet + "
+                                       f"{fit['per_player_us']:.2f} µs per player")
         connector = aiohttp.TCPConnector(limit=0, force_close=False)
         async with aiohttp.ClientSession(connector=connector) as http:
             ticker = asyncio.create_task(self._tick(), name="bench-ticker")
@@ -341,6 +417,17 @@ class Bench:
                 after = None
             if after is not None:
                 self._average_ceiling(after)
+        if compiled_args and self.result["steps"]:
+            self.progress.show("measuring the compiled ceiling again...")
+            with contextlib.suppress(RuntimeError):
+                after = await measure_compiled_ceiling(*compiled_args)
+                self.result["compiled_ceiling"] = average_compiled(self.result["compiled_ceiling"], after)
+        if self.result["compiled_ceiling"]:
+            apply_compiled(self.result["steps"], self.result["compiled_ceiling"], len(self.publishers) or cfg.publishers)
+        self.result["fit"] = {
+            "server": server_fit(self.result["steps"], len(self.publishers) or cfg.publishers),
+            "compiled": (self.result["compiled_ceiling"] or {}).get("fit"),
+        }
         self.result["finished"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
         return self.result
 
@@ -583,8 +670,13 @@ class Bench:
             ceiling = self.result.get("ceiling")
             fanout = n / max(len(self.publishers), 1)
             ceiling_cost = cost_at(ceiling, fanout) if ceiling else None
+            publisher_packets = step["publisher_packets"]
             cpu = {
                 "seconds": round(seconds, 3),
+                # user and kernel apart, per forwarded packet; and all of it per publisher packet (the fit's y)
+                "us_user_per_packet": round(1e6 * user / received, 3) if received else None,
+                "us_sys_per_packet": round(1e6 * system / received, 3) if received else None,
+                "us_per_publisher_packet": round(1e6 * seconds / publisher_packets, 2) if publisher_packets else None,
                 "fraction": round(fraction, 4),  # of one core: CPU seconds per second
                 "sys_share": round(system / seconds, 3) if seconds > 0 else None,  # kernel: sendto, loopback
                 "ms_per_s_per_player": round(1000 * fraction / n, 4) if n else None,
@@ -593,6 +685,9 @@ class Bench:
                 "ceiling_us_per_packet": round(ceiling_cost, 2) if ceiling_cost else None,
                 "ratio_to_ceiling": round(us_per_packet / ceiling_cost, 2) if us_per_packet and ceiling_cost else None,
             }
+        step["server_cpu"] = cpu
+        if cpu and self.result.get("compiled_ceiling"):  # again with the mean of both measurements at the end
+            apply_compiled([step], self.result["compiled_ceiling"], len(self.publishers) or cfg.publishers)
         step["server_cpu"] = cpu
         step["delivery"] = {
             "packets_received": received,
@@ -1042,8 +1137,10 @@ def _step_line(step: dict) -> str:
     lat = step["latency_ms"]
     ttff = step["ttff_ms"]
     ratio = cpu.get("ratio_to_ceiling")
+    compiled = cpu.get("ratio_to_compiled")
     return (f"{step['players']:5d} players: server CPU {100 * (cpu.get('fraction') or 0):5.1f}% "
             f"{cpu.get('us_per_packet') or 0:6.1f} µs/pkt" + (f" (x{ratio:.2f} ceiling)" if ratio else "")
+            + (f" (x{compiled:.2f} compiled)" if compiled else "")
             + _processes_text(step) + " | "
             f"loss {step['delivery']['loss_pct'] or 0:.2f}% | TTFF p50 {ttff['p50']} ms"
             + (f" (alone {ttff['lone']['p50']})" if ttff.get("lone") else "") + " | "

@@ -63,7 +63,7 @@ def bench(tmp_path_factory) -> tuple[dict, Path, subprocess.CompletedProcess, di
         proc = subprocess.run(
             [sys.executable, "-m", "webcall", "bench", "--url", url, "--server-pid", str(server.pid),
              "--players", str(PLAYERS), "--window", "3", "--settle", "0.5", "--clip-seconds", "2",
-             "--ceiling-packets", "400", "--max-latency-ms", "1000", "--probe-joins", "2", "--quiet",
+             "--ceiling-packets", "400", "--compiled-packets", "60", "--max-latency-ms", "1000", "--probe-joins", "2", "--quiet",
              "-o", str(out)],
             cwd=ROOT, capture_output=True, text=True, timeout=120,
         )
@@ -135,7 +135,7 @@ def test_window_delivery_per_player(bench) -> None:
 
 
 def test_cpu_figures_are_plausible(bench) -> None:
-    result, _, _, server_side = bench
+    result, _, proc, server_side = bench
     (step,) = result["steps"]
     cpu = step["server_cpu"]
     assert cpu is not None, "no server CPU figures"
@@ -145,6 +145,16 @@ def test_cpu_figures_are_plausible(bench) -> None:
     assert 0 < cpu["us_per_packet"] < 20_000
     ceiling = result["ceiling"]
     assert 0 < ceiling["us_per_output_packet"] < 1000 and ceiling["us_per_forwarded_packet"] > 0
+    # user + kernel = the whole, per forwarded packet; and the whole per publisher packet
+    assert cpu["us_user_per_packet"] + cpu["us_sys_per_packet"] == pytest.approx(cpu["us_per_packet"], abs=0.02)
+    assert cpu["us_per_publisher_packet"] == pytest.approx(
+        1e6 * cpu["seconds"] / step["publisher_packets"], rel=0.01)
+    # the compiled ceiling, measured at this step's fan-out before and after the step, and the ratio to it
+    compiled = result["compiled_ceiling"]
+    assert set(compiled["fanouts"]) == {str(PLAYERS)} and len(compiled["runs"]) == 2
+    assert cpu["compiled_us_per_packet"] == compiled["fanouts"][str(PLAYERS)]["us_per_forwarded_packet"] > 0
+    assert cpu["ratio_to_compiled"] == pytest.approx(cpu["us_per_packet"] / cpu["compiled_us_per_packet"], rel=0.01)
+    assert "x C" in proc.stdout and "compiled ceiling" in proc.stdout
     assert 0 < step["loadgen"]["cpu_fraction"] <= 2
     assert step["memory"]["server_rss_mb"] > 10
 

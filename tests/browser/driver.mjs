@@ -355,9 +355,77 @@ async function mse(browsers, from, to, h264) {
     });
 }
 
+// README figures (not in the default run: `--only figures`): time to first frame per media provider, with one
+// Chromium publisher (canvas pattern, VP8) and one Chromium player page allowing all three providers.
+async function figures(browsers, count) {
+    await step("chromium", "provider_ttff", async () => {
+        const name = uniq("figures");
+        const pub = await openHarness(browsers.chromium, "chromium", "figures-publisher");
+        const ply = await openHarness(browsers.chromium, "chromium", "figures-player", "WebRTC,MSE,WSPlayer");
+        try {
+            await call(pub, () => T.connect("pub"));
+            await call(ply, () => T.connect("play"));
+            await call(pub, (n) => T.publish("x", "pub", n, {canvas: true, width: 640, height: 480}), name);
+            await call(pub, () => T.waitStatus("x", ["PUBLISHING", "FAILED"], 15000));
+            await sleep(2000);
+            const out = {};
+            for (const provider of ["WebRTC", "MSE", "WSPlayer"]) {
+                out[provider] = [];
+                for (let i = 0; i < count; i++) {  // one evaluate per play: each stays well under the CDP timeout
+                    out[provider].push(...await call(ply, (n, p) => T.providerTtff("play", n, p, 1), name, provider));
+                }
+            }
+            await call(pub, () => T.stop("x"));
+            return out;
+        } finally {
+            await pub.close();
+            await ply.close();
+        }
+    });
+}
+
+// WSPlayer (spec §11.2): the SDK's canvas player with its worker scripts from /sdk/; `from` publishes (VP8).
+async function wsplayer(browsers, from, to) {
+    const scenario = `wsplayer_${from}_to_${to}`;
+    await step(to, scenario, async () => {
+        const name = uniq(`wsp-${from}`);
+        const pub = await openHarness(browsers[from], from, `${scenario}-publisher`);
+        const ply = await openHarness(browsers[to], to, `${scenario}-player`, "WebRTC,WSPlayer");
+        try {
+            await call(pub, () => T.connect("pub"));
+            await call(ply, () => T.connect("play"));
+            await call(pub, (n) => T.publish("x", "pub", n, {canvas: true, width: 640, height: 480}), name);
+            const pst = await call(pub, () => T.waitStatus("x", ["PUBLISHING", "FAILED"], 15000));
+            if (pst.status !== "PUBLISHING") {
+                return {publisher: pst};
+            }
+            await call(ply, (n) => T.play("x", "play", n, {mediaProvider: "WSPlayer"}), name);
+            const st = await call(ply, () => T.waitStatus("x", ["PLAYING", "FAILED", "STOPPED"], 15000));
+            const out = {publisher: {status: pst.status}, player: {status: st.status, info: st.info},
+                providers: ply.__init.providers};
+            if (st.status === "PLAYING") {
+                out.frames = await call(ply, () => T.frameCheck("x", 700));
+                out.audio = await call(ply, () => T.wsAudioCheck(1000));
+                const listed = await (await fetch(`${BASE}/streams`)).json();
+                out.feeds = (listed.find((s) => s.name === name) || {}).feeds;
+            }
+            out.warnings = ply.__warnings.slice(0, 10);
+            await call(ply, () => T.stop("x"));
+            out.playerStop = (await call(ply, () => T.waitStatus("x", ["STOPPED", "FAILED"], 5000, 1))).status;
+            await call(pub, () => T.stop("x"));
+            out.unpublish = (await call(pub, () => T.waitStatus("x", ["UNPUBLISHED", "FAILED"], 5000))).status;
+            return out;
+        } finally {
+            await pub.close();
+            await ply.close();
+        }
+    });
+}
+
 // The real demo page (index.html at /): publish and play through its buttons, then a screenshot.
-async function demo(browser, browserName) {
-    await step(browserName, "demo_page", async () => {
+async function demo(browser, browserName, provider) {
+    // provider: the demo's ?mediaProvider= for its play panel (MSE / WSPlayer); publishing stays WebRTC
+    await step(browserName, provider ? `demo_page_${provider}` : "demo_page", async () => {
         const name = uniq(`demo-${browserName}`);
         let page;
         try {
@@ -371,7 +439,8 @@ async function demo(browser, browserName) {
         page.on("pageerror", (err) => lines.push(`pageerror: ${err.message}`));
         try {
             await page.setViewport({width: 1280, height: 900});
-            await page.goto(`${BASE}/?stream=${name}`, {waitUntil: "load"});
+            await page.goto(`${BASE}/?stream=${name}${provider ? "&mediaProvider=" + provider : ""}`,
+                {waitUntil: "load"});
             const text = (id) => page.$eval(id, (el) => el.textContent.trim());
             const waitText = async (id, wanted, ms) => {
                 const deadline = Date.now() + ms;
@@ -391,7 +460,7 @@ async function demo(browser, browserName) {
             await page.click("#playBtn");
             const play = await waitText("#playStatus", ["PLAYING", "FAILED"], 15000);
             await sleep(3000);  // let the stats lines fill in
-            const file = path.join(ARTIFACTS, `demo-index-${browserName}.png`);
+            const file = path.join(ARTIFACTS, `demo-index-${browserName}${provider ? "-" + provider : ""}.png`);
             await page.screenshot({path: file});
             const shown = {
                 publishStats: await text("#publishStats"), playStats: await text("#playStats"),
@@ -447,15 +516,23 @@ async function main() {
             note("mse");
             await mse(browsers, "chromium", "chromium", true);
             await mse(browsers, "chromium", "chromium", false);
+            await wsplayer(browsers, "chromium", "chromium");
             if (browsers.firefox) {
                 await mse(browsers, "firefox", "chromium", false);
                 await mse(browsers, "chromium", "firefox", false);
             }
         }
+        if (ONLY.has("figures") && browsers.chromium) {
+            note("figures");
+            await figures(browsers, TTFF_COUNT);
+        }
         if (ONLY.has("demo")) {
             for (const name of live) {
                 note(`${name}: demo page`);
                 await demo(browsers[name], name);
+                if (name === "chromium") {
+                    await demo(browsers[name], name, "MSE");
+                }
             }
         }
     } finally {

@@ -12,6 +12,43 @@
     "use strict";
 
     var params = new URLSearchParams(location.search);
+
+    // WSPlayer (spec §11.2) draws into a WebGL canvas and plays audio through a ScriptProcessor: keep the
+    // canvas readable (preserveDrawingBuffer), and count the player's audio callbacks that output sound.
+    var wsAudio = {callbacks: 0, audible: 0};
+    var getContext = HTMLCanvasElement.prototype.getContext;
+    HTMLCanvasElement.prototype.getContext = function (type, attrs) {
+        if (type === "webgl" || type === "experimental-webgl") {
+            attrs = Object.assign({}, attrs || {}, {preserveDrawingBuffer: true});
+        }
+        return getContext.call(this, type, attrs);
+    };
+    var Ctx = window.AudioContext || window.webkitAudioContext;
+    if (Ctx && Ctx.prototype.createScriptProcessor) {
+        var createScriptProcessor = Ctx.prototype.createScriptProcessor;
+        Ctx.prototype.createScriptProcessor = function () {
+            var node = createScriptProcessor.apply(this, arguments);
+            var handler = null;
+            Object.defineProperty(node, "onaudioprocess", {
+                get: function () { return handler; },
+                set: function (fn) {
+                    handler = fn;
+                    node.addEventListener("audioprocess", function (e) {
+                        fn.call(node, e);
+                        var out = e.outputBuffer.getChannelData(0), peak = 0;
+                        for (var i = 0; i < out.length; i++) {
+                            peak = Math.max(peak, Math.abs(out[i]));
+                        }
+                        wsAudio.callbacks++;
+                        if (peak > 0.01) {
+                            wsAudio.audible++;
+                        }
+                    });
+                }
+            });
+            return node;
+        };
+    }
     var SERVER = params.get("server") || ("ws://" + location.host + "/");
 
     var sessions = {};   // key -> {session, statuses: [...]}
@@ -69,7 +106,7 @@
 
     function videoOf(key) {
         var s = streams[key];
-        return s ? s.display.querySelector("video") : null;
+        return s ? (s.display.querySelector("video") || s.display.querySelector("canvas")) : null;
     }
 
     // A moving test pattern for browsers whose fake camera is a flat colour (Firefox): colour bars
@@ -365,7 +402,10 @@
             if (!video) {
                 return Promise.resolve({error: "no <video> in the display"});
             }
-            return waitFor(function () { return video.videoWidth > 0 && video.readyState >= 2; }, 5000,
+            var canvas = video.tagName === "CANVAS";  // WSPlayer's picture
+            return waitFor(function () {
+                return canvas ? video.width !== 300 && video.width !== 320 : video.videoWidth > 0 && video.readyState >= 2;
+            }, canvas ? 10000 : 5000,
                 "video dimensions").then(function () {
                 var w = 160, h = 120;
                 var a = grab(video, w, h);
@@ -382,14 +422,72 @@
                         sumSq += b[i] * b[i];
                     }
                     var n = a.length, mean = sum / n;
-                    return {videoWidth: video.videoWidth, videoHeight: video.videoHeight,
+                    return {videoWidth: canvas ? video.width : video.videoWidth,
+                        videoHeight: canvas ? video.height : video.videoHeight,
                         meanAbsDiff: diff / n, changedFraction: changed / n, meanLuma: mean,
-                        stdLuma: Math.sqrt(Math.max(0, sumSq / n - mean * mean)), paused: video.paused,
+                        stdLuma: Math.sqrt(Math.max(0, sumSq / n - mean * mean)), paused: canvas ? false : video.paused,
                         currentTime: video.currentTime};
                 });
             }, function (e) {
                 return {error: e.message, videoWidth: video.videoWidth, readyState: video.readyState};
             });
+        },
+
+        // Time to first frame per media provider (README figures): play() on a fresh stream until its first
+        // picture is shown — <video>: requestVideoFrameCallback (else readyState >= 2); WSPlayer's canvas: its first
+        // render, which sizes it to the picture. Then, while it plays, how far the MSE buffer runs ahead of
+        // what is shown (the SDK's own playout buffer). Then stop().
+        providerTtff: async function (sessionKey, name, provider, count) {
+            var out = [];
+            for (let i = 0; i < count; i++) {
+                const key = "pttff-" + provider + "-" + i + "-" + Math.random().toString(36).slice(2, 6);
+                const display = newDisplay(key);
+                const stream = sessions[sessionKey].session.createStream({name: name, display: display,
+                    mediaProvider: provider});
+                const entry = attachStream(key, stream, name, display);
+                let first = null;
+                const t0 = performance.now();
+                stream.play();
+                let hooked = false;
+                await waitFor(function () {
+                    const v = display.querySelector("video");
+                    const c = display.querySelector("canvas");
+                    if (v && !hooked && v.requestVideoFrameCallback) {
+                        hooked = true;
+                        v.requestVideoFrameCallback(function () {
+                            if (first === null) {
+                                first = performance.now();
+                            }
+                        });
+                    }
+                    if (first === null && v && !v.requestVideoFrameCallback && v.readyState >= 2) {
+                        first = performance.now();
+                    }
+                    if (first === null && c && c.width !== 300 && c.width !== 320) {
+                        first = performance.now();
+                    }
+                    return first !== null || entry.statuses.some((s) => s.status === "FAILED");
+                }, 15000, "first frame").catch(function () {});
+                const result = {provider: provider, ttffMs: first !== null ? Math.round(first - t0) : null};
+                const v = display.querySelector("video");
+                if (v && provider === "MSE") {
+                    await sleep(3000);
+                    const b = v.buffered;
+                    result.bufferAheadMs = b.length ? Math.round((b.end(b.length - 1) - v.currentTime) * 1000) : null;
+                }
+                stream.stop();
+                await T.waitStatus(key, ["STOPPED", "FAILED"], 5000);
+                display.remove();
+                out.push(result);
+            }
+            return out;
+        },
+
+        // WSPlayer's audio callbacks so far (all its players on this page): how many output sound.
+        wsAudioCheck: async function (gapMs) {
+            var a = Object.assign({}, wsAudio);
+            await sleep(gapMs || 1000);
+            return {before: a, after: Object.assign({}, wsAudio)};
         },
 
         // What an MSE player's <video> has of audio: the decoded audio bytes (Chromium), mozHasAudio (Firefox),

@@ -4,6 +4,8 @@
 //   udp_blocked  default transport against a server (--blocked-base) whose announced UDP candidate is a black
 //                hole, as behind a firewall that drops UDP: the browser tries UDP first and must fall back to TCP
 //
+//   firefox_sdk_tcp  sdk_tcp in Firefox (its own ICE-TCP implementation)
+//
 //   node tests/browser/ice_tcp_driver.mjs --base http://127.0.0.1:PORT --blocked-base http://127.0.0.1:PORT2
 //
 // Prints one RESULT line per scenario (publish/play statuses, what the player renders, the selected candidate
@@ -30,7 +32,12 @@ const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
 async function openHarness(browser, label, base) {
     const BASE = base.replace(/\/$/, "");
     const WS_URL = BASE.replace(/^http/, "ws");
-    const page = await browser.newPage();
+    let page;
+    try {  // a window each: a background tab's timers (the canvas publisher's) are throttled
+        page = await browser.newPage({type: "window"});
+    } catch (e) {
+        page = await browser.newPage();
+    }
     const lines = [];
     page.on("console", (msg) => lines.push(`${msg.type()}: ${msg.text()}`.slice(0, 1000)));
     page.on("pageerror", (err) => lines.push(`pageerror: ${err.message}`));
@@ -40,8 +47,8 @@ async function openHarness(browser, label, base) {
     return page;
 }
 
-async function scenario(name, base, transport) {
-    const browser = await launch("chromium");
+async function scenario(name, base, transport, browserName = "chromium") {
+    const browser = await launch(browserName);
     const stream = `ice-tcp-${name}-${Math.random().toString(36).slice(2, 8)}`;
     const pages = [];
     try {
@@ -50,20 +57,24 @@ async function scenario(name, base, transport) {
         pages.push(pub, play);
         await pub.evaluate(() => T.connect("s"));
         await play.evaluate(() => T.connect("s"));
-        await pub.evaluate((n, t) => T.publish("p", "s", n, {transport: t}), stream, transport);
+        // Firefox publishes the harness's canvas pattern, as in driver.mjs (its fake camera is not reliable headless)
+        const canvas = browserName === "firefox";
+        await pub.evaluate((n, t, c) => T.publish("p", "s", n, {transport: t, canvas: c}), stream, transport, canvas);
         const published = await pub.evaluate(() => T.waitStatus("p", ["PUBLISHING", "FAILED"], 15000));
         await play.evaluate((n, t) => T.play("v", "s", n, {transport: t}), stream, transport);
         const playing = await play.evaluate(() => T.waitStatus("v", ["PLAYING", "FAILED"], 15000));
         await sleep(2500);  // a few seconds of video, past the first keyframe
         const frames = await play.evaluate(() => T.frameCheck("v", 700));
-        const pubStats = await pub.evaluate(() => T.stats("p"));
-        const playStats = await play.evaluate(() => T.stats("v"));
+        const stats = (page, key) => page.evaluate((k) => T.stats(k), key).catch((e) => ({error: String(e)}));
+        const pubStats = await stats(pub, "p");
+        const playStats = await stats(play, "v");
         await play.evaluate(() => T.stop("v"));
         await pub.evaluate(() => T.stop("p"));
         await sleep(500);
         emit(name, {data: {published: published.status, publishedInfo: published.info, playing: playing.status,
             playingInfo: playing.info, frames, publisherPair: pubStats.pair, playerPair: playStats.pair,
-            inbound: playStats.inbound.video || null, outbound: pubStats.outbound.video || null}});
+            statsErrors: [pubStats.error, playStats.error].filter(Boolean),
+            inbound: (playStats.inbound || {}).video || null, outbound: (pubStats.outbound || {}).video || null}});
     } catch (e) {
         note(`${name} error: ${e && e.stack || e}`);
         emit(name, {error: String(e && e.message || e)});
@@ -79,4 +90,5 @@ async function scenario(name, base, transport) {
 
 await scenario("sdk_tcp", args.base, "TCP");
 await scenario("udp_blocked", args["blocked-base"], undefined);
+await scenario("firefox_sdk_tcp", args.base, "TCP", "firefox");
 process.exit(0);

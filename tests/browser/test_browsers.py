@@ -400,3 +400,29 @@ def test_mse_player(results: Results, player: str, scenario: str, transcoded: bo
     assert feed["transcodingVideo"] is transcoded, feed
     assert feed["stats"]["video_codec"] == ("VP8" if transcoded else "H264"), feed
     assert data["playerStop"] == "STOPPED" and data["unpublish"] == "UNPUBLISHED", data
+
+
+def test_wsplayer_player(results: Results) -> None:
+    """WSPlayer (spec §11.2) in Chromium: the SDK's canvas shows the moving pattern at the publication's size,
+    and its audio callbacks output sound; the SDK's own worker scripts came from /sdk/."""
+    data = results.get("chromium", "wsplayer_chromium_to_chromium")
+    assert data["publisher"]["status"] == "PUBLISHING", data
+    assert data["player"]["status"] == "PLAYING", data
+    assert "WSPlayer" in data["providers"]
+    assert_moving_picture(data["frames"])
+    assert (data["frames"]["videoWidth"], data["frames"]["videoHeight"]) == (640, 480)
+    before, after = data["audio"]["before"], data["audio"]["after"]
+    assert after["audible"] > before["audible"] >= 0 and after["audible"] > 0, data["audio"]
+    (feed,) = data["feeds"]
+    assert feed["output"] == "wsplayer" and feed["transcodingVideo"] is True, feed
+    assert data["playerStop"] == "STOPPED" and data["unpublish"] == "UNPUBLISHED", data
+
+
+def test_demo_page_plays_over_mse(results: Results) -> None:
+    """The demo page with ?mediaProvider=MSE: it publishes over WebRTC and its play panel plays over MSE."""
+    data = results.get("chromium", "demo_page_MSE")
+    assert data["session"] == "ESTABLISHED", data
+    assert (data["publish"], data["play"]) == ("PUBLISHING", "PLAYING"), data
+    assert data["remoteVideo"] and data["remoteVideo"]["w"] > 0 and not data["remoteVideo"]["paused"], data
+    assert (data["stopped"], data["playAfter"]) == ("UNPUBLISHED", "STOPPED"), data
+    assert not [line for line in data["console"] if line.startswith("pageerror")], data["console"]

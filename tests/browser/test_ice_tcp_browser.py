@@ -1,14 +1,14 @@
-"""WebRTC over ICE-TCP in Chromium with the official SDK (tests/browser/ice_tcp_driver.mjs).
+"""WebRTC over ICE-TCP in Chromium and Firefox with the official SDK (tests/browser/ice_tcp_driver.mjs).
 
 Two ways a browser ends up on TCP: the SDK's `transport: "TCP"` (the server then announces only its passive TCP
 candidates; two media workers, each with its own TCP port, players spread over both), and UDP that goes nowhere:
 a one-process server announces UDP and TCP as usual, but its UDP candidate leads to a socket that drops
 everything, as a firewall that drops UDP does. The browser tries UDP first (higher priority) and must fall back
 to TCP. Both publish and play; what the player renders is checked, and so is the candidate pair each browser
-selected. (Chromium's --force-webrtc-ip-handling-policy=disable_non_proxied_udp was tried first: with no proxy
-configured it still used UDP on 127.0.0.1, so it does not block UDP here.)
+selected. Firefox (its own ICE-TCP) does the first one too. (Chromium's
+--force-webrtc-ip-handling-policy=disable_non_proxied_udp was tried first: with no proxy configured it still
+used UDP on 127.0.0.1, so it does not block UDP here.)
 """
-
 from __future__ import annotations
 
 import asyncio
@@ -26,7 +26,7 @@ from tests.support.deps import missing_dependency
 
 DRIVER = REPO / "tests" / "browser" / "ice_tcp_driver.mjs"
 ARTIFACTS = REPO / "artifacts" / "browser-ice-tcp"
-SCENARIOS = ("sdk_tcp", "udp_blocked")
+SCENARIOS = ("sdk_tcp", "udp_blocked", "firefox_sdk_tcp")
 
 
 @pytest.fixture(scope="module")

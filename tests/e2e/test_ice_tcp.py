@@ -14,6 +14,7 @@ import socket
 import struct
 import uuid
 
+import aiohttp
 import pytest
 from aioice import stun
 
@@ -21,6 +22,13 @@ from tests.support import peers
 from tests.support.tcpshim import TcpShim
 
 FRAMES = 20
+async def prometheus_value(server, name: str) -> float:
+    async with aiohttp.ClientSession() as http:
+        async with http.get(f"{server.rest_url}/metrics") as r:
+            text = await r.text()
+    return float(re.search(rf"^{name} (\S+)$", text, re.M)[1])
+
+
 CANDIDATE = re.compile(r"a=candidate:\S+ 1 (udp|tcp) (\d+) (\S+) (\d+) typ host( tcptype passive)?")
 
 
@@ -92,7 +100,7 @@ async def test_answer_announces_tcp_after_udp_and_alone_for_transport_tcp(server
 
 
 async def test_no_tcp_candidates_when_off(make_server) -> None:
-    server = await make_server(media_tcp_port=-1)
+    server = await make_server(media_tcp_port="off")
     assert server.server.media_tcp_port == 0 and server.port.tcp_server is None
     client = await server.client()
     pub = await peers.publish(client, "udp", extra_fields={"transport": "TCP"})  # asks TCP: gets UDP
@@ -178,6 +186,7 @@ async def test_bad_input_on_the_tcp_port(server, monkeypatch) -> None:
         assert await closed_by_server(reader), f"{name}: connection not closed"
         writer.close()
     assert server.port.tcp_refused == refused + len(cases)
+    assert await prometheus_value(server, "webcall_ice_tcp_refused_total") == refused + len(cases)
 
     # Half a frame, then silence: kept while it may still be completed, closed after UNVERIFIED_TIMEOUT.
     reader, writer = await open_raw(port)
@@ -258,6 +267,11 @@ async def test_two_workers_over_tcp(make_server) -> None:
         players = [await peers.play(c, "two workers tcp") for c in clients]
         await asyncio.gather(*(assert_plays(p) for p in players))
         assert all(shim.connections for shim in shims), "both workers carried TCP media"
+        for _ in range(50):  # the workers report their ports' counters twice a rate interval
+            if await prometheus_value(server, "webcall_ice_tcp_connections") == 3:
+                break
+            await asyncio.sleep(0.1)
+        assert await prometheus_value(server, "webcall_ice_tcp_connections") == 3
         for p in (*players, pub):
             await p.close()
         for c in (pub_client, *clients):
@@ -294,15 +308,23 @@ async def test_slow_tcp_reader_does_not_slow_udp_players(server, monkeypatch) ->
         assert link.dropped_out >= 50, f"only {link.dropped_out} packets dropped: the buffer is not bounded"
         assert link.transport.get_write_buffer_size() <= 64 * 1024
         await asyncio.sleep(1.0)
-        fast_frames = fast.frames[fast_before:]
-        span = fast_frames[-1].t - fast_frames[0].t
-        assert len(fast_frames) >= 0.6 * 30 * span, f"UDP player slowed: {len(fast_frames)} frames in {span:.1f}s"
-        gaps = [b.t - a.t for a, b in zip(fast_frames, fast_frames[1:])]
-        assert max(gaps) < 0.5, f"UDP player froze {max(gaps):.2f}s while the TCP reader was stalled"
+        # The UDP player during the stall, in the publisher's frames (its counter): what it missed and its longest
+        # hole. Wall-clock rates would measure this shared machine's load on the aiortc decoders instead.
+        counters = [f.counter for f in fast.frames[fast_before:] if f.counter is not None]
+        covered = len(set(counters)) / (counters[-1] - counters[0] + 1)
+        hole = max(b - a for a, b in zip(counters, counters[1:]))
+        assert covered >= 0.9, f"UDP player lost {1 - covered:.0%} of the frames while the TCP reader was stalled"
+        assert hole <= 10, f"UDP player skipped {hole - 1} frames at once while the TCP reader was stalled"
 
         shim.resume_reading()
         since = len(slow.frames)
-        await assert_plays(slow, 30, since=since)  # decodable again, from a keyframe on
+        resumed = asyncio.get_running_loop().time()
+        await slow.wait_decoded_frames(30, timeout=15, since=since)  # decodable again, from a keyframe on
+        intact = [f.counter for f in slow.frames[since:] if f.pattern_present and f.counter is not None]
+        assert all(b > a for a, b in zip(intact[-20:], intact[-20:][1:])), str(intact)  # and moving forward
+        print(f"slow TCP reader: {link.dropped_out} packets dropped; UDP player meanwhile {len(counters)} frames, "
+              f"{covered:.0%} of the publisher's, longest hole {hole - 1} frames; TCP player decoding again "
+              f"{slow.frames[since].t - resumed:.2f} s after it read again")
         assert slow.status == "PLAYING"
         for p in (slow, fast, pub):
             await p.close()

@@ -12,7 +12,6 @@ import asyncio
 import json
 import struct
 import uuid
-from fractions import Fraction
 
 import aiohttp
 import av
@@ -21,6 +20,7 @@ import pytest
 
 from tests.support import peers
 from tests.support.media import dominant_frequency
+from webcall.streams import feeds as feeds_mod
 
 SDK_MSE_OFFER = (  # the SDK's fixed MSE offer (media-source-media-provider.js createOffer)
     "v=0\r\no=- 1988962254 1988962254 IN IP4 0.0.0.0\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\na=sdplang:en\r\n"
@@ -123,8 +123,8 @@ class MsePlayerReader:
             self.pcm.append(pcm.to_ndarray()[0])
 
 
-async def play_mse(client, name: str, *, token: str | None = None):
-    """playStream with mediaProvider MSE, then the media socket; returns (mediaSessionId, ws, aiohttp session)."""
+async def play_mse(client, name: str) -> str:
+    """playStream with mediaProvider MSE and the SDK's offer; returns its mediaSessionId."""
     msid = str(uuid.uuid4())
     await client.send("playStream", {"mediaSessionId": msid, "name": name, "published": False, "hasVideo": True,
                                      "hasAudio": True, "status": "PENDING", "record": False, "width": 0, "height": 0,
@@ -162,6 +162,7 @@ async def test_mse_player_sees_and_hears_the_stream(server_shapes, codec: str) -
     await publisher.wait_status("PUBLISHING", timeout=10)
 
     readers, sockets, clients = [], [], []
+    started = asyncio.get_running_loop().time()
     for _ in range(2):  # two MSE players of one stream: one feed
         client = await server.client(media_providers=["WebRTC", "MSE"])
         msid = await play_mse(client, "mse-live")
@@ -188,8 +189,23 @@ async def test_mse_player_sees_and_hears_the_stream(server_shapes, codec: str) -
         assert abs(dominant_frequency(pcm, reader.audio_rate) - 440) < 20  # the publisher's tone (tests/support)
         assert reader.video_ts == sorted(reader.video_ts)
 
+    # A player joining a feed that has run for a while (the SDK's demuxer resets on a jump of more than 5 s in
+    # video timestamps, dropping the avcC it buffered): its avcC carries the time of its first keyframe.
+    await asyncio.sleep(max(0.0, 6.5 - (asyncio.get_running_loop().time() - started)))
+    late_client = await server.client()
+    await play_mse(late_client, "mse-live")
+    late_http, late_ws = await open_media_socket(server.url, late_client.auth_token)
+    late = MsePlayerReader()
+    await read_media(late_ws, late, 20, 20)
+    avcc_ts = next(ts for tag, ts, body in late.records if tag == 9 and body[1] == 0)
+    assert abs(late.video_ts[0] - avcc_ts) < 1000 and late.video_ts[0] > 5000, (avcc_ts, late.video_ts[:3])
+    assert_moving(late.pictures)
+    await late_ws.close()
+    await late_http.close()
+    clients.append(late_client)
+
     feeds = server.hub.feeds
-    assert feeds.started == 1, "one feed for both players"
+    assert feeds.started == 1, "one feed for all players"
     assert feeds.transcoders_started == (0 if codec == "H264" else 1)  # H264 is re-framed, never re-encoded
 
     # a media socket that presents the token again has nothing left to bind to: closed with a reason
@@ -220,3 +236,224 @@ async def test_media_socket_with_bad_token_is_closed_alone(server) -> None:
     client = await server.client()
     assert client.auth_token
     await client.close()
+
+
+# --- WSPlayer (spec §11.2) --------------------------------------------------------------------------------
+
+SDK_WSPLAYER_OFFER = ("v=0\r\no=- 1988962254 1988962254 IN IP4 0.0.0.0\r\nc=IN IP4 0.0.0.0\r\nt=0 0\r\n"
+                      "a=sdplang:en\r\nm=video 0 RTP/AVP 32\r\na=rtpmap:32 MPV/90000\r\na=recvonly\r\n"
+                      "m=audio 0 RTP/AVP 0\r\na=rtpmap:0 PCMU/8000\r\na=recvonly\r\n")
+
+
+class WsPlayerReader:
+    """WSReceiver2.js's reading of the packets, down to MPEG-1 pictures and µ-law samples."""
+
+    def __init__(self) -> None:
+        self.video = av.CodecContext.create("mpeg1video", "r")
+        self.mulaw = av.CodecContext.create("pcm_mulaw", "r")
+        self.mulaw.sample_rate, self.mulaw.layout = 8000, "mono"
+        self.ssrcs: dict[int, int] = {}  # type -> ssrc
+        self.synced: set[int] = set()
+        self.pictures: list[np.ndarray] = []
+        self.pcm: list[np.ndarray] = []
+        self.first_video_keyframe: bool | None = None
+        self.audio_sizes: set[int] = set()
+
+    def feed(self, frame: bytes) -> None:
+        b0 = frame[0]
+        kind, has_ssrc, has_ts = (b0 >> 2) & 3, (b0 >> 1) & 1, b0 & 1
+        if kind == 3:
+            ssrc, rtp_ts, sec, frac = struct.unpack(">iIII", frame[1:17])
+            self.synced.add(ssrc & 0xFFFFFFFF)
+            return
+        pos = 1
+        if has_ssrc:
+            self.ssrcs[kind] = struct.unpack_from(">I", frame, pos)[0]
+            pos += 4
+        if has_ts:
+            pos += 4
+        payload = frame[pos:]
+        if kind == 1:
+            if self.first_video_keyframe is None:
+                self.first_video_keyframe = bool((b0 >> 4) & 1)
+            for picture in self.video.decode(av.Packet(payload)):
+                self.pictures.append(picture.to_ndarray(format="gray"))
+        elif kind == 2:
+            self.audio_sizes.add(len(payload))
+            for pcm in self.mulaw.decode(av.Packet(payload)):
+                self.pcm.append(pcm.to_ndarray()[0].astype(np.float64) / 32768)
+
+
+@pytest.mark.parametrize("codec", ["VP8", "H264"])
+async def test_wsplayer_player_sees_and_hears_the_stream(server_shapes, codec: str) -> None:
+    server = server_shapes
+    pub_client = await server.client()
+    publisher = await peers.publish(pub_client, "wsp-live", video_codec=codec)
+    await publisher.wait_status("PUBLISHING", timeout=10)
+    client = await server.client()
+    msid = str(uuid.uuid4())
+    await client.send("playStream", {"mediaSessionId": msid, "name": "wsp-live", "published": False,
+                                     "hasVideo": True, "hasAudio": True, "status": "PENDING", "record": False,
+                                     "width": 0, "height": 0, "mediaProvider": "WSPlayer", "sdp": SDK_WSPLAYER_OFFER})
+    status = await client.wait_for("notifyStreamStatusEvent", mediaSessionId=msid, timeout=5)
+    assert status["data"][0]["status"] == "PLAYING"
+    http, ws = await open_media_socket(server.url, client.auth_token)
+    reader = WsPlayerReader()
+
+    async def run() -> None:
+        while len(reader.pictures) < 40 or len(reader.pcm) < 100 or len(reader.synced) < 2:
+            msg = await ws.receive()
+            assert msg.type == aiohttp.WSMsgType.BINARY, (msg.type, msg.extra)
+            reader.feed(msg.data)
+    await asyncio.wait_for(run(), 25)
+
+    assert reader.first_video_keyframe is True
+    assert reader.synced == {reader.ssrcs[1], reader.ssrcs[2]}  # a sync packet for each SSRC
+    assert reader.audio_sizes == {160}  # 20 ms of µ-law per packet, as the player counts them
+    assert reader.pictures[0].shape == (480, 640)
+    assert_moving(reader.pictures)
+    pcm = np.concatenate(reader.pcm[20:])
+    assert abs(dominant_frequency(pcm, 8000) - 440) < 20
+    assert server.hub.feeds.transcoders_started == 1
+    await ws.close()
+    await http.close()
+    # no socket left reading the feed: it stops after its linger, while the stream goes on (no player, no cost)
+    await asyncio.sleep(feeds_mod.LINGER + 1.0)
+    assert server.hub.feeds.feeds == {}
+    assert publisher.status == "PUBLISHING"
+    await publisher.stop()
+    await client.wait_for("notifyStreamStatusEvent", status="STOPPED", timeout=5)
+    for c in (pub_client, client):
+        await c.close()
+    await publisher.close()
+    await server.wait_empty()
+
+
+async def test_media_socket_that_stops_reading_fails_only_its_play(server, monkeypatch) -> None:
+    """A client that never reads its media socket fills its bounded buffer: that play is FAILED and the socket
+    dropped; the stream and another MSE player of it go on."""
+    import base64
+    import os
+    import socket
+
+    from webcall.server import media_socket
+
+    monkeypatch.setattr(media_socket, "BUFFER_LIMIT", 16 * 1024)
+    monkeypatch.setattr(media_socket, "SEND_BUFFER", 4096)
+    pub_client = await server.client()
+    publisher = await peers.publish(pub_client, "stuck", video_codec="H264")
+    await publisher.wait_status("PUBLISHING", timeout=10)
+
+    good_client = await server.client()
+    await play_mse(good_client, "stuck")
+    http, good_ws = await open_media_socket(server.url, good_client.auth_token)
+    good = MsePlayerReader()
+
+    stuck_client = await server.client()
+    msid = await play_mse(stuck_client, "stuck")
+    await stuck_client.wait_for("notifyStreamStatusEvent", mediaSessionId=msid, status="PLAYING", timeout=5)
+    # a raw socket with a small receive buffer that never reads after the handshake
+    port = int(server.url.rsplit(":", 1)[1].strip("/"))
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    loop = asyncio.get_running_loop()
+    await loop.sock_connect(sock, ("127.0.0.1", port))
+    key = base64.b64encode(os.urandom(16)).decode()
+    await loop.sock_sendall(sock, (f"GET / HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nUpgrade: websocket\r\n"
+                                   f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
+                                   "Sec-WebSocket-Version: 13\r\n\r\n").encode())
+    head = b""
+    while b"\r\n\r\n" not in head:
+        head += await loop.sock_recv(sock, 1)
+    assert b" 101 " in head
+    text = json.dumps({"message": "connectMediaTransport", "data": [{"authToken": stuck_client.auth_token}]}).encode()
+    mask = os.urandom(4)
+    length = bytes((0x80 | len(text),)) if len(text) < 126 else bytes((0x80 | 126,)) + struct.pack(">H", len(text))
+    await loop.sock_sendall(sock, b"\x81" + length + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(text)))
+
+    failed = await stuck_client.wait_for("notifyStreamStatusEvent", mediaSessionId=msid, status="FAILED", timeout=30)
+    assert failed["data"][0]["info"] == "Media transport not reading"
+    # the other player still gets pictures, the publication is untouched
+    await read_media(good_ws, good, 30, 20)
+    assert publisher.status == "PUBLISHING"
+    assert len(server.hub.registry.find("stuck").players) == 1
+    sock.close()
+    await good_ws.close()
+    await http.close()
+    await publisher.stop()
+    for c in (pub_client, good_client, stuck_client):
+        await c.close()
+    await publisher.close()
+    await server.wait_empty()
+
+
+@pytest.mark.parametrize("provider", ["MSE", "WSPlayer"])
+async def test_audio_only_stream(server, provider: str) -> None:
+    """No video published: the answer rejects video (the SDK then waits for audio only) and the audio plays."""
+    pub_client = await server.client()
+    publisher = await peers.publish(pub_client, "radio", video=False)
+    await publisher.wait_status("PUBLISHING", timeout=10)
+    client = await server.client()
+    msid = str(uuid.uuid4())
+    offer = SDK_MSE_OFFER if provider == "MSE" else SDK_WSPLAYER_OFFER
+    await client.send("playStream", {"mediaSessionId": msid, "name": "radio", "mediaProvider": provider, "sdp": offer})
+    answer = await client.wait_for("setRemoteSDP", timeout=5)
+    assert "m=video 0 " in answer["data"][1] and "m=audio 9 " in answer["data"][1]
+    http, ws = await open_media_socket(server.url, client.auth_token)
+    pcm: list = []
+    if provider == "MSE":
+        reader = MsePlayerReader()
+        while len(reader.pcm) < 60:
+            msg = await asyncio.wait_for(ws.receive(), 10)
+            reader.feed(msg.data)
+        assert reader.records[0][0] == 8 and reader.records[0][2][0] == 0  # the ASC first
+        pcm, rate = reader.pcm[10:], reader.audio_rate
+    else:
+        wreader = WsPlayerReader()
+        while len(wreader.pcm) < 100 or not wreader.synced:
+            msg = await asyncio.wait_for(ws.receive(), 10)
+            wreader.feed(msg.data)
+        assert not wreader.pictures and wreader.synced == {wreader.ssrcs[2]}
+        pcm, rate = wreader.pcm[20:], 8000
+    assert abs(dominant_frequency(np.concatenate(pcm), rate) - 440) < 20
+    await ws.close()
+    await http.close()
+    await publisher.stop()
+    for c in (pub_client, client):
+        await c.close()
+    await publisher.close()
+    await server.wait_empty()
+
+
+async def test_mse_player_asking_for_a_smaller_size(server_shapes) -> None:
+    """playStream width/height with MSE: a feed of its own at that size (even an H264 publication is then
+    transcoded); notifyVideoFormat tells that size. A player without a size still gets the re-framed feed."""
+    server = server_shapes
+    pub_client = await server.client()
+    publisher = await peers.publish(pub_client, "mse-sized", video_codec="H264")
+    await publisher.wait_status("PUBLISHING", timeout=10)
+    small_client = await server.client()
+    msid = str(uuid.uuid4())
+    await small_client.send("playStream", {"mediaSessionId": msid, "name": "mse-sized", "mediaProvider": "MSE",
+                                           "sdp": SDK_MSE_OFFER, "width": 320, "height": 0, "bitrate": 300})
+    small_http, small_ws = await open_media_socket(server.url, small_client.auth_token)
+    full_client = await server.client()
+    await play_mse(full_client, "mse-sized")
+    full_http, full_ws = await open_media_socket(server.url, full_client.auth_token)
+    small, full = MsePlayerReader(), MsePlayerReader()
+    await asyncio.gather(read_media(small_ws, small, 30, 25), read_media(full_ws, full, 30, 25))
+    assert small.pictures[-1].shape == (240, 320) and full.pictures[-1].shape == (480, 640)
+    assert_moving(small.pictures)
+    fmt = [m["data"][0] for m in small_client.messages if m["message"] == "notifyVideoFormat"]
+    assert fmt and (fmt[-1]["streamerVideoWidth"], fmt[-1]["streamerVideoHeight"]) == (320, 240), fmt
+    feeds = server.hub.feeds
+    assert feeds.started == 2 and feeds.transcoders_started == 1  # the re-framed one has no transcoder
+    for http, ws in ((small_http, small_ws), (full_http, full_ws)):
+        await ws.close()
+        await http.close()
+    await publisher.stop()
+    for c in (pub_client, small_client, full_client):
+        await c.close()
+    await publisher.close()
+    await server.wait_empty()

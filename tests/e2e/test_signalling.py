@@ -113,9 +113,10 @@ async def test_play_unknown_and_duplicate_publish(server) -> None:
 
 async def test_other_media_providers_fail_clearly(server) -> None:
     client = await server.client()
-    cases = [  # MSE plays (tests/e2e/test_mse.py) but cannot publish; WSPlayer is not served
+    cases = [  # MSE and WSPlayer play (tests/e2e/test_mse.py) but cannot publish; Flash is not served
         ("publishStream", "MSE", "Media provider MSE is not supported"),
-        ("playStream", "WSPlayer", "Media provider WSPlayer is not supported"),
+        ("publishStream", "WSPlayer", "Media provider WSPlayer is not supported"),
+        ("playStream", "Flash", "Media provider Flash is not supported"),
         ("playStream", "MSE", "Stream not found"),
     ]
     for message, provider, info in cases:

@@ -116,6 +116,10 @@ async def backend():
 async def test_bearer_token_goes_to_the_hooks(make_server, backend) -> None:
     server = await make_server(hook_url=backend.url("whipapp"))
     base = http_base(server)
+    async with aiohttp.ClientSession() as http:  # bad input is refused before the backend is asked anything
+        async with http.post(base + "/whip/cam", data="v=0", headers={"Content-Type": "text/plain"}) as r:
+            assert r.status == 415
+    assert backend.requests == []
 
     status, r, text = await raw_post(base, "/whip/cam")  # no token: the backend's connect says no → 401
     assert status == 401 and r.headers["WWW-Authenticate"] == 'Bearer realm="webcall"' and text == "Unknown token"
@@ -143,4 +147,30 @@ async def test_bearer_token_goes_to_the_hooks(make_server, backend) -> None:
     for resource in (player, pub):
         assert await resource.delete() == 200
         await resource.close()
+    await server.wait_empty()
+
+
+async def test_one_namespace_and_huge_bodies(make_server) -> None:
+    """A WCS publish of a WHIP-held name is FAILED as WCS says it; a huge offer is a 413 and touches nothing."""
+    server = await make_server()
+    base = http_base(server)
+    pub = await whip_publish(base, "held")
+    client = await server.client()
+    with pytest.raises(peers.StreamFailed) as failed:
+        await peers.publish(client, "held")
+    assert failed.value.status == "FAILED" and failed.value.info == "Stream name is already in use"
+    async with aiohttp.ClientSession() as http:
+        huge = b"v=0\r\n" + b"a=x-padding:" + b"0" * (1024 * 1024) + b"\r\n"
+        for path in ("/whip/huge", "/whep/held"):
+            async with http.post(base + path, data=huge, headers={"Content-Type": "application/sdp"}) as r:
+                assert r.status == 413, path
+        async with http.delete(base + "/whep/held/not-a-session") as r:
+            assert r.status == 404
+    assert server.hub.registry.names() == {"held"} and len(server.hub.streams()) == 1
+    player = await whep_play(base, "held")  # the stream went on
+    await player.wait_decoded_frames(5, timeout=15)
+    for resource in (player, pub):
+        assert await resource.delete() == 200
+        await resource.close()
+    await client.close()
     await server.wait_empty()

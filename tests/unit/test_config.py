@@ -111,3 +111,15 @@ def test_bad_hook_settings_are_reported(tmp_path: Path, capsys, toml: str, messa
     with pytest.raises(SystemExit):
         parse_args(["--config", write(tmp_path, toml)], environ={})
     assert message in capsys.readouterr().err
+
+
+def test_media_tcp_port_follows_the_media_port_unless_given() -> None:
+    assert parse_args([], environ={}).media_tcp_port_number() == 31001
+    assert parse_args(["--media-port", "40000"], environ={}).media_tcp_port_number() == 40000
+    assert parse_args(["--media-port", "0"], environ={}).media_tcp_port_number() == 0  # any free port
+    assert parse_args(["--media-tcp-port", "off"], environ={}).media_tcp_port_number() == -1
+    assert parse_args(["--media-tcp-port", "-1"], environ={}).media_tcp_port_number() == -1
+    assert parse_args([], environ={"WEBCALL_MEDIA_TCP_PORT": "443"}).media_tcp_port_number() == 443
+    for bad in ("tcp", "70000", "-2"):
+        with pytest.raises(ValueError):
+            Config(media_tcp_port=bad).validate()

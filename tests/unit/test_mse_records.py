@@ -114,7 +114,7 @@ class ListSink:
 async def test_shared_feed_starts_each_player_at_headers_then_keyframe() -> None:
     handles: list[tuple[FakeHandle, object]] = []
 
-    def start(router, output, emit, on_failed, label):
+    def start(router, output, emit, on_failed, label, profile=None):
         handle = FakeHandle()
         handles.append((handle, emit))
         return handle
@@ -141,3 +141,38 @@ async def test_shared_feed_starts_each_player_at_headers_then_keyframe() -> None
     assert handle_failed is handle
     hub._on_failed(feed, "Transcoding failed: X")
     assert second.failed == late.failed == "Transcoding failed: X" and first.failed is None
+
+
+# --- WSPlayer packets (spec §11.2), read as WSReceiver2.js reads them -------------------------------------------
+
+
+def read_wsplayer(packet: bytes) -> dict:
+    b0 = packet[0]
+    out = {"type": (b0 >> 2) & 3, "has_ssrc": (b0 >> 1) & 1, "has_ts": b0 & 1, "key": (b0 >> 4) & 1}
+    if out["type"] == 3:
+        out["ssrc"], out["rtp"], out["sec"], out["frac"] = struct.unpack(">iIII", packet[1:17])
+        out["rest"] = packet[17:]
+        return out
+    pos = 1
+    if out["has_ssrc"]:
+        out["ssrc"] = struct.unpack_from(">I", packet, pos)[0]
+        pos += 4
+    if out["has_ts"]:
+        out["ts"] = struct.unpack_from(">I", packet, pos)[0]
+        pos += 4
+    out["payload"] = packet[pos:]
+    return out
+
+
+def test_wsplayer_video_audio_and_sync_packets() -> None:
+    from webcall.wsplayer import packets as wsp
+
+    v = read_wsplayer(wsp.video_packet(0xDEADBEEF, 90_000 * 5 + 2**32, b"\x00\x00\x01\xb3xyz", True))
+    assert (v["type"], v["has_ssrc"], v["has_ts"], v["key"]) == (1, 1, 1, 1)
+    assert v["ssrc"] == 0xDEADBEEF and v["ts"] == 450_000 and v["payload"] == b"\x00\x00\x01\xb3xyz"
+    assert read_wsplayer(wsp.video_packet(1, 0, b"p", False))["key"] == 0
+    a = read_wsplayer(wsp.audio_packet(7, 160, b"\xff" * 160))
+    assert (a["type"], a["ssrc"], a["ts"], len(a["payload"])) == (2, 7, 160, 160) and a["key"] == 0
+    s = read_wsplayer(wsp.sync_packet(0xDEADBEEF, 1234, 61_250))
+    assert s["type"] == 3 and s["ssrc"] & 0xFFFFFFFF == 0xDEADBEEF and s["rtp"] == 1234
+    assert s["sec"] == 61 and abs(s["frac"] / 2**32 - 0.25) < 1e-9 and s["rest"] == b""

@@ -166,7 +166,9 @@ class Consumer:
     def on_nack(self, seqs: list[int]) -> None:
         """Answer a player's NACK from the producer's ring, over RTX when the player negotiated it."""
         self.nacks += 1
-        if self.seq_offset is None:
+        if self.seq_offset is None or self.transport.link is not None:
+            # ICE-TCP loses nothing on the way: what is missing is what we dropped for a slow reader, on purpose,
+            # and it resumes at a keyframe (_forward_tcp); old packets now would only be decoded out of order.
             return
         producer = self.producer
         for out_seq in seqs:

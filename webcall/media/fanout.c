@@ -18,8 +18,9 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/uio.h>
+#include <sys/types.h>
 
-#define WC_ABI_VERSION 3  /* bump with any change to the structs or signatures below (fanout.py checks it) */
+#define WC_ABI_VERSION 4  /* bump with any change to the structs or signatures below (fanout.py checks it) */
 #define WC_BUFFER 1500       /* pylibsrtp's per-session buffer (a private detail: see wc_srtp_buffer_size) */
 #define WC_MAX_PACKET 1480   /* leaves room for the auth tag (GCM 16, HMAC-SHA1-80 10) */
 
@@ -292,4 +293,27 @@ int wc_fanout(wc_sender *s, struct wc_target *const *targets, int n, const uint8
     int theirs_sent = h->result;
     pthread_mutex_unlock(&h->lock);
     return mine + theirs_sent;
+}
+
+/* The compiled ceiling of `webcall bench` (webcall_bench/ceiling.py): the least a server can do for one
+ * publisher packet, in C — receive it from `fd`, `unprotect` it in place in `buf` (the publisher's inbound
+ * libsrtp session), split off the 12-byte header and hand the rest to the very loop wc_fanout runs
+ * (fanout_range). No ring, no keyframe probe, no extension rewriting, no Python between packets. Not used by
+ * the server. Returns how many datagrams were queued, or -1 (nothing to read, or unprotect refused it). */
+int wc_bench_forward(wc_sender *s, int fd, void *rx_srtp, void *unprotect, uint8_t *buf, int capacity,
+                     struct wc_target *const *targets, int n)
+{
+    if (s == NULL || buf == NULL || capacity <= 12)
+        return -1;
+    ssize_t got = recv(fd, buf, (size_t)capacity, MSG_DONTWAIT);
+    if (got < 12)
+        return -1;
+    int len = (int)got;
+    if (((wc_protect_fn)unprotect)(rx_srtp, buf, &len) != 0 || len < 12)
+        return -1;
+    wc_job job = {targets, n, buf + 12, len - 12, buf[0], buf[1] & 0x80,
+                  (int64_t)(((uint32_t)buf[2] << 8) | buf[3]),
+                  ((uint32_t)buf[4] << 24) | ((uint32_t)buf[5] << 16) | ((uint32_t)buf[6] << 8) | buf[7],
+                  len - 12};
+    return fanout_range(s, &job);
 }

@@ -32,7 +32,7 @@ from .srtp import lib as srtp_lib, sockaddr
 log = logging.getLogger("webcall.media")
 
 LIBRARY = Path(__file__).with_name("_fanout.so")
-ABI_VERSION = 3  # must match WC_ABI_VERSION in fanout.c: a stale build is refused, not trusted
+ABI_VERSION = 4  # must match WC_ABI_VERSION in fanout.c: a stale build is refused, not trusted
 SEND_CAPACITY = 1024  # datagrams per sendmmsg; a bigger fan-out is sent in several calls
 SPLIT_MIN = 64  # with a helper thread, fan-outs to this many players or more are split in two
 
@@ -54,6 +54,8 @@ uint64_t wc_sender_helper_jobs(const wc_sender *s);
 int wc_sender_start_helper(wc_sender *s, int min_split);
 int wc_fanout(wc_sender *s, struct wc_target *const *targets, int n, const char *tail, int tail_len,
               int b0, int marker, int64_t ext_seq, uint32_t ts, int payload_size);
+int wc_bench_forward(wc_sender *s, int fd, void *rx_srtp, void *unprotect, char *buf, int capacity,
+                     struct wc_target *const *targets, int n);
 """)
 
 _library: Any = None
@@ -88,10 +90,15 @@ def load_error() -> str:
     return _load_error
 
 
-def _srtp_protect_pointer():
-    """pylibsrtp's own srtp_protect: the sessions were made by its libsrtp, so they must be used by it."""
-    address = int(srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, "srtp_protect")))
+def srtp_function_pointer(name: str = "srtp_protect") -> Any:
+    """A function of pylibsrtp's own libsrtp, as a `void *` for the core: the sessions were made by that
+    libsrtp, so they must be used by it (the bench's compiled ceiling also takes `srtp_unprotect`)."""
+    address = int(srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, name)))
     return ffi.cast("void *", address)
+
+
+def _srtp_protect_pointer() -> Any:
+    return srtp_function_pointer("srtp_protect")
 
 
 _SAMPLE_KEY = bytes(range(30))  # AES_CM_128_HMAC_SHA1_80: 16-byte key + 14-byte salt

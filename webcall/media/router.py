@@ -91,8 +91,8 @@ class TrackRouter:
                     core.fanout(core.sender, targets, count, tail, len(tail), b0_out, marker, ext_seq, ts, size)
                 for consumer in consumers:
                     consumer.forward(b0_out, marker, ext_seq, ts, tail, keyframe, size, batch)
-                    if core is not None and consumer.seq_offset is not None:
-                        promote = True
+                    if core is not None and consumer.seq_offset is not None and consumer.transport.sockaddr is not None:
+                        promote = True  # (ICE-TCP and IPv6 players have no sockaddr: they stay here, media/tcp.py)
         finally:
             if batch is not None and batch.count:
                 batch.flush()  # one sendmmsg for every player of this packet

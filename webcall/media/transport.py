@@ -110,7 +110,6 @@ class WebRtcTransport:
         Every validated address is accepted for input; we send to the nominated one, or to the first one
         until the client nominates — and to wherever its DTLS comes from, since the client picks the path.
         """
-        self.last_stun = now
         if self.state == TransportState.CLOSED:
             return
         if addr not in self.addresses:
@@ -122,6 +121,10 @@ class WebRtcTransport:
             log.debug("ice connected transport=%s %s addr=%s", self.id, self.label, addr)
         elif use_candidate and addr != self.addr:
             self._send_to(addr)
+        if addr == self.addr:
+            # Consent (RFC 7675) is for the path we send on: checks on another one (a TCP path we will not move
+            # to once connected, say) do not keep a dead path alive.
+            self.last_stun = now
 
     def _send_to(self, addr: Address | TcpLink) -> None:
         if addr == self.addr:

@@ -86,6 +86,8 @@ class WebcallServer:
         app.router.add_get("/lb", self._lb)
         app.router.add_get("/player", self._page("player.html"))
         app.router.add_get("/sdk/flashphoner.js", self._sdk)
+        for worker in ("WSReceiver2.js", "video-worker2.js"):  # WSPlayer's workers (spec §11.2), from the SDK
+            app.router.add_get(f"/sdk/{worker}", self._sdk_file(worker))
         app.router.add_static("/static/", c.static_dir, show_index=False)
         app.router.add_get("/client/records/{name}", record_file_handler(c.records_dir))  # spec §14, with Range
         self.whip = WhipFrontEnd(self.hub.registry, self.hub.plane, settings, c.whip_token,  # WHIP and WHEP
@@ -166,8 +168,8 @@ class WebcallServer:
         if count == 1:
             self.port = MediaPort(c.fanout_core, c.fanout_threads, c.max_unverified_datagrams, c.max_dtls_handshakes)
             self.media_port = await self.port.start(c.media_host, c.media_port)
-            if c.media_tcp_port >= 0:
-                self.media_tcp_port = await self.port.start_tcp(c.media_host, c.media_tcp_port)
+            if c.media_tcp_port_number() >= 0:
+                self.media_tcp_port = await self.port.start_tcp(c.media_host, c.media_tcp_port_number())
             identity = await asyncio.get_running_loop().run_in_executor(None, DtlsIdentity)
             return MediaPlane(self.port, identity, settings, tuple((ip, self.media_port) for ip in ips),
                               tuple((ip, self.media_tcp_port) for ip in ips) if self.media_tcp_port else ())
@@ -177,7 +179,7 @@ class WebcallServer:
             stats_interval=c.rate_interval, rtp_activity_timeout=c.rtp_activity_timeout,
             bitrate_ceiling=c.publisher_bitrate_ceiling, bitrate_grace=c.bitrate_grace,
             max_unverified_datagrams=c.max_unverified_datagrams, max_dtls_handshakes=c.max_dtls_handshakes,
-            media_tcp_port=c.media_tcp_port)
+            media_tcp_port=c.media_tcp_port_number())
         app = APP
         if c.cluster_redis:  # each worker has its own relay socket between nodes (cluster/worker.py), on port + index
             worker_settings.cluster_relay_host = c.relay_host or c.media_host
@@ -297,6 +299,14 @@ class WebcallServer:
             raise web.HTTPNotFound(text="SDK not installed: run `make sdk`")
         return web.FileResponse(path)
 
+    def _sdk_file(self, name: str):
+        async def handler(request: web.Request) -> web.StreamResponse:
+            path = Path(self.config.sdk_file).parent / "examples" / "demo" / "dependencies" / "websocket-player" / name
+            if not path.is_file():
+                raise web.HTTPNotFound(text="SDK not installed: run `make sdk`")
+            return web.FileResponse(path)
+        return handler
+
     # --- WebSocket signalling ---------------------------------------------------------------------
 
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
@@ -326,7 +336,7 @@ class WebcallServer:
             is_media, token = media_socket.media_token(first.data)
             if is_media:
                 try:
-                    await media_socket.serve(ws, self.hub, token)
+                    await media_socket.serve(ws, self.hub, token, request.transport)
                 finally:
                     self._sockets.discard(ws)
                 return ws

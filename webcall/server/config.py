@@ -31,9 +31,10 @@ class Config:
     port: int = field(default=8080, metadata={"help": "HTTP + WebSocket signalling port (the SDK's urlServer)"})
     media_host: str = field(default="0.0.0.0", metadata={"help": "UDP media bind address"})
     media_port: int = field(default=31001, metadata={"help": "the one UDP port for all WebRTC media"})
-    media_tcp_port: int = field(default=31001, metadata={
+    media_tcp_port: str = field(default="same", metadata={
         "help": "TCP port for WebRTC media over ICE-TCP (clients that cannot use UDP, the SDK's transport TCP), "
-                "announced after UDP; 0 = any free port, -1 = off. Worker i owns --media-tcp-port + i"})
+                "announced after UDP: same = the --media-port number, over TCP; a number; 0 = any free port; "
+                "off = none. Worker i owns this + i"})
     public_ip: str = field(default="auto", metadata={
         "help": "IP announced in ICE candidates (comma-separated); auto = this host's IPv4 addresses"})
     tls_port: int = field(default=8443, metadata={
@@ -172,6 +173,17 @@ class Config:
             urls["defaultApp"] = self.hook_url
         return urls
 
+    def media_tcp_port_number(self) -> int:
+        """--media-tcp-port as a number: -1 when off (raises ValueError for a value no server can use)."""
+        value = str(self.media_tcp_port).strip().lower()
+        if value == "same":
+            return self.media_port
+        if value in ("off", "-1"):
+            return -1
+        if not value.isdigit() or not 0 <= int(value) <= 65535:
+            raise ValueError("media_tcp_port must be same, off or 0..65535")
+        return int(value)
+
     def announced_ips(self) -> list[str]:
         if self.public_ip and self.public_ip != "auto":
             return [ip.strip() for ip in self.public_ip.split(",") if ip.strip()]
@@ -188,7 +200,8 @@ class Config:
         for name in ("port", "media_port"):
             if not 0 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name} must be 0..65535")
-        for name in ("rest_port", "tls_port", "media_tcp_port"):
+        self.media_tcp_port_number()  # raises ValueError
+        for name in ("rest_port", "tls_port"):
             if not -1 <= getattr(self, name) <= 65535:
                 raise ValueError(f"{name} must be -1..65535")
         if bool(self.tls_cert) != bool(self.tls_key):
@@ -227,7 +240,8 @@ class Config:
             raise ValueError("hook_timeout must be > 0, keep_alive_interval >= 0, hook_queue_size >= 1")
         parse_allow_list(self.allow_origins)  # raises ValueError for a malformed pattern
         for entry in filter(str.strip, self.whip_ice_servers.split(",")):
-            if len(entry.split()) not in (1, 3) or not entry.split()[0].startswith(("stun:", "stuns:", "turn:", "turns:")):
+            parts = entry.split()
+            if len(parts) not in (1, 3) or not parts[0].startswith(("stun:", "stuns:", "turn:", "turns:")):
                 raise ValueError("whip_ice_servers entries must be `stun:/turn: URL [username credential]`")
         if not self.rtp_activity_timeout > 0 or not self.shutdown_timeout > 0 or not self.bitrate_grace > 0:
             raise ValueError("rtp_activity_timeout, shutdown_timeout and bitrate_grace must be > 0")

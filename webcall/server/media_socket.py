@@ -12,7 +12,9 @@ Chunks go out through a bounded buffer drained by one writer task: a client that
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import socket
 import logging
 from collections import deque
 from typing import Any
@@ -22,6 +24,7 @@ from aiohttp import WSMsgType, web
 log = logging.getLogger("webcall.server")
 
 BUFFER_LIMIT = 4 * 1024 * 1024  # bytes queued for one media socket (≈ 15 s of 2 Mbit/s): more = not reading
+SEND_BUFFER = 256 * 1024  # the media socket's kernel send buffer (SO_SNDBUF)
 CLOSE_BAD_REQUEST = 4400
 CLOSE_UNKNOWN = 4404
 
@@ -41,9 +44,9 @@ def media_token(text: str) -> tuple[bool, str | None]:
 
 
 class MediaSocket:
-    def __init__(self, ws: web.WebSocketResponse, limit: int = BUFFER_LIMIT) -> None:
+    def __init__(self, ws: web.WebSocketResponse, limit: int | None = None) -> None:
         self.ws = ws
-        self.limit = limit
+        self.limit = limit if limit is not None else BUFFER_LIMIT  # read at creation: tests lower it
         self._queue: deque[bytes] = deque()
         self.buffered = 0
         self.sent_bytes = 0
@@ -51,12 +54,15 @@ class MediaSocket:
         self._closing: str | None = None
         self._writer = asyncio.get_running_loop().create_task(self._write(), name="media-socket-writer")
 
-    def send_chunks(self, data: list[bytes]) -> bool:
-        frame = b"".join(data)
-        if self.buffered + len(frame) > self.limit:
+    def send_chunks(self, data: list[bytes], joined: bool) -> bool:
+        """Queue `data` as one WebSocket frame (`joined`: MSE records go back to back) or one frame each
+        (WSPlayer: one packet per frame). False when the buffer is full: the client is not reading."""
+        frames = [b"".join(data)] if joined else data
+        size = sum(len(f) for f in frames)
+        if self.buffered + size > self.limit:
             return False
-        self._queue.append(frame)
-        self.buffered += len(frame)
+        self._queue.extend(frames)
+        self.buffered += size
         self._wake.set()
         return True
 
@@ -94,8 +100,12 @@ class MediaSocket:
             self._writer.cancel()
 
 
-async def serve(ws: web.WebSocketResponse, hub: Any, token: str | None) -> None:
+async def serve(ws: web.WebSocketResponse, hub: Any, token: str | None, transport: Any = None) -> None:
     """Run one media socket to its end."""
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if sock is not None:  # the kernel must not hide megabytes of backlog (latency) from our bounded buffer
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
     if token is None:
         await ws.close(code=CLOSE_BAD_REQUEST, message=b"connectMediaTransport without authToken")
         return
@@ -104,12 +114,12 @@ async def serve(ws: web.WebSocketResponse, hub: Any, token: str | None) -> None:
         log.info("media socket refused: unknown authToken")
         await ws.close(code=CLOSE_UNKNOWN, message=b"Unknown authToken")
         return
-    socket = MediaSocket(ws)
-    playback = session.bind_media_transport(socket)
+    media = MediaSocket(ws)
+    playback = session.bind_media_transport(media)
     if playback is None:
         log.info("media socket refused session=%s: no MSE/WSPlayer stream waiting", session.id)
-        socket.close("No MSE or WSPlayer stream to bind")
-        await socket.wait_writer(2.0)
+        media.close("No MSE or WSPlayer stream to bind")
+        await media.wait_writer(2.0)
         return
     try:
         async for frame in ws:
@@ -120,9 +130,9 @@ async def serve(ws: web.WebSocketResponse, hub: Any, token: str | None) -> None:
                     continue
                 if message == "ping":
                     await ws.send_str('{"message":"pong"}')
-            if socket._closing is not None:
+            if media._closing is not None:
                 break
     finally:
-        playback.unbind(socket)
-        socket.close("closed")
-        await socket.wait_writer(2.0)
+        playback.unbind(media)
+        media.close("closed")
+        await media.wait_writer(2.0)

@@ -95,6 +95,12 @@ def render(hub: Hub, port: MediaPort) -> str:
     w.family("webcall_media_errors_total", "counter", "Exceptions contained at the media port (each ended one connection)")
     w.sample("webcall_media_errors_total", port.errors)
 
+    w.family("webcall_ice_tcp_connections", "gauge", "Open ICE-TCP media connections (media/tcp.py)")
+    w.sample("webcall_ice_tcp_connections", len(port.links))
+    w.family("webcall_ice_tcp_refused_total", "counter",
+             "ICE-TCP connections closed for bad input (framing, no valid STUN check, too many unverified)")
+    w.sample("webcall_ice_tcp_refused_total", port.tcp_refused)
+
     # --- guardrails (streams/limits.py): signalling refusals from the hub, media-plane ones from the port(s) ---
     refusals: Counter[str] = Counter(hub.refusals)
     refusals.update(port.refusals)

@@ -27,13 +27,6 @@ CATCH_UP_SPAN_MS = 500  # a late joiner gets the cached GOP only if it spans les
 GOP_CHUNKS = 600  # chunks kept since the last keyframe (≈ 10 s of 30 fps video with its audio)
 
 
-def _span_ms(chunks: list[bytes]) -> int:
-    """Time from the first to the last chunk (each starts with a record: tag, i32 timestamp ms)."""
-    if len(chunks) < 2:
-        return 0
-    return int.from_bytes(chunks[-1][1:5], "big", signed=True) - int.from_bytes(chunks[0][1:5], "big", signed=True)
-
-
 class Sink(Protocol):
     def on_chunks(self, data: list[bytes]) -> None: ...
     def on_feed_failed(self, info: str) -> None: ...
@@ -49,12 +42,12 @@ class FeedHandle(Protocol):
     def stats(self) -> dict[str, Any]: ...
 
 
-FeedStarter = Callable[[Any, str, Callable[[list[tuple[str, bytes]]], None], Callable[[str], None], str], FeedHandle]
+FeedStarter = Callable[..., FeedHandle]  # (router, output, emit, on_failed, label, profile) -> a running feed
 
 
 @dataclass
 class SharedFeed:
-    key: tuple[int, str]
+    key: tuple[int, str, tuple[int, int, int] | None]
     output: str
     label: str
     handle: FeedHandle | None = None
@@ -63,6 +56,7 @@ class SharedFeed:
     aconfig: bytes | None = None
     gop: list[bytes] = field(default_factory=list)  # chunks since the latest keyframe, "key" first
     has_key: bool = False
+    key_at: float = 0.0  # loop time the cached keyframe arrived
     linger: asyncio.TimerHandle | None = None
     failed: str | None = None
     audio_only: bool = False
@@ -79,13 +73,14 @@ class SharedFeed:
 class Feeds:
     def __init__(self, start: FeedStarter) -> None:
         self._start = start
-        self.feeds: dict[tuple[int, str], SharedFeed] = {}
+        self.feeds: dict[tuple[int, str, tuple[int, int, int] | None], SharedFeed] = {}
         self.started = 0  # feeds ever started (tests: "the transcoder was not started")
         self.transcoders_started = 0
 
     def subscribe(self, router: Any, output: str, sink: Sink, label: str, has_video: bool,
-                  has_audio: bool = True) -> SharedFeed:
-        key = (id(router), output)
+                  has_audio: bool = True, profile: tuple[int, int, int] | None = None) -> SharedFeed:
+        """`profile`: (width, height, bit/s) of a smaller picture; one feed per (stream, output, profile)."""
+        key = (id(router), output, profile)
         feed = self.feeds.get(key)
         if feed is not None and feed.failed is None:
             if feed.linger is not None:
@@ -98,7 +93,7 @@ class Feeds:
         self.feeds[key] = feed
         feed.sinks[sink] = False
         feed.handle = self._start(router, output, lambda chunks: self._on_chunks(feed, chunks),
-                                  lambda info: self._on_failed(feed, info), label)
+                                  lambda info: self._on_failed(feed, info), label, profile)
         self.started += 1
         if feed.handle.transcoding_video:
             self.transcoders_started += 1
@@ -131,7 +126,7 @@ class Feeds:
                 feed.handle.close()
 
     def describe(self) -> list[dict[str, Any]]:
-        return [{"label": f.label, "output": f.output, "players": len(f.sinks),
+        return [{"label": f.label, "output": f.output, "profile": f.key[2], "players": len(f.sinks),
                  "transcodingVideo": bool(f.handle and f.handle.transcoding_video),
                  **({"stats": f.handle.stats()} if f.handle else {})} for f in self.feeds.values()]
 
@@ -144,7 +139,8 @@ class Feeds:
                 feed.sinks[sink] = True
                 sink.on_chunks(head)
             return
-        if feed.has_key and feed.ready() and _span_ms(feed.gop) < CATCH_UP_SPAN_MS:
+        age_ms = (asyncio.get_running_loop().time() - feed.key_at) * 1000
+        if feed.has_key and feed.ready() and age_ms < CATCH_UP_SPAN_MS:
             feed.sinks[sink] = True
             sink.on_chunks(feed.head() + feed.gop)
         elif feed.handle is not None:
@@ -160,7 +156,7 @@ class Feeds:
                 for sink, started in list(feed.sinks.items()):
                     if started:  # a new picture size or codec setup: the demuxer re-initializes
                         sink.on_chunks([data])
-                    elif feed.has_key and feed.ready():  # the last header came after the keyframe
+                    elif kind == "aconfig" and feed.has_key and feed.ready():  # audio's header came after the key
                         feed.sinks[sink] = True
                         sink.on_chunks(feed.head() + feed.gop)
                 if kind == "aconfig" and feed.audio_only:
@@ -172,6 +168,7 @@ class Feeds:
             if kind == "key":
                 feed.gop = [data]
                 feed.has_key = True
+                feed.key_at = asyncio.get_running_loop().time()
             elif feed.has_key:
                 if len(feed.gop) < GOP_CHUNKS:
                     feed.gop.append(data)

@@ -7,9 +7,14 @@ packets back in order, assembles frames (media/depacketize.py), and turns them i
 
 * `mse`: H264 is re-framed, never re-encoded (Annex-B access units → avcC + length-prefixed NAL units,
   webcall/mse/flv.py); VP8 is decoded and encoded to H264 (libx264, zero latency); Opus → AAC.
+* `wsplayer`: any video → MPEG-1 (mpeg1video), Opus → G.711 µ-law 8 kHz in 20 ms packets, and a sync packet
+  per SSRC every second (webcall/wsplayer/packets.py).
+* `rtp-H264` / `rtp-VP8`: the video in the other WebRTC codec, as RTP packets for a rendition's producer
+  (transcode/rendition.py), for players whose offer lacks the publisher's codec.
 
 Every chunk is `(kind, bytes)`: "vconfig"/"aconfig" (sequence headers, sent to each player first), "key" (a
-video keyframe: a player starts there), "delta" and "audio". They are handed to `emit` on the event loop.
+video keyframe: a player starts there), "delta" and "audio". (For WSPlayer the "configs" are the latest
+sync packets: a player needs one per SSRC before it plays.) They are handed to `emit` on the event loop.
 
 Why a thread is enough: PyAV releases the GIL around the codec calls (avcodec_send_*/receive_* and sws_scale,
 see av/codec/context.py `with cython.nogil`), so encoding does not hold up the event loop; what runs in Python
@@ -33,12 +38,14 @@ import av
 from ..media.depacketize import ASSEMBLERS, Frame, ReorderBuffer
 from ..media.router import TrackRouter
 from ..mse import flv
+from .rtp_out import RtpPacketizer
+from ..wsplayer import packets as wsp
 
 log = logging.getLogger("webcall.transcode")
 
 QUEUE_LIMIT = 2048  # packets (≈ 5 s of 2 Mbit/s video with its audio)
 LOSS_WAIT = 0.06  # a hole waits this long for its retransmission (live: short)
-OUTPUTS = ("mse",)
+OUTPUTS = ("mse", "wsplayer", "rtp-H264", "rtp-VP8")  # rtp-*: a WebRTC rendition's video (transcode/rendition.py)
 AAC_RATE = 48000
 MS = Fraction(1, 1000)
 
@@ -55,6 +62,33 @@ def _span_seconds(gop: list[tuple[int, bytes]]) -> float:
 
 class FeedError(Exception):
     """The publication cannot be turned into this output (a decoder or encoder failed)."""
+
+
+def scaled_size(src_w: int, src_h: int, want_w: int, want_h: int) -> tuple[int, int]:
+    """The picture size a player that asked for (want_w, want_h) gets (0 = free): never larger than the
+    source, the source's aspect kept when one side is free, even numbers (4:2:0)."""
+    if src_w <= 0 or src_h <= 0:
+        return src_w, src_h
+    if want_w <= 0 and want_h <= 0:
+        w, h = src_w, src_h
+    elif want_h <= 0:
+        w = min(want_w, src_w)
+        h = round(src_h * w / src_w)
+    elif want_w <= 0:
+        h = min(want_h, src_h)
+        w = round(src_w * h / src_h)
+    else:
+        w, h = min(want_w, src_w), min(want_h, src_h)
+    return max(2, w - w % 2), max(2, h - h % 2)
+
+
+def _scaled(picture: av.VideoFrame, profile: tuple[int, int, int] | None) -> av.VideoFrame:
+    if profile is None:
+        return picture
+    size = scaled_size(picture.width, picture.height, profile[0], profile[1])
+    if size == (picture.width, picture.height):
+        return picture
+    return picture.reformat(width=size[0], height=size[1], format="yuv420p")
 
 
 def _unwrap(ts: int, last: int | None) -> int:
@@ -95,12 +129,16 @@ class _H264Framer:
         nals = flv.split_annexb(data)
         sps = next((n for n in nals if n[0] & 0x1F == 7), None)
         pps = next((n for n in nals if n[0] & 0x1F == 8), None)
-        if sps is not None and pps is not None and (sps != self.sps or pps != self.pps):
+        if sps is not None and pps is not None:
             self.sps, self.pps = sps, pps
-            out.append(("vconfig", flv.avc_sequence_header(ts_ms, sps, pps)))
-        if self.sps is None:
+        if self.sps is None or self.pps is None:
             return out  # nothing decodable before the first parameter sets
         keyframe = keyframe or any(n[0] & 0x1F == 5 for n in nals)
+        if keyframe:
+            # The avcC again before every keyframe, stamped with its time: the SDK's demuxer cuts fragments at
+            # these records, and a player that starts here must not see an old timestamp first (a jump of more
+            # than 5 s resets its decoder and drops what it buffered, the avcC included).
+            out.append(("vconfig", flv.avc_sequence_header(ts_ms, self.sps, self.pps)))
         out.append(("key" if keyframe else "delta", flv.avc_frame(ts_ms, nals, keyframe)))
         self.frames += 1
         return out
@@ -109,9 +147,10 @@ class _H264Framer:
 class _H264Encoder:
     """Decoded pictures → H264 (libx264, zero latency, constrained baseline: every MSE decodes it)."""
 
-    def __init__(self, gop: int = 60) -> None:
+    def __init__(self, gop: int = 60, bit_rate: int = 0) -> None:
         self.ctx: Any = None
         self.gop = gop
+        self.bit_rate = bit_rate  # 0: from the picture size
         self.force_key = False
         self.frames = 0
 
@@ -120,7 +159,7 @@ class _H264Encoder:
         ctx.width, ctx.height = width, height
         ctx.pix_fmt = "yuv420p"
         ctx.time_base = MS
-        ctx.bit_rate = max(300_000, min(2_500_000, width * height * 3))  # ≈ 0.9 Mbit/s at 640x480
+        ctx.bit_rate = self.bit_rate or max(300_000, min(2_500_000, width * height * 3))  # ≈ 0.9 Mbit/s at 640x480
         ctx.gop_size = self.gop
         ctx.options = {"preset": "veryfast", "tune": "zerolatency", "profile": "baseline", "bf": "0",
                        "threads": "1", "sliced-threads": "0"}
@@ -181,6 +220,223 @@ class _AacEncoder:
         return out
 
 
+class _Mpeg1Encoder:
+    """Decoded pictures → MPEG-1 video (the WSPlayer's jsmpeg-like decoder), 30 fps, no B-frames."""
+
+    def __init__(self, gop: int = 30) -> None:
+        self.ctx: Any = None
+        self.gop = gop
+        self.bit_rate = 0  # 0: from the picture size
+        self.force_key = False
+        self.frames = 0
+        self.last_pts = -1
+
+    def _open(self, width: int, height: int) -> None:
+        ctx = av.CodecContext.create("mpeg1video", "w")
+        ctx.width, ctx.height = width, height
+        ctx.pix_fmt = "yuv420p"
+        ctx.framerate = Fraction(30, 1)
+        ctx.time_base = Fraction(1, 30)
+        ctx.bit_rate = self.bit_rate or max(400_000, min(4_000_000, width * height * 5))  # ≈ 1.5 Mbit/s at 640x480
+        ctx.gop_size = self.gop
+        ctx.max_b_frames = 0
+        ctx.options = {"threads": "1"}
+        ctx.open()
+        self.ctx = ctx
+
+    def encode(self, picture: av.VideoFrame, ts_ms: int) -> list[tuple[bytes, int, bool]]:
+        width, height = picture.width - picture.width % 2, picture.height - picture.height % 2
+        if self.ctx is None or (self.ctx.width, self.ctx.height) != (width, height):
+            self._open(width, height)
+            self.force_key = True
+        picture = picture.reformat(width=width, height=height, format="yuv420p")
+        pts = max(self.last_pts + 1, ts_ms * 30 // 1000)  # MPEG-1 wants its frame clock: one tick per picture
+        self.last_pts = pts
+        picture.pts = pts
+        picture.time_base = self.ctx.time_base
+        picture.pict_type = av.video.frame.PictureType.I if self.force_key else av.video.frame.PictureType.NONE
+        self.force_key = False
+        out = []
+        for packet in self.ctx.encode(picture):
+            self.frames += 1
+            at = packet.pts if packet.pts is not None else pts
+            out.append((bytes(packet), int(at) * 1000 // 30, packet.is_keyframe))
+        return out
+
+
+class _MulawEncoder:
+    """Opus packets → G.711 µ-law 8 kHz, 160 samples (20 ms) per packet."""
+
+    def __init__(self) -> None:
+        self.decoder = av.CodecContext.create("opus", "r")
+        self.resampler = av.AudioResampler(format="s16", layout="mono", rate=8000, frame_size=wsp.AUDIO_SAMPLES)
+        enc = av.CodecContext.create("pcm_mulaw", "w")
+        enc.sample_rate = 8000
+        enc.layout = "mono"
+        enc.format = "s16"
+        enc.time_base = Fraction(1, 8000)
+        enc.open()
+        self.encoder = enc
+        self.next_ts: int | None = None
+
+    def encode(self, data: bytes, ts_ms: int) -> list[tuple[bytes, int]]:
+        out: list[tuple[bytes, int]] = []
+        if self.next_ts is None or abs(ts_ms * 8 - self.next_ts) > 4000:
+            self.next_ts = ts_ms * 8
+        for pcm in self.decoder.decode(av.Packet(data)):
+            pcm.pts = None
+            for frame in self.resampler.resample(pcm):
+                frame.pts = self.next_ts
+                for packet in self.encoder.encode(frame):
+                    out.append((bytes(packet), self.next_ts))
+                self.next_ts += frame.samples
+        return out
+
+
+class _MseOutput:
+    """H264 re-framed (or another codec transcoded to H264) and AAC, as FLV-style records."""
+
+    def __init__(self, video_codec: str | None, has_audio: bool, profile: tuple[int, int, int] | None = None) -> None:
+        self.framer = _H264Framer()
+        # H264 is re-framed as it comes, unless a player asked for a smaller size (a size profile)
+        transcode = video_codec is not None and (video_codec != "H264" or profile is not None)
+        self.decoder = av.CodecContext.create("vp8" if video_codec == "VP8" else "h264", "r") if transcode else None
+        self.encoder = _H264Encoder(bit_rate=profile[2] if profile else 0) if transcode else None
+        self.profile = profile
+        self.aac = _AacEncoder() if has_audio else None
+        self.sent_aconfig = False
+
+    def video(self, frame: Frame, ts: int) -> list[Chunk]:
+        if self.decoder is None:
+            return self.framer.chunks(frame.data, ts, frame.keyframe)
+        assert self.encoder is not None
+        out: list[Chunk] = []
+        for picture in self.decoder.decode(av.Packet(frame.data)):
+            picture = _scaled(picture, self.profile)
+            for data, t, key in self.encoder.encode(picture, ts):
+                out.extend(self.framer.chunks(data, t, key))
+        return out
+
+    def audio(self, frame: Frame, ts: int) -> list[Chunk]:
+        assert self.aac is not None
+        out: list[Chunk] = []
+        if not self.sent_aconfig:
+            out.append(("aconfig", flv.aac_sequence_header(ts, self.aac.asc)))
+            self.sent_aconfig = True
+        out.extend(("audio", flv.aac_frame(t, data)) for data, t in self.aac.encode(frame.data, ts))
+        return out
+
+    def tick(self, now_ms: int) -> list[Chunk]:
+        return []
+
+
+class _WsPlayerOutput:
+    """MPEG-1 video and µ-law audio packets, and sync packets for both SSRCs once a second."""
+
+    SYNC_EVERY_MS = 1000
+
+    def __init__(self, video_codec: str | None, has_audio: bool, profile: tuple[int, int, int] | None = None) -> None:
+        import secrets
+
+        self.video_ssrc, self.audio_ssrc = secrets.randbits(31) | 1, secrets.randbits(31) | 2
+        self.decoder = av.CodecContext.create("vp8" if video_codec == "VP8" else "h264", "r") if video_codec else None
+        self.encoder = _Mpeg1Encoder() if video_codec else None
+        if self.encoder is not None and profile is not None and profile[2]:
+            self.encoder.bit_rate = profile[2]
+        self.profile = profile
+        self.mulaw = _MulawEncoder() if has_audio else None
+        self.has_video, self.has_audio = video_codec is not None, has_audio
+        self.last_sync = -self.SYNC_EVERY_MS
+
+    def video(self, frame: Frame, ts: int) -> list[Chunk]:
+        assert self.decoder is not None and self.encoder is not None
+        out: list[Chunk] = []
+        for picture in self.decoder.decode(av.Packet(frame.data)):
+            for data, t, key in self.encoder.encode(_scaled(picture, self.profile), ts):
+                out.append(("key" if key else "delta", wsp.video_packet(self.video_ssrc, t * 90, data, key)))
+        return out
+
+    def audio(self, frame: Frame, ts: int) -> list[Chunk]:
+        assert self.mulaw is not None
+        return [("audio", wsp.audio_packet(self.audio_ssrc, t, data)) for data, t in self.mulaw.encode(frame.data, ts)]
+
+    def tick(self, now_ms: int) -> list[Chunk]:
+        if now_ms - self.last_sync < self.SYNC_EVERY_MS:
+            return []
+        self.last_sync = now_ms
+        # Both clocks are the feed's own (ms since it started), so one mapping keeps audio and video in sync.
+        out: list[Chunk] = []
+        if self.has_video:
+            out.append(("vconfig", wsp.sync_packet(self.video_ssrc, now_ms * 90, now_ms)))
+        if self.has_audio:
+            out.append(("aconfig", wsp.sync_packet(self.audio_ssrc, now_ms * 8, now_ms)))
+        return out
+
+
+class _Vp8Encoder:
+    """Decoded pictures → VP8 (libvpx, real time)."""
+
+    def __init__(self, gop: int = 60, bit_rate: int = 0) -> None:
+        self.ctx: Any = None
+        self.gop = gop
+        self.bit_rate = bit_rate
+        self.force_key = False
+
+    def encode(self, picture: av.VideoFrame, ts_ms: int) -> list[tuple[bytes, int, bool]]:
+        if self.ctx is None or (self.ctx.width, self.ctx.height) != (picture.width, picture.height):
+            ctx = av.CodecContext.create("libvpx", "w")
+            ctx.width, ctx.height = picture.width, picture.height
+            ctx.pix_fmt = "yuv420p"
+            ctx.time_base = MS
+            ctx.bit_rate = self.bit_rate or max(300_000, min(2_500_000, picture.width * picture.height * 3))
+            ctx.gop_size = self.gop
+            ctx.options = {"deadline": "realtime", "cpu-used": "8", "lag-in-frames": "0", "error-resilient": "1",
+                           "threads": "1"}
+            ctx.open()
+            self.ctx = ctx
+        if picture.format.name != "yuv420p":
+            picture = picture.reformat(format="yuv420p")
+        picture.pts = ts_ms
+        picture.time_base = MS
+        picture.pict_type = av.video.frame.PictureType.I if self.force_key else av.video.frame.PictureType.NONE
+        self.force_key = False
+        return [(bytes(p), int(p.pts if p.pts is not None else ts_ms), p.is_keyframe) for p in self.ctx.encode(picture)]
+
+
+class _RtpOutput:
+    """The video in another WebRTC codec, packetized: the chunks are RTP packets for a rendition's producer."""
+
+    def __init__(self, video_codec: str | None, target: str, payload_type: int,
+                 profile: tuple[int, int, int] | None = None) -> None:
+        if video_codec is None:
+            raise FeedError("no video to transcode")
+        self.decoder = av.CodecContext.create("vp8" if video_codec == "VP8" else "h264", "r")
+        bit_rate = profile[2] if profile else 0
+        self.encoder: _H264Encoder | _Vp8Encoder = (_H264Encoder(bit_rate=bit_rate) if target == "H264"
+                                                    else _Vp8Encoder(bit_rate=bit_rate))
+        self.target = target
+        self.profile = profile  # (width, height, bit/s) a player asked for; 0 = as published
+        self.packetizer = RtpPacketizer(payload_type, target)
+
+    def video(self, frame: Frame, ts: int) -> list[Chunk]:
+        out: list[Chunk] = []
+        for picture in self.decoder.decode(av.Packet(frame.data)):
+            picture = _scaled(picture, self.profile)
+            for data, t, key in self.encoder.encode(picture, ts):
+                unit: bytes | list[bytes] = data
+                if self.target == "H264":
+                    unit = [n for n in flv.split_annexb(data) if n[0] & 0x1F != 9]  # no access unit delimiters
+                kind = "key" if key else "delta"
+                out.extend((kind, packet) for packet in self.packetizer.packetize(unit, t * 90))
+        return out
+
+    def audio(self, frame: Frame, ts: int) -> list[Chunk]:
+        return []  # a rendition's audio is the publication's own track
+
+    def tick(self, now_ms: int) -> list[Chunk]:
+        return []
+
+
 class Feed:
     """One output of one publication: readers on its track routers, a thread, chunks out on the loop."""
 
@@ -198,14 +454,23 @@ class Feed:
         self.error: str | None = None
         video = self.tracks.get("video")
         self.video_codec = video.producer.codec.name.upper() if video else None
-        self.transcoding_video = self.video_codec is not None and self.video_codec != "H264"
+        self.transcoding_video = self.video_codec is not None and (output != "mse" or self.video_codec != "H264")
+        self.payload_type = 96  # rtp-* outputs: the rendition's payload type (consumers rewrite it per player)
+        self.profile: tuple[int, int, int] | None = None  # (width, height, bit/s) a player asked for, or None
         self.chunks_out = 0
         self.cpu_seconds = 0.0  # thread CPU time: the transcoder's cost
         self._readers: list[tuple[TrackRouter, Callable[[bytes, bool], None]]] = []
         self._thread = threading.Thread(target=self._run, name=f"feed-{output}", daemon=True)
-        self._encoder = _H264Encoder() if self.transcoding_video else None
+        self._output: Any = None  # made in the thread (codec set-up is slow)
+        self._force_key = False
 
     # --- on the event loop -------------------------------------------------------------------------------
+
+    def set_profile(self, profile: tuple[int, int, int] | None) -> None:
+        """A smaller picture (and bitrate) than published, before start(): the video is then always transcoded."""
+        self.profile = profile
+        if profile is not None and self.video_codec is not None:
+            self.transcoding_video = True
 
     def start(self) -> None:
         for kind, track in self.tracks.items():
@@ -243,8 +508,7 @@ class Feed:
 
     def request_keyframe(self) -> None:
         """A new player joins: the next video frame it can start from, as soon as possible."""
-        if self._encoder is not None:
-            self._encoder.force_key = True
+        self._force_key = True  # a transcoder makes one at once (picked up by the thread)
         video = self.tracks.get("video")
         if video is not None:
             video.producer.request_keyframe(time.monotonic())
@@ -287,38 +551,34 @@ class Feed:
         reorder = {kind: ReorderBuffer(LOSS_WAIT) for kind in self.tracks}
         assemble = {kind: ASSEMBLERS[t.producer.codec.name.upper()]() for kind, t in self.tracks.items()}
         clocks = {kind: _Clock(t.producer.codec.clock_rate, started) for kind, t in self.tracks.items()}
-        framer = _H264Framer()
-        decoder = av.CodecContext.create("vp8", "r") if self.video_codec == "VP8" else None
-        aac = _AacEncoder() if "audio" in self.tracks else None
-        sent_aconfig = False
+        output: _MseOutput | _WsPlayerOutput | _RtpOutput
+        if self.output == "mse":
+            output = _MseOutput(self.video_codec, "audio" in self.tracks, self.profile)
+        elif self.output == "wsplayer":
+            output = _WsPlayerOutput(self.video_codec, "audio" in self.tracks, self.profile)
+        else:
+            output = _RtpOutput(self.video_codec, self.output[4:], self.payload_type, self.profile)
+        self._output = output
+        encoder = getattr(output, "encoder", None)
         queue = self._queue
         cpu_mark = time.thread_time()
         while not self._stop:
             self._wake.wait(0.02)
             self._wake.clear()
+            if self._force_key and encoder is not None:
+                self._force_key = False
+                encoder.force_key = True
             while queue:
                 kind, arrival, packet = queue.popleft()
                 reorder[kind].push(packet, arrival)
             now = time.monotonic()
-            out: list[Chunk] = []
+            out: list[Chunk] = output.tick(int((now - started) * 1000))
             for kind, buffer in reorder.items():
                 assembler = assemble[kind]
                 for packet, arrival, lost in buffer.pop(now):
                     for frame in assembler.push(packet, arrival, lost):
                         ts = clocks[kind].ms(frame)
-                        if kind == "audio":
-                            assert aac is not None
-                            if not sent_aconfig:
-                                out.append(("aconfig", flv.aac_sequence_header(ts, aac.asc)))
-                                sent_aconfig = True
-                            out.extend(("audio", flv.aac_frame(t, data)) for data, t in aac.encode(frame.data, ts))
-                        elif decoder is None:
-                            out.extend(framer.chunks(frame.data, ts, frame.keyframe))
-                        else:
-                            assert self._encoder is not None
-                            for picture in decoder.decode(av.Packet(frame.data)):
-                                for data, t, key in self._encoder.encode(picture, ts):
-                                    out.extend(framer.chunks(data, t, key))
+                        out.extend(output.audio(frame, ts) if kind == "audio" else output.video(frame, ts))
                 if getattr(assembler, "want_keyframe", False):
                     assembler.want_keyframe = False
                     self.loop.call_soon_threadsafe(self.request_keyframe)
@@ -331,8 +591,9 @@ class Feed:
 
 
 def start_local_feed(router: Any, output: str, emit: Callable[[list[Chunk]], None], on_failed: Callable[[str], None],
-                     label: str) -> Feed:
+                     label: str, profile: tuple[int, int, int] | None = None) -> Feed:
     """The feed verb of a single-process server: the feed runs in a thread of this process."""
     feed = Feed(router.tracks, output, asyncio.get_running_loop(), emit, on_failed, label)
+    feed.set_profile(profile)
     feed.start()
     return feed

@@ -1,4 +1,4 @@
-"""A player over the second WebSocket (spec §11): MSE (and WSPlayer), fed by a shared feed of the stream.
+"""A player over the second WebSocket (spec §11): MSE or WSPlayer, fed by a shared feed of the stream.
 
 `playStream` with mediaProvider MSE gets a trivial answer (mse/signalling.py) and PLAYING at once; the client
 then opens its media socket with `connectMediaTransport {authToken}` (server/media_socket.py), which the session
@@ -11,25 +11,41 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any, Protocol
+from typing import Protocol
 
 from ..logs import q
 from ..mse.signalling import feed_answer
 from ..streams.feeds import SharedFeed
 from ..streams.registry import Source
 from . import messages as msg
-from .status import Info, OwnInfo, StreamStatus
+from .status import OwnInfo, StreamStatus
 from .stream import Owner, Playback
 
 log = logging.getLogger("webcall.wcs")
 
-OUTPUT = {"MSE": "mse"}  # mediaProvider -> feed output
+OUTPUT = {"MSE": "mse", "WSPlayer": "wsplayer"}  # mediaProvider -> feed output
+
+
+def requested_profile(request: msg.PlayStream, source: Source) -> tuple[int, int, int] | None:
+    """(width, height, bit/s) when playStream asks for a smaller picture than published (spec §4.1: 0 = as
+    published; `bitrate` in kbit/s, as WCS takes it, applies with a size); None otherwise."""
+
+    def number(key: str) -> int:
+        value = request.raw.get(key)
+        return value if isinstance(value, int) and not isinstance(value, bool) and 0 < value <= 100_000 else 0
+
+    width, height, kbps = number("width"), number("height"), number("bitrate")
+    if not width and not height:
+        return None
+    if source.width and (not width or width >= source.width) and (not height or height >= source.height):
+        return None  # not smaller than what is published
+    return width, height, kbps * 1000
 
 
 class MediaTransport(Protocol):
     """The media socket as a playback sees it (server/media_socket.py)."""
 
-    def send_chunks(self, data: list[bytes]) -> bool: ...  # False: its buffer is full
+    def send_chunks(self, data: list[bytes], joined: bool) -> bool: ...  # False: its buffer is full
     def close(self, reason: str) -> None: ...
 
 
@@ -45,14 +61,16 @@ class FeedPlayback(Playback):
         router = self.publication.router
         assert router is not None
         has_video, has_audio = "video" in router.tracks, "audio" in router.tracks
-        self.video_codec = "H264" if has_video else None
-        self.audio_codec = "mpeg4-generic" if has_audio else None
+        mse = self.output == "mse"
+        self.video_codec = ("H264" if mse else "MPV") if has_video else None
+        self.audio_codec = ("mpeg4-generic" if mse else "PCMU") if has_audio else None
+        self.profile = requested_profile(self.request, self.publication) if has_video else None
         self.width, self.height = self.publication.width, self.publication.height
         self.session.send(msg.set_remote_sdp(self.media_session_id, feed_answer(self.request.sdp or "", has_video,
                                                                                 has_audio)))
         self.send_status(StreamStatus.PLAYING)
         if self.width:
-            self.session.send(msg.notify_video_format(self.media_session_id, self.width, self.height))
+            self.on_video_size(self.width, self.height)  # the size this player gets (a profile scales it)
         self._timer = asyncio.get_running_loop().call_later(self.hub.settings.connect_timeout, self._no_transport)
         log.info("feed play answered %s output=%s video=%s audio=%s", self.label, self.output, has_video, has_audio)
 
@@ -72,7 +90,8 @@ class FeedPlayback(Playback):
         router = self.publication.router
         assert router is not None
         self.feed = self.hub.feeds.subscribe(router, self.output, self, self.publication.name,
-                                             has_video="video" in router.tracks, has_audio="audio" in router.tracks)
+                                             has_video="video" in router.tracks, has_audio="audio" in router.tracks,
+                                             profile=self.profile)
         log.info("media transport bound %s", self.label)
 
     def unbind(self, transport: MediaTransport) -> None:
@@ -87,7 +106,7 @@ class FeedPlayback(Playback):
         transport = self.transport
         if transport is None or self.closed:
             return
-        if not transport.send_chunks(data):
+        if not transport.send_chunks(data, self.output == "mse"):  # MSE records share frames; WSPlayer: one each
             log.warning("media transport not reading %s", self.label)
             self.stop(StreamStatus.FAILED, OwnInfo.MEDIA_TRANSPORT_NOT_READING)
             return
@@ -96,9 +115,6 @@ class FeedPlayback(Playback):
     def on_feed_failed(self, info: str) -> None:
         self.feed = None
         self.stop(StreamStatus.FAILED, info)
-
-    def on_video_size(self, width: int, height: int) -> None:
-        super().on_video_size(width, height)
 
     def _leave_feed(self) -> None:
         if self.feed is not None:
@@ -116,10 +132,3 @@ class FeedPlayback(Playback):
         super().stop(status, info, notify_self)
         log.info("feed playback ended %s chunks_sent=%d info=%s", self.label, self.chunks_sent, q(info))
 
-    def describe(self) -> dict[str, Any]:
-        obj = super().describe()
-        obj["mediaProvider"] = self.request.media_provider
-        return obj
-
-
-__all__ = ["FeedPlayback", "Info"]

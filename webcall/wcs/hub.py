@@ -22,10 +22,12 @@ from ..logs import q
 from ..media.plane import MediaPlane
 from ..streams.feeds import Feeds
 from ..streams.recording import RecordSettings, Recordings
+from ..streams.renditions import Renditions
 from ..streams.limits import SESSIONS_PER_IP, SHUTDOWN, Limits, Refusals
 from ..streams.registry import EndReason, Source, StreamRegistry
 from ..streams.snapshots import SnapshotError, Snapshotter
 from ..transcode.pipeline import start_local_feed
+from ..transcode.rendition import start_local_rendition
 from . import messages as wcs_messages
 from .rest import ConnectionQuery, StreamQuery
 from .sampler import RateSampler
@@ -104,8 +106,10 @@ class Hub:
         self.listings: list[Callable[[], list]] = []
         self.snapshots = Snapshotter(settings.snapshot_timeout)
         self.recordings = Recordings()
-        # Shared renditions for MSE/WSPlayer players: in a worker (WorkerPlane.feed) or in this process.
+        # Shared feeds for MSE/WSPlayer players: in a worker (WorkerPlane.feed) or in this process.
         self.feeds = Feeds(getattr(plane, "feed", None) or start_local_feed)
+        # Renditions in the other WebRTC video codec, for players whose offer lacks the publisher's.
+        self.renditions = Renditions(getattr(plane, "rendition", None) or start_local_rendition(getattr(plane, "port", None)))
         self.retired: Counter[tuple[str, str]] = Counter()  # media counters of streams that have ended
         self._retiring: deque[tuple[float, Publication | Playback]] = deque()  # ended, last counters in transit
         self.started_at = time.time()

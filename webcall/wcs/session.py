@@ -27,16 +27,17 @@ from typing import Any
 from ..hooks import policy as hooks
 from ..hooks.client import HookClient, keep_alive_loop
 from ..logs import q
-from ..protocol.sdp import SdpError, negotiate_play, negotiate_publish
+from ..protocol.sdp import Negotiation, SdpError, negotiate_play, negotiate_publish
 from ..streams import limits
 from ..cluster.reasons import ClusterRefused
 from ..streams.registry import EndReason, NameInUse, Source
 from ..streams.snapshots import SnapshotError
+from ..transcode.rendition import RENDITION_CODECS
 from . import messages as msg
 from .hub import Hub
 from .status import REFUSAL_INFO, Info, OwnInfo, StreamStatus
 from .feed_playback import OUTPUT as FEED_PROVIDERS
-from .feed_playback import FeedPlayback, MediaTransport
+from .feed_playback import FeedPlayback, MediaTransport, requested_profile
 from .stream import Playback, Publication
 
 log = logging.getLogger("webcall.wcs")
@@ -387,15 +388,56 @@ class Session:
             self.hub.registry.read(m.name, feed_playback)
             feed_playback.start_feed()
             return
+        neg: Negotiation | None = None
+        error: SdpError | None = None
         try:
             neg = negotiate_play(m.sdp, {kind: track.producer.codec for kind, track in router.tracks.items()})
         except SdpError as exc:
-            self._fail_stream(m, exc.info)
-            return
+            error = exc
         playback = Playback(self, m, source)
+        target = self._rendition_codec(m.sdp, router, neg)
+        profile = self._profile(m, source, router) if target is not None or neg is not None else None
+        if profile is not None and target is None and any(t.kind == "video" for t in neg.tracks):  # type: ignore[union-attr]
+            target = router.tracks["video"].producer.codec.name.upper()  # a smaller size, same codec
+        if target is not None:  # another codec or size than the publisher's: a shared transcoded rendition
+            entry = self.hub.renditions.acquire(router, target, source.name, playback,
+                                                lambda info: playback.stop(StreamStatus.FAILED, info), profile)
+            playback.on_end.append(lambda: self.hub.renditions.release(entry, playback))
+            playback.profile = profile
+            router = entry.router
+            neg = negotiate_play(m.sdp, {kind: track.producer.codec for kind, track in router.tracks.items()})
+            log.info("play through a rendition session=%s stream=%s codec=%s profile=%s", self.id, q(m.name),
+                     target, profile)
+        if neg is None:
+            self._fail_stream(m, error.info if error is not None else "No common codecs")
+            return
         self.streams[m.media_session_id] = playback
         self.hub.registry.read(m.name, playback)
         playback.start(neg, router)
+
+    @staticmethod
+    def _profile(m: msg.PlayStream, source: Any, router: Any) -> tuple[int, int, int] | None:
+        """(width, height, bit/s) when playStream asks for a smaller picture than published (spec §4.1: 0 = as
+        published; `bitrate` in kbit/s, as WCS takes it, applies with a size)."""
+        video = router.tracks.get("video")
+        if video is None or video.producer.codec.name.upper() not in RENDITION_CODECS:
+            return None
+        return requested_profile(m, source)
+
+    @staticmethod
+    def _rendition_codec(sdp: str, router: Any, neg: Negotiation | None) -> str | None:
+        """The other WebRTC video codec, when the offer takes it but not the publisher's; else None."""
+        video = router.tracks.get("video")
+        if video is None or (neg is not None and any(t.kind == "video" for t in neg.tracks)):
+            return None
+        target = {"VP8": "H264", "H264": "VP8"}.get(video.producer.codec.name.upper())
+        if target is None:
+            return None
+        try:
+            trial = negotiate_play(sdp, {"video": RENDITION_CODECS[target]})
+        except SdpError:
+            return None
+        return target if any(t.kind == "video" for t in trial.tracks) else None
 
     def bind_media_transport(self, transport: MediaTransport) -> FeedPlayback | None:
         """A media socket presented this session's token (spec §11): bind it to the most recent unbound MSE or

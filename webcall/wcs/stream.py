@@ -25,6 +25,8 @@ from ..protocol.sdp import Negotiation, build_answer
 from ..streams.recording import RecordSettings, Recording, RecordingError, Recordings, login_of
 from ..streams.feeds import Feeds
 from ..streams.registry import EndReason, Source, StreamRegistry
+from ..streams.renditions import Renditions
+from ..transcode.pipeline import scaled_size
 from . import messages as msg
 from . import rest
 from .rates import RateMeter, Rates, Reading
@@ -52,6 +54,7 @@ class Services(Protocol):
     registry: StreamRegistry
     recordings: Recordings
     feeds: Feeds
+    renditions: Renditions
 
     def retire(self, stream: Publication | Playback) -> None: ...
 
@@ -366,6 +369,7 @@ class Publication(_Stream):
         self.hub.registry.unpublish(self, end)
         if self.router is not None:
             self.hub.feeds.source_ended(self.router)
+            self.hub.renditions.source_ended(self.router)
         self.session.forget(self)
         if self.endpoint is not None:
             self.endpoint.close()
@@ -383,6 +387,8 @@ class Playback(_Stream):
         self.publication = publication
         self.endpoint: PlayerEndpoint | None = None
         self._by_kind: dict[str, Any] | None = None  # the endpoint's first consumer of each kind
+        self.on_end: list[Callable[[], None]] = []  # what the playback holds besides its endpoint (a rendition)
+        self.profile: tuple[int, int, int] | None = None  # a size rendition's (width, height, bit/s)
 
     def start(self, neg: Negotiation, router: Router) -> None:
         """Answer the offer with a player of `router` (the source's router, which the session checked)."""
@@ -404,6 +410,8 @@ class Playback(_Stream):
             self.on_video_size(self.publication.width, self.publication.height)
 
     def on_video_size(self, width: int, height: int) -> None:
+        if self.profile is not None:  # the size this player really gets (transcode/pipeline.py scales so)
+            width, height = scaled_size(width, height, self.profile[0], self.profile[1])
         self.width, self.height = width, height
         if self.status == StreamStatus.PLAYING:
             self.session.send(msg.notify_video_format(self.media_session_id, width, height))
@@ -426,6 +434,9 @@ class Playback(_Stream):
         self.session.forget(self)
         if self.endpoint is not None:
             self.endpoint.close()
+        for release in self.on_end:
+            release()
+        self.on_end.clear()
         sent = sum(c.packets for c in self.endpoint.consumers) if self.endpoint else 0
         log.info("playback ended %s status=%s info=%s packets_sent=%d", self.label, status, q(info), sent)
         self.hub.retire(self)

@@ -157,9 +157,6 @@ class WhipFrontEnd:
     async def _offer(self, request: web.Request) -> str | web.Response:
         if (refused := self._refuse(request)) is not None:
             return refused
-        publish = request.path.startswith("/whip/")
-        if (refused := await self._hooks_refuse(request, publish, request.match_info["stream"])) is not None:
-            return refused
         if request.content_type != SDP:
             return self._reply(415, f"Content-Type must be {SDP}")
         if request.content_length is not None and request.content_length > MAX_OFFER:
@@ -168,9 +165,14 @@ class WhipFrontEnd:
         if len(body) > MAX_OFFER:
             return self._reply(413, "Offer too large")
         try:
-            return body.decode()
+            offer = body.decode()
         except UnicodeDecodeError:
             return self._reply(400, "Bad SDP: not UTF-8")
+        # The backend is asked about well-formed requests only: bad input costs it nothing.
+        publish = request.path.startswith("/whip/")
+        if (refused := await self._hooks_refuse(request, publish, request.match_info["stream"])) is not None:
+            return refused
+        return offer
 
     def _created(self, resource: Resource, answer: str) -> web.Response:
         self.resources[resource.id] = resource

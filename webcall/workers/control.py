@@ -192,6 +192,41 @@ class RemoteFeed:
             self.on_failed(info)
 
 
+class RenditionSource:
+    """A rendition (transcode/rendition.py) made in its publication's worker, as `player()` sees a publisher:
+    its players are placed on that worker (no relay), and its audio is the publication's own track."""
+
+    pinned = True
+
+    def __init__(self, plane: WorkerPlane, id: int, publisher: RemotePublisher, codec: Codec) -> None:
+        self.plane, self.id, self.worker, self.label = plane, id, publisher.worker, publisher.label
+        self.producers = dict(publisher.producers)
+        self.producers["video"] = ProducerView("video", codec)
+        self.relays: dict[int, Relay] = {}
+        self.tracks = {kind: TrackView(view) for kind, view in self.producers.items()}
+
+
+class RemoteRendition:
+    def __init__(self, plane: WorkerPlane, source: RenditionSource, on_failed: Any) -> None:
+        self.plane, self.source, self.on_failed = plane, source, on_failed
+        self.router = self  # what players attach to: `.publisher` and `.tracks`, like RemoteRouter
+        self.publisher = source
+        self.tracks = source.tracks
+        self.transcoding_video = True
+        self._stats: dict[str, Any] = {}
+
+    def stats(self) -> dict[str, Any]:
+        return self._stats
+
+    def close(self) -> None:
+        if self.plane.renditions.pop(self.source.id, None) is not None:
+            self.plane.notify(self.source.worker, "rendition_stop", id=self.source.id)
+
+    def failed(self, info: str) -> None:
+        if self.plane.renditions.pop(self.source.id, None) is not None:
+            self.on_failed(info)
+
+
 class RemotePlayer(RemoteEndpoint):
     def __init__(self, plane: WorkerPlane, id: int, worker: int, neg: Negotiation, publisher: RemotePublisher,
                  listener: Any, label: str) -> None:
@@ -277,6 +312,15 @@ class AggregatePort:
         return total
 
     @property
+    def links(self) -> range:
+        """Open ICE-TCP connections (media/tcp.py): only their number crosses the channel."""
+        return range(sum(r[4][0] for r in self.by_worker.values() if len(r) > 4))
+
+    @property
+    def tcp_refused(self) -> int:
+        return sum(r[4][1] for r in self.by_worker.values() if len(r) > 4)
+
+    @property
     def fanout_cost(self) -> FanoutCost:
         total = FanoutCost()
         for report in self.by_worker.values():
@@ -307,6 +351,7 @@ class WorkerPlane:
         self._closed: dict[int, tuple[float, RemoteEndpoint]] = {}
         self.recorders: dict[int, RemoteRecorder] = {}
         self.feeds: dict[int, RemoteFeed] = {}
+        self.renditions: dict[int, RemoteRendition] = {}
         self.port = AggregatePort()
         self.relay_stats: dict[int, dict[str, int]] = {}  # worker -> its relay socket's counters (relay.py)
         # Test-only: worker -> the (ip, port) its answers announce instead of announced_ips × its media port
@@ -321,6 +366,8 @@ class WorkerPlane:
         self.supervisor.on_event("feed", self._on_feed)
         self.supervisor.on_event("feed_failed", self._on_feed_failed)
         self.supervisor.on_event("feed_stats", self._on_feed_stats)
+        self.supervisor.on_event("rendition_failed", self._on_rendition_failed)
+        self.supervisor.on_event("rendition_stats", self._on_rendition_stats)
         # A cluster node's workers (app cluster/worker.py) report their relays between nodes: to cluster/node.py.
         self.on_cluster: Any = None  # on_cluster(worker, what, **args)
         self.supervisor.on_event("cluster", self._on_cluster)
@@ -362,7 +409,10 @@ class WorkerPlane:
 
     def player(self, neg: Negotiation, source: RemoteRouter, listener: Any, label: str) -> RemotePlayer:
         publisher = source.publisher
-        worker = self.placement.place_player(publisher.worker, relayed_to=tuple(publisher.relays))
+        if getattr(publisher, "pinned", False):  # a rendition: its players sit beside it
+            worker = self.placement.place_player_on(publisher.worker)
+        else:
+            worker = self.placement.place_player(publisher.worker, relayed_to=tuple(publisher.relays))
         player = RemotePlayer(self, next(self._ids), worker, neg, publisher, listener, label)
         self.endpoints[player.id] = player
         source_id = publisher.id
@@ -424,15 +474,31 @@ class WorkerPlane:
                     options=asdict(options), label=label)
         return recorder
 
-    def feed(self, source: RemoteRouter, output: str, emit: Any, on_failed: Any, label: str) -> RemoteFeed:
+    def feed(self, source: RemoteRouter, output: str, emit: Any, on_failed: Any, label: str,
+             profile: tuple[int, int, int] | None = None) -> RemoteFeed:
         """A shared rendition of `source`, made in its publisher's worker; one copy of its chunks comes here."""
         publisher = source.publisher
         video = publisher.producers.get("video")
         feed = RemoteFeed(self, next(self._ids), publisher.worker, emit, on_failed,
-                          video is not None and video.codec.name.upper() != "H264")
+                          video is not None and (output != "mse" or video.codec.name.upper() != "H264"
+                                                 or profile is not None))
         self.feeds[feed.id] = feed
-        self.notify(publisher.worker, "feed_start", id=feed.id, source=publisher.id, output=output, label=label)
+        self.notify(publisher.worker, "feed_start", id=feed.id, source=publisher.id, output=output, label=label,
+                    profile=list(profile) if profile else None)
         return feed
+
+    def rendition(self, source: RemoteRouter, codec: str, on_failed: Any, label: str,
+                  profile: tuple[int, int, int] | None = None) -> RemoteRendition:
+        """The publication's video in `codec`, made in its publisher's worker (transcode/rendition.py)."""
+        from ..transcode.rendition import RENDITION_CODECS
+
+        publisher = source.publisher
+        rendition = RemoteRendition(self, RenditionSource(self, next(self._ids), publisher, RENDITION_CODECS[codec]),
+                                    on_failed)
+        self.renditions[rendition.source.id] = rendition
+        self.notify(publisher.worker, "rendition_start", id=rendition.source.id, source=publisher.id, codec=codec,
+                    label=label, profile=list(profile) if profile else None)
+        return rendition
 
     # --- lifecycle of endpoints ------------------------------------------------------------------------
 
@@ -570,6 +636,18 @@ class WorkerPlane:
             feed._stats = stats
             feed.transcoding_video = bool(stats.get("transcoding_video"))
 
+    def _on_rendition_failed(self, worker: int, id: int, info: str) -> None:
+        rendition = self.renditions.get(id)
+        if rendition is not None and rendition.source.worker == worker:
+            rendition.failed(info)
+
+    def _on_rendition_stats(self, worker: int, id: int, stats: dict, video: list[int] | None = None) -> None:
+        rendition = self.renditions.get(id)
+        if rendition is not None and rendition.source.worker == worker:
+            rendition._stats = stats
+            if video is not None:
+                rendition.source.producers["video"].update(video)
+
     # --- faults ----------------------------------------------------------------------------------------------
 
     def _worker_lost(self, index: int, reason: str) -> None:
@@ -588,6 +666,8 @@ class WorkerPlane:
             endpoint.fail(Failure.WORKER_LOST)
         for feed in [f for f in self.feeds.values() if f.worker == index]:
             feed.failed("media worker lost")
+        for rendition in [r for r in self.renditions.values() if r.source.worker == index]:
+            rendition.failed("media worker lost")
         for id, recorder in [(i, r) for i, r in self.recorders.items() if r.worker == index]:
             del self.recorders[id]
             recorder.finished("failed", "media worker lost", recorder.received_media, recorder.opened, {})

@@ -37,6 +37,7 @@ from ..media.recorder import Recorder, RecorderOptions
 from ..media.router import Router, TrackRouter
 from ..streams.snapshots import SnapshotError, Snapshotter
 from ..transcode.pipeline import Feed
+from ..transcode.rendition import Rendition
 from .main import WorkerContext
 from .relay import RelayEndpoint, RelaySender
 from .wire import fanout_cost_to_wire, negotiation_from_wire, track_from_wire
@@ -152,7 +153,8 @@ class MediaWorker:
         self.relays_out: dict[int, RelayOut] = {}
         self.relays_in: dict[int, Router] = {}
         self.recorders: dict[int, Recorder] = {}
-        self.feeds: dict[int, tuple[int, Feed]] = {}  # feed id -> (source id, feed): shared renditions
+        self.feeds: dict[int, tuple[int, Feed]] = {}  # feed id -> (source id, feed): MSE/WSPlayer feeds
+        self.renditions: dict[int, tuple[int, Rendition]] = {}  # rendition id (a source id too) -> (source id, it)
         self.snapshots = Snapshotter(settings.snapshot_timeout)
         self._final: dict[str, dict[int, Any]] = {"pubs": {}, "players": {}}  # counters of endpoints just closed
         self._stats_task: asyncio.Task[None] | None = None
@@ -171,11 +173,12 @@ class MediaWorker:
         self.relay = await RelayEndpoint.bind(on_packet=self._relay_packet, on_keyframe_request=self._relay_keyframe,
                                               on_nack=self._relay_nack)
         self.relay.test_loss = float(os.environ.get("WEBCALL_RELAY_TEST_LOSS") or 0.0)  # tests only
-        self.ctx.info.update(media_port=media_port, media_tcp_port=max(tcp_port, 0), fingerprint=list(self.identity.fingerprint),
+        self.ctx.info.update(media_port=media_port, media_tcp_port=max(tcp_port, 0),
+                             fingerprint=list(self.identity.fingerprint),
                              relay=list(self.relay.address))
         ch = self.channel
         for name in ("publish", "play", "close", "relay_out", "relay_in", "relay_stop", "record_start",
-                     "record_stop", "keyframe", "sender_report", "feed_start", "feed_stop", "feed_keyframe"):
+                     "record_stop", "keyframe", "sender_report", "feed_start", "feed_stop", "feed_keyframe", "rendition_start", "rendition_stop"):
             ch.on_event(name, getattr(self, f"_on_{name}"))
         ch.on_request("snapshot", self._snapshot)
         if os.environ.get(DEBUG_ENV) == "1":  # leak hunting only (tools/soak.py), never in production
@@ -239,6 +242,12 @@ class MediaWorker:
             if sid == id:
                 feed.close()
                 del self.feeds[fid]
+        for rid_, (sid, rendition) in list(self.renditions.items()):
+            if sid == id:
+                self._on_rendition_stop(rid_)
+        entry = self.renditions.pop(id, None)
+        if entry is not None:
+            entry[1].close()
         for rid, out in list(self.relays_out.items()):
             if out.source is source:
                 out.close()
@@ -384,7 +393,7 @@ class MediaWorker:
 
     # --- shared feeds (transcode/pipeline.py): their chunks go to the control process, once per feed -----------
 
-    def _on_feed_start(self, id: int, source: int, output: str, label: str) -> None:
+    def _on_feed_start(self, id: int, source: int, output: str, label: str, profile: list[int] | None = None) -> None:
         held = self.sources.get(source)
         if held is None or held.router is None:
             self.channel.notify("feed_failed", id=id, info="stream ended")
@@ -401,9 +410,35 @@ class MediaWorker:
                 channel.notify("feed_failed", id=id, info=info)
 
         feed = Feed(held.router.tracks, output, asyncio.get_running_loop(), emit, failed, label)
+        feed.set_profile((profile[0], profile[1], profile[2]) if profile else None)
         self.feeds[id] = (source, feed)
         feed.start()
         channel.notify("feed_stats", id=id, stats=feed.stats())
+
+    def _on_rendition_start(self, id: int, source: int, codec: str, label: str, profile: list[int] | None = None) -> None:
+        held = self.sources.get(source)
+        if held is None or held.router is None or "video" not in held.router.tracks:
+            self.channel.notify("rendition_failed", id=id, info="stream ended")
+            return
+
+        def failed(info: str) -> None:
+            if id in self.renditions:
+                self._on_rendition_stop(id)
+                self.channel.notify("rendition_failed", id=id, info=info)
+
+        port = self.port
+        rendition = Rendition(held.router, codec, failed, label, core=port.core, batch=port.batch,
+                              fanout_cost=port.fanout_cost,
+                              profile=(profile[0], profile[1], profile[2]) if profile else None)
+        self.renditions[id] = (source, rendition)
+        rsource = WorkerSource(label, rendition.router)
+        rsource.live, rsource.width, rsource.height = True, held.width, held.height
+        self.sources[id] = rsource  # players name it as their source
+        rendition.start()
+
+    def _on_rendition_stop(self, id: int) -> None:
+        if id in self.renditions:
+            self._drop_source(id)  # closes the rendition too
 
     def _on_feed_stop(self, id: int) -> None:
         entry = self.feeds.pop(id, None)
@@ -435,6 +470,11 @@ class MediaWorker:
                 self.channel.notify("stats", **self.stats())
                 for id, (_, feed) in self.feeds.items():
                     self.channel.notify("feed_stats", id=id, stats=feed.stats())
+                for id, (_, rendition) in self.renditions.items():
+                    p = rendition.producer
+                    self.channel.notify("rendition_stats", id=id, stats=rendition.stats(),
+                                        video=[p.packets, p.octets, p.frames, p.keyframes, p.nacks_sent,
+                                               p.keyframe_requests, p.lost, p.recovered, p.width, p.height])
             except Exception:
                 log.exception("stats report failed")
 
@@ -454,7 +494,8 @@ class MediaWorker:
         relay = asdict(self.relay.stats) if self.relay is not None else {}
         relay["retransmitted"] = self.relay_retransmitted
         return {"at": time.monotonic(), "pubs": pubs, "players": players, "recording": recording,
-                "port": [port.dropped, port.errors, fanout_cost_to_wire(port.fanout_cost), dict(port.refusals)],
+                "port": [port.dropped, port.errors, fanout_cost_to_wire(port.fanout_cost), dict(port.refusals),
+                         [len(port.links), port.tcp_refused]],
                 "relay": relay}
 
     @classmethod
@@ -480,6 +521,9 @@ class MediaWorker:
         for _, feed in self.feeds.values():
             feed.close()
         self.feeds.clear()
+        for _, rendition in self.renditions.values():
+            rendition.close()
+        self.renditions.clear()
         for recorder in list(self.recorders.values()):
             recorder.stop()
         for recorder in list(self.recorders.values()):

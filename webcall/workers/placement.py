@@ -87,6 +87,11 @@ class Placement:
         self._load[worker] += self.player_weight
         return worker
 
+    def place_player_on(self, worker: int) -> int:
+        """A player that must sit on `worker` (it reads something only that worker holds: a rendition)."""
+        self._load[worker] += self.player_weight
+        return worker
+
     def release_publisher(self, worker: int) -> None:
         self._release(worker, self.publisher_weight)
 

@@ -8,7 +8,9 @@
  *
  * URL parameters (both pages):
  *   server=ws://host:port/   signalling URL (default: this page's host, ws: or wss: to match)
- *   mediaProvider=WebRTC     comma-separated SDK media providers to allow (default: WebRTC)
+ *   mediaProvider=WebRTC     how streams are played: WebRTC (default), MSE or WSPlayer (the second-WebSocket
+ *                            players: any browser, TCP only); a comma-separated list allows several, the
+ *                            first plays. Publishing is always WebRTC.
  *   stream=NAME              stream name (the player needs it; on index it prefills both panels)
  */
 (function () {
@@ -88,12 +90,21 @@
             return Promise.reject(new Error(
                 "The Flashphoner Web SDK did not load from /sdk/flashphoner.js (run `make sdk`)."));
         }
-        var providers = (param("mediaProvider") || "WebRTC").split(",").filter(Boolean);
+        var providers = playProviders();
+        if (providers.indexOf("WebRTC") < 0) {
+            providers.push("WebRTC");  // publishing needs it
+        }
         return Promise.resolve().then(function () {
-            return Flashphoner.init({preferredMediaProviders: providers});
+            // WSPlayer's worker scripts come from the SDK package (served by webcall under /sdk/)
+            return Flashphoner.init({preferredMediaProviders: providers, receiverLocation: "/sdk/WSReceiver2.js",
+                decoderLocation: "/sdk/video-worker2.js"});
         }).then(function () {
             return Flashphoner.getMediaProviders();
         });
+    }
+
+    function playProviders() {
+        return (param("mediaProvider") || "WebRTC").split(",").filter(Boolean);
     }
 
     function describeFailure(stream) {
@@ -420,6 +431,7 @@
                 return {
                     name: name,
                     display: $("localDisplay"),
+                    mediaProvider: "WebRTC",
                     cacheLocalResources: false,   // release the camera on stop
                     receiveVideo: false,
                     receiveAudio: false
@@ -438,6 +450,7 @@
                 return {
                     name: name,
                     display: $("remoteDisplay"),
+                    mediaProvider: playProviders()[0],
                     useControls: true
                 };
             }
@@ -517,6 +530,7 @@
                 s = session.createStream({
                     name: name,
                     display: $("playerDisplay"),
+                    mediaProvider: playProviders()[0],
                     unmutePlayOnStart: false    // autoplay is only allowed muted
                 });
             } catch (e) {
