@@ -17,7 +17,6 @@ import struct
 import time
 from typing import Protocol
 
-from aiortc.clock import current_ntp_time
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_PSFB_FIR,
@@ -37,7 +36,7 @@ from .consumer import Consumer, random_ssrc
 from .dtls import DtlsIdentity
 from .failures import Failure
 from .port import MediaPort
-from .producer import Producer, SenderClock
+from .producer import Producer, SenderClock, ntp_now
 from .router import Router, TrackRouter
 from .transport import WebRtcTransport
 
@@ -307,7 +306,7 @@ class PlayerEndpoint(_Endpoint):
         if now < self._next_rtcp:
             return
         self._next_rtcp = now + rtcp_interval()
-        ntp = current_ntp_time()
+        ntp = ntp_now()
         for consumer in self.consumers:
             body = consumer.sender_report(now, ntp)
             if body is not None:
