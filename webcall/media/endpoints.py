@@ -50,6 +50,7 @@ def rtcp_interval() -> float:
     do not stay together (hundreds of players' SRs in one tick would hold up forwarding)."""
     return RTCP_INTERVAL * random.uniform(0.5, 1.5)
 _SSRC = struct.Struct("!I")
+_SR_HEADER = struct.pack("!BBH", 0x80, 200, 6)  # V=2, no report blocks, SR, length 6 words − 1
 
 
 class EndpointEvents(Protocol):
@@ -307,10 +308,12 @@ class PlayerEndpoint(_Endpoint):
             return
         self._next_rtcp = now + rtcp_interval()
         ntp = ntp_now()
-        for consumer in self.consumers:
-            body = consumer.sender_report(now, ntp)
-            if body is not None:
-                self.transport.send_rtcp(struct.pack("!BBH", 0x80, 200, 6) + body)
+        # The SRs of the player's tracks in one compound RTCP packet (RFC 3550 §6.1): one SRTCP protect and one
+        # datagram per player per interval instead of one per track.
+        reports = [_SR_HEADER + body for consumer in self.consumers
+                   if (body := consumer.sender_report(now, ntp)) is not None]
+        if reports:
+            self.transport.send_rtcp(b"".join(reports))
 
     def _detach(self) -> None:
         for router, consumer in self._routes:
