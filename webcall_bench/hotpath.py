@@ -65,7 +65,8 @@ def vp8() -> Codec:
 
 def publisher_packets(count: int, start: int = 0, size: int = 1100, per_frame: int = 8,
                       gop: int = 240) -> list[bytes]:
-    """Packets `start`.. of a VP8 stream with abs-send-time and toffset, a frame every `per_frame`, a keyframe every `gop`."""
+    """Packets `start`.. of a VP8 stream with abs-send-time and toffset, a frame every `per_frame` packets, a
+    keyframe every `gop`."""
     out = []
     for i in range(start, start + count):
         frame, index = divmod(i, per_frame)
