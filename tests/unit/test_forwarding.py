@@ -914,3 +914,16 @@ def test_sender_report_octet_count_is_payload_only() -> None:
     *_, packets, octets = struct.unpack("!IQIII", consumer.sender_report(5.0, 0))
     assert packets == 10
     assert octets == sum(30 + n for n in range(10))
+
+
+def test_ntp_now_is_aiortcs_ntp_clock() -> None:
+    """Sender reports take our NTP time from ntp_now(); it is the clock aiortc's current_ntp_time reads (the one
+    a publisher's SR arrival was stamped with before), to within the time between the two reads."""
+    from aiortc.clock import current_ntp_time
+
+    from webcall.media.producer import NTP_UNIT, ntp_now
+
+    before = current_ntp_time()
+    ours = ntp_now()
+    after = current_ntp_time()
+    assert before - NTP_UNIT * 1e-6 <= ours <= after + NTP_UNIT * 1e-6  # aiortc truncates to microseconds

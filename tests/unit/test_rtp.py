@@ -18,6 +18,7 @@ from aiortc.rtcrtpparameters import RTCRtpCodecParameters
 
 from tests.support.rtpgen import vp8_descriptor_length
 from webcall.media.rtp import (
+    ExtensionPlan,
     build_extensions,
     h264_keyframe_size,
     h264_sps_size,
@@ -543,3 +544,23 @@ def test_h264_fuzz_never_raises() -> None:
             payload = bytes((rng.choice((0x67, 0x78, 0x7C, 0x65)),)) + payload[1:]
         result = probe(h264_keyframe_size, wrap(payload))
         assert result is None or (isinstance(result, tuple) and len(result) == 2)
+
+
+def test_extension_plan_one_byte_fast_path_matches_the_general_build() -> None:
+    """ExtensionPlan.build's precomputed one-byte path gives exactly what build_extensions gives for the
+    mapped elements plus the mid: random plans (one-byte ids or not) over random publisher elements, including
+    values too long or empty for the one-byte form, repeated ids and more elements than one block usually has."""
+    rng = random.Random(16)
+    for _ in range(3000):
+        ids = rng.sample(range(1, 256 if rng.random() < 0.2 else 15), rng.randrange(0, 5))
+        mapping = {i: rng.randrange(1, 256 if rng.random() < 0.1 else 15) for i in ids}
+        mid = None if rng.random() < 0.2 else (rng.randrange(1, 256 if rng.random() < 0.1 else 15),
+                                               rng.randbytes(rng.choice((1, 2, 16, 17))))
+        plan = ExtensionPlan(mapping, mid)
+        elements = [(rng.choice(ids) if ids and rng.random() < 0.8 else rng.randrange(0, 256),
+                     rng.randbytes(rng.choice((0, 1, 2, 3, 8, 16, 16, 17, 40))))
+                    for _ in range(rng.randrange(0, 30 if rng.random() < 0.1 else 6))]
+        out = [(mapping[i], v) for i, v in elements if i in mapping]
+        expected = build_extensions(out + [mid] if out and mid else out) if out else build_extensions(
+            [mid] if mid else [])
+        assert plan.build(elements) == expected, (mapping, mid, elements)

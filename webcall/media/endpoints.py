@@ -17,7 +17,6 @@ import struct
 import time
 from typing import Protocol
 
-from aiortc.clock import current_ntp_time
 from aiortc.rtp import (
     RTCP_PSFB_APP,
     RTCP_PSFB_FIR,
@@ -37,7 +36,7 @@ from .consumer import Consumer, random_ssrc
 from .dtls import DtlsIdentity
 from .failures import Failure
 from .port import MediaPort
-from .producer import Producer, SenderClock
+from .producer import Producer, SenderClock, ntp_now
 from .router import Router, TrackRouter
 from .transport import WebRtcTransport
 
@@ -51,6 +50,7 @@ def rtcp_interval() -> float:
     do not stay together (hundreds of players' SRs in one tick would hold up forwarding)."""
     return RTCP_INTERVAL * random.uniform(0.5, 1.5)
 _SSRC = struct.Struct("!I")
+_SR_HEADER = struct.pack("!BBH", 0x80, 200, 6)  # V=2, no report blocks, SR, length 6 words − 1
 
 
 class EndpointEvents(Protocol):
@@ -307,11 +307,13 @@ class PlayerEndpoint(_Endpoint):
         if now < self._next_rtcp:
             return
         self._next_rtcp = now + rtcp_interval()
-        ntp = current_ntp_time()
-        for consumer in self.consumers:
-            body = consumer.sender_report(now, ntp)
-            if body is not None:
-                self.transport.send_rtcp(struct.pack("!BBH", 0x80, 200, 6) + body)
+        ntp = ntp_now()
+        # The SRs of the player's tracks in one compound RTCP packet (RFC 3550 §6.1): one SRTCP protect and one
+        # datagram per player per interval instead of one per track.
+        reports = [_SR_HEADER + body for consumer in self.consumers
+                   if (body := consumer.sender_report(now, ntp)) is not None]
+        if reports:
+            self.transport.send_rtcp(b"".join(reports))
 
     def _detach(self) -> None:
         for router, consumer in self._routes:

@@ -9,10 +9,9 @@ producer knows no reader: late joiners of any kind start from `current_gop()`.
 from __future__ import annotations
 
 import struct
+import time
 from collections import deque
 from collections.abc import Callable
-
-from aiortc.clock import current_ntp_time
 
 from ..protocol.sdp import EXT_MID, Track
 from .rtp import KEYFRAME_PROBES, split
@@ -31,6 +30,14 @@ NACK_RETRY_INTERVAL = 0.08
 KEYFRAME_MIN_INTERVAL = 0.3
 
 _TS = struct.Struct("!I")
+NTP_UNIX_OFFSET = 2208988800  # seconds from the NTP epoch (1900) to the Unix epoch (1970)
+
+
+def ntp_now() -> int:
+    """Our wall clock as a 64-bit NTP timestamp: what aiortc's `current_ntp_time` gives (the same clock), from
+    one `time_ns()` instead of datetime arithmetic — it runs for every player's sender report."""
+    seconds, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
+    return ((seconds + NTP_UNIX_OFFSET) << 32) | ((nanoseconds << 32) // 1_000_000_000)
 
 
 class SenderClock:
@@ -292,7 +299,7 @@ class Producer:
     def on_sender_report(self, ntp: int, rtp_ts: int, now: float, local_ntp: int | None = None) -> None:
         """The publisher's SR for this track; `local_ntp` is our NTP time at its arrival (default: the clock)."""
         self.sr_ntp, self.sr_rtp, self.sr_arrival = ntp, rtp_ts, now
-        self.sr_local_ntp = current_ntp_time() if local_ntp is None else local_ntp
+        self.sr_local_ntp = ntp_now() if local_ntp is None else local_ntp
         self.sender_clock.observe(self.sr_local_ntp, ntp)
 
     def rtp_time_at(self, now: float, ntp: int | None = None) -> int | None:

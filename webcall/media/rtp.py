@@ -239,20 +239,38 @@ def h264_sps_size(nal: bytes) -> tuple[int, int]:
 KEYFRAME_PROBES = {"VP8": vp8_keyframe_size, "H264": h264_keyframe_size}
 
 
+# _ONE_BYTE_HEADERS[id][length]: the one-byte form's element header (RFC 8285 §4.2), None where it cannot be used.
+_ONE_BYTE_HEADERS = [[bytes(((i << 4) | (n - 1),)) if 0 < i < 15 and 0 < n <= 16 else None for n in range(256)]
+                     for i in range(256)]
+# _WORDS_PAD[body length]: (the one-byte block's 4-byte header, the padding to a 32-bit boundary)
+_WORDS_PAD = [(struct.pack("!HH", ONE_BYTE_PROFILE, (n + 3) // 4), bytes(-n % 4)) for n in range(15 * 17 + 1)]
+
+
 class ExtensionPlan:
     """How one player layout wants the header extensions: publisher id → player id, plus its own mid."""
 
-    __slots__ = ("key", "mapping", "mid", "_mid_only")
+    __slots__ = ("key", "mapping", "mid", "_mid_only", "_one_byte", "_mid_element")
 
     def __init__(self, mapping: dict[int, int], mid: tuple[int, bytes] | None) -> None:
         self.mapping = mapping
         self.mid = mid
         self.key = (tuple(sorted(mapping.items())), mid)
         self._mid_only = build_extensions([mid] if mid else [])  # the block when nothing else maps
+        # The usual case, precomputed: every id this plan writes fits the one-byte form, so a block is built by
+        # joining each element's ready-made header byte and value (`_build_one_byte`, once per packet per plan)
+        # instead of the general build_extensions. Elements longer than 16 bytes still take the general path.
+        one_byte = all(0 < i < 15 for i in mapping.values()) and (mid is None or (0 < mid[0] < 15 and
+                                                                                  0 < len(mid[1]) <= 16))
+        self._one_byte = {i: _ONE_BYTE_HEADERS[j] for i, j in mapping.items()} if one_byte else None
+        self._mid_element = _ONE_BYTE_HEADERS[mid[0]][len(mid[1])] + mid[1] if one_byte and mid else b""
 
     def build(self, elements: list[tuple[int, bytes]] | None) -> bytes:
         if not elements or not self.mapping:
             return self._mid_only
+        if self._one_byte is not None:
+            block = self._build_one_byte(elements)
+            if block is not None:
+                return block
         mapping = self.mapping
         out = [(mapping[i], v) for i, v in elements if i in mapping]
         if not out:
@@ -260,6 +278,27 @@ class ExtensionPlan:
         if self.mid is not None:
             out.append(self.mid)
         return build_extensions(out)
+
+    def _build_one_byte(self, elements: list[tuple[int, bytes]]) -> bytes | None:
+        """build_extensions' output for the mapped elements + mid, when all fit the one-byte form; else None."""
+        headers = self._one_byte
+        parts = []
+        for i, v in elements:
+            table = headers.get(i)
+            if table is not None:
+                header = table[len(v)]
+                if header is None:  # empty or longer than 16 bytes: the two-byte form
+                    return None
+                parts.append(header)
+                parts.append(v)
+        if not parts:
+            return self._mid_only
+        parts.append(self._mid_element)
+        body = b"".join(parts)
+        if len(body) >= len(_WORDS_PAD):  # repeated ids from a strange publisher: the general path
+            return None
+        words, pad = _WORDS_PAD[len(body)]
+        return words + body + pad
 
 
 def rewrite(packet: bytes, plan: ExtensionPlan) -> tuple[int, bytes, bytes]:
