@@ -116,6 +116,14 @@ def _offset(sent: list[RtpSeen], received: list[RtpSeen]) -> int:
     return offset
 
 
+def assert_in_sync(errors: list[float]) -> None:
+    """Audio and video SRs agree: the server maps both through one clock offset and the publisher's own SR
+    pairs. A bug (a wrong clock rate, a per-track offset, per-track clock offsets) is off by milliseconds to
+    seconds."""
+    shown = [round(e * 1000, 2) for e in errors]
+    assert all(abs(e) <= 0.002 for e in errors), shown
+
+
 def _signed(diff: int) -> int:
     diff &= 0xFFFFFFFF
     return diff - (1 << 32) if diff >= 1 << 31 else diff
@@ -154,9 +162,11 @@ class SrSession:
 
     def sync_errors(self) -> list[float]:
         """For each tick's audio+video SR pair: the same instant of the publisher's capture clock, through
-        each SR, as NTP time; audio minus video, in seconds. The instant: the publisher's latest video SR
-        before the player's; audio RTP at that instant from the publisher's latest audio SR (the mapping the
-        publisher itself declared)."""
+        each SR, as NTP time; audio minus video, in seconds. The instant and the audio RTP time at it come from
+        the publisher's own SRs (the mapping it declared). Which of its recent SRs the server had used is not
+        visible from outside, and each one is stale by however late aiortc's loop ran when it stamped it (up
+        to hundreds of ms on a loaded machine); so every combination of its last three audio and video SRs
+        before the player's pair is tried, and the best agreement is the pair's error."""
         tap, pub_tap, ours, theirs = self.tap, self.pub_tap, self.ours, self.theirs
         offsets = {kind: _offset([p for p in pub_tap.rtp_out if p.ssrc == theirs[kind]],
                                  [p for p in tap.rtp_in if p.ssrc == ours[kind]]) for kind in ours}
@@ -166,16 +176,19 @@ class SrSession:
         assert len(pairs) >= len(self.srs("audio")) - 2, "one tick sends both SRs of a player, with one NTP time"
         errors = []
         for (ta, sra), (tv, srv) in pairs:
-            before = {kind: [p for t, p in pub_srs[kind] if t < min(ta, tv) - 0.05] for kind in pub_srs}
+            before = {kind: [p for t, p in pub_srs[kind] if t < max(ta, tv)][-3:] for kind in pub_srs}
             if not before["audio"] or not before["video"]:
                 continue
-            pa, pv = before["audio"][-1], before["video"][-1]
-            instant = pv.ntp_seconds
-            video_rtp = pv.rtp_ts
-            audio_rtp = pa.rtp_ts + round((instant - pa.ntp_seconds) * CLOCK["audio"])
-            ntp_video = srv.ntp_seconds + _signed(video_rtp + offsets["video"] - srv.rtp_ts) / CLOCK["video"]
-            ntp_audio = sra.ntp_seconds + _signed(audio_rtp + offsets["audio"] - sra.rtp_ts) / CLOCK["audio"]
-            errors.append(ntp_audio - ntp_video)
+            candidates = []
+            for pa in before["audio"]:
+                for pv in before["video"]:
+                    instant = pv.ntp_seconds
+                    video_rtp = pv.rtp_ts
+                    audio_rtp = pa.rtp_ts + round((instant - pa.ntp_seconds) * CLOCK["audio"])
+                    ntp_video = srv.ntp_seconds + _signed(video_rtp + offsets["video"] - srv.rtp_ts) / CLOCK["video"]
+                    ntp_audio = sra.ntp_seconds + _signed(audio_rtp + offsets["audio"] - sra.rtp_ts) / CLOCK["audio"]
+                    candidates.append(ntp_audio - ntp_video)
+            errors.append(min(candidates, key=abs))
         assert len(errors) >= 3, errors
         print("A/V mapping disagreement per SR pair (ms):", [round(e * 1000, 2) for e in errors])
         return errors
@@ -202,8 +215,7 @@ async def test_player_sender_reports_count_what_was_received(server) -> None:
         assert checked >= 5, kind
     # The A/V mapping agrees (the next test checks it with more SRs); a wrong clock rate or offset is off by
     # seconds, a per-track SR offset by up to a frame interval.
-    errors = session.sync_errors()
-    assert all(abs(e) <= 0.005 for e in errors), [round(e * 1000, 2) for e in errors]
+    assert_in_sync(session.sync_errors())
 
 
 async def test_player_sender_reports_keep_audio_video_sync(server_shapes) -> None:
@@ -212,5 +224,4 @@ async def test_player_sender_reports_keep_audio_video_sync(server_shapes) -> Non
     spread placement the player reads a relayed copy: the publisher's SRs travel to its worker too."""
     server = server_shapes
     session = await SrSession.run(server, 8)
-    errors = session.sync_errors()
-    assert all(abs(e) <= 0.005 for e in errors), [round(e * 1000, 2) for e in errors]
+    assert_in_sync(session.sync_errors())

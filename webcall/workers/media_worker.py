@@ -300,10 +300,17 @@ class MediaWorker:
         return send_keyframe_request
 
     async def _relay_tick(self) -> None:
-        """Retry the NACKs of relayed sources (a publisher's transport does this for its own producers)."""
+        """Retry the NACKs of relayed sources (a publisher's transport does this for its own producers), and pass
+        the publisher's new sender reports on within a tick: a relayed copy that maps its players' SRs through an
+        older SR than the origin's would carry that SR's own staleness (aiortc stamps its RTP time up to a frame
+        late), and audio and video would disagree by it."""
         while True:
             await asyncio.sleep(TICK_INTERVAL)
             now = time.monotonic()
+            try:
+                self.sender_reports()
+            except Exception:
+                log.exception("passing on sender reports failed")
             for router in list(self.relays_in.values()):
                 for track in router.tracks.values():
                     if track.producer.missing:
@@ -466,7 +473,6 @@ class MediaWorker:
         while True:
             await asyncio.sleep(self.settings.stats_interval)
             try:
-                self.sender_reports()
                 self.channel.notify("stats", **self.stats())
                 for id, (_, feed) in self.feeds.items():
                     self.channel.notify("feed_stats", id=id, stats=feed.stats())
