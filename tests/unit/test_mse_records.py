@@ -3,6 +3,8 @@ and the shared-feed fan-out's start rules (streams/feeds.py) with a feed that is
 
 from __future__ import annotations
 
+import asyncio
+
 import struct
 
 import pytest
@@ -141,6 +143,37 @@ async def test_shared_feed_starts_each_player_at_headers_then_keyframe() -> None
     assert handle_failed is handle
     hub._on_failed(feed, "Transcoding failed: X")
     assert second.failed == late.failed == "Transcoding failed: X" and first.failed is None
+
+
+async def test_mse_joiner_takes_a_cached_gop_up_to_2s_old_wsplayer_only_a_fresh_one(monkeypatch) -> None:
+    """The SDK's MSE player buffers 2 s before it shows anything, so a GOP under 2 s old costs an MSE joiner
+    no latency and saves it first-frame time; WSPlayer shows frames as they come, so it waits for a fresh key."""
+    handles: list[tuple[FakeHandle, object]] = []
+
+    def start(router, output, emit, on_failed, label, profile=None):
+        handles.append((FakeHandle(), emit))
+        return handles[-1][0]
+
+    hub = feeds_mod.Feeds(start)
+    loop = asyncio.get_running_loop()
+    now = [loop.time()]
+    monkeypatch.setattr(loop, "time", lambda: now[0])
+    vcfg, acfg = flv.avc_sequence_header(0, SPS, PPS), flv.aac_sequence_header(0, b"\x11\x88")
+    key, delta = flv.avc_frame(0, [IDR], True), flv.avc_frame(33, [SLICE], False)
+    router = object()
+    for output in ("mse", "wsplayer"):
+        hub.subscribe(router, output, ListSink(), "s", has_video=True)
+        handles[-1][1]([("vconfig", vcfg), ("aconfig", acfg), ("key", key), ("delta", delta)])
+    now[0] += 1.5  # the cached keyframe is 1.5 s old
+    mse, wsp = ListSink(), ListSink()
+    hub.subscribe(router, "mse", mse, "s", has_video=True)
+    hub.subscribe(router, "wsplayer", wsp, "s", has_video=True)
+    assert mse.got == [vcfg, acfg, key, delta] and handles[0][0].keyframes == 0
+    assert wsp.got == [] and handles[1][0].keyframes == 1
+    now[0] += 0.6  # 2.1 s: too old for MSE as well (it would add latency), a fresh keyframe is asked for
+    late = ListSink()
+    hub.subscribe(router, "mse", late, "s", has_video=True)
+    assert late.got == [] and handles[0][0].keyframes == 1
 
 
 # --- WSPlayer packets (spec §11.2), read as WSReceiver2.js reads them -------------------------------------------

@@ -24,6 +24,11 @@ log = logging.getLogger("webcall.streams")
 
 LINGER = 3.0  # seconds a feed outlives its last subscriber
 CATCH_UP_SPAN_MS = 500  # a late joiner gets the cached GOP only if it spans less: else it waits for a new keyframe
+# The SDK's MSE player appends nothing before its own buffer spans more than 2 s of audio and of video, and then
+# plays from the start of it (media-source-media-provider.js, `doAppending`): its latency is that span whatever we
+# do. A cached GOP younger than 2 s therefore costs no latency and saves its age in first-frame time; an older one
+# would add latency (README "MSE, WSPlayer and transcoded renditions").
+CATCH_UP_SPAN_MS_BY_OUTPUT = {"mse": 2000}
 GOP_CHUNKS = 600  # chunks kept since the last keyframe (≈ 10 s of 30 fps video with its audio)
 
 
@@ -140,7 +145,7 @@ class Feeds:
                 sink.on_chunks(head)
             return
         age_ms = (asyncio.get_running_loop().time() - feed.key_at) * 1000
-        if feed.has_key and feed.ready() and age_ms < CATCH_UP_SPAN_MS:
+        if feed.has_key and feed.ready() and age_ms < CATCH_UP_SPAN_MS_BY_OUTPUT.get(feed.output, CATCH_UP_SPAN_MS):
             feed.sinks[sink] = True
             sink.on_chunks(feed.head() + feed.gop)
         elif feed.handle is not None:
