@@ -4,7 +4,7 @@
 //
 //   node tests/browser/driver.mjs --base http://127.0.0.1:8080 [--artifacts DIR] [--browsers chromium,firefox]
 //                                 [--only basic,cross,demo] [--canvas chromium,firefox] [--ttff-count 10]
-//                                 [--latency-ms 10000]
+//                                 [--latency-ms 10000] [--latency-settle-ms 10000]
 //
 // The server must serve tests/browser/harness.{html,js} under /static/ (the pytest test does that with a
 // temporary --static-dir). Each finished scenario prints one line to stdout:
@@ -25,6 +25,7 @@ const {values: args} = parseArgs({
         only: {type: "string", default: "basic,cross,mse,demo"},
         "ttff-count": {type: "string", default: "10"},
         "latency-ms": {type: "string", default: "10000"},
+        "latency-settle-ms": {type: "string", default: "10000"},
         "bitrate-seconds": {type: "string", default: "15"},
         // Browsers whose main publication (the "basic" scenarios, bitrate included) is the canvas pattern rather
         // than the fake camera. Firefox's fake camera is one flat colour; Chromium's is so simple a picture that
@@ -44,6 +45,7 @@ const BROWSERS = args.browsers.split(",").filter(Boolean);
 const ONLY = new Set(args.only.split(",").filter(Boolean));
 const TTFF_COUNT = Number(args["ttff-count"]);
 const LATENCY_MS = Number(args["latency-ms"]);
+const SETTLE_MS = Number(args["latency-settle-ms"]);
 const BITRATE_SECONDS = Number(args["bitrate-seconds"]);
 const CANVAS = new Set(args.canvas.split(",").filter(Boolean));
 fs.mkdirSync(ARTIFACTS, {recursive: true});
@@ -379,11 +381,12 @@ async function figures(browsers, count) {
                 }
             }
             // Added latency per provider, read from the clock drawn into the published canvas: one play each,
-            // 3 s after its first readable picture, for LATENCY_MS.
+            // from SETTLE_MS after its first readable picture (an MSE player catches up to the live edge in its
+            // first ≈ 10 s: webcall/mse/catchup.py), for LATENCY_MS.
             out.latency = {};
             for (const provider of ["WebRTC", "MSE", "WSPlayer"]) {
-                out.latency[provider] = await call(ply, (n, p, ms) => T.providerLatency("play", n, p, 3000, ms),
-                    name, provider, LATENCY_MS);
+                out.latency[provider] = await call(ply, (n, p, settle, ms) => T.providerLatency("play", n, p, settle,
+                    ms), name, provider, SETTLE_MS, LATENCY_MS);
             }
             await call(pub, () => T.stop("x"));
             return out;
