@@ -71,3 +71,15 @@ def test_video_only_is_pulled_in_by_shorter_frame_intervals() -> None:
     c, sent = run(stream(20, audio=False))
     assert c.done and c.dropped == 0
     assert len([1 for _, g, _, _ in sent if g == flv.VIDEO]) == 1 + 600
+
+
+def test_a_longer_join_burst_is_made_up_too() -> None:
+    recs = stream(20)
+    burst = [rec for t, rec in recs if t <= 3500]  # a joiner given two GOPs at once: the SDK starts 3.5 s behind
+    c = catchup.CatchUp()
+    c.rewrite(burst)
+    assert abs(c.target - (3500 - catchup.KEEP_MS)) < 40
+    for t, rec in recs:
+        if t > 3500:
+            c.rewrite([rec])
+    assert c.done and c.shift >= 3500 - catchup.KEEP_MS - 40

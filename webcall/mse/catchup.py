@@ -8,8 +8,9 @@ never does. So after the SDK has started (its queue spanned `START_SPAN_MS` of o
 timestamps are pulled in: one audio frame in `DROP_EVERY` is left out and everything after it moves earlier by
 that frame's duration (video-only: each frame's interval is shortened by the same share), so the SDK plays
 `DROP_EVERY / (DROP_EVERY - 1)` times faster than real time until `CATCH_UP_MS` is made up, then at normal speed
-about `START_SPAN_MS - CATCH_UP_MS` behind. The shared feed is untouched: only this player's copies of the
-records get new timestamps (a 9-byte header each).
+about `KEEP_MS` behind. A player that joins with an older GOP sent at once (streams/feeds.py: the SDK
+then starts at once) has more to make up: the span of that first burst, less `KEEP_MS`. The shared feed is
+untouched: only this player's copies of the records get new timestamps (a 9-byte header each).
 """
 
 from __future__ import annotations
@@ -21,7 +22,8 @@ from .flv import AUDIO, VIDEO
 _HEAD = struct.Struct("!BiI")
 
 START_SPAN_MS = 2300  # our timestamps a player's queue spans before we start pulling in (the SDK waits for 2 s)
-CATCH_UP_MS = 1700  # how far to pull in: the player ends ≈ 0.6 s of media behind what it has been sent
+KEEP_MS = 600  # what the player keeps buffered once caught up: it ends that far behind what it has been sent
+CATCH_UP_MS = START_SPAN_MS - KEEP_MS  # how far to pull in, when the player started from a GOP under 2.3 s
 DROP_EVERY = 4  # while catching up, one audio frame in this many is left out (1.33x speed)
 
 
@@ -34,15 +36,18 @@ class CatchUp:
         self.audio_seen = False
         self.count = 0
         self.dropped = 0
+        self.target = float(CATCH_UP_MS)
 
     @property
     def done(self) -> bool:
-        return self.shift >= CATCH_UP_MS
+        return self.shift >= self.target
 
     def rewrite(self, chunks: list[bytes]) -> list[bytes]:
         """This player's copies of `chunks` (each one or more records): timestamps shifted, some audio left out."""
         if self.done:
             return [self._shifted(c) for c in chunks] if self.shift else chunks
+        if self.first_ts is None:  # the join's burst: the SDK starts from its first record, that far behind
+            self.target = max(float(CATCH_UP_MS), _span(chunks) - KEEP_MS)
         out: list[bytes] = []
         for chunk in chunks:
             pos, parts = 0, []
@@ -88,3 +93,17 @@ class CatchUp:
             parts.append(_HEAD.pack(tag, ts - shift, size) + chunk[pos + _HEAD.size:end])
             pos = end
         return b"".join(parts)
+
+
+def _span(chunks: list[bytes]) -> int:
+    """ms from the first to the last media record in `chunks`."""
+    times = []
+    for chunk in chunks:
+        pos = 0
+        while pos + _HEAD.size <= len(chunk):
+            tag, ts, size = _HEAD.unpack_from(chunk, pos)
+            body = chunk[pos + _HEAD.size:pos + _HEAD.size + 2]
+            if (tag == AUDIO and body[:1] == b"\x01") or (tag == VIDEO and body[1:2] == b"\x01"):
+                times.append(ts)
+            pos += _HEAD.size + size
+    return max(times) - min(times) if times else 0
