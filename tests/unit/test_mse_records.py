@@ -195,11 +195,12 @@ async def test_mse_joiner_gets_the_gop_before_a_young_one_so_the_sdk_starts_at_o
     emit = handles[0][1]
     emit([("vconfig", vcfg), ("aconfig", acfg), ("key", key1), ("delta", d1)])
     now[0] += 2.0
-    emit([("vconfig", vcfg), ("key", key2), ("delta", d2)])
+    vcfg2 = flv.avc_sequence_header(2000, SPS, PPS)  # the same avcC, stamped again before the next keyframe
+    emit([("vconfig", vcfg2), ("key", key2), ("delta", d2)])
     now[0] += 0.5  # the latest keyframe is 0.5 s old, the one before 2.5 s
     mse = ListSink()
     hub.subscribe(router, "mse", mse, "s", has_video=True)
-    assert mse.got == [vcfg, acfg, key1, d1, key2, d2] and handles[0][0].keyframes == 0
+    assert mse.got == [vcfg2, acfg, key1, d1, key2, d2] and handles[0][0].keyframes == 0
     other = flv.avc_sequence_header(2400, SPS[:-1] + b"\x29", PPS)  # a new size: the older GOP cannot go with it
     key3 = flv.avc_frame(2400, [IDR], True)
     emit([("vconfig", other), ("key", key3)])

@@ -167,7 +167,9 @@ class Feeds:
         for kind, data in chunks:
             if kind in ("vconfig", "aconfig"):
                 if kind == "vconfig":
-                    feed.config_changed = feed.config_changed or (feed.vconfig is not None and data != feed.vconfig)
+                    # (compared without the 9-byte record header: the avcC comes again, stamped, before every key)
+                    changed = feed.vconfig is not None and data[9:] != feed.vconfig[9:]
+                    feed.config_changed = feed.config_changed or changed
                     feed.vconfig = data
                 else:
                     feed.aconfig = data
