@@ -200,7 +200,7 @@ async def test_mse_joiner_gets_the_gop_before_a_young_one_so_the_sdk_starts_at_o
     now[0] += 0.5  # the latest keyframe is 0.5 s old, the one before 2.5 s
     mse = ListSink()
     hub.subscribe(router, "mse", mse, "s", has_video=True)
-    assert mse.got == [vcfg2, acfg, key1, d1, key2, d2] and handles[0][0].keyframes == 0
+    assert mse.got == [vcfg, acfg, key1, d1, key2, d2] and handles[0][0].keyframes == 0  # avcC at key1's time
     other = flv.avc_sequence_header(2400, SPS[:-1] + b"\x29", PPS)  # a new size: the older GOP cannot go with it
     key3 = flv.avc_frame(2400, [IDR], True)
     emit([("vconfig", other), ("key", key3)])

@@ -156,7 +156,11 @@ class Feeds:
         if (feed.output == "mse" and feed.has_key and feed.ready() and feed.prev_gop and age_ms < span
                 and prev_age_ms < MSE_START_SPAN_MAX_MS):
             feed.sinks[sink] = True
-            sink.on_chunks(feed.head() + feed.prev_gop + feed.gop)
+            # the avcC stamped with the older keyframe's time, as before any keyframe (the SDK's demuxer takes a
+            # jump of its own between an avcC and the frames after it for a reset)
+            vconfig = feed.vconfig[:1] + feed.prev_gop[0][1:5] + feed.vconfig[5:] if feed.vconfig else None
+            head = [c for c in (vconfig, feed.aconfig) if c is not None]
+            sink.on_chunks(head + feed.prev_gop + feed.gop)
         elif feed.has_key and feed.ready() and age_ms < span:
             feed.sinks[sink] = True
             sink.on_chunks(feed.head() + feed.gop)
