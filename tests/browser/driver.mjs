@@ -4,6 +4,7 @@
 //
 //   node tests/browser/driver.mjs --base http://127.0.0.1:8080 [--artifacts DIR] [--browsers chromium,firefox]
 //                                 [--only basic,cross,demo] [--canvas chromium,firefox] [--ttff-count 10]
+//                                 [--latency-ms 10000] [--latency-settle-ms 10000]
 //
 // The server must serve tests/browser/harness.{html,js} under /static/ (the pytest test does that with a
 // temporary --static-dir). Each finished scenario prints one line to stdout:
@@ -23,6 +24,8 @@ const {values: args} = parseArgs({
         browsers: {type: "string", default: "chromium,firefox"},
         only: {type: "string", default: "basic,cross,mse,demo"},
         "ttff-count": {type: "string", default: "10"},
+        "latency-ms": {type: "string", default: "10000"},
+        "latency-settle-ms": {type: "string", default: "10000"},
         "bitrate-seconds": {type: "string", default: "15"},
         // Browsers whose main publication (the "basic" scenarios, bitrate included) is the canvas pattern rather
         // than the fake camera. Firefox's fake camera is one flat colour; Chromium's is so simple a picture that
@@ -41,6 +44,8 @@ const ARTIFACTS = args.artifacts;
 const BROWSERS = args.browsers.split(",").filter(Boolean);
 const ONLY = new Set(args.only.split(",").filter(Boolean));
 const TTFF_COUNT = Number(args["ttff-count"]);
+const LATENCY_MS = Number(args["latency-ms"]);
+const SETTLE_MS = Number(args["latency-settle-ms"]);
 const BITRATE_SECONDS = Number(args["bitrate-seconds"]);
 const CANVAS = new Set(args.canvas.split(",").filter(Boolean));
 fs.mkdirSync(ARTIFACTS, {recursive: true});
@@ -374,6 +379,14 @@ async function figures(browsers, count) {
                 for (let i = 0; i < count; i++) {  // one evaluate per play: each stays well under the CDP timeout
                     out[provider].push(...await call(ply, (n, p) => T.providerTtff("play", n, p, 1), name, provider));
                 }
+            }
+            // Added latency per provider, read from the clock drawn into the published canvas: one play each,
+            // from SETTLE_MS after its first readable picture (an MSE player catches up to the live edge in its
+            // first ≈ 10 s: webcall/mse/catchup.py), for LATENCY_MS.
+            out.latency = {};
+            for (const provider of ["WebRTC", "MSE", "WSPlayer"]) {
+                out.latency[provider] = await call(ply, (n, p, settle, ms) => T.providerLatency("play", n, p, settle,
+                    ms), name, provider, SETTLE_MS, LATENCY_MS);
             }
             await call(pub, () => T.stop("x"));
             return out;

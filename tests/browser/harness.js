@@ -109,6 +109,68 @@
         return s ? (s.display.querySelector("video") || s.display.querySelector("canvas")) : null;
     }
 
+    // A clock in the picture, for added latency measured on what the viewer renders: the low 24 bits of the
+    // publisher's Date.now() (ms) as 24 black/white cells in a strip along the top, and below them the same
+    // cells inverted, so a reader can tell a clean cell (the two rows differ) from a smeared one. Publisher and
+    // viewer pages share the machine's clock.
+    var TC_BITS = 24, TC_ROW = 16;
+
+    function drawTimeCode(ctx, width, ms) {
+        var cell = width / TC_BITS;
+        for (var i = 0; i < TC_BITS; i++) {
+            var bit = (ms >>> (TC_BITS - 1 - i)) & 1;
+            ctx.fillStyle = bit ? "#fff" : "#000";
+            ctx.fillRect(Math.floor(i * cell), 0, Math.ceil(cell), TC_ROW);
+            ctx.fillStyle = bit ? "#000" : "#fff";
+            ctx.fillRect(Math.floor(i * cell), TC_ROW, Math.ceil(cell), TC_ROW);
+        }
+    }
+
+    // Reads the clock back from a rendered picture (<video> or WSPlayer's canvas): the publisher's ms (low 24
+    // bits), or null when any cell is unclear (a frame still being refined, or no picture yet).
+    var tcCanvas = null;
+
+    function readTimeCode(el) {
+        var srcW = el.tagName === "CANVAS" ? el.width : el.videoWidth;
+        var srcH = el.tagName === "CANVAS" ? el.height : el.videoHeight;
+        if (!srcW || !srcH) {
+            return null;
+        }
+        var W = TC_BITS * 8, H = 16;
+        if (!tcCanvas) {
+            tcCanvas = document.createElement("canvas");
+            tcCanvas.width = W;
+            tcCanvas.height = H;
+        }
+        var ctx = tcCanvas.getContext("2d", {willReadFrequently: true});
+        ctx.drawImage(el, 0, 0, srcW, srcH * (2 * TC_ROW) / 480, 0, 0, W, H);  // the strip, at 8x8 px per cell
+        var data = ctx.getImageData(0, 0, W, H).data;
+        function luma(x, y) {  // mean of the 4x4 centre of an 8x8 cell
+            var sum = 0;
+            for (var dy = 2; dy < 6; dy++) {
+                for (var dx = 2; dx < 6; dx++) {
+                    var o = 4 * ((y + dy) * W + x + dx);
+                    sum += 0.299 * data[o] + 0.587 * data[o + 1] + 0.114 * data[o + 2];
+                }
+            }
+            return sum / 16;
+        }
+        var value = 0;
+        for (var i = 0; i < TC_BITS; i++) {
+            var top = luma(i * 8, 0), bottom = luma(i * 8, 8);
+            if (Math.abs(top - bottom) < 96) {
+                return null;
+            }
+            value = value * 2 + (top > bottom ? 1 : 0);
+        }
+        return value;
+    }
+
+    function latencyOf(code) {  // now minus the publisher's clock in the picture, mod 2^24 ms
+        var mod = 1 << TC_BITS;
+        return ((Date.now() % mod) - code + mod) % mod;
+    }
+
     // A moving test pattern for browsers whose fake camera is a flat colour (Firefox): colour bars
     // that scroll, a bouncing box, a frame counter and some random blocks so the encoder has detail.
     function canvasStream(width, height, fps) {
@@ -138,6 +200,7 @@
             ctx.fillStyle = "#fff";
             ctx.font = "bold 40px monospace";
             ctx.fillText(String(frame), 20, height - 20);
+            drawTimeCode(ctx, width, Date.now());
         }
 
         draw();
@@ -431,6 +494,70 @@
             }, function (e) {
                 return {error: e.message, videoWidth: video.videoWidth, readyState: video.readyState};
             });
+        },
+
+        // Added latency as the viewer sees it: plays `name` with `provider`, waits for its first picture and
+        // `settleMs`, then for `probeMs` reads the publisher's clock (drawTimeCode) from every rendered frame
+        // (<video>: requestVideoFrameCallback; WSPlayer's canvas: every animation frame) and subtracts it from
+        // this page's clock. `series`: [ms since play(), latency] every ~250 ms from the first picture on.
+        providerLatency: async function (sessionKey, name, provider, settleMs, probeMs) {
+            const key = "plat-" + provider + "-" + Math.random().toString(36).slice(2, 6);
+            const display = newDisplay(key);
+            const stream = sessions[sessionKey].session.createStream({name: name, display: display,
+                mediaProvider: provider});
+            const entry = attachStream(key, stream, name, display);
+            const t0 = performance.now();
+            stream.play();
+            const samples = [], series = [];
+            let unreadable = 0, lastSeries = -1e9, firstMs = null, running = true;
+            function sample(el) {
+                const code = readTimeCode(el);
+                if (code === null) {
+                    unreadable++;
+                    return;
+                }
+                const now = performance.now(), lat = latencyOf(code);
+                if (firstMs === null) {
+                    firstMs = Math.round(now - t0);
+                }
+                if (now - lastSeries >= 250) {
+                    lastSeries = now;
+                    series.push([Math.round(now - t0), lat]);
+                }
+                if (now - t0 >= firstMs + settleMs) {
+                    samples.push(lat);
+                }
+            }
+            function loop() {
+                if (!running) {
+                    return;
+                }
+                const v = display.querySelector("video"), c = display.querySelector("canvas");
+                if (v && v.requestVideoFrameCallback) {
+                    v.requestVideoFrameCallback(function () { sample(v); loop(); });
+                } else {
+                    if (c && c.width !== 300 && c.width !== 320) {
+                        sample(c);
+                    }
+                    requestAnimationFrame(loop);
+                }
+            }
+            loop();
+            await waitFor(function () {
+                return firstMs !== null || entry.statuses.some((s) => s.status === "FAILED");
+            }, 15000, "first readable frame").catch(function () {});
+            if (firstMs !== null) {
+                await sleep(settleMs + probeMs);
+            }
+            running = false;
+            stream.stop();
+            await T.waitStatus(key, ["STOPPED", "FAILED"], 5000).catch(function () {});
+            display.remove();
+            samples.sort((a, b) => a - b);
+            const pct = (p) => samples.length ? samples[Math.min(samples.length - 1,
+                Math.max(0, Math.ceil(p / 100 * samples.length) - 1))] : null;
+            return {provider: provider, firstReadableMs: firstMs, samples: samples.length, unreadable: unreadable,
+                p50: pct(50), p95: pct(95), min: samples[0], max: samples[samples.length - 1], series: series};
         },
 
         // Time to first frame per media provider (README figures): play() on a fresh stream until its first

@@ -190,8 +190,9 @@ async def test_mse_player_sees_and_hears_the_stream(server_shapes, codec: str) -
         assert reader.video_ts == sorted(reader.video_ts)
 
     # A player joining a feed that has run for a while (the SDK's demuxer resets on a jump of more than 5 s in
-    # video timestamps, dropping the avcC it buffered): its avcC carries the time of its first keyframe.
-    await asyncio.sleep(max(0.0, 6.5 - (asyncio.get_running_loop().time() - started)))
+    # video timestamps, dropping the avcC it buffered): its avcC carries the time of its first keyframe. (8.5 s: an
+    # MSE joiner may start from the GOP before the latest, up to 4.5 s old: streams/feeds.py.)
+    await asyncio.sleep(max(0.0, 8.5 - (asyncio.get_running_loop().time() - started)))
     late_client = await server.client()
     await play_mse(late_client, "mse-live")
     late_http, late_ws = await open_media_socket(server.url, late_client.auth_token)

@@ -3,6 +3,8 @@ and the shared-feed fan-out's start rules (streams/feeds.py) with a feed that is
 
 from __future__ import annotations
 
+import asyncio
+
 import struct
 
 import pytest
@@ -141,6 +143,70 @@ async def test_shared_feed_starts_each_player_at_headers_then_keyframe() -> None
     assert handle_failed is handle
     hub._on_failed(feed, "Transcoding failed: X")
     assert second.failed == late.failed == "Transcoding failed: X" and first.failed is None
+
+
+async def test_mse_joiner_takes_a_cached_gop_up_to_2s_old_wsplayer_only_a_fresh_one(monkeypatch) -> None:
+    """The SDK's MSE player buffers 2 s before it shows anything, so a GOP under 2 s old costs an MSE joiner
+    no latency and saves it first-frame time; WSPlayer shows frames as they come, so it waits for a fresh key."""
+    handles: list[tuple[FakeHandle, object]] = []
+
+    def start(router, output, emit, on_failed, label, profile=None):
+        handles.append((FakeHandle(), emit))
+        return handles[-1][0]
+
+    hub = feeds_mod.Feeds(start)
+    loop = asyncio.get_running_loop()
+    now = [loop.time()]
+    monkeypatch.setattr(loop, "time", lambda: now[0])
+    vcfg, acfg = flv.avc_sequence_header(0, SPS, PPS), flv.aac_sequence_header(0, b"\x11\x88")
+    key, delta = flv.avc_frame(0, [IDR], True), flv.avc_frame(33, [SLICE], False)
+    router = object()
+    for output in ("mse", "wsplayer"):
+        hub.subscribe(router, output, ListSink(), "s", has_video=True)
+        handles[-1][1]([("vconfig", vcfg), ("aconfig", acfg), ("key", key), ("delta", delta)])
+    now[0] += 1.5  # the cached keyframe is 1.5 s old
+    mse, wsp = ListSink(), ListSink()
+    hub.subscribe(router, "mse", mse, "s", has_video=True)
+    hub.subscribe(router, "wsplayer", wsp, "s", has_video=True)
+    assert mse.got == [vcfg, acfg, key, delta] and handles[0][0].keyframes == 0
+    assert wsp.got == [] and handles[1][0].keyframes == 1
+    now[0] += 0.6  # 2.1 s: too old for MSE as well (it would add latency), a fresh keyframe is asked for
+    late = ListSink()
+    hub.subscribe(router, "mse", late, "s", has_video=True)
+    assert late.got == [] and handles[0][0].keyframes == 1
+
+
+async def test_mse_joiner_gets_the_gop_before_a_young_one_so_the_sdk_starts_at_once(monkeypatch) -> None:
+    handles: list[tuple[FakeHandle, object]] = []
+
+    def start(router, output, emit, on_failed, label, profile=None):
+        handles.append((FakeHandle(), emit))
+        return handles[-1][0]
+
+    hub = feeds_mod.Feeds(start)
+    loop = asyncio.get_running_loop()
+    now = [loop.time()]
+    monkeypatch.setattr(loop, "time", lambda: now[0])
+    vcfg, acfg = flv.avc_sequence_header(0, SPS, PPS), flv.aac_sequence_header(0, b"\x11\x88")
+    key1, d1 = flv.avc_frame(0, [IDR], True), flv.avc_frame(33, [SLICE], False)
+    key2, d2 = flv.avc_frame(2000, [IDR], True), flv.avc_frame(2033, [SLICE], False)
+    router = object()
+    hub.subscribe(router, "mse", ListSink(), "s", has_video=True)
+    emit = handles[0][1]
+    emit([("vconfig", vcfg), ("aconfig", acfg), ("key", key1), ("delta", d1)])
+    now[0] += 2.0
+    vcfg2 = flv.avc_sequence_header(2000, SPS, PPS)  # the same avcC, stamped again before the next keyframe
+    emit([("vconfig", vcfg2), ("key", key2), ("delta", d2)])
+    now[0] += 0.5  # the latest keyframe is 0.5 s old, the one before 2.5 s
+    mse = ListSink()
+    hub.subscribe(router, "mse", mse, "s", has_video=True)
+    assert mse.got == [vcfg, acfg, key1, d1, key2, d2] and handles[0][0].keyframes == 0  # avcC at key1's time
+    other = flv.avc_sequence_header(2400, SPS[:-1] + b"\x29", PPS)  # a new size: the older GOP cannot go with it
+    key3 = flv.avc_frame(2400, [IDR], True)
+    emit([("vconfig", other), ("key", key3)])
+    again = ListSink()
+    hub.subscribe(router, "mse", again, "s", has_video=True)
+    assert again.got == [other, acfg, key3]
 
 
 # --- WSPlayer packets (spec §11.2), read as WSReceiver2.js reads them -------------------------------------------

@@ -24,6 +24,14 @@ log = logging.getLogger("webcall.streams")
 
 LINGER = 3.0  # seconds a feed outlives its last subscriber
 CATCH_UP_SPAN_MS = 500  # a late joiner gets the cached GOP only if it spans less: else it waits for a new keyframe
+# The SDK's MSE player appends nothing before its own buffer spans more than 2 s of audio and of video, and then
+# plays from the start of it (media-source-media-provider.js, `doAppending`): its latency is that span whatever we
+# do. A cached GOP younger than 2 s therefore costs no latency and saves its age in first-frame time; an older one
+# would add latency (README "MSE, WSPlayer and transcoded renditions").
+CATCH_UP_SPAN_MS_BY_OUTPUT = {"mse": 2000}
+# An MSE joiner whose latest GOP is younger than that gets the one before it too (when it is under this age): the
+# SDK then starts at once, and the player makes up the extra span later (mse/catchup.py).
+MSE_START_SPAN_MAX_MS = 4500
 GOP_CHUNKS = 600  # chunks kept since the last keyframe (≈ 10 s of 30 fps video with its audio)
 
 
@@ -55,6 +63,9 @@ class SharedFeed:
     vconfig: bytes | None = None
     aconfig: bytes | None = None
     gop: list[bytes] = field(default_factory=list)  # chunks since the latest keyframe, "key" first
+    prev_gop: list[bytes] = field(default_factory=list)  # the GOP before it (same decoder config), for MSE joiners
+    prev_key_at: float = 0.0
+    config_changed: bool = False  # a new avcC since the latest keyframe: the GOP before it is not kept
     has_key: bool = False
     key_at: float = 0.0  # loop time the cached keyframe arrived
     linger: asyncio.TimerHandle | None = None
@@ -140,7 +151,17 @@ class Feeds:
                 sink.on_chunks(head)
             return
         age_ms = (asyncio.get_running_loop().time() - feed.key_at) * 1000
-        if feed.has_key and feed.ready() and age_ms < CATCH_UP_SPAN_MS:
+        span = CATCH_UP_SPAN_MS_BY_OUTPUT.get(feed.output, CATCH_UP_SPAN_MS)
+        prev_age_ms = (asyncio.get_running_loop().time() - feed.prev_key_at) * 1000
+        if (feed.output == "mse" and feed.has_key and feed.ready() and feed.prev_gop and age_ms < span
+                and prev_age_ms < MSE_START_SPAN_MAX_MS):
+            feed.sinks[sink] = True
+            # the avcC stamped with the older keyframe's time, as before any keyframe (the SDK's demuxer takes a
+            # jump of its own between an avcC and the frames after it for a reset)
+            vconfig = feed.vconfig[:1] + feed.prev_gop[0][1:5] + feed.vconfig[5:] if feed.vconfig else None
+            head = [c for c in (vconfig, feed.aconfig) if c is not None]
+            sink.on_chunks(head + feed.prev_gop + feed.gop)
+        elif feed.has_key and feed.ready() and age_ms < span:
             feed.sinks[sink] = True
             sink.on_chunks(feed.head() + feed.gop)
         elif feed.handle is not None:
@@ -150,6 +171,9 @@ class Feeds:
         for kind, data in chunks:
             if kind in ("vconfig", "aconfig"):
                 if kind == "vconfig":
+                    # (compared without the 9-byte record header: the avcC comes again, stamped, before every key)
+                    changed = feed.vconfig is not None and data[9:] != feed.vconfig[9:]
+                    feed.config_changed = feed.config_changed or changed
                     feed.vconfig = data
                 else:
                     feed.aconfig = data
@@ -166,6 +190,9 @@ class Feeds:
                             sink.on_chunks([data])
                 continue
             if kind == "key":
+                keep = feed.has_key and not feed.config_changed
+                feed.prev_gop, feed.prev_key_at = (feed.gop, feed.key_at) if keep else ([], 0.0)
+                feed.config_changed = False
                 feed.gop = [data]
                 feed.has_key = True
                 feed.key_at = asyncio.get_running_loop().time()
@@ -173,7 +200,7 @@ class Feeds:
                 if len(feed.gop) < GOP_CHUNKS:
                     feed.gop.append(data)
                 else:  # a very long GOP: stop keeping it, a late joiner waits for (and asks) a keyframe
-                    feed.gop, feed.has_key = [], False
+                    feed.gop, feed.has_key, feed.prev_gop = [], False, []
             for sink, started in list(feed.sinks.items()):
                 if started:
                     sink.on_chunks([data])

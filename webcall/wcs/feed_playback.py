@@ -14,6 +14,7 @@ import logging
 from typing import Protocol
 
 from ..logs import q
+from ..mse.catchup import CatchUp
 from ..mse.signalling import feed_answer
 from ..streams.feeds import SharedFeed
 from ..streams.registry import Source
@@ -56,6 +57,7 @@ class FeedPlayback(Playback):
         self.transport: MediaTransport | None = None
         self.feed: SharedFeed | None = None
         self.chunks_sent = 0
+        self.catch_up = CatchUp() if self.output == "mse" else None  # the SDK's 2 s start buffer, made up
 
     def start_feed(self) -> None:
         router = self.publication.router
@@ -106,6 +108,10 @@ class FeedPlayback(Playback):
         transport = self.transport
         if transport is None or self.closed:
             return
+        if self.catch_up is not None:
+            data = self.catch_up.rewrite(data)
+            if not data:
+                return
         if not transport.send_chunks(data, self.output == "mse"):  # MSE records share frames; WSPlayer: one each
             log.warning("media transport not reading %s", self.label)
             self.stop(StreamStatus.FAILED, OwnInfo.MEDIA_TRANSPORT_NOT_READING)

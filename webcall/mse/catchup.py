@@ -1,0 +1,109 @@
+"""One MSE player's timeline: start at once, then catch up to the live edge (sans-I/O, per player).
+
+The SDK's MediaSource player (media-source-media-provider.js) appends nothing before its own queue spans more than
+2 s of audio and of video (`doAppending`, `buffered() > 2`), then plays from the start of that queue at normal
+speed: whatever the server sends, a new MSE player starts about 2 s behind the live edge and stays there. The SDK
+only seeks when playback has stalled with more than 3 s buffered (to 1 s before the end), which a live stream
+never does. So after the SDK has started (its queue spanned `START_SPAN_MS` of our timestamps), this player's
+timestamps are pulled in: one audio frame in `DROP_EVERY` is left out and everything after it moves earlier by
+that frame's duration (video-only: each frame's interval is shortened by the same share), so the SDK plays
+`DROP_EVERY / (DROP_EVERY - 1)` times faster than real time until `CATCH_UP_MS` is made up, then at normal speed
+about `KEEP_MS` behind. A player that joins with an older GOP sent at once (streams/feeds.py: the SDK
+then starts at once) has more to make up: the span of that first burst, less `KEEP_MS`. The shared feed is
+untouched: only this player's copies of the records get new timestamps (a 9-byte header each).
+"""
+
+from __future__ import annotations
+
+import struct
+
+from .flv import AUDIO, VIDEO
+
+_HEAD = struct.Struct("!BiI")
+
+START_SPAN_MS = 2300  # our timestamps a player's queue spans before we start pulling in (the SDK waits for 2 s)
+KEEP_MS = 600  # what the player keeps buffered once caught up: it ends that far behind what it has been sent
+CATCH_UP_MS = START_SPAN_MS - KEEP_MS  # how far to pull in, when the player started from a GOP under 2.3 s
+DROP_EVERY = 4  # while catching up, one audio frame in this many is left out (1.33x speed)
+
+
+class CatchUp:
+    def __init__(self) -> None:
+        self.first_ts: int | None = None  # the first media record this player got
+        self.shift = 0.0  # ms taken off every timestamp from now on
+        self.last_audio: int | None = None
+        self.last_video: int | None = None
+        self.audio_seen = False
+        self.count = 0
+        self.dropped = 0
+        self.target = float(CATCH_UP_MS)
+
+    @property
+    def done(self) -> bool:
+        return self.shift >= self.target
+
+    def rewrite(self, chunks: list[bytes]) -> list[bytes]:
+        """This player's copies of `chunks` (each one or more records): timestamps shifted, some audio left out."""
+        if self.done:
+            return [self._shifted(c) for c in chunks] if self.shift else chunks
+        if self.first_ts is None:  # the join's burst: the SDK starts from its first record, that far behind
+            self.target = max(float(CATCH_UP_MS), _span(chunks) - KEEP_MS)
+        out: list[bytes] = []
+        for chunk in chunks:
+            pos, parts = 0, []
+            while pos + _HEAD.size <= len(chunk):
+                tag, ts, size = _HEAD.unpack_from(chunk, pos)
+                end = pos + _HEAD.size + size
+                keep = self._keep(tag, ts, chunk[pos + _HEAD.size:pos + _HEAD.size + 2])
+                if keep:
+                    parts.append(_HEAD.pack(tag, ts - round(self.shift), size) + chunk[pos + _HEAD.size:end])
+                pos = end
+            if parts:
+                out.append(b"".join(parts))
+        return out
+
+    def _keep(self, tag: int, ts: int, kind: bytes) -> bool:
+        # `kind`: the payload's first two bytes; headers (avcC, AudioSpecificConfig) are passed on as they are
+        media = (tag == AUDIO and kind[:1] == b"\x01") or (tag == VIDEO and kind[1:2] == b"\x01")
+        if not media:
+            return True
+        if self.first_ts is None:
+            self.first_ts = ts
+        started = ts - self.first_ts >= START_SPAN_MS
+        if tag == AUDIO:
+            self.audio_seen = True
+            previous, self.last_audio = self.last_audio, ts
+            if started and previous is not None and not self.done:
+                self.count += 1
+                if self.count % DROP_EVERY == 0:
+                    self.shift += min(ts - previous, 64)  # this frame's place is taken by the next (a gap: no leap)
+                    self.dropped += 1
+                    return False
+            return True
+        previous, self.last_video = self.last_video, ts
+        if started and not self.audio_seen and previous is not None and not self.done:
+            self.shift += (ts - previous) / DROP_EVERY
+        return True
+
+    def _shifted(self, chunk: bytes) -> bytes:
+        pos, parts, shift = 0, [], round(self.shift)
+        while pos + _HEAD.size <= len(chunk):
+            tag, ts, size = _HEAD.unpack_from(chunk, pos)
+            end = pos + _HEAD.size + size
+            parts.append(_HEAD.pack(tag, ts - shift, size) + chunk[pos + _HEAD.size:end])
+            pos = end
+        return b"".join(parts)
+
+
+def _span(chunks: list[bytes]) -> int:
+    """ms from the first to the last media record in `chunks`."""
+    times = []
+    for chunk in chunks:
+        pos = 0
+        while pos + _HEAD.size <= len(chunk):
+            tag, ts, size = _HEAD.unpack_from(chunk, pos)
+            body = chunk[pos + _HEAD.size:pos + _HEAD.size + 2]
+            if (tag == AUDIO and body[:1] == b"\x01") or (tag == VIDEO and body[1:2] == b"\x01"):
+                times.append(ts)
+            pos += _HEAD.size + size
+    return max(times) - min(times) if times else 0
