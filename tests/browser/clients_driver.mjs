@@ -68,10 +68,28 @@ async function open(browser, browserName, label, url) {
             lines.push(`http ${r.status()} ${r.request().method()} ${r.url()}`);
         }
     });
+    const pending = new Set();
+    page.on("request", (r) => pending.add(r.url()));
+    page.on("requestfinished", (r) => pending.delete(r.url()));
+    page.on("requestfailed", (r) => pending.delete(r.url()));
     page.__lines = lines;
     page.__log = path.join(ARTIFACTS, `console-${browserName}-${label}.log`);
     await page.setViewport({width: 1280, height: 900});
-    await page.goto(url, {waitUntil: "load"});
+    try {
+        await page.goto(url, {waitUntil: "load"});
+    } catch (e) {
+        // Seen once in CI on a cold clone: the first page of a fresh Chromium never reached "load". Say what
+        // it was still waiting for, then reload once, as a user would.
+        const waiting = `still pending: ${[...pending].join(" ") || "nothing"}`;
+        note(`${browserName} ${label}: ${e.message}; ${waiting}; reloading`);
+        lines.push(`navigation failed (${e.message}); ${waiting}`);
+        try {
+            await page.goto(url, {waitUntil: "load"});
+        } catch (again) {
+            await close(page);
+            throw new Error(`${again.message} twice; ${waiting}`);
+        }
+    }
     return page;
 }
 
