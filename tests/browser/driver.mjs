@@ -98,6 +98,33 @@ async function openHarness(browser, browserName, label, providers) {
 
 const call = (page, fn, ...a) => page.evaluate(fn, ...a);
 
+// A player that has just said PLAYING may still be starting (a cold browser, a busy machine): look again, up to
+// `tries` times a second apart, as a viewer keeps watching. A picture that never moves is reported as it is, and
+// the test's own thresholds (test_browsers.assert_moving_picture) judge it; `looks` says how many it took.
+async function watchFrames(page, key, tries = 3) {
+    let frames = null;
+    for (let look = 1; look <= tries; look++) {
+        frames = {...await call(page, (k) => T.frameCheck(k, 700), key), looks: look};
+        if (!frames.error && frames.meanAbsDiff > 0.5 && frames.changedFraction > 0.005) {
+            break;
+        }
+        await sleep(1000);
+    }
+    return frames;
+}
+
+// The WSPlayer's audio callbacks, sampled a second apart until some new one is audible (up to `tries` times).
+async function watchWsAudio(page, tries = 3) {
+    let audio = null;
+    for (let look = 1; look <= tries; look++) {
+        audio = {...await call(page, () => T.wsAudioCheck(1000)), looks: look};
+        if (audio.after.audible > audio.before.audible) {
+            break;
+        }
+    }
+    return audio;
+}
+
 function flushConsoleLogs() {
     for (const [file, lines] of consoleLogs) {
         fs.writeFileSync(file, lines.join("\n") + "\n");
@@ -340,8 +367,8 @@ async function mse(browsers, from, to, h264) {
             const out = {publisher: {status: pst.status}, player: {status: st.status, info: st.info},
                 providers: ply.__init.providers};
             if (st.status === "PLAYING") {
-                out.frames = await call(ply, () => T.frameCheck("x", 700));
-                out.firstFrameMs = Date.now() - t0;  // upper bound: includes the frameCheck's own 0.7 s
+                out.frames = await watchFrames(ply, "x");
+                out.firstFrameMs = Date.now() - t0;  // upper bound: includes the frame checks' own 0.7 s each
                 out.audio = await call(ply, () => T.audioCheck("x", 1000));
                 // the server's view of this stream's shared feeds: is the video transcoded or re-framed?
                 const listed = await (await fetch(`${BASE}/streams`)).json();
@@ -417,8 +444,8 @@ async function wsplayer(browsers, from, to) {
             const out = {publisher: {status: pst.status}, player: {status: st.status, info: st.info},
                 providers: ply.__init.providers};
             if (st.status === "PLAYING") {
-                out.frames = await call(ply, () => T.frameCheck("x", 700));
-                out.audio = await call(ply, () => T.wsAudioCheck(1000));
+                out.frames = await watchFrames(ply, "x");
+                out.audio = await watchWsAudio(ply);
                 const listed = await (await fetch(`${BASE}/streams`)).json();
                 out.feeds = (listed.find((s) => s.name === name) || {}).feeds;
             }

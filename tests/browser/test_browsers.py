@@ -247,6 +247,14 @@ def assert_moving_picture(frames: dict) -> None:
     assert frames["meanAbsDiff"] > 0.5 and frames["changedFraction"] > 0.005, f"the picture does not move: {frames}"
 
 
+def assert_publication_size(frames: dict) -> None:
+    """The picture has a size the 640x480 canvas publisher sent. Chromium's encoder starts a publication smaller
+    (480x360, 320x240) while its bandwidth estimate ramps up, and an MSE player starts from the cached GOP of up to
+    4.5 s back (webcall/streams/feeds.py), so a player started right after PUBLISHING may show one of those."""
+    size = (frames["videoWidth"], frames["videoHeight"])
+    assert size[0] * 3 == size[1] * 4 and 160 <= size[0] <= 640, f"not a size of the 640x480 publication: {size}"
+
+
 def test_remote_video_renders_moving_frames(results: Results, browser: str) -> None:
     frames = results.get(browser, "frames")
     assert_moving_picture(frames)  # any size: Chromium starts 640x480 at 480x360 while its estimate ramps up
@@ -387,7 +395,7 @@ def test_mse_player(results: Results, player: str, scenario: str, transcoded: bo
     assert data["player"]["status"] == "PLAYING", data
     assert "MSE" in data["providers"]
     assert_moving_picture(data["frames"])
-    assert (data["frames"]["videoWidth"], data["frames"]["videoHeight"]) == (640, 480)
+    assert_publication_size(data["frames"])
     audio = data["audio"]
     before, after = audio["before"], audio["after"]
     if player == "chromium":  # decoded audio bytes grow while it plays
@@ -410,7 +418,7 @@ def test_wsplayer_player(results: Results) -> None:
     assert data["player"]["status"] == "PLAYING", data
     assert "WSPlayer" in data["providers"]
     assert_moving_picture(data["frames"])
-    assert (data["frames"]["videoWidth"], data["frames"]["videoHeight"]) == (640, 480)
+    assert_publication_size(data["frames"])
     before, after = data["audio"]["before"], data["audio"]["after"]
     assert after["audible"] > before["audible"] >= 0 and after["audible"] > 0, data["audio"]
     (feed,) = data["feeds"]
