@@ -14,7 +14,6 @@ What each page shows is the check: its status fields, and its <video> playing mo
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import shutil

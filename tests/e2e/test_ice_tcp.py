@@ -10,12 +10,10 @@ from __future__ import annotations
 import asyncio
 import os
 import re
-import socket
 import struct
 import uuid
 
 import aiohttp
-import pytest
 from aioice import stun
 
 from tests.support import peers

@@ -6,7 +6,6 @@ one over the bitrate ceiling for the grace period is FAILED too."""
 from __future__ import annotations
 
 import asyncio
-import json
 import time
 import uuid
 

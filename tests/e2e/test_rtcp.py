@@ -14,7 +14,6 @@ import re
 import time
 from collections.abc import Callable
 
-import pytest
 
 from tests.support import peers
 from tests.support.rtcptap import Rtcp, RtpSeen, Tap
