@@ -38,11 +38,11 @@ from dataclasses import asdict, dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from ..media.port import TICK_INTERVAL, MediaPort
-from ..media.producer import Producer, SenderClock
-from ..media.router import Router, TrackRouter
+from ..media.producer import Producer
+from ..media.router import Router
 from ..protocol.sdp import Track
 from ..streams.registry import EndReason, NameInUse, Source, StreamRegistry
-from ..workers.media_worker import RelayOut
+from ..workers.media_worker import RelayOut, relayed_router
 from ..workers.wire import track_from_wire, track_to_wire
 from .directory import Directory, DirectoryUnavailable
 from .reasons import ClusterRefused, Refusal
@@ -406,29 +406,7 @@ class ClusterNode:
     def _router(self, rid: int, tracks: list[dict]) -> Router:
         """The relayed copy's producers and track routers, as a worker builds its relayed copy."""
         assert self.port is not None
-        routers: dict[str, TrackRouter] = {}
-        clock = SenderClock()  # the publisher's, rebuilt from the sender reports the origin passes on
-        for index, wire in enumerate(tracks):
-            track = track_from_wire(wire)
-            producer = Producer(track, send_nack=self._nacker(rid, index),
-                                send_keyframe_request=self._keyframe_asker(rid, index),
-                                on_keyframe=self._resized(rid))
-            producer.sender_clock = clock
-            routers[track.kind] = TrackRouter(producer, core=self.port.core, batch=self.port.batch,
-                                              fanout_cost=self.port.fanout_cost)
-        return Router(routers)
-
-    def _nacker(self, rid: int, index: int):
-        def send_nack(producer: Producer, seqs: list[int]) -> None:
-            if self.relay is not None:
-                self.relay.nack(rid, index, seqs)
-        return send_nack
-
-    def _keyframe_asker(self, rid: int, index: int):
-        def send_keyframe_request(producer: Producer) -> None:
-            if self.relay is not None:
-                self.relay.request_keyframe(rid, index)
-        return send_keyframe_request
+        return relayed_router(self.port, rid, tracks, lambda: self.relay, on_keyframe=self._resized(rid))
 
     def _resized(self, rid: int):
         def on_keyframe(producer: Producer, width: int, height: int) -> None:

@@ -27,14 +27,12 @@ import time
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from ..media.producer import Producer, SenderClock
-from ..media.router import Router, TrackRouter
+from ..media.router import Router
 from ..streams.registry import EndReason
 from ..workers.main import WorkerContext
-from ..workers.media_worker import MediaEvents, MediaWorker, RelayOut, WorkerSource
+from ..workers.media_worker import MediaEvents, MediaWorker, RelayOut, WorkerSource, relayed_router
 from ..workers.media_worker import setup as media_setup
 from ..workers.relay import Address
-from ..workers.wire import track_from_wire
 from .sealed import DOWN, UP, Link, SealedRelay
 
 log = logging.getLogger("webcall.cluster")
@@ -108,20 +106,11 @@ class ClusterRelays:
         """Pull: hold another node's stream as source `id` (relay `rid`, from its worker at `src`)."""
         assert self.relay is not None
         worker = self.worker
-        routers: dict[str, TrackRouter] = {}
-        clock = SenderClock()  # the publisher's, rebuilt from the sender reports the origin passes on
         source = WorkerSource(name, Router({}))
         events = MediaEvents(worker, id, source)  # the control process's view hears the picture's size
-        for index, wire in enumerate(tracks):
-            track = track_from_wire(wire)
-            producer = Producer(track, send_nack=self._nacker(rid, index),
-                                send_keyframe_request=self._keyframe_asker(rid, index),
+        router = relayed_router(worker.port, rid, tracks, lambda: self.relay,
                                 on_keyframe=lambda p, w, h: w and (w, h) != (source.width, source.height)
                                 and events.on_video_size(w, h))
-            producer.sender_clock = clock
-            routers[track.kind] = TrackRouter(producer, core=worker.port.core, batch=worker.port.batch,
-                                              fanout_cost=worker.port.fanout_cost)
-        router = Router(routers)
         source.router, source.live = router, True
         worker.sources[id] = source
         worker.relays_in[id] = router  # the worker's tick retries its NACKs (its loopback relay never feeds it)
@@ -166,18 +155,6 @@ class ClusterRelays:
             self._notify("out_ended", rid=key[0], dest=list(key[1]))
 
     # --- the relay's events ------------------------------------------------------------------------------
-
-    def _nacker(self, rid: int, index: int):
-        def send_nack(producer: Producer, seqs: list[int]) -> None:
-            if self.relay is not None:
-                self.relay.nack(rid, index, seqs)
-        return send_nack
-
-    def _keyframe_asker(self, rid: int, index: int):
-        def send_keyframe_request(producer: Producer) -> None:
-            if self.relay is not None:
-                self.relay.request_keyframe(rid, index)
-        return send_keyframe_request
 
     def _ready(self, link: Link) -> None:
         served = self.outs.get((link.stream_id, link.peer))

@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import time
+from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from typing import Any
 
@@ -135,6 +136,37 @@ class RelayOut:
         for track, reader in zip(self.tracks, self.readers):
             track.remove_reader(reader)
         self.sender.close()
+
+
+def relayed_router(port: MediaPort, rid: int, tracks: list[dict], relay: Callable[[], Any],
+                   on_keyframe: Callable[[Producer, int, int], None]) -> Router:
+    """The producers and track routers of a copy that relay `rid` brings in (from another worker or node).
+
+    Their NACKs and keyframe requests go back over the relay that `relay()` returns when they are sent (a
+    `RelayEndpoint` or a cluster `SealedRelay`; nothing once it is None). One SenderClock for all tracks: the
+    publisher's, rebuilt from the sender reports the sending side passes on.
+    """
+    def send_nack(index: int) -> Callable[[Producer, list[int]], None]:
+        def send(producer: Producer, seqs: list[int]) -> None:
+            if (endpoint := relay()) is not None:
+                endpoint.nack(rid, index, seqs)
+        return send
+
+    def send_keyframe_request(index: int) -> Callable[[Producer], None]:
+        def send(producer: Producer) -> None:
+            if (endpoint := relay()) is not None:
+                endpoint.request_keyframe(rid, index)
+        return send
+
+    routers: dict[str, TrackRouter] = {}
+    clock = SenderClock()
+    for index, wire in enumerate(tracks):
+        track = track_from_wire(wire)
+        producer = Producer(track, send_nack=send_nack(index), send_keyframe_request=send_keyframe_request(index),
+                            on_keyframe=on_keyframe)
+        producer.sender_clock = clock
+        routers[track.kind] = TrackRouter(producer, core=port.core, batch=port.batch, fanout_cost=port.fanout_cost)
+    return Router(routers)
 
 
 class MediaWorker:
@@ -269,35 +301,14 @@ class MediaWorker:
 
     def _on_relay_in(self, rid: int, name: str, src: list, tracks: list[dict]) -> None:
         assert self.relay is not None
-        routers: dict[str, TrackRouter] = {}
-        clock = SenderClock()  # the publisher's, rebuilt from the sender reports passed on (see sender_reports)
-        for index, wire in enumerate(tracks):
-            track = track_from_wire(wire)
-            producer = Producer(track, send_nack=self._nacker(rid, index),
-                                send_keyframe_request=self._keyframe_asker(rid, index),
+        router = relayed_router(self.port, rid, tracks, lambda: self.relay,
                                 on_keyframe=lambda producer, width, height: None)
-            producer.sender_clock = clock
-            routers[track.kind] = TrackRouter(producer, core=self.port.core, batch=self.port.batch,
-                                              fanout_cost=self.port.fanout_cost)
-        router = Router(routers)
         source = WorkerSource(name, router)
         source.live = True
         self.relays_in[rid] = router
         self.sources[rid] = source
         self.relay.subscribe(rid, (src[0], src[1]))
         self.channel.notify("relay_ready", rid=rid)  # now the sending worker may start (GOP first)
-
-    def _nacker(self, rid: int, index: int):
-        def send_nack(producer: Producer, seqs: list[int]) -> None:
-            if self.relay is not None:
-                self.relay.nack(rid, index, seqs)
-        return send_nack
-
-    def _keyframe_asker(self, rid: int, index: int):
-        def send_keyframe_request(producer: Producer) -> None:
-            if self.relay is not None:
-                self.relay.request_keyframe(rid, index)
-        return send_keyframe_request
 
     async def _relay_tick(self) -> None:
         """Retry the NACKs of relayed sources (a publisher's transport does this for its own producers), and pass
