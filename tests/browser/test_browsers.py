@@ -346,9 +346,10 @@ def test_no_page_errors(results: Results, browser: str) -> None:
     data = results.get(browser, "console_warnings")
     # Known SDK race, client side (webrtc-media-provider.js, connection.ontrack: the video's play() promise
     # rejects because stop() already detached the video, and the catch sets `remoteVideo.muted` on null).
-    # Only the back-to-back play/stop loop of the time-to-first-frame measurement triggers it.
+    # Only the back-to-back play/stop loop of the time-to-first-frame measurement triggers it; the last play's
+    # rejection can land after that step, in the next one (publish_bitrate; seen once in Firefox).
     errors = [w for w in data["publisher"] + data["player"] if "pageerror" in w
-              and not (w.startswith("[ttff]") and "muted" in w)]
+              and not (w.startswith(("[ttff]", "[publish_bitrate]")) and "muted" in w)]
     assert not errors, errors
 
 
