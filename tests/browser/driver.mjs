@@ -4,7 +4,7 @@
 //
 //   node tests/browser/driver.mjs --base http://127.0.0.1:8080 [--artifacts DIR] [--browsers chromium,firefox]
 //                                 [--only basic,cross,demo] [--canvas chromium,firefox] [--ttff-count 10]
-//                                 [--latency-ms 10000] [--latency-settle-ms 10000]
+//                                 [--latency-ms 10000] [--latency-settle-ms 10000] [--ttff-gap-ms 0]
 //
 // The server must serve tests/browser/harness.{html,js} under /static/ (the pytest test does that with a
 // temporary --static-dir). Each finished scenario prints one line to stdout:
@@ -26,6 +26,9 @@ const {values: args} = parseArgs({
         "ttff-count": {type: "string", default: "10"},
         "latency-ms": {type: "string", default: "10000"},
         "latency-settle-ms": {type: "string", default: "10000"},
+        // figures: a pause between two time-to-first-frame plays; longer than a feed's linger (3 s), every MSE /
+        // WSPlayer play is then its stream's first (a cold feed) instead of joining the one the last play left
+        "ttff-gap-ms": {type: "string", default: "0"},
         "bitrate-seconds": {type: "string", default: "15"},
         // Browsers whose main publication (the "basic" scenarios, bitrate included) is the canvas pattern rather
         // than the fake camera. Firefox's fake camera is one flat colour; Chromium's is so simple a picture that
@@ -46,6 +49,7 @@ const ONLY = new Set(args.only.split(",").filter(Boolean));
 const TTFF_COUNT = Number(args["ttff-count"]);
 const LATENCY_MS = Number(args["latency-ms"]);
 const SETTLE_MS = Number(args["latency-settle-ms"]);
+const TTFF_GAP_MS = Number(args["ttff-gap-ms"]);
 const BITRATE_SECONDS = Number(args["bitrate-seconds"]);
 const CANVAS = new Set(args.canvas.split(",").filter(Boolean));
 fs.mkdirSync(ARTIFACTS, {recursive: true});
@@ -405,6 +409,7 @@ async function figures(browsers, count) {
                 out[provider] = [];
                 for (let i = 0; i < count; i++) {  // one evaluate per play: each stays well under the CDP timeout
                     out[provider].push(...await call(ply, (n, p) => T.providerTtff("play", n, p, 1), name, provider));
+                    await sleep(TTFF_GAP_MS);
                 }
             }
             // Added latency per provider, read from the clock drawn into the published canvas: one play each,

@@ -148,6 +148,16 @@ async def read_media(ws, reader: MsePlayerReader, pictures: int, timeout: float)
     await asyncio.wait_for(run(), timeout)
 
 
+async def unpublish_and_close(server, publisher, pub_client, player_client) -> None:
+    """The publisher stops, its player is told STOPPED, both sessions close and the server ends up empty."""
+    await publisher.stop()
+    await player_client.wait_for("notifyStreamStatusEvent", status="STOPPED", timeout=5)
+    for c in (pub_client, player_client):
+        await c.close()
+    await publisher.close()
+    await server.wait_empty()
+
+
 def assert_moving(pictures: list[np.ndarray]) -> None:
     assert pictures[-1].std() > 10, "a flat picture"
     diffs = [float(np.abs(a.astype(int) - b.astype(int)).mean()) for a, b in zip(pictures[::10], pictures[10::10])]
@@ -227,6 +237,82 @@ async def test_mse_player_sees_and_hears_the_stream(server_shapes, codec: str) -
     await server.wait_empty()
 
 
+@pytest.mark.parametrize("codec", ["VP8", "H264"])
+async def test_first_mse_player_starts_from_what_the_ring_holds(server_shapes, codec: str) -> None:
+    """The SDK's MSE player appends nothing before it holds more than 2 s of audio and of video. A stream's first
+    MSE player therefore gets the last 2.4 s at once, from the publication's ring (VP8: decoded from the keyframe
+    before, encoded from 2.4 s back; H264: its GOP re-framed from the keyframe), audio and video lined up by the
+    publisher's sender reports; then the live records follow on the same timeline."""
+    server = server_shapes
+    pub_client = await server.client()
+    publisher = await peers.publish(pub_client, "mse-cold", video_codec=codec)
+    await publisher.wait_status("PUBLISHING", timeout=10)
+    await asyncio.sleep(3.5)  # the ring holds the publisher's first keyframe and more than 2.4 s since it
+    if codec == "H264":
+        await asyncio.sleep(0.5)  # (re-framed: the whole GOP is sent, and an older one than 4.5 s is not)
+    client = await server.client()
+    await play_mse(client, "mse-cold")
+    await client.wait_for("notifyStreamStatusEvent", status="PLAYING", timeout=5)
+    loop = asyncio.get_running_loop()
+    http, ws = await open_media_socket(server.url, client.auth_token)
+    reader = MsePlayerReader()
+    arrivals: list[tuple[float, int, int]] = []  # (arrival, tag, ts) of each media record
+    opened = loop.time()
+
+    async def run() -> None:
+        while loop.time() - opened < 3.0:
+            msg = await ws.receive()
+            assert msg.type == aiohttp.WSMsgType.BINARY, (msg.type, msg.data, msg.extra)
+            now = loop.time()
+            reader.feed(msg.data)
+            arrivals.extend((now - opened, tag, ts) for tag, ts, body in parse_records(msg.data) if body[1] == 1)
+    await asyncio.wait_for(run(), 10)
+
+    first_at = arrivals[0][0]
+    burst = [(tag, ts) for at, tag, ts in arrivals if at - first_at < 0.05]  # what came at once, first
+    video = [ts for tag, ts in burst if tag == 9]
+    audio = [ts for tag, ts in burst if tag == 8]
+    assert video and audio, arrivals[:5]
+    assert max(audio) - min(audio) > 2000, (min(audio), max(audio))
+    assert abs(min(audio) - min(video)) < 80, (min(audio), min(video))  # lined up at the start
+    assert reader.first_video_keyframe is True
+    assert_moving(reader.pictures)
+    pcm = np.concatenate(reader.pcm[10:])
+    assert abs(dominant_frequency(pcm, reader.audio_rate) - 440) < 20
+    # the last 2.4 s (VP8, encoded from there) or the GOP since the keyframe before them (H264, re-framed)
+    assert 2.2 < (max(video) - min(video)) / 1000 < (2.6 if codec == "VP8" else 4.6), (min(video), max(video))
+    streams = await (await http.get(f"http://127.0.0.1:{server.server.http_port}/streams")).json()
+    feed = next(s for s in streams if s["name"] == "mse-cold")["feeds"][0]
+    assert 2.0 < feed["stats"]["backfilled_seconds"] <= 4.5, feed
+    await ws.close()
+    await http.close()
+    await unpublish_and_close(server, publisher, pub_client, client)
+
+
+@pytest.mark.parametrize("interval", [0.0, 1.0])
+async def test_keyframe_interval_asks_publishers_for_keyframes(make_server, interval: float) -> None:
+    """--keyframe-interval: a publisher whose latest keyframe is that old is asked for another (PLI), so that a
+    stream's first MSE/WSPlayer player finds one in the ring; 0 (the default): only when a player needs one."""
+    server = await make_server(keyframe_interval=interval)
+    pub_client = await server.client()
+    publisher = await peers.publish(pub_client, "kf-cadence", video_codec="VP8")
+    await publisher.wait_status("PUBLISHING", timeout=10)
+    producer = server.hub.registry.find("kf-cadence").producers["video"]
+    await asyncio.sleep(1.0)
+    before, requests_before = producer.keyframes, producer.keyframe_requests
+    await asyncio.sleep(4.0)
+    got, asked = producer.keyframes - before, producer.keyframe_requests - requests_before
+    if interval:
+        assert asked >= 3 and got >= 3, (asked, got)  # one about every 1.x s (checked on the endpoint's tick)
+        assert asked <= 5, asked
+    else:
+        assert asked == 0 and got == 0, (asked, got)
+    await publisher.stop()
+    await pub_client.close()
+    await publisher.close()
+    await server.wait_empty()
+
+
 async def test_media_socket_with_bad_token_is_closed_alone(server) -> None:
     for token, reason in ((None, "without authToken"), ("nope", "Unknown authToken")):
         http, ws = await open_media_socket(server.url, token)
@@ -259,6 +345,7 @@ class WsPlayerReader:
         self.pcm: list[np.ndarray] = []
         self.first_video_keyframe: bool | None = None
         self.audio_sizes: set[int] = set()
+        self.video_ts: list[int] = []  # 90 kHz
 
     def feed(self, frame: bytes) -> None:
         b0 = frame[0]
@@ -271,9 +358,13 @@ class WsPlayerReader:
         if has_ssrc:
             self.ssrcs[kind] = struct.unpack_from(">I", frame, pos)[0]
             pos += 4
+        ts = None
         if has_ts:
+            ts = struct.unpack_from(">I", frame, pos)[0]
             pos += 4
         payload = frame[pos:]
+        if kind == 1 and ts is not None:
+            self.video_ts.append(ts)
         if kind == 1:
             if self.first_video_keyframe is None:
                 self.first_video_keyframe = bool((b0 >> 4) & 1)
@@ -311,6 +402,11 @@ async def test_wsplayer_player_sees_and_hears_the_stream(server_shapes, codec: s
     assert reader.first_video_keyframe is True
     assert reader.synced == {reader.ssrcs[1], reader.ssrcs[2]}  # a sync packet for each SSRC
     assert reader.audio_sizes == {160}  # 20 ms of µ-law per packet, as the player counts them
+    # at most 25 pictures a second (the SDK's player renders fewer than 30: transcode/pipeline.py _Mpeg1Encoder),
+    # and not far fewer from a 30 fps publisher
+    steps = [(b - a) & 0xFFFFFFFF for a, b in zip(reader.video_ts, reader.video_ts[1:])]
+    assert min(steps) >= 3600 - 1, sorted(steps)[:5]  # 40 ms at 90 kHz
+    assert 3600 - 1 <= sorted(steps)[len(steps) // 2] <= 4500, sorted(steps)
     assert reader.pictures[0].shape == (480, 640)
     assert_moving(reader.pictures)
     pcm = np.concatenate(reader.pcm[20:])
@@ -322,12 +418,7 @@ async def test_wsplayer_player_sees_and_hears_the_stream(server_shapes, codec: s
     await asyncio.sleep(feeds_mod.LINGER + 1.0)
     assert server.hub.feeds.feeds == {}
     assert publisher.status == "PUBLISHING"
-    await publisher.stop()
-    await client.wait_for("notifyStreamStatusEvent", status="STOPPED", timeout=5)
-    for c in (pub_client, client):
-        await c.close()
-    await publisher.close()
-    await server.wait_empty()
+    await unpublish_and_close(server, publisher, pub_client, client)
 
 
 async def test_media_socket_that_stops_reading_fails_only_its_play(server, monkeypatch) -> None:

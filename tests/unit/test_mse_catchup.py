@@ -83,3 +83,26 @@ def test_a_longer_join_burst_is_made_up_too() -> None:
         if t > 3500:
             c.rewrite([rec])
     assert c.done and c.shift >= 3500 - catchup.KEEP_MS - 40
+
+
+def test_a_backfill_sent_late_is_made_up_with_what_piled_up_meanwhile() -> None:
+    """A new feed's backfill (2.4 s of the past) reaches the player only after the feed has transcoded it; the
+    live records made meanwhile follow at once. The player starts from the burst's first record, so it is behind
+    by the burst's span plus that transcoding time: the target counts both (records given with their send time)."""
+    recs = stream(20)
+    transcode_ms = 700
+    c = catchup.CatchUp()
+    c.rewrite([rec for t, rec in recs if t <= 2400], now=0.0)  # the burst
+    c.rewrite([rec for t, rec in recs if 2400 < t <= 2400 + transcode_ms], now=0.05)  # what piled up meanwhile
+    assert abs(c.target - (2400 + transcode_ms - 50 - catchup.KEEP_MS)) < 40, c.target
+    for t, rec in recs:  # then live: one record as it is made, sent that much later than the first
+        if t > 2400 + transcode_ms:
+            c.rewrite([rec], now=(t - 2400 - transcode_ms) / 1000 + 0.05)
+    assert c.done and c.shift >= 2400 + transcode_ms - 50 - catchup.KEEP_MS - 40
+
+
+def test_records_sent_as_they_are_made_keep_the_base_target() -> None:
+    c = catchup.CatchUp()
+    for t, rec in stream(20):
+        c.rewrite([rec], now=t / 1000)
+    assert c.target == catchup.CATCH_UP_MS and c.done

@@ -2,7 +2,8 @@
 
 A publisher endpoint also watches its input on the transport's tick (no cost per packet): no RTP for
 `rtp_activity_timeout` once media had started fails it (`Failure.RTP_ACTIVITY`), and a measured bitrate over
-`bitrate_ceiling` for `bitrate_grace` seconds fails it (`Failure.BITRATE_EXCEEDED`).
+`bitrate_ceiling` for `bitrate_grace` seconds fails it (`Failure.BITRATE_EXCEEDED`). With `keyframe_interval`
+it asks each video producer for a keyframe once its latest is that old.
 
 These are what the streams layer holds. Events go up through a small listener interface; the media
 plane never sees WCS messages.
@@ -70,6 +71,7 @@ class MediaSettings(Protocol):
     rtp_activity_timeout: float
     bitrate_ceiling: int  # bit/s; 0 = none
     bitrate_grace: float
+    keyframe_interval: float  # seconds; 0 = keyframes only on demand
 
 
 class _Endpoint:
@@ -178,9 +180,14 @@ class PublisherEndpoint(_Endpoint):
                     producer.on_sender_report(packet.sender_info.ntp_timestamp, packet.sender_info.rtp_timestamp, now)
 
     def on_tick(self, now: float) -> None:
+        interval = self.settings.keyframe_interval
         for producer in self.producers.values():
             if producer.missing:
                 producer.retry_nacks(now)
+            # a standing keyframe cadence (--keyframe-interval): a cold feed then finds one in the ring
+            if (interval and producer.kind == "video"
+                    and now - max(producer.keyframe_at, producer.last_keyframe_request) >= interval):
+                producer.request_keyframe(now)
         if now >= self._next_rtcp:
             self._next_rtcp = now + rtcp_interval()
             self._send_reports(now)

@@ -40,6 +40,12 @@ def ntp_now() -> int:
     return ((seconds + NTP_UNIX_OFFSET) << 32) | ((nanoseconds << 32) // 1_000_000_000)
 
 
+def _signed(delta: int) -> int:
+    """A difference of two 32-bit RTP timestamps, wrap-around taken as the shorter way."""
+    delta &= 0xFFFFFFFF
+    return delta - 0x100000000 if delta >= 0x80000000 else delta
+
+
 class SenderClock:
     """How far behind ours the publisher's NTP clock is, as its sender reports show: one value for all of its
     tracks, so the sender reports we send its players map audio and video to the same instants (lip sync).
@@ -92,8 +98,10 @@ class Producer:
         self.cycles = 0
         self.missing: dict[int, list[float | int]] = {}  # ext seq -> [next try time, tries]
         self.keyframe_ext_seq = -1  # first packet of the latest keyframe
+        self.previous_keyframe_ext_seq = -1  # first packet of the keyframe before it
         self.keyframe_ts = -1
         self.last_keyframe_request = -1e9
+        self.keyframe_at = 0.0  # arrival of the latest keyframe's first packet (monotonic)
 
         # Timing for sender reports and jitter.
         self.last_ts = 0
@@ -170,6 +178,7 @@ class Producer:
                 keyframe = True
                 if ts != self.keyframe_ts:
                     if ext_seq > self.keyframe_ext_seq:  # newer keyframe, possibly recovered by NACK
+                        self.keyframe_at = now
                         self._keyframe_started(ext_seq, ts, size)
                 elif ext_seq < self.keyframe_ext_seq:  # an earlier packet of the same access unit
                     self.keyframe_ext_seq = ext_seq
@@ -244,6 +253,7 @@ class Producer:
     def _keyframe_started(self, ext_seq: int, ts: int, size: tuple[int, int]) -> None:
         # H264 may mark several packets of one access unit (SPS, then the IDR): the first one counts.
         self.keyframes += 1
+        self.previous_keyframe_ext_seq = self.keyframe_ext_seq
         self.keyframe_ext_seq = ext_seq
         self.keyframe_ts = ts
         width, height = size
@@ -273,7 +283,11 @@ class Producer:
         no keyframe in the ring, or when the GOP is longer than `max_packets`. The packets are references into
         the ring: nothing is copied. A caller that needs the whole GOP checks that the last one is the newest.
         """
-        first = self.keyframe_ext_seq
+        return self.packets_from(self.keyframe_ext_seq, max_packets)
+
+    def packets_from(self, first: int, max_packets: int = RING_SIZE) -> list[tuple[int, bytes]] | None:
+        """(ext_seq, packet) from `first` to the newest, up to the first hole; None when `first` is unknown (< 0)
+        or out of the ring, or more than `max_packets` back."""
         newest = self.newest_ext_seq
         if first < 0 or newest < 0 or newest - first >= min(max_packets, RING_SIZE):
             return None
@@ -284,6 +298,30 @@ class Producer:
                 break  # a hole: what follows cannot be decoded cleanly
             packets.append((ext_seq, packet))
         return packets or None
+
+    def recent(self, count: int = RING_SIZE) -> list[tuple[int, bytes]]:
+        """The newest packets (ext_seq, packet), at most `count`, oldest first, back to the first hole."""
+        newest = self.newest_ext_seq
+        packets = []
+        for ext_seq in range(newest, max(-1, newest - min(count, RING_SIZE)), -1):
+            packet = self.lookup(ext_seq & 0xFFFF)
+            if packet is None:
+                break
+            packets.append((ext_seq, packet))
+        packets.reverse()
+        return packets
+
+    def sender_seconds(self, rtp_ts: int) -> float | None:
+        """When the publisher sampled RTP timestamp `rtp_ts`, in its NTP seconds, by its latest SR (None before
+        one): the one clock its tracks share, to line up their packets."""
+        if not self.sr_arrival:
+            return None
+        return self.sr_ntp / NTP_UNIT + _signed(rtp_ts - self.sr_rtp) / self.clock_rate
+
+    def arrival_of(self, rtp_ts: int) -> float:
+        """When a packet with RTP timestamp `rtp_ts` arrived, or would have, judged from the newest packet's
+        arrival (our monotonic clock): without sender reports, the way to line up this track with another."""
+        return self.last_arrival - _signed(self.last_ts - rtp_ts) / self.clock_rate
 
     # --- statistics (read by the streams layer once a second; not on the packet path) ---------------
 

@@ -5,7 +5,10 @@ publisher or player endpoint), which owns the producers or consumers.
 
 A path is a UDP address or an ICE-TCP connection (tcp.py's `TcpLink`, framed, no sendmmsg and no compiled
 fan-out core: `sockaddr` stays None, so its players are served on the Python send path). Once connected, a
-transport keeps the kind of path it started on: its players may already be targets of the compiled core.
+transport on UDP stays on UDP: its players may already be targets of the compiled core, which keep the address.
+One on TCP moves to UDP when the client nominates a UDP pair (browsers may finish ICE and DTLS on the TCP pair
+that answered first, then move to the better one): its players are served in Python, which reads the path per
+packet, and consent is only counted on the path we send on.
 """
 
 from __future__ import annotations
@@ -96,6 +99,7 @@ class WebRtcTransport:
         self._connect_deadline = now + connect_timeout
         self._consent_timeout = consent_timeout
         self.last_stun = 0.0
+        self._refused_tcp = False  # the client nominated a TCP path after we connected on UDP (logged once)
         self._handshaking = False  # admitted by the port's cap on DTLS handshakes in progress
         # Counters (plain ints: they are bumped per packet).
         self.rx_packets = self.rx_bytes = 0
@@ -130,8 +134,11 @@ class WebRtcTransport:
         if addr == self.addr:
             return
         link = addr if isinstance(addr, TcpLink) else None
-        if self.state == TransportState.CONNECTED and (link is None) != (self.link is None):
-            return  # no switching between UDP and TCP once players may be on the compiled core (module docstring)
+        if self.state == TransportState.CONNECTED and link is not None and self.link is None:
+            if not self._refused_tcp:
+                self._refused_tcp = True
+                log.info("path switch to tcp refused transport=%s %s", self.id, self.label)
+            return  # no moving from UDP to TCP once players may be on the compiled core (module docstring)
         self.addr = addr
         self.link = link
         if link is not None:

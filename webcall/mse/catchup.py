@@ -8,9 +8,11 @@ never does. So after the SDK has started (its queue spanned `START_SPAN_MS` of o
 timestamps are pulled in: one audio frame in `DROP_EVERY` is left out and everything after it moves earlier by
 that frame's duration (video-only: each frame's interval is shortened by the same share), so the SDK plays
 `DROP_EVERY / (DROP_EVERY - 1)` times faster than real time until `CATCH_UP_MS` is made up, then at normal speed
-about `KEEP_MS` behind. A player that joins with an older GOP sent at once (streams/feeds.py: the SDK
-then starts at once) has more to make up: the span of that first burst, less `KEEP_MS`. The shared feed is
-untouched: only this player's copies of the records get new timestamps (a 9-byte header each).
+about `KEEP_MS` behind. A player that starts with the past sent at once (an older GOP, streams/feeds.py, or a
+new feed's backfill, transcode/pipeline.py: the SDK then starts at once) has more to make up: how far the media
+sent in its first `SETTLE_MS` runs ahead of the time since its first record (the burst's span, and for a backfill
+also the time the feed took to transcode it, during which live media piled up), less `KEEP_MS`. The shared feed
+is untouched: only this player's copies of the records get new timestamps (a 9-byte header each).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ START_SPAN_MS = 2300  # our timestamps a player's queue spans before we start pu
 KEEP_MS = 600  # what the player keeps buffered once caught up: it ends that far behind what it has been sent
 CATCH_UP_MS = START_SPAN_MS - KEEP_MS  # how far to pull in, when the player started from a GOP under 2.3 s
 DROP_EVERY = 4  # while catching up, one audio frame in this many is left out (1.33x speed)
+SETTLE_MS = 1500  # the first records' lead over the clock is measured for this long (a burst and what follows it)
 
 
 class CatchUp:
@@ -37,17 +40,22 @@ class CatchUp:
         self.count = 0
         self.dropped = 0
         self.target = float(CATCH_UP_MS)
+        self.first_at: float | None = None  # `now` (seconds) when the first media record was sent
+        self.first_sent = 0  # its timestamp
 
     @property
     def done(self) -> bool:
         return self.shift >= self.target
 
-    def rewrite(self, chunks: list[bytes]) -> list[bytes]:
-        """This player's copies of `chunks` (each one or more records): timestamps shifted, some audio left out."""
+    def rewrite(self, chunks: list[bytes], now: float | None = None) -> list[bytes]:
+        """This player's copies of `chunks` (each one or more records): timestamps shifted, some audio left out.
+        `now` (seconds, any monotonic clock): when they are sent; without it only the first call's span counts."""
         if self.done:
             return [self._shifted(c) for c in chunks] if self.shift else chunks
         if self.first_ts is None:  # the join's burst: the SDK starts from its first record, that far behind
-            self.target = max(float(CATCH_UP_MS), _span(chunks) - KEEP_MS)
+            self.target = max(self.target, _span(chunks) - KEEP_MS)
+        if now is not None:
+            self._lead(chunks, now)
         out: list[bytes] = []
         for chunk in chunks:
             pos, parts = 0, []
@@ -61,6 +69,18 @@ class CatchUp:
             if parts:
                 out.append(b"".join(parts))
         return out
+
+    def _lead(self, chunks: list[bytes], now: float) -> None:
+        """While the start settles: media sent beyond the time since the first record is what the player, which
+        starts from that first record, is behind by (less what it keeps)."""
+        times = _media_times(chunks)
+        if not times:
+            return
+        if self.first_at is None:
+            self.first_at, self.first_sent = now, min(times)
+        elapsed_ms = (now - self.first_at) * 1000
+        if elapsed_ms <= SETTLE_MS:
+            self.target = max(self.target, max(times) - self.first_sent - elapsed_ms - KEEP_MS)
 
     def _keep(self, tag: int, ts: int, kind: bytes) -> bool:
         # `kind`: the payload's first two bytes; headers (avcC, AudioSpecificConfig) are passed on as they are
@@ -97,6 +117,12 @@ class CatchUp:
 
 def _span(chunks: list[bytes]) -> int:
     """ms from the first to the last media record in `chunks`."""
+    times = _media_times(chunks)
+    return max(times) - min(times) if times else 0
+
+
+def _media_times(chunks: list[bytes]) -> list[int]:
+    """The timestamps of the media records (not the headers) in `chunks`."""
     times = []
     for chunk in chunks:
         pos = 0
@@ -106,4 +132,4 @@ def _span(chunks: list[bytes]) -> int:
             if (tag == AUDIO and body[:1] == b"\x01") or (tag == VIDEO and body[1:2] == b"\x01"):
                 times.append(ts)
             pos += _HEAD.size + size
-    return max(times) - min(times) if times else 0
+    return times

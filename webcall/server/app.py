@@ -72,7 +72,7 @@ class WebcallServer:
             records=RecordSettings(directory=c.records_dir, template=c.record_template, formats=c.record_formats,
                                    mp4_audio=c.record_mp4_audio, fragment=c.record_fragment),
             rtp_activity_timeout=c.rtp_activity_timeout, bitrate_ceiling=c.publisher_bitrate_ceiling,
-            bitrate_grace=c.bitrate_grace,
+            bitrate_grace=c.bitrate_grace, keyframe_interval=c.keyframe_interval,
             limits=Limits(sessions_per_ip=c.max_sessions_per_ip, streams_per_session=c.max_streams_per_session,
                           players_per_stream=c.max_players_per_stream, publishers=c.max_publishers,
                           messages_per_second=c.max_messages_per_second),
@@ -178,7 +178,8 @@ class WebcallServer:
             fanout_core=c.fanout_core, fanout_threads=c.fanout_threads, snapshot_timeout=c.snapshot_timeout,
             stats_interval=c.rate_interval, rtp_activity_timeout=c.rtp_activity_timeout,
             bitrate_ceiling=c.publisher_bitrate_ceiling, bitrate_grace=c.bitrate_grace,
-            max_unverified_datagrams=c.max_unverified_datagrams, max_dtls_handshakes=c.max_dtls_handshakes,
+            keyframe_interval=c.keyframe_interval, max_unverified_datagrams=c.max_unverified_datagrams,
+            max_dtls_handshakes=c.max_dtls_handshakes,
             media_tcp_port=c.media_tcp_port_number())
         app = APP
         if c.cluster_redis:  # each worker has its own relay socket between nodes (cluster/worker.py), on port + index

@@ -137,6 +137,10 @@ class Config:
                 "--max-bitrate (REMB asks for --max-bitrate)"})
     bitrate_grace: float = field(default=5.0, metadata={
         "help": "seconds a publisher may stay over --bitrate-ceiling (keyframes and retransmission bursts)"})
+    keyframe_interval: float = field(default=0.0, metadata={
+        "help": "ask every video publisher for a keyframe when its last is this many seconds old (PLI); 0 = only "
+                "when a player needs one. 2-3 lets a stream's first MSE/WSPlayer player start at once from the "
+                "recent past (README: MSE start), at the cost of a keyframe that often in every publication"})
     cluster_redis: str = field(default="", metadata={
         "help": "join a cluster of webcall nodes through this Redis (redis://host:6379/0): one namespace of stream "
                 "names, play anywhere what is published anywhere, GET /lb; empty = a single node, no Redis"})
@@ -245,6 +249,8 @@ class Config:
                 raise ValueError("whip_ice_servers entries must be `stun:/turn: URL [username credential]`")
         if not self.rtp_activity_timeout > 0 or not self.shutdown_timeout > 0 or not self.bitrate_grace > 0:
             raise ValueError("rtp_activity_timeout, shutdown_timeout and bitrate_grace must be > 0")
+        if self.keyframe_interval < 0:
+            raise ValueError("keyframe_interval must be >= 0 (0 = off)")
         for name in ("max_sessions_per_ip", "max_streams_per_session", "max_players_per_stream", "max_publishers",
                      "max_messages_per_second", "max_unverified_datagrams", "max_dtls_handshakes",
                      "bitrate_ceiling"):

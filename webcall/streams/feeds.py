@@ -168,6 +168,9 @@ class Feeds:
             feed.handle.request_keyframe()
 
     def _on_chunks(self, feed: SharedFeed, chunks: list[tuple[str, bytes]]) -> None:
+        # Each sink gets this batch in one call: a player's first batch is all it starts with (mse/catchup.py
+        # measures that span), and one call per player per batch is cheaper than one per chunk.
+        batches: dict[Sink, list[bytes]] = {}
         for kind, data in chunks:
             if kind in ("vconfig", "aconfig"):
                 if kind == "vconfig":
@@ -179,15 +182,15 @@ class Feeds:
                     feed.aconfig = data
                 for sink, started in list(feed.sinks.items()):
                     if started:  # a new picture size or codec setup: the demuxer re-initializes
-                        sink.on_chunks([data])
+                        batches.setdefault(sink, []).append(data)
                     elif kind == "aconfig" and feed.has_key and feed.ready():  # audio's header came after the key
                         feed.sinks[sink] = True
-                        sink.on_chunks(feed.head() + feed.gop)
+                        batches.setdefault(sink, []).extend(feed.head() + feed.gop)
                 if kind == "aconfig" and feed.audio_only:
                     for sink, started in list(feed.sinks.items()):
                         if not started:
                             feed.sinks[sink] = True
-                            sink.on_chunks([data])
+                            batches.setdefault(sink, []).append(data)
                 continue
             if kind == "key":
                 keep = feed.has_key and not feed.config_changed
@@ -203,10 +206,13 @@ class Feeds:
                     feed.gop, feed.has_key, feed.prev_gop = [], False, []
             for sink, started in list(feed.sinks.items()):
                 if started:
-                    sink.on_chunks([data])
+                    batches.setdefault(sink, []).append(data)
                 elif kind == "key" and feed.ready():
                     feed.sinks[sink] = True
-                    sink.on_chunks(feed.head() + [data])
+                    batches.setdefault(sink, []).extend(feed.head() + [data])
+        for sink, batch in batches.items():
+            if sink in feed.sinks:  # (one that failed on an earlier batch of this call has left)
+                sink.on_chunks(batch)
 
     def _on_failed(self, feed: SharedFeed, info: str) -> None:
         feed.failed = info

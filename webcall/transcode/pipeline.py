@@ -36,6 +36,7 @@ from typing import Any
 import av
 
 from ..media.depacketize import ASSEMBLERS, Frame, ReorderBuffer
+from ..media.producer import NTP_UNIT, Producer
 from ..media.router import TrackRouter
 from ..mse import flv
 from .rtp_out import RtpPacketizer
@@ -50,6 +51,14 @@ AAC_RATE = 48000
 MS = Fraction(1, 1000)
 
 REPLAY_MAX_SPAN = 0.3  # seconds: a current GOP longer than this is not replayed (a fresh keyframe is asked for)
+# A new MSE feed starts this many seconds in the past, from what the publication's ring still holds (from the
+# keyframe before that, decoded, not encoded): the SDK's MSE player appends nothing before its own queue holds more
+# than 2 s of media (media-source-media-provider.js `doAppending`), so the first player need not wait for that in
+# real time (mse/catchup.py then takes it back to near live). Not WSPlayer: measured, its first picture came no
+# sooner with 1.2 s of the past (its player starts in about 1.5 s anyway) and, having no catch-up, it kept the
+# backfill's transcoding time as added latency.
+BACKFILL_SECONDS = {"mse": 2.4}
+BACKFILL_REFRAMED_MAX = 4.5  # seconds: a re-framed H264 GOP (sent whole, from its keyframe) older is not backfilled
 
 Chunk = tuple[str, bytes]
 
@@ -221,9 +230,16 @@ class _AacEncoder:
 
 
 class _Mpeg1Encoder:
-    """Decoded pictures → MPEG-1 video (the WSPlayer's jsmpeg-like decoder), 30 fps, no B-frames."""
+    """Decoded pictures → MPEG-1 video (the WSPlayer's jsmpeg-like decoder), at most FPS a second, no B-frames.
 
-    def __init__(self, gop: int = 30) -> None:
+    Why 25: the SDK's WSPlayer.js renders at most one picture per turn of a `setTimeout(1000 / 30)` loop
+    (`requestVideoFrameCallback`), i.e. a little under 30 a second; at 30 fps its queue, and the delay, grew while
+    it played (measured, README "WSPlayer's delay"); at 25 it held on an idle machine and rose far less under load.
+    """
+
+    FPS = 25
+
+    def __init__(self, gop: int = FPS) -> None:  # a keyframe a second: where the SDK's receiver may cut to
         self.ctx: Any = None
         self.gop = gop
         self.bit_rate = 0  # 0: from the picture size
@@ -235,8 +251,8 @@ class _Mpeg1Encoder:
         ctx = av.CodecContext.create("mpeg1video", "w")
         ctx.width, ctx.height = width, height
         ctx.pix_fmt = "yuv420p"
-        ctx.framerate = Fraction(30, 1)
-        ctx.time_base = Fraction(1, 30)
+        ctx.framerate = Fraction(self.FPS, 1)
+        ctx.time_base = Fraction(1, self.FPS)
         ctx.bit_rate = self.bit_rate or max(400_000, min(4_000_000, width * height * 5))  # ≈ 1.5 Mbit/s at 640x480
         ctx.gop_size = self.gop
         ctx.max_b_frames = 0
@@ -249,9 +265,12 @@ class _Mpeg1Encoder:
         if self.ctx is None or (self.ctx.width, self.ctx.height) != (width, height):
             self._open(width, height)
             self.force_key = True
-        picture = picture.reformat(width=width, height=height, format="yuv420p")
-        pts = max(self.last_pts + 1, ts_ms * 30 // 1000)  # MPEG-1 wants its frame clock: one tick per picture
+        pts = ts_ms * self.FPS // 1000  # MPEG-1 wants its frame clock: one tick per picture
+        if pts <= self.last_pts and not self.force_key:
+            return []  # more pictures than FPS: this one is left out
+        pts = max(pts, self.last_pts + 1)
         self.last_pts = pts
+        picture = picture.reformat(width=width, height=height, format="yuv420p")
         picture.pts = pts
         picture.time_base = self.ctx.time_base
         picture.pict_type = av.video.frame.PictureType.I if self.force_key else av.video.frame.PictureType.NONE
@@ -260,7 +279,7 @@ class _Mpeg1Encoder:
         for packet in self.ctx.encode(picture):
             self.frames += 1
             at = packet.pts if packet.pts is not None else pts
-            out.append((bytes(packet), int(at) * 1000 // 30, packet.is_keyframe))
+            out.append((bytes(packet), int(at) * 1000 // self.FPS, packet.is_keyframe))
         return out
 
 
@@ -317,6 +336,12 @@ class _MseOutput:
                 out.extend(self.framer.chunks(data, t, key))
         return out
 
+    def skip(self, frame: Frame) -> None:
+        """A frame before the feed's start: decoded (the pictures after it need it), not sent."""
+        if self.decoder is not None:
+            for _ in self.decoder.decode(av.Packet(frame.data)):
+                pass
+
     def audio(self, frame: Frame, ts: int) -> list[Chunk]:
         assert self.aac is not None
         out: list[Chunk] = []
@@ -355,6 +380,12 @@ class _WsPlayerOutput:
             for data, t, key in self.encoder.encode(_scaled(picture, self.profile), ts):
                 out.append(("key" if key else "delta", wsp.video_packet(self.video_ssrc, t * 90, data, key)))
         return out
+
+    def skip(self, frame: Frame) -> None:
+        """A frame before the feed's start: decoded (the pictures after it need it), not sent."""
+        assert self.decoder is not None
+        for _ in self.decoder.decode(av.Packet(frame.data)):
+            pass
 
     def audio(self, frame: Frame, ts: int) -> list[Chunk]:
         assert self.mulaw is not None
@@ -463,6 +494,11 @@ class Feed:
         self._thread = threading.Thread(target=self._run, name=f"feed-{output}", daemon=True)
         self._output: Any = None  # made in the thread (codec set-up is slow)
         self._force_key = False
+        self._epoch: float | None = None  # the feed's time 0 (monotonic): its start, or its backfill's first packet
+        self._encode_from: float | None = None  # video sampled before this is decoded, not encoded (backfill)
+        self.backfilled = 0.0  # seconds of the past this feed started with
+        self.first_chunks_ms: int | None = None  # from start() to its first chunks: what a cold start waits for
+        self._started_at = 0.0
 
     # --- on the event loop -------------------------------------------------------------------------------
 
@@ -473,8 +509,13 @@ class Feed:
             self.transcoding_video = True
 
     def start(self) -> None:
+        self._started_at = time.monotonic()
+        backfill = self._backfill()
+        if backfill is not None:
+            self._queue.extend(backfill)
+            self._epoch = min(at for _, at, _ in backfill)
         for kind, track in self.tracks.items():
-            gop = track.producer.current_gop() if kind == "video" else None
+            gop = track.producer.current_gop() if kind == "video" and backfill is None else None
             if gop and _span_seconds(gop) > REPLAY_MAX_SPAN:
                 gop = None  # an old keyframe: starting there would put the player that far behind live
             now = time.monotonic()
@@ -486,6 +527,60 @@ class Feed:
         if "video" in self.tracks and not self._queue:
             self.request_keyframe()
         self._thread.start()
+
+    def _backfill(self) -> list[tuple[str, float, bytes]] | None:
+        """The last BACKFILL_SECONDS of the publication from its producers' rings, as queue entries stamped with
+        when each packet was sampled, on our monotonic clock (through the publisher's sender reports when every
+        track has one, else from each track's newest packet), so that audio and video line up; video from the
+        keyframe before that span. None when the rings cannot give it whole: no keyframe still held with every
+        packet since, or a re-framed GOP too old to start from."""
+        seconds = BACKFILL_SECONDS.get(self.output)
+        video = self.tracks.get("video")
+        if not seconds or video is None:
+            return None
+        vp = video.producer
+        producers = [track.producer for track in self.tracks.values()]
+        if all(p.sr_arrival for p in producers):
+            anchor_sender, anchor_local = vp.sr_ntp / NTP_UNIT, vp.sr_arrival
+
+            def local(producer: Producer, packet: bytes) -> float:
+                sampled = producer.sender_seconds(int.from_bytes(packet[4:8], "big"))
+                assert sampled is not None
+                return anchor_local + (sampled - anchor_sender)
+        else:
+            def local(producer: Producer, packet: bytes) -> float:
+                return producer.arrival_of(int.from_bytes(packet[4:8], "big"))
+
+        gop = None
+        live = key_at = 0.0
+        for first in (vp.keyframe_ext_seq, vp.previous_keyframe_ext_seq):
+            packets = vp.packets_from(first)
+            if not packets or packets[-1][0] != vp.newest_ext_seq:
+                break  # out of the ring, or a hole since: what follows could not be decoded
+            gop = packets
+            live, key_at = local(vp, packets[-1][1]), local(vp, packets[0][1])
+            if live - key_at >= seconds:
+                break
+        if gop is None:
+            return None
+        if self.transcoding_video:
+            start = max(key_at, live - seconds)
+            self._encode_from = start
+        elif live - key_at > BACKFILL_REFRAMED_MAX:
+            return None
+        else:
+            start = key_at
+        entries = [("video", local(vp, packet), packet) for _, packet in gop]
+        audio = self.tracks.get("audio")
+        if audio is not None:
+            for _, packet in audio.producer.recent():
+                at = local(audio.producer, packet)
+                if at >= start:
+                    entries.append(("audio", at, packet))
+        self.backfilled = live - start
+        log.info("feed backfill %s output=%s seconds=%.2f packets=%d clock=%s", self.label, self.output,
+                 self.backfilled, len(entries), "sender-reports" if all(p.sr_arrival for p in producers) else "arrival")
+        return entries
 
     def _reader(self, kind: str) -> Callable[[bytes, bool], None]:
         queue, wake, now = self._queue, self._wake, time.monotonic
@@ -526,6 +621,7 @@ class Feed:
 
     def stats(self) -> dict[str, Any]:
         return {"output": self.output, "video_codec": self.video_codec, "transcoding_video": self.transcoding_video,
+                "backfilled_seconds": round(self.backfilled, 2), "first_chunks_ms": self.first_chunks_ms,
                 "dropped": self.dropped, "chunks": self.chunks_out, "cpu_seconds": round(self.cpu_seconds, 3)}
 
     # --- in the thread ----------------------------------------------------------------------------------
@@ -547,7 +643,7 @@ class Feed:
         self.on_failed(self.error or "Transcoding failed")
 
     def _loop(self) -> None:
-        started = time.monotonic()
+        started = self._epoch if self._epoch is not None else time.monotonic()
         reorder = {kind: ReorderBuffer(LOSS_WAIT) for kind in self.tracks}
         assemble = {kind: ASSEMBLERS[t.producer.codec.name.upper()]() for kind, t in self.tracks.items()}
         clocks = {kind: _Clock(t.producer.codec.clock_rate, started) for kind, t in self.tracks.items()}
@@ -573,16 +669,27 @@ class Feed:
                 reorder[kind].push(packet, arrival)
             now = time.monotonic()
             out: list[Chunk] = output.tick(int((now - started) * 1000))
+            frames: list[tuple[float, str, Frame]] = []
             for kind, buffer in reorder.items():
                 assembler = assemble[kind]
                 for packet, arrival, lost in buffer.pop(now):
-                    for frame in assembler.push(packet, arrival, lost):
-                        ts = clocks[kind].ms(frame)
-                        out.extend(output.audio(frame, ts) if kind == "audio" else output.video(frame, ts))
+                    frames.extend((frame.arrival, kind, frame) for frame in assembler.push(packet, arrival, lost))
                 if getattr(assembler, "want_keyframe", False):
                     assembler.want_keyframe = False
                     self.loop.call_soon_threadsafe(self.request_keyframe)
+            frames.sort(key=lambda item: item[0])  # audio and video interleaved as sampled (a backfill is seconds)
+            for _, kind, frame in frames:
+                ts = clocks[kind].ms(frame)
+                if kind == "audio":
+                    out.extend(output.audio(frame, ts))
+                elif self._encode_from is not None and frame.arrival < self._encode_from:
+                    output.skip(frame)
+                else:
+                    self._encode_from = None
+                    out.extend(output.video(frame, ts))
             if out and not self._stop:
+                if self.first_chunks_ms is None:
+                    self.first_chunks_ms = round((time.monotonic() - self._started_at) * 1000)
                 self.chunks_out += len(out)
                 self.loop.call_soon_threadsafe(self.emit, out)
             mark = time.thread_time()

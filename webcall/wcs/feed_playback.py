@@ -109,7 +109,7 @@ class FeedPlayback(Playback):
         if transport is None or self.closed:
             return
         if self.catch_up is not None:
-            data = self.catch_up.rewrite(data)
+            data = self.catch_up.rewrite(data, asyncio.get_running_loop().time())
             if not data:
                 return
         if not transport.send_chunks(data, self.output == "mse"):  # MSE records share frames; WSPlayer: one each
