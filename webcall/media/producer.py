@@ -14,7 +14,7 @@ from collections import deque
 from collections.abc import Callable
 
 from ..protocol.sdp import EXT_MID, Track
-from .rtp import KEYFRAME_PROBES, split
+from .rtp import KEYFRAME_PROBES, split, ts_delta
 
 NTP_UNIT = float(1 << 32)  # a 64-bit NTP timestamp counts seconds in units of 2**-32
 SENDER_CLOCK_SAMPLES = 8  # sender reports (of all the publisher's tracks) the clock offset is the minimum of
@@ -38,12 +38,6 @@ def ntp_now() -> int:
     one `time_ns()` instead of datetime arithmetic — it runs for every player's sender report."""
     seconds, nanoseconds = divmod(time.time_ns(), 1_000_000_000)
     return ((seconds + NTP_UNIX_OFFSET) << 32) | ((nanoseconds << 32) // 1_000_000_000)
-
-
-def _signed(delta: int) -> int:
-    """A difference of two 32-bit RTP timestamps, wrap-around taken as the shorter way."""
-    delta &= 0xFFFFFFFF
-    return delta - 0x100000000 if delta >= 0x80000000 else delta
 
 
 class SenderClock:
@@ -316,12 +310,12 @@ class Producer:
         one): the one clock its tracks share, to line up their packets."""
         if not self.sr_arrival:
             return None
-        return self.sr_ntp / NTP_UNIT + _signed(rtp_ts - self.sr_rtp) / self.clock_rate
+        return self.sr_ntp / NTP_UNIT + ts_delta(rtp_ts, self.sr_rtp) / self.clock_rate
 
     def arrival_of(self, rtp_ts: int) -> float:
         """When a packet with RTP timestamp `rtp_ts` arrived, or would have, judged from the newest packet's
         arrival (our monotonic clock): without sender reports, the way to line up this track with another."""
-        return self.last_arrival - _signed(self.last_ts - rtp_ts) / self.clock_rate
+        return self.last_arrival - ts_delta(self.last_ts, rtp_ts) / self.clock_rate
 
     # --- statistics (read by the streams layer once a second; not on the packet path) ---------------
 

@@ -38,6 +38,7 @@ import av
 
 from ..logs import q
 from .depacketize import ASSEMBLERS, Frame, ReorderBuffer
+from .rtp import ts_delta
 
 if TYPE_CHECKING:
     from .producer import Producer
@@ -215,8 +216,7 @@ def _ntp_seconds(ntp: int) -> float:
 
 def _unwrap(ts: int, near: int) -> int:
     """The extended (64-bit) form of a 32-bit RTP timestamp, closest to `near`."""
-    delta = (ts - near) & 0xFFFFFFFF
-    return near + delta if delta < 0x80000000 else near - (0x100000000 - delta)
+    return near + ts_delta(ts, near)
 
 
 class _Track:

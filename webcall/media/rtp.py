@@ -15,6 +15,12 @@ ONE_BYTE_PROFILE = 0xBEDE
 TWO_BYTE_PROFILE = 0x1000  # top 12 bits; the low 4 are "appbits"
 
 
+def ts_delta(a: int, b: int) -> int:
+    """a - b for two 32-bit RTP timestamps, taken the shorter way round the wrap (-2**31 .. 2**31 - 1)."""
+    delta = (a - b) & 0xFFFFFFFF
+    return delta - 0x100000000 if delta >= 0x80000000 else delta
+
+
 def is_rtcp(data: bytes) -> bool:
     """RFC 5761: RTCP packet types 192–223 collide with RTP payload types 64–95 (+ marker)."""
     return 192 <= data[1] <= 223

@@ -52,10 +52,8 @@ class CatchUp:
         `now` (seconds, any monotonic clock): when they are sent; without it only the first call's span counts."""
         if self.done:
             return [self._shifted(c) for c in chunks] if self.shift else chunks
-        if self.first_ts is None:  # the join's burst: the SDK starts from its first record, that far behind
-            self.target = max(self.target, _span(chunks) - KEEP_MS)
-        if now is not None:
-            self._lead(chunks, now)
+        if now is not None or self.first_at is None:  # (without `now`: the first call's burst alone)
+            self._lead(chunks, 0.0 if now is None else now)
         out: list[bytes] = []
         for chunk in chunks:
             pos, parts = 0, []
@@ -72,7 +70,7 @@ class CatchUp:
 
     def _lead(self, chunks: list[bytes], now: float) -> None:
         """While the start settles: media sent beyond the time since the first record is what the player, which
-        starts from that first record, is behind by (less what it keeps)."""
+        starts from that first record, is behind by (less what it keeps). The join's burst alone counts its span."""
         times = _media_times(chunks)
         if not times:
             return
@@ -113,12 +111,6 @@ class CatchUp:
             parts.append(_HEAD.pack(tag, ts - shift, size) + chunk[pos + _HEAD.size:end])
             pos = end
         return b"".join(parts)
-
-
-def _span(chunks: list[bytes]) -> int:
-    """ms from the first to the last media record in `chunks`."""
-    times = _media_times(chunks)
-    return max(times) - min(times) if times else 0
 
 
 def _media_times(chunks: list[bytes]) -> list[int]:

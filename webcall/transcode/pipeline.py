@@ -38,6 +38,7 @@ import av
 from ..media.depacketize import ASSEMBLERS, Frame, ReorderBuffer
 from ..media.producer import NTP_UNIT, Producer
 from ..media.router import TrackRouter
+from ..media.rtp import ts_delta
 from ..mse import flv
 from .rtp_out import RtpPacketizer
 from ..wsplayer import packets as wsp
@@ -101,10 +102,7 @@ def _scaled(picture: av.VideoFrame, profile: tuple[int, int, int] | None) -> av.
 
 
 def _unwrap(ts: int, last: int | None) -> int:
-    if last is None:
-        return ts
-    delta = (ts - (last & 0xFFFFFFFF)) & 0xFFFFFFFF
-    return last + delta if delta < 0x80000000 else last - (0x100000000 - delta)
+    return ts if last is None else last + ts_delta(ts, last)
 
 
 class _Clock:
@@ -539,8 +537,8 @@ class Feed:
         if not seconds or video is None:
             return None
         vp = video.producer
-        producers = [track.producer for track in self.tracks.values()]
-        if all(p.sr_arrival for p in producers):
+        by_reports = all(track.producer.sr_arrival for track in self.tracks.values())
+        if by_reports:
             anchor_sender, anchor_local = vp.sr_ntp / NTP_UNIT, vp.sr_arrival
 
             def local(producer: Producer, packet: bytes) -> float:
@@ -579,7 +577,7 @@ class Feed:
                     entries.append(("audio", at, packet))
         self.backfilled = live - start
         log.info("feed backfill %s output=%s seconds=%.2f packets=%d clock=%s", self.label, self.output,
-                 self.backfilled, len(entries), "sender-reports" if all(p.sr_arrival for p in producers) else "arrival")
+                 self.backfilled, len(entries), "sender-reports" if by_reports else "arrival")
         return entries
 
     def _reader(self, kind: str) -> Callable[[bytes, bool], None]:
