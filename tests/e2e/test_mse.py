@@ -18,7 +18,7 @@ import av
 import numpy as np
 import pytest
 
-from tests.support import peers
+from tests.support import peers, rtpgen
 from tests.support.media import dominant_frequency
 from webcall.streams import feeds as feeds_mod
 
@@ -158,6 +158,15 @@ async def unpublish_and_close(server, publisher, pub_client, player_client) -> N
     await server.wait_empty()
 
 
+async def close_all(server, publisher, *clients) -> None:
+    """The publisher stops (if it has not), every session closes and the server ends up empty."""
+    await publisher.stop()
+    for c in clients:
+        await c.close()
+    await publisher.close()
+    await server.wait_empty()
+
+
 def assert_moving(pictures: list[np.ndarray]) -> None:
     assert pictures[-1].std() > 10, "a flat picture"
     diffs = [float(np.abs(a.astype(int) - b.astype(int)).mean()) for a, b in zip(pictures[::10], pictures[10::10])]
@@ -292,7 +301,7 @@ async def test_first_mse_player_starts_from_what_the_ring_holds(server_shapes, c
 @pytest.mark.parametrize("interval", [0.0, 1.0])
 async def test_keyframe_interval_asks_publishers_for_keyframes(make_server, interval: float) -> None:
     """--keyframe-interval: a publisher whose latest keyframe is that old is asked for another (PLI), so that a
-    stream's first MSE/WSPlayer player finds one in the ring; 0 (the default): only when a player needs one."""
+    stream's first MSE player finds one in the ring (the default is 2 s); 0: only when a player needs one."""
     server = await make_server(keyframe_interval=interval)
     pub_client = await server.client()
     publisher = await peers.publish(pub_client, "kf-cadence", video_codec="VP8")
@@ -307,10 +316,7 @@ async def test_keyframe_interval_asks_publishers_for_keyframes(make_server, inte
         assert asked <= 5, asked
     else:
         assert asked == 0 and got == 0, (asked, got)
-    await publisher.stop()
-    await pub_client.close()
-    await publisher.close()
-    await server.wait_empty()
+    await close_all(server, publisher, pub_client)
 
 
 async def test_media_socket_with_bad_token_is_closed_alone(server) -> None:
@@ -346,6 +352,23 @@ class WsPlayerReader:
         self.first_video_keyframe: bool | None = None
         self.audio_sizes: set[int] = set()
         self.video_ts: list[int] = []  # 90 kHz
+        self.sync: dict[int, tuple[int, float]] = {}  # ssrc -> (rtp ts, ms) of its latest sync packet
+        self.first_key_ms: float | None = None  # the first keyframe and the first audio, through the sync packets
+        self.first_audio_ms: float | None = None
+
+    def _ms(self, ssrc: int, ts: int, rate: int) -> float | None:
+        """The receiver's clock (WSReceiver2.js `getTime`): the sync packet's time plus the RTP distance."""
+        if ssrc not in self.sync:
+            return None
+        sync_ts, sync_ms = self.sync[ssrc]
+        return sync_ms + (ts - sync_ts) * 1000 / rate
+
+    def start_offset_ms(self) -> float:
+        """How much later its first video (from a keyframe) starts than its first audio. The receiver lines the two
+        up at the start: from an offset under -30 ms it drops video to a keyframe after that audio and waits for
+        another second of video; earlier audio it trims."""
+        assert self.first_key_ms is not None and self.first_audio_ms is not None
+        return self.first_key_ms - self.first_audio_ms
 
     def feed(self, frame: bytes) -> None:
         b0 = frame[0]
@@ -353,6 +376,7 @@ class WsPlayerReader:
         if kind == 3:
             ssrc, rtp_ts, sec, frac = struct.unpack(">iIII", frame[1:17])
             self.synced.add(ssrc & 0xFFFFFFFF)
+            self.sync[ssrc & 0xFFFFFFFF] = (rtp_ts, sec * 1000 + frac * 1000 / 2**32)
             return
         pos = 1
         if has_ssrc:
@@ -365,6 +389,10 @@ class WsPlayerReader:
         payload = frame[pos:]
         if kind == 1 and ts is not None:
             self.video_ts.append(ts)
+            if (b0 >> 4) & 1 and self.first_key_ms is None:
+                self.first_key_ms = self._ms(self.ssrcs[1], ts, 90000)
+        if kind == 2 and ts is not None and self.first_audio_ms is None:
+            self.first_audio_ms = self._ms(self.ssrcs[2], ts, 8000)
         if kind == 1:
             if self.first_video_keyframe is None:
                 self.first_video_keyframe = bool((b0 >> 4) & 1)
@@ -401,6 +429,29 @@ async def test_wsplayer_player_sees_and_hears_the_stream(server_shapes, codec: s
 
     assert reader.first_video_keyframe is True
     assert reader.synced == {reader.ssrcs[1], reader.ssrcs[2]}  # a sync packet for each SSRC
+    # the receiver takes audio and video within 30 ms as lined up (a first player: both start with the feed)
+    assert reader.start_offset_ms() >= -30, reader.start_offset_ms()
+    joiner = await server.client()  # a second player joins the running feed: the same from its cached GOP
+    joiner_msid = str(uuid.uuid4())
+    await joiner.send("playStream", {"mediaSessionId": joiner_msid, "name": "wsp-live", "published": False,
+                                     "hasVideo": True, "hasAudio": True, "status": "PENDING", "record": False,
+                                     "width": 0, "height": 0, "mediaProvider": "WSPlayer", "sdp": SDK_WSPLAYER_OFFER})
+    await joiner.wait_for("notifyStreamStatusEvent", mediaSessionId=joiner_msid, status="PLAYING", timeout=5)
+    joiner_http, joiner_ws = await open_media_socket(server.url, joiner.auth_token)
+    second = WsPlayerReader()
+
+    async def run_second() -> None:
+        while second.first_key_ms is None or second.first_audio_ms is None:
+            msg = await joiner_ws.receive()
+            assert msg.type == aiohttp.WSMsgType.BINARY, (msg.type, msg.extra)
+            second.feed(msg.data)
+    await asyncio.wait_for(run_second(), 10)
+    # a joiner starts with the audio sent just before its keyframe (feeds.PRE_KEY_AUDIO_CHUNKS), so the receiver
+    # trims audio instead of waiting for the next keyframe (before: -2 to -39 ms in 7 joins, 1 s later in browsers)
+    assert second.start_offset_ms() >= 0, second.start_offset_ms()
+    await joiner_ws.close()
+    await joiner_http.close()
+    await joiner.close()
     assert reader.audio_sizes == {160}  # 20 ms of µ-law per packet, as the player counts them
     # at most 25 pictures a second (the SDK's player renders fewer than 30: transcode/pipeline.py _Mpeg1Encoder),
     # and not far fewer from a 30 fps publisher
@@ -473,11 +524,7 @@ async def test_media_socket_that_stops_reading_fails_only_its_play(server, monke
     sock.close()
     await good_ws.close()
     await http.close()
-    await publisher.stop()
-    for c in (pub_client, good_client, stuck_client):
-        await c.close()
-    await publisher.close()
-    await server.wait_empty()
+    await close_all(server, publisher, pub_client, good_client, stuck_client)
 
 
 @pytest.mark.parametrize("provider", ["MSE", "WSPlayer"])
@@ -511,11 +558,7 @@ async def test_audio_only_stream(server, provider: str) -> None:
     assert abs(dominant_frequency(np.concatenate(pcm), rate) - 440) < 20
     await ws.close()
     await http.close()
-    await publisher.stop()
-    for c in (pub_client, client):
-        await c.close()
-    await publisher.close()
-    await server.wait_empty()
+    await close_all(server, publisher, pub_client, client)
 
 
 async def test_mse_player_asking_for_a_smaller_size(server_shapes) -> None:
@@ -544,8 +587,55 @@ async def test_mse_player_asking_for_a_smaller_size(server_shapes) -> None:
     for http, ws in ((small_http, small_ws), (full_http, full_ws)):
         await ws.close()
         await http.close()
-    await publisher.stop()
-    for c in (pub_client, small_client, full_client):
-        await c.close()
-    await publisher.close()
-    await server.wait_empty()
+    await close_all(server, publisher, pub_client, small_client, full_client)
+
+
+async def test_undecodable_publication_ends_only_its_transcoded_players(server_shapes, monkeypatch) -> None:
+    """A publisher whose VP8 turns into what no decoder can take (each frame claims to be a keyframe without its
+    start code): its MSE player (VP8 → H264) is FAILED with an info string, its WebRTC player of the same stream
+    goes on PLAYING and keeps receiving what is published, and the publication is untouched."""
+    from aiortc.codecs import vpx
+
+    encode = vpx.Vp8Encoder.encode
+    spoiled = False
+
+    def garbled(self, frame, force_keyframe=False):  # this test's publisher: its encoder's output, spoiled on cue
+        payloads, timestamp = encode(self, frame, force_keyframe)
+        if not spoiled:
+            return payloads, timestamp
+        out = []
+        for payload in payloads:
+            head = rtpgen.vp8_descriptor_length(payload)
+            out.append(payload[:head] + bytes((payload[head] & 0xFE,)) + b"\xff" * (len(payload) - head - 1))
+        return out, timestamp
+
+    monkeypatch.setattr(vpx.Vp8Encoder, "encode", garbled)
+    server = server_shapes
+    pub_client = await server.client()
+    publisher = await peers.publish(pub_client, "garbled", video_codec="VP8")
+    await publisher.wait_status("PUBLISHING", timeout=10)
+    rtc_client = await server.client()
+    rtc_player = await peers.play(rtc_client, "garbled")
+    await rtc_player.wait_status("PLAYING", timeout=10)
+    await rtc_player.wait_decoded_frames(10, timeout=10)  # (a player starts at a keyframe: a good one first)
+    spoiled = True
+
+    mse_client = await server.client()
+    msid = await play_mse(mse_client, "garbled")
+    http, ws = await open_media_socket(server.url, mse_client.auth_token)
+    failed = await mse_client.wait_for("notifyStreamStatusEvent", mediaSessionId=msid, status="FAILED", timeout=10)
+    assert failed["data"][0]["info"].startswith("Transcoding failed"), failed["data"][0]
+    # the WebRTC player goes on: still PLAYING, its audio keeps coming, and so does the (undecodable) video
+    async def video_packets() -> int:  # what the player's own RTP receiver counts (aiortc inbound-rtp)
+        report = await rtc_player.pc.getStats()
+        return sum(s.packetsReceived for s in report.values() if s.type == "inbound-rtp" and s.kind == "video")
+
+    received = await video_packets()
+    heard = len(rtc_player.audio_rms_values)
+    await rtc_player.wait_audio_frames(100, timeout=10, since=heard)  # 2 s
+    assert await video_packets() > received + 30
+    assert rtc_player.status == "PLAYING" and publisher.status == "PUBLISHING"
+    await ws.close()
+    await http.close()
+    await rtc_player.close()
+    await close_all(server, publisher, pub_client, rtc_client, mse_client)

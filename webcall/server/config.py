@@ -137,10 +137,11 @@ class Config:
                 "--max-bitrate (REMB asks for --max-bitrate)"})
     bitrate_grace: float = field(default=5.0, metadata={
         "help": "seconds a publisher may stay over --bitrate-ceiling (keyframes and retransmission bursts)"})
-    keyframe_interval: float = field(default=0.0, metadata={
-        "help": "ask every video publisher for a keyframe when its last is this many seconds old (PLI); 0 = only "
-                "when a player needs one. 2-3 lets a stream's first MSE/WSPlayer player start at once from the "
-                "recent past (README: MSE start), at the cost of a keyframe that often in every publication"})
+    keyframe_interval: float = field(default=2.0, metadata={
+        "help": "ask every video publisher for a keyframe when its last is this many seconds old (PLI), so that the "
+                "ring always holds one to start from: a stream's first MSE player starts at once from the recent "
+                "past (README: MSE start) and a snapshot finds one without asking; 0 = only when a player needs "
+                "one (a browser publisher then makes keyframes only when asked)"})
     cluster_redis: str = field(default="", metadata={
         "help": "join a cluster of webcall nodes through this Redis (redis://host:6379/0): one namespace of stream "
                 "names, play anywhere what is published anywhere, GET /lb; empty = a single node, no Redis"})

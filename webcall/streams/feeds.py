@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -33,6 +34,11 @@ CATCH_UP_SPAN_MS_BY_OUTPUT = {"mse": 2000}
 # SDK then starts at once, and the player makes up the extra span later (mse/catchup.py).
 MSE_START_SPAN_MAX_MS = 4500
 GOP_CHUNKS = 600  # chunks kept since the last keyframe (≈ 10 s of 30 fps video with its audio)
+# A WSPlayer player starts with the audio chunks sent just before its keyframe (20 ms each, so ≈ 100 ms): the SDK's
+# receiver (WSReceiver2.js) lines the two up at the start, and when its first audio is more than 30 ms later than its
+# first video it drops video to a keyframe after that audio, then waits for another second of video (measured: a
+# first picture 1 s later, in 3 of 8 plays). Audio from before the keyframe it simply trims.
+PRE_KEY_AUDIO_CHUNKS = {"wsplayer": 5}
 
 
 class Sink(Protocol):
@@ -72,6 +78,8 @@ class SharedFeed:
     failed: str | None = None
     audio_only: bool = False
     has_audio: bool = True
+    recent_audio: deque[bytes] = field(default_factory=lambda: deque(maxlen=0))  # the latest audio chunks
+    key_audio: list[bytes] = field(default_factory=list)  # those just before the latest keyframe
 
     def ready(self) -> bool:
         """The sequence headers a player needs before its first keyframe are known (avcC, and ASC if audio)."""
@@ -79,6 +87,10 @@ class SharedFeed:
 
     def head(self) -> list[bytes]:
         return [c for c in (self.vconfig, self.aconfig) if c is not None]
+
+    def opening(self) -> list[bytes]:
+        """What a player starting at the latest keyframe gets: the headers, the audio just before it, the GOP."""
+        return self.head() + self.key_audio + self.gop
 
 
 class Feeds:
@@ -100,7 +112,8 @@ class Feeds:
             feed.sinks[sink] = False
             self._catch_up(feed, sink)
             return feed
-        feed = SharedFeed(key, output, label, audio_only=not has_video, has_audio=has_audio)
+        feed = SharedFeed(key, output, label, audio_only=not has_video, has_audio=has_audio,
+                          recent_audio=deque(maxlen=PRE_KEY_AUDIO_CHUNKS.get(output, 0)))
         self.feeds[key] = feed
         feed.sinks[sink] = False
         feed.handle = self._start(router, output, lambda chunks: self._on_chunks(feed, chunks),
@@ -163,7 +176,7 @@ class Feeds:
             sink.on_chunks(head + feed.prev_gop + feed.gop)
         elif feed.has_key and feed.ready() and age_ms < span:
             feed.sinks[sink] = True
-            sink.on_chunks(feed.head() + feed.gop)
+            sink.on_chunks(feed.opening())
         elif feed.handle is not None:
             feed.handle.request_keyframe()
 
@@ -185,7 +198,7 @@ class Feeds:
                         batches.setdefault(sink, []).append(data)
                     elif kind == "aconfig" and feed.has_key and feed.ready():  # audio's header came after the key
                         feed.sinks[sink] = True
-                        batches.setdefault(sink, []).extend(feed.head() + feed.gop)
+                        batches.setdefault(sink, []).extend(feed.opening())
                 if kind == "aconfig" and feed.audio_only:
                     for sink, started in list(feed.sinks.items()):
                         if not started:
@@ -197,19 +210,22 @@ class Feeds:
                 feed.prev_gop, feed.prev_key_at = (feed.gop, feed.key_at) if keep else ([], 0.0)
                 feed.config_changed = False
                 feed.gop = [data]
+                feed.key_audio = list(feed.recent_audio)
                 feed.has_key = True
                 feed.key_at = asyncio.get_running_loop().time()
-            elif feed.has_key:
-                if len(feed.gop) < GOP_CHUNKS:
+            else:
+                if kind == "audio":
+                    feed.recent_audio.append(data)
+                if feed.has_key and len(feed.gop) < GOP_CHUNKS:
                     feed.gop.append(data)
-                else:  # a very long GOP: stop keeping it, a late joiner waits for (and asks) a keyframe
+                elif feed.has_key:  # a very long GOP: stop keeping it, a late joiner waits for (and asks) a keyframe
                     feed.gop, feed.has_key, feed.prev_gop = [], False, []
             for sink, started in list(feed.sinks.items()):
                 if started:
                     batches.setdefault(sink, []).append(data)
                 elif kind == "key" and feed.ready():
                     feed.sinks[sink] = True
-                    batches.setdefault(sink, []).extend(feed.head() + [data])
+                    batches.setdefault(sink, []).extend(feed.opening())
         for sink, batch in batches.items():
             if sink in feed.sinks:  # (one that failed on an earlier batch of this call has left)
                 sink.on_chunks(batch)

@@ -83,7 +83,7 @@ class StreamSettings:
     rtp_activity_timeout: float = 5.0  # a publisher silent this long is FAILED (media/endpoints.py)
     bitrate_ceiling: int = 0  # bit/s a publisher may send for bitrate_grace; 0 = none
     bitrate_grace: float = 5.0
-    keyframe_interval: float = 0.0  # seconds: a publisher's keyframe older than this is asked for again; 0 = off
+    keyframe_interval: float = 2.0  # seconds: a publisher's keyframe older than this is asked for again; 0 = off
     limits: Limits = field(default_factory=Limits)  # signalling limits (streams/limits.py)
 
 
