@@ -36,7 +36,7 @@ def run(recs: list[tuple[float, bytes]]) -> tuple[catchup.CatchUp, list[tuple[fl
     c = catchup.CatchUp()
     sent = []
     for t, rec in recs:
-        for chunk in c.rewrite([rec]):
+        for chunk in c.rewrite([rec], now=t / 1000):  # each record sent as it is made
             sent += [(t, tag, ts, payload) for tag, ts, payload in parse(chunk)]
     return c, sent
 
@@ -77,11 +77,11 @@ def test_a_longer_join_burst_is_made_up_too() -> None:
     recs = stream(20)
     burst = [rec for t, rec in recs if t <= 3500]  # a joiner given two GOPs at once: the SDK starts 3.5 s behind
     c = catchup.CatchUp()
-    c.rewrite(burst)
+    c.rewrite(burst, now=0.0)
     assert abs(c.target - (3500 - catchup.KEEP_MS)) < 40
     for t, rec in recs:
         if t > 3500:
-            c.rewrite([rec])
+            c.rewrite([rec], now=(t - 3500) / 1000)  # then live, as made
     assert c.done and c.shift >= 3500 - catchup.KEEP_MS - 40
 
 

@@ -172,8 +172,7 @@ class Producer:
                 keyframe = True
                 if ts != self.keyframe_ts:
                     if ext_seq > self.keyframe_ext_seq:  # newer keyframe, possibly recovered by NACK
-                        self.keyframe_at = now
-                        self._keyframe_started(ext_seq, ts, size)
+                        self._keyframe_started(ext_seq, ts, size, now)
                 elif ext_seq < self.keyframe_ext_seq:  # an earlier packet of the same access unit
                     self.keyframe_ext_seq = ext_seq
 
@@ -244,9 +243,10 @@ class Producer:
 
     # --- keyframes --------------------------------------------------------------------------------
 
-    def _keyframe_started(self, ext_seq: int, ts: int, size: tuple[int, int]) -> None:
+    def _keyframe_started(self, ext_seq: int, ts: int, size: tuple[int, int], now: float) -> None:
         # H264 may mark several packets of one access unit (SPS, then the IDR): the first one counts.
         self.keyframes += 1
+        self.keyframe_at = now
         self.previous_keyframe_ext_seq = self.keyframe_ext_seq
         self.keyframe_ext_seq = ext_seq
         self.keyframe_ts = ts

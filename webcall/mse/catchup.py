@@ -47,13 +47,12 @@ class CatchUp:
     def done(self) -> bool:
         return self.shift >= self.target
 
-    def rewrite(self, chunks: list[bytes], now: float | None = None) -> list[bytes]:
+    def rewrite(self, chunks: list[bytes], now: float) -> list[bytes]:
         """This player's copies of `chunks` (each one or more records): timestamps shifted, some audio left out.
-        `now` (seconds, any monotonic clock): when they are sent; without it only the first call's span counts."""
+        `now` (seconds, any monotonic clock): when they are sent."""
         if self.done:
             return [self._shifted(c) for c in chunks] if self.shift else chunks
-        if now is not None or self.first_at is None:  # (without `now`: the first call's burst alone)
-            self._lead(chunks, 0.0 if now is None else now)
+        self._lead(chunks, now)
         out: list[bytes] = []
         for chunk in chunks:
             pos, parts = 0, []
@@ -70,7 +69,7 @@ class CatchUp:
 
     def _lead(self, chunks: list[bytes], now: float) -> None:
         """While the start settles: media sent beyond the time since the first record is what the player, which
-        starts from that first record, is behind by (less what it keeps). The join's burst alone counts its span."""
+        starts from that first record, is behind by (less what it keeps): a join's burst counts its whole span."""
         times = _media_times(chunks)
         if not times:
             return

@@ -78,8 +78,11 @@ class SharedFeed:
     failed: str | None = None
     audio_only: bool = False
     has_audio: bool = True
-    recent_audio: deque[bytes] = field(default_factory=lambda: deque(maxlen=0))  # the latest audio chunks
+    recent_audio: deque[bytes] = field(init=False)  # the latest audio chunks (PRE_KEY_AUDIO_CHUNKS of them)
     key_audio: list[bytes] = field(default_factory=list)  # those just before the latest keyframe
+
+    def __post_init__(self) -> None:
+        self.recent_audio = deque(maxlen=PRE_KEY_AUDIO_CHUNKS.get(self.output, 0))
 
     def ready(self) -> bool:
         """The sequence headers a player needs before its first keyframe are known (avcC, and ASC if audio)."""
@@ -112,8 +115,7 @@ class Feeds:
             feed.sinks[sink] = False
             self._catch_up(feed, sink)
             return feed
-        feed = SharedFeed(key, output, label, audio_only=not has_video, has_audio=has_audio,
-                          recent_audio=deque(maxlen=PRE_KEY_AUDIO_CHUNKS.get(output, 0)))
+        feed = SharedFeed(key, output, label, audio_only=not has_video, has_audio=has_audio)
         self.feeds[key] = feed
         feed.sinks[sink] = False
         feed.handle = self._start(router, output, lambda chunks: self._on_chunks(feed, chunks),

@@ -379,12 +379,6 @@ class _WsPlayerOutput:
                 out.append(("key" if key else "delta", wsp.video_packet(self.video_ssrc, t * 90, data, key)))
         return out
 
-    def skip(self, frame: Frame) -> None:
-        """A frame before the feed's start: decoded (the pictures after it need it), not sent."""
-        assert self.decoder is not None
-        for _ in self.decoder.decode(av.Packet(frame.data)):
-            pass
-
     def audio(self, frame: Frame, ts: int) -> list[Chunk]:
         assert self.mulaw is not None
         return [("audio", wsp.audio_packet(self.audio_ssrc, t, data)) for data, t in self.mulaw.encode(frame.data, ts)]
@@ -681,6 +675,7 @@ class Feed:
                 if kind == "audio":
                     out.extend(output.audio(frame, ts))
                 elif self._encode_from is not None and frame.arrival < self._encode_from:
+                    assert isinstance(output, _MseOutput)  # only MSE feeds are backfilled (BACKFILL_SECONDS)
                     output.skip(frame)
                 else:
                     self._encode_from = None
