@@ -373,7 +373,7 @@ async function mse(browsers, from, to, h264) {
             if (st.status === "PLAYING") {
                 out.frames = await watchFrames(ply, "x");
                 out.firstFrameMs = Date.now() - t0;  // upper bound: includes the frame checks' own 0.7 s each
-                out.audio = await call(ply, () => T.audioCheck("x", 1000));
+                out.audio = await call(ply, () => T.audioCheck("x", 1000, 4000));
                 // the server's view of this stream's shared feeds: is the video transcoded or re-framed?
                 const listed = await (await fetch(`${BASE}/streams`)).json();
                 out.feeds = (listed.find((s) => s.name === name) || {}).feeds;

@@ -23,6 +23,34 @@
         }
         return getContext.call(this, type, attrs);
     };
+    // The MSE provider's SourceBuffers, by MIME type: `video.buffered` is the intersection of the two, so a check
+    // that fails on it can say which track stopped growing.
+    var sourceBuffers = [];
+    if (window.MediaSource) {
+        var addSourceBuffer = MediaSource.prototype.addSourceBuffer;
+        MediaSource.prototype.addSourceBuffer = function (mime) {
+            var sb = addSourceBuffer.call(this, mime);
+            sourceBuffers.push({mime: mime, buffer: sb, errors: 0});
+            sb.addEventListener("error", function () { sourceBuffers.find((e) => e.buffer === sb).errors++; });
+            return sb;
+        };
+    }
+    var mediaSources = [];
+    if (window.MediaSource) {
+        var NativeMediaSource = window.MediaSource;
+        window.MediaSource = class extends NativeMediaSource {
+            constructor() { super(); mediaSources.push(this); }
+        };
+    }
+    function sourceBufferEnds() {
+        return sourceBuffers.map(function (e) {
+            var b;
+            try { b = e.buffer.buffered; } catch (err) { return {mime: e.mime, removed: true}; }
+            var ranges = [];
+            for (var i = 0; i < b.length; i++) { ranges.push([b.start(i), b.end(i)]); }
+            return {mime: e.mime, ranges: ranges, updating: e.buffer.updating, errors: e.errors};
+        });
+    }
     var Ctx = window.AudioContext || window.webkitAudioContext;
     if (Ctx && Ctx.prototype.createScriptProcessor) {
         var createScriptProcessor = Ctx.prototype.createScriptProcessor;
@@ -618,8 +646,9 @@
         },
 
         // What an MSE player's <video> has of audio: the decoded audio bytes (Chromium), mozHasAudio (Firefox),
-        // and how much media is buffered; sampled twice, `gapMs` apart, so growth shows audio being played.
-        audioCheck: async function (key, gapMs) {
+        // and how much media is buffered; sampled twice, `gapMs` apart, so growth shows audio being played. When
+        // nothing was appended in that gap, how long until something is (`grewAfterMs`, up to `growWithinMs`).
+        audioCheck: async function (key, gapMs, growWithinMs) {
             var video = videoOf(key);
             if (!video) {
                 return {error: "no <video> in the display"};
@@ -628,11 +657,18 @@
                 var b = video.buffered;
                 return {decodedAudioBytes: video.webkitAudioDecodedByteCount, mozHasAudio: video.mozHasAudio,
                     bufferedEnd: b.length ? b.end(b.length - 1) : 0, currentTime: video.currentTime,
-                    muted: video.muted, paused: video.paused};
+                    muted: video.muted, paused: video.paused, sourceBuffers: sourceBufferEnds(),
+                    mediaSources: mediaSources.map((m) => m.readyState), readyState: video.readyState};
             }
-            var a = sample();
+            var a = sample(), t0 = performance.now();
             await sleep(gapMs || 1000);
-            return {before: a, after: sample()};
+            var after = sample(), end = after.bufferedEnd;
+            while (end <= a.bufferedEnd && performance.now() - t0 < (gapMs || 1000) + (growWithinMs || 0)) {
+                await sleep(100);
+                end = sample().bufferedEnd;
+            }
+            return {before: a, after: after, grewAfterMs: end > a.bufferedEnd ? Math.round(performance.now() - t0) : null,
+                    finalEnd: end};
         },
 
         // The SDK's own promises may come from its bundled Promise polyfill, which the driver's

@@ -395,15 +395,21 @@ def test_mse_player(results: Results, player: str, scenario: str, transcoded: bo
     assert data["publisher"]["status"] == "PUBLISHING", data
     assert data["player"]["status"] == "PLAYING", data
     assert "MSE" in data["providers"]
+    audio = data["audio"]
+    # (no picture: what the page's MediaSource and SourceBuffers held says whether the SDK got as far as them)
+    assert not data["frames"].get("error"), {"frames": data["frames"], "media": audio["after"],
+                                             "warnings": data.get("warnings")}
     assert_moving_picture(data["frames"])
     assert_publication_size(data["frames"])
-    audio = data["audio"]
     before, after = audio["before"], audio["after"]
     if player == "chromium":  # decoded audio bytes grow while it plays
         assert after["decodedAudioBytes"] > before["decodedAudioBytes"] > 0, audio
     else:
         assert after["mozHasAudio"] is True, audio
-    assert after["currentTime"] > before["currentTime"] and after["bufferedEnd"] > before["bufferedEnd"], audio
+    assert after["currentTime"] > before["currentTime"], audio  # it plays
+    # and media keeps arriving: usually within the second; a loaded 2-core machine (CI) once went a whole second
+    # without a new append, with 1.5 s still buffered, so the stream counts as stalled only after five
+    assert audio["grewAfterMs"] is not None, {"audio": audio, "warnings": data.get("warnings")}
     (feed,) = data["feeds"]
     assert feed["output"] == "mse" and feed["players"] == 1
     assert feed["transcodingVideo"] is transcoded, feed

@@ -136,5 +136,9 @@ class FeedPlayback(Playback):
         if transport is not None:
             transport.close(info or "stopped")
         super().stop(status, info, notify_self)
-        log.info("feed playback ended %s chunks_sent=%d info=%s", self.label, self.chunks_sent, q(info))
+        catch_up = ""
+        if self.catch_up is not None:  # how far it was pulled in, and how far it played behind what it was sent
+            ahead = self.catch_up.ahead_ms(asyncio.get_running_loop().time())
+            catch_up = f" pulled_in_ms={round(self.catch_up.shift)} ahead_ms={None if ahead is None else round(ahead)}"
+        log.info("feed playback ended %s chunks_sent=%d%s info=%s", self.label, self.chunks_sent, catch_up, q(info))
 
