@@ -397,7 +397,7 @@ def test_mse_player(results: Results, player: str, scenario: str, transcoded: bo
     assert "MSE" in data["providers"]
     audio = data["audio"]
     # (no picture: what the page's MediaSource and SourceBuffers held says whether the SDK got as far as them)
-    assert not data["frames"].get("error"), {"frames": data["frames"], "media": audio["after"],
+    assert not data["frames"].get("error"), {"frames": data["frames"], "media": audio.get("after", audio),
                                              "warnings": data.get("warnings")}
     assert_moving_picture(data["frames"])
     assert_publication_size(data["frames"])
