@@ -293,6 +293,10 @@ async def test_first_mse_player_starts_from_what_the_ring_holds(server_shapes, c
     streams = await (await http.get(f"http://127.0.0.1:{server.server.http_port}/streams")).json()
     feed = next(s for s in streams if s["name"] == "mse-cold")["feeds"][0]
     assert 2.0 < feed["stats"]["backfilled_seconds"] <= 4.5, feed
+    # how far the feed's output runs behind its live input (the backfill not counted): measured, and within the
+    # feed's queue (past ≈ 5 s it would drop video to a keyframe)
+    lag, lag_max = feed["stats"]["video_lag_ms"], feed["stats"]["video_lag_ms_max"]
+    assert lag is not None and 0 <= lag <= lag_max < 5000, feed
     await ws.close()
     await http.close()
     await unpublish_and_close(server, publisher, pub_client, client)

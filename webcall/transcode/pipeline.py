@@ -490,6 +490,8 @@ class Feed:
         self._encode_from: float | None = None  # video sampled before this is decoded, not encoded (backfill)
         self.backfilled = 0.0  # seconds of the past this feed started with
         self.first_chunks_ms: int | None = None  # from start() to its first chunks: what a cold start waits for
+        self.video_lag_ms: int | None = None  # the latest live video frame, from its arrival to its chunks
+        self.video_lag_ms_max = 0
         self._started_at = 0.0
 
     # --- on the event loop -------------------------------------------------------------------------------
@@ -614,7 +616,8 @@ class Feed:
     def stats(self) -> dict[str, Any]:
         return {"output": self.output, "video_codec": self.video_codec, "transcoding_video": self.transcoding_video,
                 "backfilled_seconds": round(self.backfilled, 2), "first_chunks_ms": self.first_chunks_ms,
-                "dropped": self.dropped, "chunks": self.chunks_out, "cpu_seconds": round(self.cpu_seconds, 3)}
+                "dropped": self.dropped, "chunks": self.chunks_out, "cpu_seconds": round(self.cpu_seconds, 3),
+                "video_lag_ms": self.video_lag_ms, "video_lag_ms_max": self.video_lag_ms_max}
 
     # --- in the thread ----------------------------------------------------------------------------------
 
@@ -680,6 +683,9 @@ class Feed:
                 else:
                     self._encode_from = None
                     out.extend(output.video(frame, ts))
+                    if frame.arrival >= self._started_at:  # live, not the backfill: how far the output runs behind
+                        self.video_lag_ms = round((time.monotonic() - frame.arrival) * 1000)
+                        self.video_lag_ms_max = max(self.video_lag_ms_max, self.video_lag_ms)
             if out and not self._stop:
                 if self.first_chunks_ms is None:
                     self.first_chunks_ms = round((time.monotonic() - self._started_at) * 1000)
