@@ -23,9 +23,9 @@
         }
         return getContext.call(this, type, attrs);
     };
-    // The MSE provider's SourceBuffers, by MIME type: `video.buffered` is the intersection of the two, so a check
-    // that fails on it can say which track stopped growing.
-    var sourceBuffers = [];
+    // The MSE provider's MediaSources and SourceBuffers (by MIME type): `video.buffered` is the intersection of the
+    // two tracks, so a check that fails on it can say which track stopped growing, or that the SDK never got that far.
+    var sourceBuffers = [], mediaSources = [];
     if (window.MediaSource) {
         var addSourceBuffer = MediaSource.prototype.addSourceBuffer;
         MediaSource.prototype.addSourceBuffer = function (mime) {
@@ -34,9 +34,6 @@
             sb.addEventListener("error", function () { sourceBuffers.find((e) => e.buffer === sb).errors++; });
             return sb;
         };
-    }
-    var mediaSources = [];
-    if (window.MediaSource) {
         var NativeMediaSource = window.MediaSource;
         window.MediaSource = class extends NativeMediaSource {
             constructor() { super(); mediaSources.push(this); }

@@ -152,10 +152,7 @@ async def unpublish_and_close(server, publisher, pub_client, player_client) -> N
     """The publisher stops, its player is told STOPPED, both sessions close and the server ends up empty."""
     await publisher.stop()
     await player_client.wait_for("notifyStreamStatusEvent", status="STOPPED", timeout=5)
-    for c in (pub_client, player_client):
-        await c.close()
-    await publisher.close()
-    await server.wait_empty()
+    await close_all(server, publisher, pub_client, player_client)
 
 
 async def close_all(server, publisher, *clients) -> None:
