@@ -129,7 +129,11 @@ async function clickEnabled(page, sel, ms = 10000) {
 
 // Samples the playing <video> under `sel` twice (gap ms apart) on a 160x120 canvas: size, luma spread, and how
 // much of the picture changed (luma and colour, since Firefox's fake camera is one flat colour that cycles).
-function frameCheck(sel, gap) {
+// A still pair is sampled again, up to `tries` windows: one frozen moment on a loaded machine is not a still
+// picture, a still picture is still in every window. The result is the window that changed most, with all of
+// them under `windows`, each with the frames the element presented in it (Chromium; Firefox counts none for a
+// MediaStream).
+function frameCheck(sel, gap, tries) {
     const videos = Array.from(document.querySelectorAll(sel)).filter((v) => v.srcObject || v.src);
     const video = videos.find((v) => v.videoWidth > 0) || videos[0];
     if (!video) {
@@ -142,19 +146,13 @@ function frameCheck(sel, gap) {
         ctx.drawImage(video, 0, 0, 160, 120);
         return ctx.getImageData(0, 0, 160, 120).data;
     };
+    const presented = () => (video.getVideoPlaybackQuality ? video.getVideoPlaybackQuality().totalVideoFrames : null);
     const wait = (cond, ms) => new Promise((resolve) => {
         const end = Date.now() + ms;
         const tick = () => (cond() || Date.now() > end) ? resolve() : setTimeout(tick, 50);
         tick();
     });
-    return wait(() => video.videoWidth > 0 && video.readyState >= 2, 5000).then(async () => {
-        if (!(video.videoWidth > 0)) {
-            return {error: "no video dimensions", readyState: video.readyState};
-        }
-        const t0 = video.currentTime;
-        const a = grab();
-        await new Promise((r) => setTimeout(r, gap));
-        const b = grab();
+    const compare = (a, b) => {
         let lumaDiff = 0, colourDiff = 0, changed = 0, sum = 0, sumSq = 0;
         const n = a.length / 4;
         for (let i = 0; i < a.length; i += 4) {
@@ -170,13 +168,34 @@ function frameCheck(sel, gap) {
             sumSq += lb * lb;
         }
         const mean = sum / n;
-        return {videoWidth: video.videoWidth, videoHeight: video.videoHeight, paused: video.paused,
-            advanced: video.currentTime - t0, meanAbsDiff: lumaDiff / n, colourDiff: colourDiff / n,
-            changedFraction: changed / n, meanLuma: mean, stdLuma: Math.sqrt(Math.max(0, sumSq / n - mean * mean))};
+        return {meanAbsDiff: lumaDiff / n, colourDiff: colourDiff / n, changedFraction: changed / n,
+            meanLuma: mean, stdLuma: Math.sqrt(Math.max(0, sumSq / n - mean * mean))};
+    };
+    return wait(() => video.videoWidth > 0 && video.readyState >= 2, 5000).then(async () => {
+        if (!(video.videoWidth > 0)) {
+            return {error: "no video dimensions", readyState: video.readyState};
+        }
+        const windows = [];
+        let best = null;
+        for (let i = 0; i < tries; i++) {
+            const t0 = video.currentTime, f0 = presented();
+            const a = grab();
+            await new Promise((r) => setTimeout(r, gap));
+            const w = {...compare(a, grab()), advanced: video.currentTime - t0,
+                presentedFrames: f0 === null ? null : presented() - f0};
+            windows.push(w);
+            if (!best || w.colourDiff + w.meanAbsDiff > best.colourDiff + best.meanAbsDiff) {
+                best = w;
+            }
+            if (w.colourDiff > 1.5) {
+                break;  // it moves, by well over what the test asks
+            }
+        }
+        return {videoWidth: video.videoWidth, videoHeight: video.videoHeight, paused: video.paused, ...best, windows};
     });
 }
 
-const frames = (page, sel) => page.evaluate(frameCheck, sel, 700);
+const frames = (page, sel) => page.evaluate(frameCheck, sel, 700, 4);
 
 // ------------------------------------------------------------------------------------------ vendor pages
 

@@ -33,7 +33,7 @@ try {
     out.publish = await pub.evaluate(() => T.waitStatus("main", ["PUBLISHING", "FAILED", "UNPUBLISHED"], 15000));
     await ply.evaluate((n) => T.play("p1", "play", n), name);
     out.play = await ply.evaluate(() => T.waitStatus("p1", ["PLAYING", "FAILED", "STOPPED"], 15000));
-    out.frames = await ply.evaluate(() => T.frameCheck("p1", 700));
+    out.frames = await ply.evaluate(() => T.watchFrames("p1", 3));
     await ply.evaluate(() => T.stop("p1"));
     await pub.evaluate(() => T.stop("main"));
     await ply.evaluate(() => T.disconnect("play"));

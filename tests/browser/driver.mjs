@@ -102,20 +102,7 @@ async function openHarness(browser, browserName, label, providers) {
 
 const call = (page, fn, ...a) => page.evaluate(fn, ...a);
 
-// A player that has just said PLAYING may still be starting (a cold browser, a busy machine): look again, up to
-// `tries` times a second apart, as a viewer keeps watching. A picture that never moves is reported as it is, and
-// the test's own thresholds (test_browsers.assert_moving_picture) judge it; `looks` says how many it took.
-async function watchFrames(page, key, tries = 3) {
-    let frames = null;
-    for (let look = 1; look <= tries; look++) {
-        frames = {...await call(page, (k) => T.frameCheck(k, 700), key), looks: look};
-        if (!frames.error && frames.meanAbsDiff > 0.5 && frames.changedFraction > 0.005) {
-            break;
-        }
-        await sleep(1000);
-    }
-    return frames;
-}
+const watchFrames = (page, key) => call(page, (k) => T.watchFrames(k, 3), key);
 
 // The WSPlayer's audio callbacks, sampled a second apart until some new one is audible (up to `tries` times).
 async function watchWsAudio(page, tries = 3) {
@@ -193,7 +180,7 @@ async function basic(browser, browserName) {
     if (played && played.status === "PLAYING") {
         await step(browserName, "frames", async () => {
             await sleep(1500);
-            return await call(ply, () => T.frameCheck("p1", 700));
+            return await watchFrames(ply, "p1");
         });
         await step(browserName, "play_stats", async () => {
             return await call(ply, () => T.stats("p1"));
@@ -333,7 +320,7 @@ async function cross(browsers, from, to) {
             const out = {publisher: {status: pst.status}, player: {status: st.status, info: st.info}};
             if (st.status === "PLAYING") {
                 await sleep(1500);
-                out.frames = await call(ply, () => T.frameCheck("x", 700));
+                out.frames = await watchFrames(ply, "x");
                 out.stats = await call(ply, () => T.stats("x"));
             }
             await call(pub, () => T.stop("x"));

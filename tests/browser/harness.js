@@ -521,6 +521,22 @@
             });
         },
 
+        // A player that has just said PLAYING may still be starting (a cold browser, a busy machine), and a loaded
+        // machine can freeze a picture for a moment: look again, up to `tries` times a second apart, as a viewer
+        // keeps watching. A picture that never moves is reported as it is (the last look), and the tests'
+        // thresholds judge it; `looks` says how many it took.
+        watchFrames: async function (key, tries) {
+            var frames = null;
+            for (var look = 1; look <= (tries || 3); look++) {
+                frames = Object.assign(await T.frameCheck(key, 700), {looks: look});
+                if (!frames.error && frames.meanAbsDiff > 0.5 && frames.changedFraction > 0.005) {
+                    break;
+                }
+                await sleep(1000);
+            }
+            return frames;
+        },
+
         // Added latency as the viewer sees it: plays `name` with `provider`, waits for its first picture and
         // `settleMs`, then for `probeMs` reads the publisher's clock (drawTimeCode) from every rendered frame
         // (<video>: requestVideoFrameCallback; WSPlayer's canvas: every animation frame) and subtracts it from

@@ -64,7 +64,7 @@ async function scenario(name, base, transport, browserName = "chromium") {
         await play.evaluate((n, t) => T.play("v", "s", n, {transport: t}), stream, transport);
         const playing = await play.evaluate(() => T.waitStatus("v", ["PLAYING", "FAILED"], 15000));
         await sleep(2500);  // a few seconds of video, past the first keyframe
-        const frames = await play.evaluate(() => T.frameCheck("v", 700));
+        const frames = await play.evaluate(() => T.watchFrames("v", 3));
         const stats = (page, key) => page.evaluate((k) => T.stats(k), key).catch((e) => ({error: String(e)}));
         const pubStats = await stats(pub, "p");
         const playStats = await stats(play, "v");
