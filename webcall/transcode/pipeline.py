@@ -168,8 +168,12 @@ class _H264Encoder:
         ctx.time_base = MS
         ctx.bit_rate = self.bit_rate or max(300_000, min(2_500_000, width * height * 3))  # ≈ 0.9 Mbit/s at 640x480
         ctx.gop_size = self.gop
+        # force-cfr=0: zerolatency also turns off x264's variable-frame-rate input, and its rate control then
+        # counts pictures at the time base's rate, 1000 a second with our ms timestamps: each got 1/33 of its
+        # bits (≈ 33 kbit/s where 0.9 Mbit/s was set). With the timestamps it holds the rate at any publisher
+        # frame rate (tests/unit/test_encoder_rate.py).
         ctx.options = {"preset": "veryfast", "tune": "zerolatency", "profile": "baseline", "bf": "0",
-                       "threads": "1", "sliced-threads": "0"}
+                       "threads": "1", "sliced-threads": "0", "x264-params": "force-cfr=0"}
         ctx.open()
         self.ctx = ctx
 
