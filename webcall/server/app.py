@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import socket
 import ssl
 import time
 from pathlib import Path
@@ -41,6 +42,23 @@ from .wsout import Outbox
 log = logging.getLogger("webcall.server")
 
 OUTGOING_LIMIT_BYTES = 1 << 20  # a client with this much of our output unsent is not reading: drop it
+
+
+def bound_socket(host: str, port: int) -> socket.socket:
+    """A TCP socket bound to (host, port) and listening, for aiohttp's SockSite to serve later: the kernel
+    queues connections meanwhile. The first address `host` resolves to (TCPSite would bind them all)."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                         flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        sock.bind(address)
+        sock.listen(128)
+    except OSError:
+        sock.close()
+        raise
+    sock.setblocking(False)
+    return sock
 
 
 class WebcallServer:
@@ -98,16 +116,23 @@ class WebcallServer:
         app.router.add_get("/{path:.*}", self._any_path)  # last: the WCS WebSocket on any path not routed above
         self._runner = web.AppRunner(app, access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, c.host, c.port)
-        await site.start()
-        self.http_port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        # The ports are bound (and queue connections) first, because the cluster entry names them, but served
+        # only once the node is a member: a publish accepted before would not be claimed in Redis, and another
+        # node asked for that name at once would say "Stream not found". /health (REST) comes up last.
+        http_socket = bound_socket(c.host, c.port)
+        self.http_port = http_socket.getsockname()[1]
+        tls_socket = None
         if c.tls_port >= 0:
             context = await asyncio.get_running_loop().run_in_executor(
                 None, server_context, c.tls_cert, c.tls_key, c.tls_dir, ips)
             self._tls_context = context
-            tls_site = web.TCPSite(self._runner, c.host, c.tls_port, ssl_context=context)
-            await tls_site.start()
-            self.tls_port = tls_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            tls_socket = bound_socket(c.host, c.tls_port)
+            self.tls_port = tls_socket.getsockname()[1]
+        if c.cluster_redis:
+            await self._join_cluster(ips)
+        await web.SockSite(self._runner, http_socket).start()
+        if tls_socket is not None:
+            await web.SockSite(self._runner, tls_socket, ssl_context=self._tls_context).start()
         if c.rest_port >= 0:
             rest_app = RestApi(self.hub, c.max_message_size).app()
             rest_app.router.add_get("/cluster", self._cluster_state)  # the node's relays and counters
@@ -116,8 +141,6 @@ class WebcallServer:
             rest_site = web.TCPSite(self._rest_runner, c.rest_host, c.rest_port)
             await rest_site.start()
             self.rest_port = rest_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-        if c.cluster_redis:
-            await self._join_cluster(ips)
         media_ports = self.workers.media_ports() if self.workers else [self.media_port]
         tcp_ports = self.workers.media_tcp_ports() if self.workers else [self.media_tcp_port]
         log.info("listening http+ws=%s:%d https+wss=%s media=udp/%s:%s tcp/%s workers=%d rest=%s announce=%s",
