@@ -8,6 +8,7 @@ and the failures: an origin or an edge killed with SIGKILL, Redis restarted, an 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import time
 import uuid
@@ -517,3 +518,67 @@ async def test_workers_linger_edge_killed_and_loss(tmp_path) -> None:
         assert pub.status == "PUBLISHING"
     finally:
         await cluster.close()
+
+
+class _SlowFirstConnection:
+    """A TCP proxy to Redis whose first connection says nothing for `delay` s: a node's first directory call,
+    its registration, comes back late (under the directory's 1 s timeout), as from a Redis far away."""
+
+    def __init__(self, target_port: int, delay: float) -> None:
+        self.target_port, self.delay = target_port, delay
+        self.connections = 0
+        self.server: asyncio.AbstractServer | None = None
+        self.tasks: set[asyncio.Task] = set()
+
+    async def start(self) -> str:
+        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
+        return f"redis://127.0.0.1:{self.server.sockets[0].getsockname()[1]}/0"
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        if self.connections == 1:
+            await asyncio.sleep(self.delay)
+        up_reader, up_writer = await asyncio.open_connection("127.0.0.1", self.target_port)
+
+        async def pipe(src: asyncio.StreamReader, dst: asyncio.StreamWriter) -> None:
+            with contextlib.suppress(OSError):
+                while data := await src.read(65536):
+                    dst.write(data)
+                    await dst.drain()
+            dst.close()
+        await asyncio.gather(pipe(reader, up_writer), pipe(up_reader, writer))
+
+    async def stop(self) -> None:
+        if self.server is not None:
+            self.server.close()
+
+
+async def test_a_node_serves_once_it_is_a_member(tmp_path) -> None:
+    """A node whose Redis answers late serves nothing (signalling, /health) until it has joined: a stream
+    published on it the moment it is up is claimed at once, and a play on another node right after PUBLISHING
+    finds it. (Before, A answered /health and took the publish before joining: B said "Stream not found".)"""
+    redis = RedisServer()
+    await redis.start()
+    proxy = _SlowFirstConnection(redis.port, 0.8)
+    slow_url = await proxy.start()
+    a, b = await asyncio.gather(start_node("A", slow_url, tmp_path), start_node("B", redis.url, tmp_path))
+    clients: list[WcsClient] = []
+    streams: list[peers._Stream] = []
+    try:
+        clients.append(await a.client())
+        pub = await peers.publish(clients[-1], "early", width=320, height=240)
+        streams.append(pub)
+        await pub.wait_status("PUBLISHING", 10)
+        clients.append(await b.client())
+        on_b = await peers.play(clients[-1], "early")
+        streams.append(on_b)
+        await on_b.wait_decoded_frames(5, timeout=15)
+        assert proxy.connections >= 1
+    finally:
+        for s in streams:
+            await s.close()
+        for c in clients:
+            await c.close()
+        await asyncio.gather(a.stop(), b.stop())
+        await proxy.stop()
+        await redis.stop()
