@@ -171,7 +171,9 @@ class _H264Encoder:
         # force-cfr=0: zerolatency also turns off x264's variable-frame-rate input, and its rate control then
         # counts pictures at the time base's rate, 1000 a second with our ms timestamps: each got 1/33 of its
         # bits (≈ 33 kbit/s where 0.9 Mbit/s was set). With the timestamps it holds the rate at any publisher
-        # frame rate (tests/unit/test_encoder_rate.py).
+        # frame rate (tests/unit/test_encoder_rate.py), for one picture of delay: x264 holds each picture until
+        # the next one's timestamp gives its duration (measured: 6 → 42 ms per frame in tools/measure_feeds.py).
+        # A fixed frame rate instead would keep that picture but give a 15 fps publisher half its bit rate.
         ctx.options = {"preset": "veryfast", "tune": "zerolatency", "profile": "baseline", "bf": "0",
                        "threads": "1", "sliced-threads": "0", "x264-params": "force-cfr=0"}
         ctx.open()
