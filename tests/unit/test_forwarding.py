@@ -26,6 +26,7 @@ from webcall.media.producer import (
     MAX_NACK_BATCH,
     NACK_RETRIES,
     NACK_RETRY_INTERVAL,
+    SR_WAIT,
     Producer,
 )
 from webcall.protocol.sdp import (
@@ -892,6 +893,24 @@ def test_sender_reports_map_audio_and_video_through_one_publisher_clock() -> Non
     assert video.rtp_time_at(0.0, t) == int(90_000 + publisher_time * 90_000)
     # the audio mapping as the publisher declared it (48_000 at `base`), at the same publisher instant
     assert abs(audio.rtp_time_at(0.0, t) - int(48_000 + publisher_time * 48_000)) <= 1
+
+
+def test_a_track_without_its_own_sender_report_waits_while_a_sibling_has_one() -> None:
+    """Its mapping would come from packet arrival and disagree with the sibling's SR-based one by the jitter
+    (seen in CI: the first audio/video SR pair of a relayed copy 11–21 ms apart). No SR, until its own arrives
+    or SR_WAIT has passed (a publisher may never send SRs for a track: then arrival it is)."""
+    video, _ = make_producer(vp8_track())
+    audio, _ = make_producer(opus_track())
+    audio.sender_clock = video.sender_clock  # as PublisherEndpoint does
+    video.receive(make_rtp(b"\x10" + b"v" * 20, 1, 90_000, pt=VP8_PT, ssrc=PUB_SSRC, marker=True), 1.0)
+    audio.receive(_audio(1, 48_000), 1.0)
+    assert audio.rtp_time_at(1.5) is not None  # no SR from anyone: arrival for both
+    video.on_sender_report(0x5000 << 32, 90_000, 2.0, local_ntp=0x9000 << 32)
+    assert video.rtp_time_at(2.5, 0x9000 << 32) is not None
+    assert audio.rtp_time_at(2.5, 0x9000 << 32) is None
+    assert audio.rtp_time_at(2.0 + SR_WAIT + 0.1, 0x9000 << 32) is not None
+    audio.on_sender_report(0x5000 << 32, 48_000, 3.0, local_ntp=0x9000 << 32)
+    assert audio.rtp_time_at(3.5, 0x9000 << 32) is not None
 
 
 def test_sender_report_audio_clock() -> None:

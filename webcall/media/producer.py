@@ -18,6 +18,7 @@ from .rtp import KEYFRAME_PROBES, split, ts_delta
 
 NTP_UNIT = float(1 << 32)  # a 64-bit NTP timestamp counts seconds in units of 2**-32
 SENDER_CLOCK_SAMPLES = 8  # sender reports (of all the publisher's tracks) the clock offset is the minimum of
+SR_WAIT = 5.0  # s a track without sender reports waits for its first once a sibling track has sent one
 
 # deliver(packet, ext_seq, ts, keyframe, csrc_end, ext_end, end): the router's entry (media/router.py)
 Deliver = Callable[[bytes, int, int, bool, int, int, int], None]
@@ -49,15 +50,18 @@ class SenderClock:
     last few SRs of every track is the least stale one; the per-track pairs are used as the publisher gave them.
     """
 
-    __slots__ = ("_samples", "offset")
+    __slots__ = ("_samples", "offset", "first_at")
 
     def __init__(self) -> None:
         self._samples: deque[float] = deque(maxlen=SENDER_CLOCK_SAMPLES)
         self.offset: float | None = None  # seconds: our NTP time − the publisher's
+        self.first_at: float | None = None  # when the first SR of any of its tracks arrived (monotonic)
 
-    def observe(self, local_ntp: int, sender_ntp: int) -> None:
+    def observe(self, local_ntp: int, sender_ntp: int, now: float) -> None:
         self._samples.append((local_ntp - sender_ntp) / NTP_UNIT)
         self.offset = min(self._samples)
+        if self.first_at is None:
+            self.first_at = now
 
 
 class Producer:
@@ -332,11 +336,18 @@ class Producer:
         """The publisher's SR for this track; `local_ntp` is our NTP time at its arrival (default: the clock)."""
         self.sr_ntp, self.sr_rtp, self.sr_arrival = ntp, rtp_ts, now
         self.sr_local_ntp = ntp_now() if local_ntp is None else local_ntp
-        self.sender_clock.observe(self.sr_local_ntp, ntp)
+        self.sender_clock.observe(self.sr_local_ntp, ntp, now)
 
     def rtp_time_at(self, now: float, ntp: int | None = None) -> int | None:
         """The publisher's RTP clock at `now` (our NTP time `ntp`): from its latest SR through the publisher's
-        clock offset (the same for all its tracks), else from the SR's arrival, else from the latest packet."""
+        clock offset (the same for all its tracks), else from the SR's arrival, else from the latest packet.
+
+        None while this track has no SR yet but a sibling has, for up to SR_WAIT s: a mapping from packet
+        arrival would disagree with the sibling's by the network's jitter (seen: 11–21 ms), and a player's SRs
+        must map audio and video to the same instants; no SR is better than a wrong one."""
+        clock = self.sender_clock
+        if not self.sr_arrival and clock.first_at is not None and now - clock.first_at < SR_WAIT:
+            return None
         if self.sr_arrival:
             offset = self.sender_clock.offset
             if ntp is not None and offset is not None:
