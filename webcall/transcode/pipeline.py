@@ -50,6 +50,7 @@ LOSS_WAIT = 0.06  # a hole waits this long for its retransmission (live: short)
 OUTPUTS = ("mse", "wsplayer", "rtp-H264", "rtp-VP8")  # rtp-*: a WebRTC rendition's video (transcode/rendition.py)
 AAC_RATE = 48000
 MS = Fraction(1, 1000)
+ENCODER_FPS = 30  # the frame rate x264's rate control budgets for (see _H264Encoder._open)
 
 REPLAY_MAX_SPAN = 0.3  # seconds: a current GOP longer than this is not replayed (a fresh keyframe is asked for)
 # A new MSE feed starts this many seconds in the past, from what the publication's ring still holds (from the
@@ -166,16 +167,17 @@ class _H264Encoder:
         ctx.width, ctx.height = width, height
         ctx.pix_fmt = "yuv420p"
         ctx.time_base = MS
+        ctx.framerate = Fraction(ENCODER_FPS, 1)
         ctx.bit_rate = self.bit_rate or max(300_000, min(2_500_000, width * height * 3))  # ≈ 0.9 Mbit/s at 640x480
         ctx.gop_size = self.gop
-        # force-cfr=0: zerolatency also turns off x264's variable-frame-rate input, and its rate control then
-        # counts pictures at the time base's rate, 1000 a second with our ms timestamps: each got 1/33 of its
-        # bits (≈ 33 kbit/s where 0.9 Mbit/s was set). With the timestamps it holds the rate at any publisher
-        # frame rate (tests/unit/test_encoder_rate.py), for one picture of delay: x264 holds each picture until
-        # the next one's timestamp gives its duration (measured: 6 → 42 ms per frame in tools/measure_feeds.py).
-        # A fixed frame rate instead would keep that picture but give a 15 fps publisher half its bit rate.
-        ctx.options = {"preset": "veryfast", "tune": "zerolatency", "profile": "baseline", "bf": "0",
-                       "threads": "1", "sliced-threads": "0", "x264-params": "force-cfr=0"}
+        # The frame rate is given (30, what browsers publish by default): with zerolatency x264 ignores the
+        # timestamps, and without a frame rate it took one from the 1/1000 time base, budgeting for 1000 pictures a
+        # second (≈ 33 kbit/s out where 0.9 Mbit/s was set). Reading the timestamps instead (force-cfr=0) costs a
+        # picture of delay (x264 holds each until the next one's timestamp gives its duration); a fixed rate gives a
+        # 15 fps publisher half the bit rate (tests/unit/test_encoder_rate.py). ultrafast: a third of veryfast's
+        # CPU (2.1 against 7.0 ms a 640x480 picture at 0.9 Mbit/s, measured), and a transcoder runs per stream.
+        ctx.options = {"preset": "ultrafast", "tune": "zerolatency", "profile": "baseline", "bf": "0",
+                       "threads": "1", "sliced-threads": "0"}
         ctx.open()
         self.ctx = ctx
 
