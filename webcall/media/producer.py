@@ -346,14 +346,13 @@ class Producer:
         arrival would disagree with the sibling's by the network's jitter (seen: 11–21 ms), and a player's SRs
         must map audio and video to the same instants; no SR is better than a wrong one."""
         clock = self.sender_clock
-        if not self.sr_arrival and clock.first_at is not None and now - clock.first_at < SR_WAIT:
-            return None
         if self.sr_arrival:
-            offset = self.sender_clock.offset
-            if ntp is not None and offset is not None:
-                elapsed = (ntp - self.sr_ntp) / NTP_UNIT - offset  # publisher seconds since its SR's instant
+            if ntp is not None and clock.offset is not None:
+                elapsed = (ntp - self.sr_ntp) / NTP_UNIT - clock.offset  # publisher seconds since its SR's instant
                 return int(self.sr_rtp + elapsed * self.clock_rate) & 0xFFFFFFFF
             return int(self.sr_rtp + (now - self.sr_arrival) * self.clock_rate) & 0xFFFFFFFF
+        if clock.first_at is not None and now - clock.first_at < SR_WAIT:
+            return None  # a sibling has had an SR: this track waits for its own
         if self.last_arrival:
             return int(self.last_ts + (now - self.last_arrival) * self.clock_rate) & 0xFFFFFFFF
         return None
