@@ -331,4 +331,5 @@ async def test_health_on_both_ports(server) -> None:
                 assert r.status == 200
                 body = await r.json()
                 assert {k: body.pop(k) for k in ("tasks", "threads")}.keys() == {"tasks", "threads"}
-                assert body == {"status": "ok", "sessions": 0, "streams": 0, "players": 0}
+                assert body == {"status": "ok", "sessions": 0, "streams": 0, "players": 0,
+                                "event_loop": "asyncio"}  # in process: the test's own loop

@@ -95,6 +95,7 @@ async def test_two_workers_answer_on_their_own_channels(supervised):
     sup, rec = await supervised(2, media_port=45000)
     hellos = [await sup.request(i, "hello") for i in range(2)]
     assert [h["index"] for h in hellos] == [0, 1]
+    assert [h["event_loop"] for h in hellos] == ["uvloop", "uvloop"]  # a worker's default (webcall/eventloop.py)
     assert [h["media_port"] for h in hellos] == [45000, 45001]
     assert {h["pid"] for h in hellos} == {sup.workers[0].pid, sup.workers[1].pid}
     assert len({h["pid"] for h in hellos} | {os.getpid()}) == 3  # separate processes

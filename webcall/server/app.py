@@ -211,7 +211,8 @@ class WebcallServer:
             worker_settings.cluster_ttl = c.cluster_ttl
             app = "webcall.cluster.worker:setup"
         self.workers = WorkerPlane(count, mode=c.placement, settings=worker_settings, media_host=c.media_host,
-                                   media_port=c.media_port, announced_ips=ips, log_level=c.log_level, app=app)
+                                   media_port=c.media_port, announced_ips=ips, log_level=c.log_level, app=app,
+                                   event_loop=c.event_loop)
         await self.workers.start()
         self.media_port = self.workers.media_ports()[0]
         self.media_tcp_port = self.workers.media_tcp_ports()[0]

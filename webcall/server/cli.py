@@ -15,6 +15,7 @@ import os
 import signal
 import sys
 
+from .. import eventloop
 from ..logs import configure
 from .app import WebcallServer
 from .config import parse_args
@@ -86,4 +87,4 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(_bench(args[1:]))
     config = parse_args(argv)
     configure(config.log_level)
-    asyncio.run(_serve(WebcallServer(config)))
+    eventloop.run(_serve(WebcallServer(config)), config.event_loop)

@@ -57,6 +57,9 @@ class Config:
         "help": "forwarding to players: c (the compiled core, `make core`), python, or auto (c when built)"})
     fanout_threads: int = field(default=1, metadata={
         "help": "2: the compiled core splits fan-outs to 64+ players over a second thread (a spare core)"})
+    event_loop: str = field(default="uvloop", metadata={
+        "help": "uvloop (libuv, the default: half the CPU per wake-up) or asyncio (the standard library's loop); "
+                "for this process and its media workers"})
     workers: str = field(default="auto", metadata={
         "help": "media worker processes: auto (one per core this process may use), or a number; 1 = one process, "
                 "no workers. Worker i owns UDP port --media-port + i"})
@@ -225,6 +228,8 @@ class Config:
             raise ValueError("record_formats items must be vp8-webm, vp8-mkv, h264-mp4 or h264-mkv")
         if self.fanout_core not in ("auto", "c", "python"):
             raise ValueError("fanout_core must be auto, c or python")
+        if self.event_loop not in ("uvloop", "asyncio"):
+            raise ValueError("event_loop must be uvloop or asyncio")
         if self.fanout_threads not in (1, 2):
             raise ValueError("fanout_threads must be 1 or 2")
         if not (self.workers == "auto" or (self.workers.isdigit() and 1 <= int(self.workers) <= 256)):

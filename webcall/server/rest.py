@@ -27,6 +27,7 @@ from ..wcs.hub import Hub
 from ..wcs.rest import RestError
 from ..wcs.status import Info
 from ..debug import DEBUG_ENV, debug_heap, debug_objects
+from ..eventloop import loop_name
 from . import prometheus
 from .rest_recording import add_recording_routes
 
@@ -267,4 +268,5 @@ def health(hub: Hub) -> dict[str, Any]:
         "players": sum(1 for s in streams if not s.published and not s.closed),
         "tasks": len(asyncio.all_tasks()),  # this process's asyncio tasks (a leak shows as a climb)
         "threads": threading.active_count(),
+        "event_loop": loop_name(),  # this process's (webcall/eventloop.py); each worker says its own in `hello`
     }

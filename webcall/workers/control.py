@@ -26,6 +26,7 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
+from ..eventloop import DEFAULT_LOOP
 from ..media.consumer import random_ssrc
 from ..media.failures import Failure
 from ..media.stats import FanoutCost
@@ -335,13 +336,15 @@ class WorkerPlane:
     retire_after = RETIRE_AFTER  # the hub counts an ended stream for this long (its last counters are in transit)
 
     def __init__(self, count: int, *, mode: str, settings: Settings, media_host: str, media_port: int,
-                 announced_ips: list[str], log_level: str = "warning", app: str = APP) -> None:
+                 announced_ips: list[str], log_level: str = "warning", app: str = APP,
+                 event_loop: str = DEFAULT_LOOP) -> None:
         self.settings = settings
         self.announced_ips = announced_ips
         self.supervisor = Supervisor(
             count, media_host=media_host, media_port=media_port, on_worker_lost=self._worker_lost,
             on_worker_started=self._worker_started, app=app, ping_interval=1.0, ping_timeout=PING_TIMEOUT,
-            extra_args=["--settings", json.dumps(asdict(settings)), "--log-level", log_level.upper()],
+            extra_args=["--settings", json.dumps(asdict(settings)), "--log-level", log_level.upper(),
+                        "--event-loop", event_loop],
         )
         # spread: every endpoint weighs the same, so one stream's players alternate over the workers.
         self.placement = Placement(range(self.supervisor.count), mode, FILL_THRESHOLD,  # type: ignore[arg-type]

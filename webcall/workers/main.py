@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from .. import eventloop
 from ..logs import configure
 from .channel import Channel
 
@@ -73,6 +74,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--app", default="", help="module:function that sets up the media code")
     p.add_argument("--settings", default="{}", help="a JSON object for the --app code (its settings)")
     p.add_argument("--log-level", default="WARNING")
+    p.add_argument("--event-loop", default=eventloop.DEFAULT_LOOP, choices=eventloop.LOOPS)
     return p.parse_args(argv)
 
 
@@ -81,7 +83,7 @@ def _builtin_ops(ctx: WorkerContext) -> None:
 
     def hello(**_: Any) -> dict[str, Any]:
         return {"index": ctx.index, "pid": os.getpid(), "media_host": ctx.media_host,
-                "media_port": ctx.media_port, **ctx.info}
+                "media_port": ctx.media_port, "event_loop": eventloop.loop_name(), **ctx.info}
 
     async def sleep(seconds: float) -> float:
         await asyncio.sleep(seconds)
@@ -141,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.parent_pid and os.getppid() != args.parent_pid:
         return 1  # the parent died before the prctl took effect: nobody would ever stop us
     configure(args.log_level, worker=args.index)
-    return asyncio.run(run(args))
+    return eventloop.run(run(args), args.event_loop)
 
 
 if __name__ == "__main__":
