@@ -22,7 +22,7 @@ import logging
 import socket
 import struct
 import time
-from typing import Protocol
+from typing import Protocol, cast
 
 log = logging.getLogger("webcall.media")
 
@@ -66,8 +66,9 @@ class TcpLink(asyncio.Protocol):
     # --- asyncio.Protocol --------------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        self.transport = transport
+        # A stream transport; not checked with isinstance: uvloop's (webcall/eventloop.py) does not subclass
+        # asyncio.Transport.
+        self.transport = cast(asyncio.Transport, transport)
         peer = transport.get_extra_info("peername")
         if peer:
             self.peer = (peer[0], peer[1])
