@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import os
 from collections.abc import AsyncIterator, Callable
 
 import pytest
@@ -101,3 +102,14 @@ SHAPES = {"one-process": {"workers": "1"}, "two-workers": {"workers": "2", "plac
 @pytest.fixture(params=list(SHAPES))
 async def server_shapes(request, make_server) -> RunningServer:
     return await make_server(**SHAPES[request.param])
+
+
+def pytest_asyncio_loop_factories(config, item):
+    """The tests' own loop is the server's default one (webcall/eventloop.py): the in-process servers — and the
+    test clients beside them — run on uvloop, as `python -m webcall` does. WEBCALL_TEST_LOOP=asyncio runs them
+    on the standard library's loop instead."""
+    if os.environ.get("WEBCALL_TEST_LOOP", "uvloop") == "asyncio":
+        return {"asyncio": asyncio.new_event_loop}
+    import uvloop
+
+    return {"uvloop": uvloop.new_event_loop}

@@ -4,12 +4,13 @@ control process and its media workers; media flows on either."""
 from __future__ import annotations
 
 import asyncio
+import os
 import socket
 
 import aiohttp
 import pytest
 
-from tests.e2e.test_shutdown import procs, spawn  # noqa: F401 - procs is a fixture
+from tests.e2e.test_shutdown import spawn
 from tests.support import peers
 from tests.support.wcs_client import WcsClient
 from webcall import eventloop
@@ -30,6 +31,11 @@ def test_run_on_each_loop(loop) -> None:
     assert eventloop.run(main(), loop) == loop
 
 
+async def test_the_tests_run_on_the_servers_default_loop() -> None:
+    """tests/conftest.py: the in-process servers of the suite run on the loop `python -m webcall` uses."""
+    assert eventloop.loop_name() == os.environ.get("WEBCALL_TEST_LOOP", eventloop.DEFAULT_LOOP)
+
+
 def test_an_unknown_loop_is_refused() -> None:
     coro = asyncio.sleep(0)
     with pytest.raises(ValueError, match="uvloop, asyncio"):
@@ -38,23 +44,26 @@ def test_an_unknown_loop_is_refused() -> None:
 
 
 @pytest.mark.parametrize("flag", [None, "asyncio"])
-async def test_the_server_plays_media_on_its_loop(tmp_path, procs, flag) -> None:  # noqa: F811
+async def test_the_server_plays_media_on_its_loop(tmp_path, flag) -> None:
     rest_port = free_port()
     args = ["--tls-port", "-1", "--workers", "2", "--placement", "spread", "--rest-port", str(rest_port)]
     server = await spawn(tmp_path, *args, *(["--event-loop", flag] if flag else []))
-    procs.append(server)
-    async with aiohttp.ClientSession() as http:
-        async with http.get(f"http://127.0.0.1:{rest_port}/health") as r:
-            assert (await r.json())["event_loop"] == (flag or "uvloop")
-    pub_client, play_client = await WcsClient.connect(server.url), await WcsClient.connect(server.url)
-    publisher = await peers.publish(pub_client, "loop", width=320, height=240)
-    players = [await peers.play(play_client, "loop") for _ in range(2)]  # spread: one on each worker
     try:
-        await publisher.wait_status("PUBLISHING", timeout=10)
-        for player in players:
-            await player.wait_decoded_frames(10, timeout=15)
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{rest_port}/health") as r:
+                assert (await r.json())["event_loop"] == (flag or "uvloop")
+        pub_client, play_client = await WcsClient.connect(server.url), await WcsClient.connect(server.url)
+        publisher = await peers.publish(pub_client, "loop", width=320, height=240)
+        players = [await peers.play(play_client, "loop") for _ in range(2)]  # spread: one on each worker
+        try:
+            await publisher.wait_status("PUBLISHING", timeout=10)
+            for player in players:
+                await player.wait_decoded_frames(10, timeout=15)
+        finally:
+            for peer in (*players, publisher):
+                await peer.close()
+            await pub_client.close()
+            await play_client.close()
     finally:
-        for peer in (*players, publisher):
-            await peer.close()
-        await pub_client.close()
-        await play_client.close()
+        server.proc.kill()
+        await server.proc.wait()

@@ -6,6 +6,7 @@ Nothing here talks to the server by itself except `UdpProbe`, a bare UDP socket 
 from __future__ import annotations
 
 import asyncio
+import os
 import random
 import re
 import socket
@@ -237,4 +238,7 @@ def peer_socket(pc: RTCPeerConnection) -> tuple[socket.socket, tuple[str, int]]:
     sender_or_receiver = transceiver.receiver if transceiver.receiver.transport else transceiver.sender
     connection = sender_or_receiver.transport.transport.iceGatherer._connection
     pair = connection._nominated[1]
-    return pair.protocol.transport.get_extra_info("socket")._sock, pair.remote_addr
+    # A duplicate of its descriptor: the same bound address on either loop (uvloop hands out a pseudo-socket that
+    # cannot send, asyncio a wrapper).
+    shared = pair.protocol.transport.get_extra_info("socket")
+    return socket.socket(shared.family, shared.type, fileno=os.dup(shared.fileno())), pair.remote_addr
