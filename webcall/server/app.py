@@ -18,6 +18,7 @@ from typing import Any
 
 from aiohttp import WSMsgType, web
 
+from ..eventloop import loop_name
 from ..hooks.client import Hooks, HookSettings
 from ..hooks.origins import origin_allowed, parse_allow_list
 from ..media.dtls import DtlsIdentity
@@ -143,11 +144,11 @@ class WebcallServer:
             self.rest_port = rest_site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
         media_ports = self.workers.media_ports() if self.workers else [self.media_port]
         tcp_ports = self.workers.media_tcp_ports() if self.workers else [self.media_tcp_port]
-        log.info("listening http+ws=%s:%d https+wss=%s media=udp/%s:%s tcp/%s workers=%d rest=%s announce=%s",
+        log.info("listening http+ws=%s:%d https+wss=%s media=udp/%s:%s tcp/%s workers=%d rest=%s announce=%s loop=%s",
                  c.host, self.http_port, self.tls_port or "off", c.media_host, ",".join(map(str, media_ports)),
                  ",".join(map(str, tcp_ports)) if any(tcp_ports) else "off",
                  self.workers.count if self.workers else 0,
-                 f"{c.rest_host}:{self.rest_port}" if self._rest_runner else "off", ",".join(ips))
+                 f"{c.rest_host}:{self.rest_port}" if self._rest_runner else "off", ",".join(ips), loop_name())
 
     async def _join_cluster(self, ips: list[str]) -> None:
         """--cluster-redis: register in the directory, serve and pull streams (webcall/cluster/)."""
