@@ -17,6 +17,7 @@ from typing import Any
 
 import ifaddr
 
+from ..eventloop import LOOPS
 from ..hooks.origins import parse_allow_list
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -228,8 +229,8 @@ class Config:
             raise ValueError("record_formats items must be vp8-webm, vp8-mkv, h264-mp4 or h264-mkv")
         if self.fanout_core not in ("auto", "c", "python"):
             raise ValueError("fanout_core must be auto, c or python")
-        if self.event_loop not in ("uvloop", "asyncio"):
-            raise ValueError("event_loop must be uvloop or asyncio")
+        if self.event_loop not in LOOPS:
+            raise ValueError(f"event_loop must be {' or '.join(LOOPS)}")
         if self.fanout_threads not in (1, 2):
             raise ValueError("fanout_threads must be 1 or 2")
         if not (self.workers == "auto" or (self.workers.isdigit() and 1 <= int(self.workers) <= 256)):
