@@ -5,21 +5,15 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
 
 import aiohttp
 import pytest
 
 from tests.e2e.test_shutdown import spawn
 from tests.support import peers
+from tests.support.cluster import free_port
 from tests.support.wcs_client import WcsClient
 from webcall import eventloop
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.parametrize("loop", ["uvloop", "asyncio"])
