@@ -258,6 +258,9 @@ def apply_compiled(steps: list[dict], compiled: dict, publishers: int) -> None:
             cpu["compiled_us_sys_per_packet"] = measured["us_sys_per_forwarded_packet"]
         cpu["ratio_to_compiled"] = (round(cpu["us_per_packet"] / cost, 2)
                                     if cost and cpu.get("us_per_packet") else None)
+        # The fan-out calls alone (what the compiled loop does), the rest being the server's other work
+        cpu["fanout_ratio_to_compiled"] = (round(cpu["fanout_cpu_us_per_packet"] / cost, 2)
+                                           if cost and cpu.get("fanout_cpu_us_per_packet") else None)
 
 
 def server_fit(steps: list[dict], publishers: int) -> dict | None:
@@ -578,7 +581,8 @@ class Bench:
                 profile["error"] = error
         machine = ((machine1[0] - machine0[0]) / procstat.CLK_TCK, (machine1[1] - machine0[1]) / procstat.CLK_TCK)
         processes, cpu0, cpu1 = _process_figures(tree0, tree1, wall, metrics1)
-        step = self._step_result(target, new, join_seconds, wall, cpu0, cpu1, own1 - own0, machine, profile)
+        step = self._step_result(target, new, join_seconds, wall, cpu0, cpu1, own1 - own0, machine, profile,
+                                 fanout_cpu=_fanout_cpu(metrics0, metrics1))
         step["server_processes"] = processes
         step["relay"] = _relay_figures(metrics0, metrics1, wall)
         self._check_control(step)
@@ -620,7 +624,7 @@ class Bench:
     def _step_result(self, target: int, new: list[BenchPlayer], join_seconds: float, wall: float,
                      cpu0: tuple[float, float] | None, cpu1: tuple[float, float] | None, own_cpu: float,
                      machine: tuple[float, float],
-                     profile: dict | None) -> dict:
+                     profile: dict | None, fanout_cpu: float | None = None) -> dict:
         cfg = self.cfg
         window = cfg.window
         players = self.players
@@ -684,6 +688,7 @@ class Bench:
                 "players_per_core": round(n / fraction, 1) if fraction > 0 else None,
                 "ceiling_us_per_packet": round(ceiling_cost, 2) if ceiling_cost else None,
                 "ratio_to_ceiling": round(us_per_packet / ceiling_cost, 2) if us_per_packet and ceiling_cost else None,
+                "fanout_cpu_us_per_packet": fanout_cpu,
             }
         step["server_cpu"] = cpu
         if cpu and self.result.get("compiled_ceiling"):  # again with the mean of both measurements at the end
@@ -1021,6 +1026,20 @@ def _process_figures(tree0: dict | None, tree1: dict | None, wall: float, metric
     return processes, (u0[0], u0[1]), (u1[0], u1[1])
 
 
+def _fanout_cpu(metrics0: dict | None, metrics1: dict | None) -> float | None:
+    """µs of CPU per forwarded packet inside the server's fan-out calls over the window: its sampled fan-outs
+    (/metrics: 1 in 64, the thread's CPU time, summed over the workers). Set against the compiled loop's cost,
+    it tells the fan-out's own excess from everything else the server does; None without /metrics."""
+    def total(metrics: dict | None, name: str) -> float:
+        return sum(value for _, value in (metrics or {}).get(name, []))
+
+    if not metrics0 or not metrics1 or "webcall_fanout_cpu_seconds_total" not in metrics1:
+        return None
+    players = total(metrics1, "webcall_fanout_players_total") - total(metrics0, "webcall_fanout_players_total")
+    cpu = total(metrics1, "webcall_fanout_cpu_seconds_total") - total(metrics0, "webcall_fanout_cpu_seconds_total")
+    return round(1e6 * cpu / players, 3) if players > 0 and cpu > 0 else None
+
+
 def _relay_figures(metrics0: dict | None, metrics1: dict | None, wall: float) -> dict | None:
     """Packets the workers' relay sockets sent and received over the window (each worker reports its counters
     every --rate-interval/2, so the window's edges are that coarse); None without workers or /metrics."""
@@ -1141,9 +1160,11 @@ def _step_line(step: dict) -> str:
     ttff = step["ttff_ms"]
     ratio = cpu.get("ratio_to_ceiling")
     compiled = cpu.get("ratio_to_compiled")
+    fanout = cpu.get("fanout_ratio_to_compiled")
     return (f"{step['players']:5d} players: server CPU {100 * (cpu.get('fraction') or 0):5.1f}% "
             f"{cpu.get('us_per_packet') or 0:6.1f} µs/pkt" + (f" (x{ratio:.2f} ceiling)" if ratio else "")
-            + (f" (x{compiled:.2f} compiled)" if compiled else "")
+            + (f" (x{compiled:.2f} compiled" + (f", its fan-out calls x{fanout:.2f}" if fanout else "") + ")"
+               if compiled else "")
             + _processes_text(step) + " | "
             f"loss {step['delivery']['loss_pct'] or 0:.2f}% | TTFF p50 {ttff['p50']} ms"
             + (f" (alone {ttff['lone']['p50']})" if ttff.get("lone") else "") + " | "

@@ -61,7 +61,7 @@ def bench(tmp_path_factory) -> tuple[dict, Path, subprocess.CompletedProcess, di
         url, rest = f"ws://127.0.0.1:{match.group(1)}/", match.group(2)
         before, cpu_before = _metrics(rest), _cpu_seconds(server.pid)
         proc = subprocess.run(
-            [sys.executable, "-m", "webcall", "bench", "--url", url, "--server-pid", str(server.pid),
+            [sys.executable, "-m", "webcall", "bench", "--url", url, "--server-pid", str(server.pid), "--rest-url", rest,
              "--players", str(PLAYERS), "--window", "3", "--settle", "0.5", "--clip-seconds", "2",
              "--ceiling-packets", "400", "--compiled-packets", "60", "--max-latency-ms", "1000", "--probe-joins", "2", "--quiet",
              "-o", str(out)],
@@ -155,6 +155,12 @@ def test_cpu_figures_are_plausible(bench) -> None:
     assert cpu["compiled_us_per_packet"] == compiled["fanouts"][str(PLAYERS)]["us_per_forwarded_packet"] > 0
     assert cpu["ratio_to_compiled"] == pytest.approx(cpu["us_per_packet"] / cpu["compiled_us_per_packet"], rel=0.01)
     assert "x C" in proc.stdout and "compiled ceiling" in proc.stdout
+    # The server's own fan-out calls (its sampled fan-outs' CPU, from /metrics): part of what it spends per
+    # forwarded packet, set against the same compiled loop.
+    fanout = cpu["fanout_cpu_us_per_packet"]
+    assert fanout is not None and 0 < fanout < 3 * cpu["us_per_packet"], cpu
+    assert cpu["fanout_ratio_to_compiled"] == pytest.approx(fanout / cpu["compiled_us_per_packet"], rel=0.01)
+    assert "x C fan" in proc.stdout and "its fan-out calls x" in proc.stdout + proc.stderr
     assert 0 < step["loadgen"]["cpu_fraction"] <= 2
     assert step["memory"]["server_rss_mb"] > 10
 

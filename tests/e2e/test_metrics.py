@@ -226,6 +226,8 @@ async def test_video_rates_agree_with_client_stats(separate_server) -> None:
     fanouts = value(families, "webcall_fanout_seconds_count")
     assert fanouts > 0 and value(families, "webcall_fanout_seconds_bucket", le="+Inf") == fanouts
     assert value(families, "webcall_fanout_players_total") >= fanouts
+    # The thread's CPU time in the timed fan-outs: some, and never more than their duration.
+    assert 0 < value(families, "webcall_fanout_cpu_seconds_total") <= value(families, "webcall_fanout_seconds_sum") * 1.01
 
     for player in players:
         await player.stop()

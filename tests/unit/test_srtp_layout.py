@@ -173,3 +173,105 @@ def test_changed_layout_makes_a_forced_core_fail_at_start(fresh_load, media_sock
     fresh_load.setattr(fanout, "_sample_session", make)
     with pytest.raises(RuntimeError, match=r"^--fanout-core c: .*" + re.escape(named)):
         new_core(media_sock, "c")
+
+
+# --------------------------------------------------------------------------- warming: libsrtp's own structures
+
+GCM_POLICY = dict(key=bytes(range(28)), srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM)
+SSRCS = (0x11223344, 0xCAFEF00D)
+
+
+def _context(session: SrtpSession):
+    return fanout.ffi.cast("void *", int(srtp_ffi.cast("uintptr_t", session.context)))
+
+
+@pytest.mark.parametrize("policy", [POLICY, GCM_POLICY], ids=["AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM"])
+def test_core_finds_each_players_stream_in_the_pinned_libsrtp(lib, media_sock, policy):
+    """fanout.c reads libsrtp's private stream list to warm a player's state before its turn; it must find
+    exactly the stream of the target's SSRC (an audio and a video target share one session, as a player's do)."""
+    assert lib.wc_warm() == 1, "the pinned pylibsrtp's layout is recognised when the core loads"
+    session = SrtpSession(pylibsrtp.Session(pylibsrtp.Policy(ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
+                                                             **policy)))
+    name = fanout.sockaddr(media_sock.getsockname())
+    targets = [FanoutCore.new_target(session, name, ssrc, 96, 0, 0, 0) for ssrc in SSRCS]
+    sender = fanout.ffi.gc(lib.wc_sender_new(media_sock.fileno(), 4, fanout.srtp_function_pointer()),
+                           lib.wc_sender_free)
+    tail = fanout.ffi.new("char[]", b"x" * 300)
+    for target in targets:
+        assert target.srtp_state_found == 0
+        assert lib.wc_srtp_layout_check(_context(session), target.ssrc) == -2  # no stream before a packet
+        array = FanoutCore.target_array([target])
+        assert lib.wc_fanout(sender, array, 1, tail, 300, 0x80, 0, 7, 1000, 300) == 1
+        assert lib.wc_srtp_layout_check(_context(session), target.ssrc) == 0
+    for target in targets:
+        assert target.srtp_state_found == 1
+        stream = target.srtp_state[1]
+        assert fanout.ffi.cast("uint32_t *", stream)[0] == socket.htonl(target.ssrc), "its own stream"
+    assert targets[0].srtp_state[1] != targets[1].srtp_state[1]
+
+
+def test_layout_check_refuses_structures_it_does_not_recognise(lib):
+    ffi = fanout.ffi
+    assert lib.wc_srtp_layout_check(ffi.NULL, 1) == -1
+    # A session whose one stream has the right SSRC but two master keys (libsrtp 2.x as pinned has one per
+    # stream here): fields where fanout.c expects them do not hold what it expects, so it is refused.
+    stream = ffi.new("uint8_t[]", 128)
+    sentinel = ffi.new("uint8_t[]", 128)
+    context = ffi.new("uint8_t[]", 24)
+    ffi.cast("uint32_t *", stream)[0] = socket.htonl(0xABCD)
+    ffi.cast("uint32_t *", stream + 16)[0] = 2
+    ffi.cast("void **", sentinel + 112)[0] = stream
+    ffi.cast("void **", context)[0] = sentinel
+    assert lib.wc_srtp_layout_check(context, 0xABCD) == -3
+    assert lib.wc_srtp_layout_check(context, 0xABCE) == -2
+
+
+class _UnrecognisedLayout:
+    """The real core, but its layout check fails as it would on a libsrtp laid out differently."""
+
+    def __init__(self, lib) -> None:
+        self._lib = lib
+        self.warm: list[int] = []
+
+    def wc_srtp_layout_check(self, context, ssrc) -> int:
+        return -3
+
+    def wc_set_warm(self, on: int) -> None:
+        self.warm.append(on)
+
+
+def test_unrecognised_layout_runs_the_core_without_warming(lib, caplog):
+    caplog.set_level(logging.INFO, logger="webcall")
+    fake = _UnrecognisedLayout(lib)
+    fanout._enable_warming(fake)
+    assert fake.warm == [0]
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert len(warnings) == 1 and "without warming" in warnings[0] and "wc_srtp_layout_check -3" in warnings[0]
+
+
+def test_core_without_warming_forwards_the_same_bytes_and_reads_no_private_state(lib, media_sock):
+    received = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    received.bind(("127.0.0.1", 0))
+    received.settimeout(2)
+    name = fanout.sockaddr(received.getsockname())
+    key = os.urandom(28)
+    policy = dict(key=key, srtp_profile=pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM,
+                  ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND)
+    sender = fanout.ffi.gc(lib.wc_sender_new(media_sock.fileno(), 8, fanout.srtp_function_pointer()),
+                           lib.wc_sender_free)
+    tail = fanout.ffi.new("char[]", os.urandom(500))
+    out = {}
+    try:
+        for warm in (0, 1):
+            lib.wc_set_warm(warm)
+            sessions = [SrtpSession(pylibsrtp.Session(pylibsrtp.Policy(**policy))) for _ in range(6)]
+            targets = [FanoutCore.new_target(s, name, 0x1000 + i, 96, i, i, 0) for i, s in enumerate(sessions)]
+            array = FanoutCore.target_array(targets)
+            for seq in range(3):
+                assert lib.wc_fanout(sender, array, len(targets), tail, 500, 0x80, 0, seq, 90 * seq, 500) == 6
+            out[warm] = sorted(received.recv(2048) for _ in range(18))
+            assert {t.srtp_state_found for t in targets} == ({0} if not warm else {1})
+    finally:
+        lib.wc_set_warm(1)
+        received.close()
+    assert out[0] == out[1]  # same keys, same labels: the same datagrams, warmed or not

@@ -56,7 +56,7 @@ def test_metrics_text_parses() -> None:
     hub = Hub(settings, MediaPlane(MediaPort(), None, settings, ()))  # type: ignore[arg-type]
     try:
         hub.retired.update({("rtp_packets_received", "video"): 7, ("nacks_sent", "video"): 2})
-        hub.plane.port.fanout_cost.observe(12_000, 3)
+        hub.plane.port.fanout_cost.observe(12_000, 3, 9_000)
         text = prometheus.render(hub, hub.plane.port)
         families = {f.name: f for f in text_string_to_metric_families(text)}
         samples = {(s.name, tuple(sorted(s.labels.items()))): s.value for f in families.values() for s in f.samples}
@@ -68,6 +68,8 @@ def test_metrics_text_parses() -> None:
         assert samples["webcall_nacks_sent_total", (("kind", "video"),)] == 2
         assert samples["webcall_fanout_seconds_count", ()] == 1
         assert samples["webcall_fanout_seconds_sum", ()] == pytest.approx(12e-6)
+        assert samples["webcall_fanout_cpu_seconds_total", ()] == pytest.approx(9e-6)
+        assert families["webcall_fanout_cpu_seconds"].type == "counter"
         assert samples["webcall_fanout_seconds_bucket", (("le", "1e-05"),)] == 0
         assert samples["webcall_fanout_seconds_bucket", (("le", "2.5e-05"),)] == 1
         assert samples["webcall_snapshots_total", (("result", "refused"),)] == 0

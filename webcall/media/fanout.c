@@ -12,6 +12,7 @@
  */
 #define _GNU_SOURCE
 #include <errno.h>
+#include <arpa/inet.h>
 #include <pthread.h>
 #include <stdint.h>
 #include <stdlib.h>
@@ -20,9 +21,11 @@
 #include <sys/uio.h>
 #include <sys/types.h>
 
-#define WC_ABI_VERSION 4  /* bump with any change to the structs or signatures below (fanout.py checks it) */
+#define WC_ABI_VERSION 5  /* bump with any change to the structs or signatures below (fanout.py checks it) */
 #define WC_BUFFER 1500       /* pylibsrtp's per-session buffer (a private detail: see wc_srtp_buffer_size) */
 #define WC_MAX_PACKET 1480   /* leaves room for the auth tag (GCM 16, HMAC-SHA1-80 10) */
+
+#define WC_STATE_LINES 13   /* lines of libsrtp and OpenSSL state srtp_protect reads for one stream */
 
 typedef int (*wc_protect_fn)(void *srtp, void *rtp, int *len);
 
@@ -45,6 +48,9 @@ struct wc_target {
     uint64_t packets;         /* forwarded packets and their payload octets (for SRs and stats) */
     uint64_t octets;
     uint64_t dropped;         /* too long, or refused by libsrtp */
+    /* Where this player's SRTP state lives (find_srtp_state): read two players ahead to warm it. */
+    const void *srtp_state[WC_STATE_LINES];
+    int32_t srtp_state_found; /* 0 not looked for yet, 1 found, -1 not found */
 };
 
 /* One publisher packet for a range of targets. */
@@ -161,13 +167,166 @@ static inline void put32(uint8_t *p, uint32_t v)
     p[0] = (uint8_t)(v >> 24); p[1] = (uint8_t)(v >> 16); p[2] = (uint8_t)(v >> 8); p[3] = (uint8_t)v;
 }
 
+/* --- Warming the next players' SRTP state --------------------------------------------------------------
+ *
+ * srtp_protect follows a chain of about ten small heap blocks per stream (session -> stream list -> stream ->
+ * keys -> cipher -> cipher state -> OpenSSL context, plus the replay window and the key limit). In a big
+ * fan-out, between two packets of one player the other players' state pushes these out of the cache, and
+ * each is then a miss that waits for the one before (every address comes from the block before). So once a
+ * player's stream exists its blocks' addresses are found, once, and kept in its target, and the loop reads
+ * one byte of each of them two players ahead: independent loads, whose misses overlap each other and this
+ * player's work. Plain reads, not __builtin_prefetch: measured in the server, prefetches of the same
+ * addresses saved ~2 % of the fan-out's CPU and the reads ~10 % (why the prefetches do so little here, I
+ * have not established).
+ *
+ * That reads libsrtp's private structures (libsrtp 2.x as pylibsrtp 1.0.0 bundles it; offsets below), so
+ * wc_srtp_layout_check must first recognise them in real sessions (fanout.py runs it on load and only then
+ * calls wc_set_warm), and find_srtp_state checks each stream again. Every address kept is the start of a
+ * line inside a block of libsrtp or OpenSSL that lives as long as the session, which the target's owner
+ * keeps alive as it does for srtp_protect itself. */
+#define SRTP_CTX_STREAM_LIST 0      /* srtp_ctx_t.stream_list (a sentinel stream) */
+#define STREAM_SSRC 0               /* srtp_stream_ctx_t.ssrc, as it is on the wire */
+#define STREAM_SESSION_KEYS 8
+#define STREAM_NUM_MASTER_KEYS 16
+#define STREAM_RDBX_WINDOW_BITS 32  /* rtp_rdbx.bitmask.length */
+#define STREAM_RDBX_WORDS 40        /* rtp_rdbx.bitmask.word */
+#define STREAM_DIRECTION 84
+#define STREAM_NEXT 112
+#define STREAM_SIZE 128
+#define KEYS_RTP_CIPHER 0
+#define KEYS_RTP_AUTH 16
+#define KEYS_LIMIT 80
+#define CIPHER_STATE 8
+#define CIPHER_ALGORITHM 20
+#define AUTH_STATE 8
+#define GCM_KEY_SIZE 0              /* srtp_aes_gcm_ctx_t */
+#define GCM_EVP_CTX 8
+#define ICM_KEY_SIZE 32             /* srtp_aes_icm_ctx_t */
+#define ICM_EVP_CTX 40
+#define EVP_CTX_KNOWN_SIZE 88       /* EVP_CIPHER_CTX is larger than this in every OpenSSL since 1.1 */
+#define DIR_SRTP_SENDER 1
+#define ALGORITHM_AES_ICM_128 1
+#define ALGORITHM_AES_ICM_256 5
+#define ALGORITHM_AES_GCM_128 6
+#define ALGORITHM_AES_GCM_256 7
+
+static int warm = 0;                /* set by wc_set_warm once the layout is recognised */
+static __thread volatile uint8_t warm_sink;  /* keeps the warming reads from being optimised away */
+
+static inline const uint8_t *at(const void *block, int offset)
+{
+    return *(const uint8_t *const *)((const uint8_t *)block + offset);
+}
+
+static inline uint32_t u32_at(const void *block, int offset)
+{
+    return *(const uint32_t *)((const uint8_t *)block + offset);
+}
+
+/* The outbound stream of `ssrc` in session `srtp`, or NULL. */
+static const uint8_t *find_stream(const void *srtp, uint32_t ssrc)
+{
+    const uint8_t *list = at(srtp, SRTP_CTX_STREAM_LIST);
+    if (list == NULL)
+        return NULL;
+    const uint8_t *stream = at(list, STREAM_NEXT);
+    for (int hops = 0; stream != NULL && hops < 64; hops++, stream = at(stream, STREAM_NEXT))
+        if (u32_at(stream, STREAM_SSRC) == htonl(ssrc))
+            return stream;
+    return NULL;
+}
+
+/* The OpenSSL cipher context of a libsrtp AES-GCM or AES-ICM cipher, or NULL. */
+static const uint8_t *evp_context(const uint8_t *cipher)
+{
+    const uint8_t *state = at(cipher, CIPHER_STATE);
+    if (state == NULL)
+        return NULL;
+    int algorithm = (int)u32_at(cipher, CIPHER_ALGORITHM);
+    if (algorithm == ALGORITHM_AES_GCM_128 || algorithm == ALGORITHM_AES_GCM_256) {
+        int key_size = (int)u32_at(state, GCM_KEY_SIZE);
+        return key_size == 16 || key_size == 32 ? at(state, GCM_EVP_CTX) : NULL;
+    }
+    if (algorithm >= ALGORITHM_AES_ICM_128 && algorithm <= ALGORITHM_AES_ICM_256) {
+        int key_size = (int)u32_at(state, ICM_KEY_SIZE);
+        return key_size == 16 || key_size == 24 || key_size == 32 ? at(state, ICM_EVP_CTX) : NULL;
+    }
+    return NULL;
+}
+
+/* Whether `stream` reads as an outbound libsrtp 2.x stream with one master key. */
+static int stream_plausible(const uint8_t *stream)
+{
+    uint32_t window = u32_at(stream, STREAM_RDBX_WINDOW_BITS);
+    const uint8_t *keys = at(stream, STREAM_SESSION_KEYS);
+    return u32_at(stream, STREAM_NUM_MASTER_KEYS) == 1 && u32_at(stream, STREAM_DIRECTION) == DIR_SRTP_SENDER
+        && window >= 64 && window <= 0x8000 && window % 32 == 0 && at(stream, STREAM_RDBX_WORDS) != NULL
+        && keys != NULL && at(keys, KEYS_RTP_CIPHER) != NULL && at(keys, KEYS_LIMIT) != NULL
+        && evp_context(at(keys, KEYS_RTP_CIPHER)) != NULL;
+}
+
+/* 0 if session `srtp`, which has protected a packet with `ssrc`, is laid out as this file reads it. */
+int wc_srtp_layout_check(const void *srtp, uint32_t ssrc)
+{
+    if (srtp == NULL)
+        return -1;
+    const uint8_t *stream = find_stream(srtp, ssrc);
+    if (stream == NULL)
+        return -2;
+    return stream_plausible(stream) ? 0 : -3;
+}
+
+void wc_set_warm(int on) { warm = on != 0; }
+int wc_target_size(void) { return (int)sizeof(struct wc_target); }
+int wc_warm(void) { return warm; }
+
+/* Fills t->srtp_state once the player's stream exists (after its first srtp_protect). */
+static void find_srtp_state(struct wc_target *t)
+{
+    t->srtp_state_found = -1;
+    const uint8_t *stream = find_stream(t->srtp, t->ssrc);
+    if (stream == NULL || !stream_plausible(stream))
+        return;
+    const uint8_t *keys = at(stream, STREAM_SESSION_KEYS);
+    const uint8_t *cipher = at(keys, KEYS_RTP_CIPHER);
+    const uint8_t *auth = at(keys, KEYS_RTP_AUTH);
+    const uint8_t *evp = evp_context(cipher);
+    const void *lines[WC_STATE_LINES] = {  /* in the order srtp_protect first reads them */
+        at(t->srtp, SRTP_CTX_STREAM_LIST) + STREAM_NEXT, stream, stream + STREAM_SIZE / 2, keys, keys + 64,
+        cipher, at(cipher, CIPHER_STATE), evp, evp + EVP_CTX_KNOWN_SIZE - 8, at(stream, STREAM_RDBX_WORDS),
+        at(keys, KEYS_LIMIT), auth, auth != NULL ? at(auth, AUTH_STATE) : NULL,
+    };
+    memcpy(t->srtp_state, lines, sizeof(lines));
+    t->srtp_state_found = 1;
+}
+
+static inline void warm_target(const struct wc_target *t)
+{
+    uint8_t sink = *(const volatile uint8_t *)t->srtp | *(const volatile uint8_t *)t->buf
+                 | *(const volatile uint8_t *)t->name;
+    if (t->srtp_state_found > 0)
+        for (int k = 0; k < WC_STATE_LINES; k++)
+            if (t->srtp_state[k] != NULL)
+                sink |= *(const volatile uint8_t *)t->srtp_state[k];
+    warm_sink = sink;
+}
+
 static int fanout_range(wc_sender *s, const wc_job *j)
 {
     const int length = 12 + j->tail_len;
     const int64_t ext_seq = j->ext_seq;
     unsigned int queued = 0, total = 0;
+    const int warming = warm;
     for (int i = 0; i < j->n; i++) {
         struct wc_target *t = j->targets[i];
+        if (warming) {
+            if (i + 4 < j->n) {  /* the target itself; two players on, what it points to */
+                const volatile uint8_t *ahead = (const volatile uint8_t *)j->targets[i + 4];
+                warm_sink = ahead[0] | ahead[64] | ahead[128];
+            }
+            if (i + 2 < j->n)
+                warm_target(j->targets[i + 2]);
+        }
         if (ext_seq < t->start_ext_seq)
             continue;  /* a late packet from before this player started */
         if (length > WC_MAX_PACKET) {
@@ -193,6 +352,8 @@ static int fanout_range(wc_sender *s, const wc_job *j)
         s->iovs[queued].iov_len = (size_t)len;
         t->packets++;
         t->octets += (uint64_t)j->payload_size;
+        if (warming && t->srtp_state_found == 0)
+            find_srtp_state(t);  /* its stream exists now: srtp_protect made it from the template */
         if (++queued == s->capacity) {
             flush(s, queued);
             total += queued;

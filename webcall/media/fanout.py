@@ -14,6 +14,10 @@ accepting the library (`srtp_layout_problem`): the private attributes and their 
 size against `wc_srtp_buffer_size()` (what fanout.c assumes), and one packet protected through `wc_fanout`
 against the same packet protected by pylibsrtp's public `Session.protect`. A failed check refuses the core
 like a missing build does: `auto` forwards in Python with a warning, `c` fails at start.
+
+The core also reads a little of libsrtp's own private structures, to warm the next players' SRTP state
+before their turn (fanout.c, "Warming"). `_enable_warming` lets it only if `wc_srtp_layout_check` recognises
+them in real sessions of both SRTP profiles; if not, the core runs without warming, with a warning.
 """
 
 from __future__ import annotations
@@ -32,7 +36,7 @@ from .srtp import lib as srtp_lib, sockaddr
 log = logging.getLogger("webcall.media")
 
 LIBRARY = Path(__file__).with_name("_fanout.so")
-ABI_VERSION = 4  # must match WC_ABI_VERSION in fanout.c: a stale build is refused, not trusted
+ABI_VERSION = 5  # must match WC_ABI_VERSION in fanout.c: a stale build is refused, not trusted
 SEND_CAPACITY = 1024  # datagrams per sendmmsg; a bigger fan-out is sent in several calls
 SPLIT_MIN = 64  # with a helper thread, fan-outs to this many players or more are split in two
 
@@ -42,6 +46,7 @@ struct wc_target {
     int64_t seq_offset; int64_t ts_offset; int64_t start_ext_seq;
     uint32_t ssrc; uint32_t payload_type;
     uint64_t packets; uint64_t octets; uint64_t dropped;
+    const void *srtp_state[13]; int32_t srtp_state_found;
 };
 typedef struct wc_sender wc_sender;
 int wc_abi_version(void);
@@ -54,6 +59,10 @@ uint64_t wc_sender_helper_jobs(const wc_sender *s);
 int wc_sender_start_helper(wc_sender *s, int min_split);
 int wc_fanout(wc_sender *s, struct wc_target *const *targets, int n, const char *tail, int tail_len,
               int b0, int marker, int64_t ext_seq, uint32_t ts, int payload_size);
+int wc_target_size(void);
+int wc_srtp_layout_check(const void *srtp, uint32_t ssrc);
+void wc_set_warm(int on);
+int wc_warm(void);
 int wc_bench_forward(wc_sender *s, int fd, void *rx_srtp, void *unprotect, char *buf, int capacity,
                      struct wc_target *const *targets, int n);
 """)
@@ -77,13 +86,40 @@ def load_library(path: Path = LIBRARY) -> Any:
             else:
                 if version != ABI_VERSION:
                     _load_error = f"{path.name} is stale (ABI {version}, want {ABI_VERSION}; run `make core`)"
+                elif lib.wc_target_size() != ffi.sizeof("struct wc_target"):
+                    _load_error = (f"{path.name} has a struct wc_target of {lib.wc_target_size()} bytes, "
+                                   f"fanout.py declares {ffi.sizeof('struct wc_target')}")
                 elif problem := srtp_layout_problem(lib):
                     _load_error = (f"{path.name} refused, pylibsrtp {PYLIBSRTP_VERSION} is not laid out as "
                                    f"fanout.c assumes: {problem} (requirements.txt pins the version it was "
                                    "written against)")
                 else:
                     _library = lib
+                    _enable_warming(lib)
     return _library
+
+
+def _enable_warming(lib: Any) -> None:
+    """Let the core warm the next players' SRTP state (fanout.c, "Warming") if libsrtp's private structures
+    read as fanout.c expects in sessions of both SRTP profiles webcall offers; if not, it runs without."""
+    packet = struct.pack("!BBHII", 0x80, 96, 1, 2, _SAMPLE_SSRC) + _SAMPLE_PAYLOAD
+    problems = []
+    for profile, key_length in ((pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 30),
+                                (pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM, 28)):
+        try:
+            session = pylibsrtp.Session(pylibsrtp.Policy(key=_SAMPLE_KEY[:key_length], srtp_profile=profile,
+                                                         ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
+            session.protect(packet)  # makes the stream the check reads
+            context = ffi.cast("void *", int(srtp_ffi.cast("uintptr_t", SrtpSession(session).context)))
+        except Exception as exc:  # noqa: BLE001 - no session to check: no warming
+            problems.append(f"profile {profile}: {exc!r}")
+            continue
+        if (code := lib.wc_srtp_layout_check(context, _SAMPLE_SSRC)) != 0:
+            problems.append(f"profile {profile}: wc_srtp_layout_check {code}")
+    lib.wc_set_warm(0 if problems else 1)
+    if problems:
+        log.warning("fan-out core runs without warming SRTP state: libsrtp is not laid out as fanout.c reads "
+                    "it (%s)", "; ".join(problems))
 
 
 def load_error() -> str:

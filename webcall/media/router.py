@@ -19,7 +19,7 @@ from __future__ import annotations
 import logging
 import struct
 from collections.abc import Callable
-from time import perf_counter_ns
+from time import perf_counter_ns, thread_time_ns
 from typing import TYPE_CHECKING
 
 from .producer import Producer
@@ -78,6 +78,7 @@ class TrackRouter:
         marker = packet[1] & 0x80
         fanouts = self.fanouts = self.fanouts + 1
         started = 0 if fanouts & FANOUT_SAMPLE_MASK else perf_counter_ns()  # time 1 fan-out in 64
+        cpu_started = thread_time_ns() if started else 0
         batch = self.batch
         core = self.core
         size = end - ext_end
@@ -99,7 +100,7 @@ class TrackRouter:
         if promote:
             self._promote_started()
         if started and self.fanout_cost is not None:
-            self.fanout_cost.observe(perf_counter_ns() - started, len(self.consumers))
+            self.fanout_cost.observe(perf_counter_ns() - started, len(self.consumers), thread_time_ns() - cpu_started)
 
     # --- Python readers ---------------------------------------------------------------------------
 

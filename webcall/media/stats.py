@@ -1,8 +1,10 @@
 """Media-plane statistics that are not plain per-object counters: the sampled cost of a fan-out.
 
 `TrackRouter.deliver()` times one fan-out in every `FANOUT_SAMPLE_EVERY` (the whole loop over its players
-for one publisher packet, with `time.perf_counter_ns`) and hands the duration here. Nothing else on the
-forwarding path is timed: two clock reads per 64 packets is the whole cost.
+for one publisher packet: its duration with `time.perf_counter_ns`, and the CPU time the thread spent in it
+with `time.thread_time_ns`) and hands both here. The CPU time is what `webcall bench` sets against the
+compiled loop's cost of the same work. Nothing else on the forwarding path is timed: four clock reads per
+64 packets is the whole cost.
 """
 
 from __future__ import annotations
@@ -20,17 +22,19 @@ _BUCKETS_NS = tuple(round(b * 1e9) for b in FANOUT_BUCKETS)
 class FanoutCost:
     """A histogram of sampled fan-out durations (one publisher packet to all of its players)."""
 
-    __slots__ = ("counts", "sum_ns", "samples", "players")
+    __slots__ = ("counts", "sum_ns", "cpu_ns", "samples", "players")
 
     def __init__(self) -> None:
         self.counts = [0] * (len(_BUCKETS_NS) + 1)  # per bucket (not cumulative); the last is +Inf
         self.sum_ns = 0
+        self.cpu_ns = 0  # the thread's CPU time in the same fan-outs (sum_ns less time the thread did not run)
         self.samples = 0
         self.players = 0  # players covered by the sampled fan-outs: sum_ns / players = cost per player
 
-    def observe(self, duration_ns: int, players: int) -> None:
+    def observe(self, duration_ns: int, players: int, cpu_ns: int = 0) -> None:
         self.counts[bisect_left(_BUCKETS_NS, duration_ns)] += 1
         self.sum_ns += duration_ns
+        self.cpu_ns += cpu_ns
         self.samples += 1
         self.players += players
 

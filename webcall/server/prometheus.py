@@ -124,6 +124,10 @@ def render(hub: Hub, port: MediaPort) -> str:
     w.family("webcall_fanout_players_total", "counter",
              "Players reached by the timed fan-outs (fanout_seconds_sum / this = seconds per forwarded packet)")
     w.sample("webcall_fanout_players_total", cost.players)
+    w.family("webcall_fanout_cpu_seconds", "counter",
+             "CPU time the forwarding thread spent in the timed fan-outs (/ fanout_players_total = CPU seconds per "
+             "forwarded packet)")
+    w.sample("webcall_fanout_cpu_seconds_total", cost.cpu_ns / 1e9)
 
     _hooks(w, hub)
     _workers(w, getattr(hub, "plane", None))

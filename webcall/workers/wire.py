@@ -48,14 +48,15 @@ def negotiation_from_wire(d: dict[str, Any]) -> Negotiation:
 
 
 def fanout_cost_to_wire(cost: FanoutCost) -> list[Any]:
-    return [cost.counts, cost.sum_ns, cost.samples, cost.players]
+    return [cost.counts, cost.sum_ns, cost.samples, cost.players, cost.cpu_ns]
 
 
 def fanout_cost_add(total: FanoutCost, wire: list[Any]) -> None:
     """Add one worker's histogram (as sent) into `total`."""
-    counts, sum_ns, samples, players = wire
+    counts, sum_ns, samples, players, cpu_ns = wire
     for i, count in enumerate(counts):
         total.counts[i] += count
     total.sum_ns += sum_ns
+    total.cpu_ns += cpu_ns
     total.samples += samples
     total.players += players
