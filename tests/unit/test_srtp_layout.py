@@ -181,10 +181,6 @@ GCM_POLICY = dict(key=bytes(range(28)), srtp_profile=pylibsrtp.Policy.SRTP_PROFI
 SSRCS = (0x11223344, 0xCAFEF00D)
 
 
-def _context(session: SrtpSession):
-    return fanout.ffi.cast("void *", int(srtp_ffi.cast("uintptr_t", session.context)))
-
-
 @pytest.mark.parametrize("policy", [POLICY, GCM_POLICY], ids=["AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM"])
 def test_core_finds_each_players_stream_in_the_pinned_libsrtp(lib, media_sock, policy):
     """fanout.c reads libsrtp's private stream list to warm a player's state before its turn; it must find
@@ -199,10 +195,10 @@ def test_core_finds_each_players_stream_in_the_pinned_libsrtp(lib, media_sock, p
     tail = fanout.ffi.new("char[]", b"x" * 300)
     for target in targets:
         assert target.srtp_state_found == 0
-        assert lib.wc_srtp_layout_check(_context(session), target.ssrc) == -2  # no stream before a packet
+        assert lib.wc_srtp_layout_check(fanout.context_pointer(session), target.ssrc) == -2  # no stream before a packet
         array = FanoutCore.target_array([target])
         assert lib.wc_fanout(sender, array, 1, tail, 300, 0x80, 0, 7, 1000, 300) == 1
-        assert lib.wc_srtp_layout_check(_context(session), target.ssrc) == 0
+        assert lib.wc_srtp_layout_check(fanout.context_pointer(session), target.ssrc) == 0
     for target in targets:
         assert target.srtp_state_found == 1
         stream = target.srtp_state[1]

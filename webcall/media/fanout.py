@@ -110,7 +110,7 @@ def _enable_warming(lib: Any) -> None:
             session = pylibsrtp.Session(pylibsrtp.Policy(key=_SAMPLE_KEY[:key_length], srtp_profile=profile,
                                                          ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND))
             session.protect(packet)  # makes the stream the check reads
-            context = ffi.cast("void *", int(srtp_ffi.cast("uintptr_t", SrtpSession(session).context)))
+            context = context_pointer(SrtpSession(session))
         except Exception as exc:  # noqa: BLE001 - no session to check: no warming
             problems.append(f"profile {profile}: {exc!r}")
             continue
@@ -124,6 +124,11 @@ def _enable_warming(lib: Any) -> None:
 
 def load_error() -> str:
     return _load_error
+
+
+def context_pointer(tx: SrtpSession) -> Any:
+    """The session's libsrtp `srtp_t`, as the core's `void *`."""
+    return ffi.cast("void *", int(srtp_ffi.cast("uintptr_t", tx.context)))
 
 
 def srtp_function_pointer(name: str = "srtp_protect") -> Any:
@@ -245,7 +250,7 @@ class FanoutCore:
     def new_target(tx: SrtpSession, name: Any, ssrc: int, payload_type: int, seq_offset: int, ts_offset: int,
                    start_ext_seq: int) -> Any:
         target = ffi.new("struct wc_target *")
-        target.srtp = ffi.cast("void *", int(srtp_ffi.cast("uintptr_t", tx.context)))
+        target.srtp = context_pointer(tx)
         target.buf = tx.pointer
         target.name = name
         target.seq_offset = seq_offset

@@ -17,7 +17,7 @@ from typing import Any
 
 import ifaddr
 
-from ..eventloop import LOOPS
+from ..eventloop import DEFAULT_LOOP, LOOPS
 from ..hooks.origins import parse_allow_list
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -58,7 +58,7 @@ class Config:
         "help": "forwarding to players: c (the compiled core, `make core`), python, or auto (c when built)"})
     fanout_threads: int = field(default=1, metadata={
         "help": "2: the compiled core splits fan-outs to 64+ players over a second thread (a spare core)"})
-    event_loop: str = field(default="uvloop", metadata={
+    event_loop: str = field(default=DEFAULT_LOOP, metadata={
         "help": "uvloop (libuv, the default: half the CPU per wake-up) or asyncio (the standard library's loop); "
                 "for this process and its media workers"})
     workers: str = field(default="auto", metadata={
