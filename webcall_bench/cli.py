@@ -5,17 +5,19 @@
     python -m webcall bench --steps 10:400:x1.5              # geometric ramp until something breaks
     python -m webcall bench --url ws://127.0.0.1:8080/ --server-pid 1234   # a server already running
     python -m webcall bench --workers 2 --placement spread   # media workers; CPU per process, relayed packets
+    python -m webcall bench --steps 10,100,200 --repeat 3 --versus=--event-loop=asyncio   # A/B, median and range
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import sys
 from pathlib import Path
 
-from .runner import Bench, BenchConfig, write_json
+from .runner import Bench, BenchConfig, output_path, write_json
 
 
 def parse_steps(text: str) -> list[int]:
@@ -106,6 +108,12 @@ def build_parser() -> argparse.ArgumentParser:
                         "sample, which distorts latency and delivery badly at a few hundred players")
     p.add_argument("--server-arg", action="append", default=[], dest="server_args", metavar="ARG",
                    help="extra argument for the server it starts (repeat: --server-arg=--consent-timeout=60)")
+    p.add_argument("--repeat", type=int, default=1, metavar="K",
+                   help="run the whole bench K times and report every step's figures as median (lowest–highest): "
+                        "one run on a shared machine moves by ±15–30 %% (webcall_bench/repeat.py)")
+    p.add_argument("--versus", action="append", default=[], metavar="ARG",
+                   help="with --repeat: alternate the runs between the server as given and one started with ARG "
+                        "added (repeat for several arguments), and summarise each apart")
     p.add_argument("--output", "-o", default="", help="result JSON (default artifacts/bench/bench-<time>.json); "
                                                       "the PNG and the server log go next to it")
     p.add_argument("--no-plot", action="store_true")
@@ -139,7 +147,46 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--workers must be 1 or more")
     if args.baseline and not Path(args.baseline).is_file():
         parser.error(f"--baseline {args.baseline}: no such file")
+    if args.repeat < 1:
+        parser.error("--repeat must be 1 or more")
+    if args.versus and args.url:
+        parser.error("--versus is for the server the bench starts (not with --url)")
     cfg = config_from_args(args)
+    if args.repeat > 1 or args.versus:
+        return run_repeated(cfg, args.repeat, args.versus)
+    return run_once(cfg)
+
+
+def run_repeated(cfg: BenchConfig, repeat: int, versus: list[str]) -> int:
+    """The bench `repeat` times (alternating with the --versus server, if any); each run's JSON beside the summary."""
+    from .repeat import summarize
+    from .repeat import table as summary_table
+
+    out = output_path(cfg)
+    variants = [list(cfg.server_args)] + ([[*cfg.server_args, *versus]] if versus else [])
+    runs: list[list[dict]] = [[] for _ in variants]
+    paths: list[list[str]] = [[] for _ in variants]
+    failed = 0
+    for i in range(repeat):
+        for v, server_args in enumerate(variants):
+            name = f"{out.stem}.run{i + 1}" + ("ab"[v] if versus else "") + out.suffix
+            run_cfg = dataclasses.replace(cfg, output=str(out.with_name(name)), server_args=server_args)
+            print(f"run {i + 1}/{repeat}" + (f" server args {' '.join(server_args) or '(none)'}" if versus else ""),
+                  file=sys.stderr)
+            failed |= run_once(run_cfg, runs[v])
+            paths[v].append(run_cfg.output)
+    summary = {"repeat": repeat, "variants": [
+        {"server_args": args, "runs": paths[v], "summary": summarize(runs[v])} for v, args in enumerate(variants)]}
+    write_json(summary, out)
+    for v, variant in enumerate(summary["variants"]):
+        title = f"server args: {' '.join(variant['server_args']) or '(none)'}" if versus else ""
+        print(summary_table(variant["summary"], title))
+    print(f"summary: {out}")
+    return failed
+
+
+def run_once(cfg: BenchConfig, results: list[dict] | None = None) -> int:
+    """One run of the bench: its JSON, plot and table; the result is appended to `results` if given."""
     bench = Bench(cfg)
     out = bench.output
     try:
@@ -167,6 +214,8 @@ def main(argv: list[str] | None = None) -> int:
     write_json(result, out)
     print(table(result))
     print(f"results: {out}" + (f"  plot: {result['plot']}" if result.get("plot") else ""))
+    if results is not None:
+        results.append(result)
     return 1 if result.get("error") else 0
 
 

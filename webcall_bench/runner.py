@@ -340,8 +340,7 @@ class Bench:
         self._stop_ticker = asyncio.Event()
         self.video_clip: list[tuple[bytes, bool]] = []
         self.audio_clip: list[bytes] = []
-        stamp = time.strftime("%Y%m%d-%H%M%S")
-        self.output = Path(config.output or f"artifacts/bench/bench-{stamp}.json")
+        self.output = output_path(config)
 
     # --- the run ------------------------------------------------------------------------------------
 
@@ -1194,6 +1193,11 @@ def _processes_text(step: dict) -> str:
     relay = step.get("relay")
     tail = f"; relay {relay['per_s']:.0f} pkt/s" if relay and relay.get("per_s") is not None else ""
     return " [" + ", ".join(parts) + tail + "]"
+
+
+def output_path(config: BenchConfig) -> Path:
+    """Where the result JSON goes (the PNG, the server log and a profile go next to it)."""
+    return Path(config.output or f"artifacts/bench/bench-{time.strftime('%Y%m%d-%H%M%S')}.json")
 
 
 def write_json(result: dict, path: Path) -> None:
