@@ -20,6 +20,9 @@ from pathlib import Path
 from .runner import Bench, BenchConfig, output_path, write_json
 
 
+INTERRUPTED = 130  # the exit status of a run stopped with Ctrl-C (128 + SIGINT)
+
+
 def parse_steps(text: str) -> list[int]:
     """`10,25,50` or `START:STOP:+STEP` or `START:STOP:xFACTOR`."""
     if ":" not in text:
@@ -166,15 +169,18 @@ def run_repeated(cfg: BenchConfig, repeat: int, versus: list[str]) -> int:
     variants = [list(cfg.server_args)] + ([[*cfg.server_args, *versus]] if versus else [])
     runs: list[list[dict]] = [[] for _ in variants]
     paths: list[list[str]] = [[] for _ in variants]
-    failed = 0
-    for i in range(repeat):
-        for v, server_args in enumerate(variants):
-            name = f"{out.stem}.run{i + 1}" + ("ab"[v] if versus else "") + out.suffix
-            run_cfg = dataclasses.replace(cfg, output=str(out.with_name(name)), server_args=server_args)
-            print(f"run {i + 1}/{repeat}" + (f" server args {' '.join(server_args) or '(none)'}" if versus else ""),
-                  file=sys.stderr)
-            failed |= run_once(run_cfg, runs[v])
-            paths[v].append(run_cfg.output)
+    code = 0
+    for i in range(repeat * len(variants)):
+        v = i % len(variants)
+        name = f"{out.stem}.run{i // len(variants) + 1}" + ("ab"[v] if versus else "") + out.suffix
+        run_cfg = dataclasses.replace(cfg, output=str(out.with_name(name)), server_args=variants[v])
+        print(f"run {i // len(variants) + 1}/{repeat}"
+              + (f" server args {' '.join(variants[v]) or '(none)'}" if versus else ""), file=sys.stderr)
+        outcome = run_once(run_cfg, runs[v])
+        paths[v].append(run_cfg.output)
+        code = code or outcome
+        if outcome == INTERRUPTED:  # Ctrl-C ends the repetition; what ran is still summarised
+            break
     summary = {"repeat": repeat, "variants": [
         {"server_args": args, "runs": paths[v], "summary": summarize(runs[v])} for v, args in enumerate(variants)]}
     write_json(summary, out)
@@ -182,7 +188,7 @@ def run_repeated(cfg: BenchConfig, repeat: int, versus: list[str]) -> int:
         title = f"server args: {' '.join(variant['server_args']) or '(none)'}" if versus else ""
         print(summary_table(variant["summary"], title))
     print(f"summary: {out}")
-    return failed
+    return code
 
 
 def run_once(cfg: BenchConfig, results: list[dict] | None = None) -> int:
@@ -216,7 +222,7 @@ def run_once(cfg: BenchConfig, results: list[dict] | None = None) -> int:
     print(f"results: {out}" + (f"  plot: {result['plot']}" if result.get("plot") else ""))
     if results is not None:
         results.append(result)
-    return 1 if result.get("error") else 0
+    return INTERRUPTED if result.get("interrupted") else 1 if result.get("error") else 0
 
 
 def load(path: str | Path) -> dict:

@@ -100,6 +100,22 @@ def test_a_failed_run_fails_the_repeat(tmp_path, monkeypatch) -> None:
     assert cli.main(["--repeat", "3", "--output", str(tmp_path / "r.json")]) == 1
 
 
+def test_ctrl_c_ends_the_repeat_and_summarises_what_ran(tmp_path, monkeypatch) -> None:
+    outcomes = iter([0, cli.INTERRUPTED])
+    calls = []
+
+    def run_once(cfg, results=None):
+        calls.append(cfg.output)
+        results.append(RUNS[0])
+        return next(outcomes)
+
+    monkeypatch.setattr(cli, "run_once", run_once)
+    out = tmp_path / "r.json"
+    assert cli.main(["--repeat", "5", "--output", str(out)]) == cli.INTERRUPTED
+    assert len(calls) == 2
+    assert json.loads(out.read_text())["variants"][0]["summary"]["runs"] == 2
+
+
 @pytest.mark.parametrize("argv", [["--repeat", "0"], ["--versus=--event-loop=asyncio", "--url", "ws://127.0.0.1:1/"]])
 def test_bad_repeat_arguments_are_refused(argv) -> None:
     with pytest.raises(SystemExit) as exc:
