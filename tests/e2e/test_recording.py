@@ -23,6 +23,7 @@ from tests.support import peers
 from tests.support.lossy import LossyRelay
 from tests.support.recfile import RecordedFile, read_recording
 from tests.support.wcs_client import WcsClient
+from tests.conftest import SHAPES
 
 RECORD_SECONDS = 10.0
 FPS = 30.0
@@ -139,6 +140,45 @@ async def test_record_webm_and_mp4_in_parallel(make_server, tmp_path) -> None:
         for bad in ("..%2F..%2Fetc%2Fpasswd", ".hidden.webm", "missing.webm", "x.txt"):
             async with http.get(base + bad) as r:
                 assert r.status == 404, bad
+    await server.wait_empty()
+
+
+@pytest.mark.parametrize("shape", list(SHAPES))
+async def test_record_fetched_right_after_unpublish_is_whole(make_server, tmp_path, shape) -> None:
+    """The publisher's UNPUBLISHED status names the record at once, while the file is still being finalized (the
+    SDK's recording demo shows the link then, and a browser fetches it): the download waits for the file and gets
+    all of it, on the main port and on the REST port — not an empty or half-written file, nor a 404 while the file
+    is still to be renamed to its final name."""
+    server = await make_server(records_dir=str(tmp_path), **SHAPES[shape])
+    client = await server.client()
+    publisher = await peers.publish(client, "rec-fetch", extra_fields={"record": True}, width=320, height=240)
+    await publisher.wait_status("PUBLISHING", timeout=10)
+    # Stop soon after the first frames, before aiortc's first sender reports: the recorder, which waits for them to
+    # lay out its timeline, writes nothing until the stop, and the whole file is written after UNPUBLISHED.
+    producer = server.hub.registry.find("rec-fetch").producers["video"]
+    deadline = time.monotonic() + 5
+    while producer.frames < 5 and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
+    await publisher.stop()
+    final = (await publisher.wait_status("UNPUBLISHED", timeout=5))["data"][0]
+    assert final.get("recordName"), final
+    name = final["recordName"]
+    urls = [f"http://127.0.0.1:{server.server.http_port}/client/records/{name}",
+            server.rest_url.rstrip("/") + f"/client/records/{name}"]
+    try:
+        async with aiohttp.ClientSession() as http:
+            async def fetch(url: str) -> bytes:
+                async with http.get(url) as r:
+                    assert r.status == 200, (url, r.status)
+                    return await r.read()
+
+            bodies = await asyncio.gather(*(fetch(url) for url in urls))  # at once, before finalization ends
+        await _finalized(server.hub)
+        data = (tmp_path / name).read_bytes()
+        assert len(data) > 1000 and bodies == [data, data], ([len(b) for b in bodies], len(data))
+        assert read_recording(str(tmp_path / name)).video_frames > 0
+    finally:
+        await client.close()
     await server.wait_empty()
 
 

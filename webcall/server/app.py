@@ -108,7 +108,8 @@ class WebcallServer:
         for worker in ("WSReceiver2.js", "video-worker2.js"):  # WSPlayer's workers (spec §11.2), from the SDK
             app.router.add_get(f"/sdk/{worker}", self._sdk_file(worker))
         app.router.add_static("/static/", c.static_dir, show_index=False)
-        app.router.add_get("/client/records/{name}", record_file_handler(c.records_dir))  # spec §14, with Range
+        app.router.add_get("/client/records/{name}",  # spec §14, with Range
+                           record_file_handler(c.records_dir, self.hub.recordings.finishing))
         self.whip = WhipFrontEnd(self.hub.registry, self.hub.plane, settings, c.whip_token,  # WHIP and WHEP
                                  hooks=self.hub.hooks, ice_servers=c.whip_ice_servers,
                                  recordings=self.hub.recordings)

@@ -16,8 +16,10 @@ API. `rotation` is accepted and ignored (files are not split).
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +32,7 @@ from ..streams.recording import RecordingError, is_record_file_name
 log = logging.getLogger("webcall.rest")
 
 MAX_TEMPLATE = 1024
+FINALIZE_WAIT = 10.0  # seconds a download waits for a stopped recording's file (Recordings.finish waits as long)
 _REASONS = {400: "Bad Request", 404: "Not Found", 415: "Unsupported Media Type", 500: "Internal Server Error"}
 
 
@@ -82,12 +85,20 @@ def _template(body: dict[str, Any]) -> str | None:
     return template
 
 
-def record_file_handler(directory: str):
+def record_file_handler(directory: str, finishing: Callable[[str], asyncio.Future[None] | None]):
     """GET /client/records/{name}: a recorded file, by a name the recorder could have made (no paths, no
-    hidden files); aiohttp's FileResponse answers Range requests (206) and HEAD."""
+    hidden files); aiohttp's FileResponse answers Range requests (206) and HEAD.
+
+    A recording that has stopped is named to its publisher at once (`recordName` on UNPUBLISHED) while its file
+    is still being finalized: a request for it waits (up to FINALIZE_WAIT) for the whole file instead of getting
+    an empty or half-written one, or a 404 before the file takes its final name. `finishing(name)` is the
+    recording's completion, or None when no recording of that name is being finalized."""
 
     async def handler(request: web.Request) -> web.StreamResponse:
         name = request.match_info["name"]
+        done = finishing(name)
+        if done is not None:
+            await asyncio.wait([done], timeout=FINALIZE_WAIT)  # on timeout, what is there (the recording goes on)
         path = Path(directory) / name
         if not is_record_file_name(name) or not path.is_file():
             raise web.HTTPNotFound(text="No such record")
@@ -140,4 +151,5 @@ def add_recording_routes(router: web.UrlDispatcher, hub: Hub) -> None:
         router.add_post(path, handler)
     router.add_post("/rest-api/recorder/find_all", find_all)
     router.add_get("/rest-api/recorder/find_all", find_all)
-    router.add_get("/client/records/{name}", record_file_handler(hub.settings.records.directory))
+    router.add_get("/client/records/{name}", record_file_handler(hub.settings.records.directory,
+                                                                  hub.recordings.finishing))

@@ -282,6 +282,13 @@ class Recordings:
         self._recordings = {r for r in self._recordings
                             if not r.done.done() or (r.status == "FAILED" and not r.publication.closed)}
 
+    def finishing(self, file_name: str) -> asyncio.Future[None] | None:
+        """The completion of the stopped recording whose file is `file_name`, while it is being finalized."""
+        for recording in self._recordings:
+            if recording.stopped_at is not None and recording.record_name == file_name and not recording.done.done():
+                return recording.done
+        return None
+
     def list(self) -> list[Recording]:
         """Oldest first."""
         self._prune()
