@@ -15,6 +15,7 @@ from typing import Protocol
 
 from ..logs import q
 from ..mse.catchup import CatchUp
+from ..mse.startgap import StartGuard
 from ..mse.signalling import feed_answer
 from ..streams.feeds import SharedFeed
 from ..streams.registry import Source
@@ -58,6 +59,7 @@ class FeedPlayback(Playback):
         self.feed: SharedFeed | None = None
         self.chunks_sent = 0
         self.catch_up = CatchUp() if self.output == "mse" else None  # the SDK's 2 s start buffer, made up
+        self.start_guard: StartGuard | None = None  # MSE with video: no hole after the first frame (mse/startgap.py)
 
     def start_feed(self) -> None:
         router = self.publication.router
@@ -67,6 +69,7 @@ class FeedPlayback(Playback):
         self.video_codec = ("H264" if mse else "MPV") if has_video else None
         self.audio_codec = ("mpeg4-generic" if mse else "PCMU") if has_audio else None
         self.profile = requested_profile(self.request, self.publication) if has_video else None
+        self.start_guard = StartGuard() if mse and has_video else None
         self.width, self.height = self.publication.width, self.publication.height
         self.session.send(msg.set_remote_sdp(self.media_session_id, feed_answer(self.request.sdp or "", has_video,
                                                                                 has_audio)))
@@ -108,10 +111,12 @@ class FeedPlayback(Playback):
         transport = self.transport
         if transport is None or self.closed:
             return
+        if self.start_guard is not None and not self.start_guard.done:
+            data = self.start_guard.rewrite(data)
         if self.catch_up is not None:
             data = self.catch_up.rewrite(data, asyncio.get_running_loop().time())
-            if not data:
-                return
+        if not data:
+            return
         if not transport.send_chunks(data, self.output == "mse"):  # MSE records share frames; WSPlayer: one each
             log.warning("media transport not reading %s", self.label)
             self.stop(StreamStatus.FAILED, OwnInfo.MEDIA_TRANSPORT_NOT_READING)
@@ -140,5 +145,7 @@ class FeedPlayback(Playback):
         if self.catch_up is not None:  # how far it was pulled in, and how far it played behind what it was sent
             ahead = self.catch_up.ahead_ms(asyncio.get_running_loop().time())
             catch_up = f" pulled_in_ms={round(self.catch_up.shift)} ahead_ms={None if ahead is None else round(ahead)}"
+        if self.start_guard is not None and self.start_guard.restamped_ms:
+            catch_up += f" first_frame_moved_ms={self.start_guard.restamped_ms}"
         log.info("feed playback ended %s chunks_sent=%d%s info=%s", self.label, self.chunks_sent, catch_up, q(info))
 
