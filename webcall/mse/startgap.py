@@ -7,15 +7,16 @@ browser tests — gives the player a video buffer of [0, 0] and then [0.458, …
 
 So what a player is sent is held from its start until its second video frame arrives (one frame interval; the SDK
 buffers 2 s before it plays anyway). If that frame is no more than MAX_START_GAP_MS after the first, everything
-goes on unchanged. If it is later, the first frame and its
-avcC are re-stamped to FIRST_FRAME_MS before it, and the audio older than that is left out: both tracks then
-start together, with no hole. A player that gets no second video frame within HOLD_LIMIT_MS of audio gets what
-was held, unchanged. Later holes are the SDK's to seek over (it does once playing).
+goes on unchanged. If it is later, the first frame and its avcC are re-stamped to FIRST_FRAME_MS before it, and the
+audio older than that is left out: both tracks then start together, with no hole. A player that gets no second
+video frame within HOLD_LIMIT_MS of audio gets what was held, unchanged. Later holes are the SDK's to seek over (it
+does once playing).
 """
 
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 from .flv import AUDIO, VIDEO
 
@@ -26,7 +27,7 @@ FIRST_FRAME_MS = 33  # how long a re-stamped first frame lasts before the second
 HOLD_LIMIT_MS = 3000  # audio held this long without a second video frame: everything goes on as it was
 
 
-def _records(chunk: bytes):
+def _records(chunk: bytes) -> Iterator[tuple[int, int, bool, bytes]]:
     """(tag, timestamp, is a media record (not a header), the record) for each record of a chunk."""
     pos = 0
     while pos + _HEAD.size <= len(chunk):
@@ -44,11 +45,14 @@ def _stamped(record: bytes, ts: int) -> bytes:
 
 
 class StartGuard:
+    """The start of one MSE player's records: held until its second video frame, then settled (module docstring)."""
+
     def __init__(self) -> None:
         self.done = False  # the start is settled: records pass as they are
         self.restamped_ms = 0  # how far the first frame was moved (0: not moved)
         self._held: list[tuple[int, int, bool, bytes]] = []
         self._first_video: int | None = None  # the first video frame's place in _held
+        self._first_audio: int | None = None  # the first held audio frame's timestamp
 
     def rewrite(self, chunks: list[bytes]) -> list[bytes]:
         """What to send now of these chunks (and of those held before)."""
@@ -77,9 +81,11 @@ class StartGuard:
         if tag == VIDEO and media:
             self._first_video = len(held)
         held.append((tag, ts, media, record))
-        audio = [t for tag_, t, media_, _ in held if tag_ == AUDIO and media_]
-        if audio and audio[-1] - audio[0] > HOLD_LIMIT_MS:
-            self._release(out, None)
+        if tag == AUDIO and media:
+            if self._first_audio is None:
+                self._first_audio = ts
+            elif ts - self._first_audio > HOLD_LIMIT_MS:
+                self._release(out, None)
 
     def _release(self, out: list[bytes], start: int | None) -> None:
         """Send what is held; with `start`, the first frame (and the video headers before it) re-stamped to it and
