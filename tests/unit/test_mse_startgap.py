@@ -7,14 +7,11 @@ starting together, no hole, everything else untouched."""
 
 from __future__ import annotations
 
-import struct
-
 from webcall.mse import flv
 from webcall.mse.startgap import FIRST_FRAME_MS, HOLD_LIMIT_MS, MAX_START_GAP_MS, StartGuard
 
 SPS = bytes.fromhex("6742c01f95a014016c")
 PPS = bytes.fromhex("68ce3c80")
-_HEAD = struct.Struct("!BiI")
 
 
 def vconfig(ts: int) -> bytes:
@@ -30,14 +27,7 @@ def audio(ts: int) -> bytes:
 
 
 def records(chunks: list[bytes]) -> list[tuple[int, int, bytes]]:
-    out = []
-    for chunk in chunks:
-        pos = 0
-        while pos < len(chunk):
-            tag, ts, size = _HEAD.unpack_from(chunk, pos)
-            out.append((tag, ts, chunk[pos + _HEAD.size:pos + _HEAD.size + size]))
-            pos += _HEAD.size + size
-    return out
+    return [r for chunk in chunks for r in flv.records(chunk)]
 
 
 def test_a_start_without_a_hole_goes_on_unchanged() -> None:

@@ -21,11 +21,9 @@ waiting is made up too. The shared feed is untouched: only this player's copies 
 
 from __future__ import annotations
 
-import struct
 
-from .flv import AUDIO, VIDEO
+from .flv import AUDIO, VIDEO, is_media, record, records
 
-_HEAD = struct.Struct("!BiI")
 
 SDK_START_MS = 2000  # the SDK plays once its queue spans more than this on every track
 START_SPAN_MS = 2300  # nothing is left out of the records before this span (the SDK has surely started)
@@ -55,22 +53,16 @@ class CatchUp:
         `now` (seconds, any monotonic clock): when they are sent."""
         out: list[bytes] = []
         for chunk in chunks:
-            pos, parts = 0, []
-            while pos + _HEAD.size <= len(chunk):
-                tag, ts, size = _HEAD.unpack_from(chunk, pos)
-                end = pos + _HEAD.size + size
-                if self._keep(tag, ts, chunk[pos + _HEAD.size:pos + _HEAD.size + 2], now):
-                    parts.append(_HEAD.pack(tag, ts - round(self.shift), size) + chunk[pos + _HEAD.size:end])
-                pos = end
+            parts = [record(tag, ts - round(self.shift), payload) for tag, ts, payload in records(chunk)
+                     if self._keep(tag, ts, payload, now)]
             if parts:
                 out.append(b"".join(parts))
         return out
 
-    def _keep(self, tag: int, ts: int, kind: bytes, now: float) -> bool:
-        # `kind`: the payload's first two bytes; headers (avcC, AudioSpecificConfig) are passed on as they are
+    def _keep(self, tag: int, ts: int, payload: bytes, now: float) -> bool:
         if tag not in (AUDIO, VIDEO):
             return True
-        if (kind[:1] if tag == AUDIO else kind[1:2]) != b"\x01":
+        if not is_media(tag, payload):  # headers (avcC, AudioSpecificConfig) are passed on as they are
             self.tracks.add(tag)
             return True
         first = self.first.setdefault(tag, ts)

@@ -12,6 +12,7 @@ byte (0 = AudioSpecificConfig, 1 = raw frame) and the data — with no FLV Sound
 from __future__ import annotations
 
 import struct
+from collections.abc import Iterator
 
 VIDEO = 9
 AUDIO = 8
@@ -28,6 +29,21 @@ def record(tag: int, ts_ms: int, payload: bytes) -> bytes:
     """One record: the header and the payload. The timestamp wraps like an i32 (24 days in)."""
     ts = ((ts_ms + 0x80000000) & 0xFFFFFFFF) - 0x80000000
     return _HEAD.pack(tag, ts, len(payload)) + payload
+
+
+def records(chunk: bytes) -> Iterator[tuple[int, int, bytes]]:
+    """(tag, timestamp, payload) of each record of a chunk (records back to back, as a feed sends them)."""
+    pos = 0
+    while pos + _HEAD.size <= len(chunk):
+        tag, ts, size = _HEAD.unpack_from(chunk, pos)
+        start = pos + _HEAD.size
+        pos = start + size
+        yield tag, ts, chunk[start:pos]
+
+
+def is_media(tag: int, payload: bytes) -> bool:
+    """An AAC raw frame or AVC NAL units, not a decoder configuration (AudioSpecificConfig, avcC)."""
+    return (payload[:1] if tag == AUDIO else payload[1:2]) == b"\x01"
 
 
 def split_annexb(data: bytes) -> list[bytes]:

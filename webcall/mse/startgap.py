@@ -15,33 +15,11 @@ does once playing).
 
 from __future__ import annotations
 
-import struct
-from collections.abc import Iterator
-
-from .flv import AUDIO, VIDEO
-
-_HEAD = struct.Struct("!BiI")
+from .flv import AUDIO, VIDEO, is_media, record, records
 
 MAX_START_GAP_MS = 200  # the most the second video frame may come after the first without a re-stamp
 FIRST_FRAME_MS = 33  # how long a re-stamped first frame lasts before the second
 HOLD_LIMIT_MS = 3000  # audio held this long without a second video frame: everything goes on as it was
-
-
-def _records(chunk: bytes) -> Iterator[tuple[int, int, bool, bytes]]:
-    """(tag, timestamp, is a media record (not a header), the record) for each record of a chunk."""
-    pos = 0
-    while pos + _HEAD.size <= len(chunk):
-        tag, ts, size = _HEAD.unpack_from(chunk, pos)
-        end = pos + _HEAD.size + size
-        body = chunk[pos + _HEAD.size:pos + _HEAD.size + 2]
-        media = (body[:1] if tag == AUDIO else body[1:2]) == b"\x01"  # AAC raw frame / AVC NAL units
-        yield tag, ts, media, chunk[pos:end]
-        pos = end
-
-
-def _stamped(record: bytes, ts: int) -> bytes:
-    tag, _, size = _HEAD.unpack_from(record)
-    return _HEAD.pack(tag, ts, size) + record[_HEAD.size:]
 
 
 class StartGuard:
@@ -50,7 +28,7 @@ class StartGuard:
     def __init__(self) -> None:
         self.done = False  # the start is settled: records pass as they are
         self.restamped_ms = 0  # how far the first frame was moved (0: not moved)
-        self._held: list[tuple[int, int, bool, bytes]] = []
+        self._held: list[tuple[int, int, bool, bytes]] = []  # (tag, timestamp, media, payload)
         self._first_video: int | None = None  # the first video frame's place in _held
         self._first_audio: int | None = None  # the first held audio frame's timestamp
 
@@ -63,24 +41,24 @@ class StartGuard:
             if self.done:
                 out.append(chunk)
                 continue
-            for tag, ts, media, record in _records(chunk):
+            for tag, ts, payload in records(chunk):
                 if self.done:
-                    out.append(record)
+                    out.append(record(tag, ts, payload))
                 else:
-                    self._take(tag, ts, media, record, out)
+                    self._take(tag, ts, is_media(tag, payload), payload, out)
         return out
 
-    def _take(self, tag: int, ts: int, media: bool, record: bytes, out: list[bytes]) -> None:
+    def _take(self, tag: int, ts: int, media: bool, payload: bytes, out: list[bytes]) -> None:
         held = self._held
         first = self._first_video
         if tag == VIDEO and media and first is not None:
             gap = ts - held[first][1]
             self._release(out, ts - FIRST_FRAME_MS if gap > MAX_START_GAP_MS else None)
-            out.append(record)
+            out.append(record(tag, ts, payload))
             return
         if tag == VIDEO and media:
             self._first_video = len(held)
-        held.append((tag, ts, media, record))
+        held.append((tag, ts, media, payload))
         if tag == AUDIO and media:
             if self._first_audio is None:
                 self._first_audio = ts
@@ -93,13 +71,13 @@ class StartGuard:
         first = self._first_video
         if start is not None and first is not None:
             self.restamped_ms = start - self._held[first][1]
-        for index, (tag, ts, media, record) in enumerate(self._held):
+        for index, (tag, ts, media, payload) in enumerate(self._held):
             if start is not None and ts < start:
                 if tag == AUDIO and media:
                     continue  # older than the video's new start: it would open a hole of its own
                 if tag == VIDEO and (not media or index == first):
-                    record = _stamped(record, start)
-            out.append(record)
+                    ts = start
+            out.append(record(tag, ts, payload))
         self._held = []
         self._first_video = None
         self.done = True
