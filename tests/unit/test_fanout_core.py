@@ -18,7 +18,7 @@ import pytest
 
 from tests.support.deps import missing_dependency
 from webcall.media.consumer import Consumer
-from webcall.media.fanout import FanoutCore, load_error, load_library
+from webcall.media.fanout import SEND_CAPACITY, SPLIT_MIN, FanoutCore, load_error, load_library
 from webcall.media.producer import Producer
 from webcall.media.router import TrackRouter
 from webcall.media.srtp import SendBatch, SrtpSession, abi_ffi, pack_sockaddr, sockaddr
@@ -218,19 +218,22 @@ def test_sockaddr_is_ipv4_only():
     assert pack_sockaddr(("127.0.0.1", 5000))[2:4] == struct.pack("!H", 5000)
 
 
-def test_helper_thread_splits_a_big_fanout_and_every_player_gets_every_packet(sender):
-    from webcall.media.fanout import SPLIT_MIN
-
-    router, players, consumers = make_players(sender, "AEAD_AES_128_GCM", {EXT_MID: 3}, SPLIT_MIN + 11, threads=2)
+@pytest.mark.parametrize(("count", "threads"), [
+    (SPLIT_MIN + 11, 2),  # split over the helper thread
+    (2 * SEND_CAPACITY + 5, 1),  # three sendmmsg calls, the send slots reused twice
+], ids=["helper-thread", "slots-reused"])
+def test_a_big_fanout_gives_every_player_every_packet_under_its_own_key(sender, count, threads):
+    router, players, consumers = make_players(sender, "AEAD_AES_128_GCM", {EXT_MID: 3}, count, threads=threads)
     core = router.core
-    assert core.threads == 2
+    assert core.threads == threads
     for consumer in consumers:
         router.attach(consumer, 0.0)
     sent = [packet(7000, 0, keyframe_payload(600))] + [packet(7000 + i, 3000 * i, os.urandom(500 + i))
                                                        for i in range(1, 20)]
     for i, data in enumerate(sent):
         router.producer.receive(data, i / 100)
-    assert core.split_fanouts == len(sent) - 1  # the first packet went through Python (promotion)
+    # the first packet went through Python (promotion)
+    assert core.split_fanouts == (len(sent) - 1 if threads == 2 else 0)
     for player, consumer in zip(players, consumers):
         got = player.receive(len(sent))
         seqs = [struct.unpack_from("!H", d, 2)[0] for d in got]

@@ -1,14 +1,16 @@
 /* The compiled fan-out core: one call sends one publisher packet to every started player of a group.
  *
  * Per player it does what Consumer.forward does in Python — write this player's RTP header (payload type,
- * sequence number, timestamp, SSRC) and the shared tail into the player's SRTP buffer, protect it in place,
- * queue it — then one sendmmsg(2) sends the whole group. It owns no keys and no sessions: the SRTP
- * contexts and buffers are pylibsrtp's (created by the DTLS layer), and `protect` is pylibsrtp's own
- * srtp_protect, so there is one libsrtp in the process. Loaded with cffi's ABI mode (see fanout.py);
+ * sequence number, timestamp, SSRC) and the shared tail into the next of the sender's send slots, protect it
+ * in place, queue it — and one sendmmsg(2) sends every `capacity` players (fanout.py: SEND_CAPACITY). The
+ * slots are few and reused, so the packets are written into memory that is still in the cache, and the first
+ * players' packets leave before the last ones are protected. It owns no keys and no sessions: the SRTP
+ * contexts are pylibsrtp's (created by the DTLS layer), and `protect` is pylibsrtp's own srtp_protect, so
+ * there is one libsrtp in the process. Loaded with cffi's ABI mode (see fanout.py);
  * built by `make core` with the system C compiler, nothing else.
  *
- * Memory rules: Python owns every pointer handed in here (targets, buffers, addresses) and keeps them
- * alive while they are reachable from a group; this file only allocates the sender's message arrays.
+ * Memory rules: Python owns every pointer handed in here (targets, SRTP contexts, addresses) and keeps them
+ * alive while they are reachable from a group; this file only allocates the sender's message arrays and slots.
  */
 #define _GNU_SOURCE
 #include <errno.h>
@@ -21,8 +23,8 @@
 #include <sys/uio.h>
 #include <sys/types.h>
 
-#define WC_ABI_VERSION 5  /* bump with any change to the structs or signatures below (fanout.py checks it) */
-#define WC_BUFFER 1500       /* pylibsrtp's per-session buffer (a private detail: see wc_srtp_buffer_size) */
+#define WC_ABI_VERSION 6  /* bump with any change to the structs or signatures below (fanout.py checks it) */
+#define WC_SLOT 1536         /* one send slot: a packet and its auth tag, in whole cache lines */
 #define WC_MAX_PACKET 1480   /* leaves room for the auth tag (GCM 16, HMAC-SHA1-80 10) */
 
 #define WC_STATE_LINES 13   /* lines of libsrtp and OpenSSL state srtp_protect reads for one stream */
@@ -31,14 +33,8 @@ typedef int (*wc_protect_fn)(void *srtp, void *rtp, int *len);
 
 int wc_abi_version(void) { return WC_ABI_VERSION; }
 
-/* The size this file assumes for pylibsrtp's session buffer (Session._cdata). fanout.py compares it with the
- * real one when it loads the library and refuses the core if they differ: writing a packet and its auth tag
- * into a smaller buffer would corrupt memory. */
-int wc_srtp_buffer_size(void) { return WC_BUFFER; }
-
 struct wc_target {
     void *srtp;               /* libsrtp srtp_t of the player's outbound session */
-    uint8_t *buf;             /* that session's buffer (WC_BUFFER bytes) */
     const void *name;         /* struct sockaddr_in, kept current by the transport */
     int64_t seq_offset;       /* player seq = (ext_seq + seq_offset) mod 2^16 */
     int64_t ts_offset;        /* player ts = (ts + ts_offset) mod 2^32 */
@@ -73,6 +69,7 @@ typedef struct wc_sender {
     wc_protect_fn protect;
     struct mmsghdr *msgs;
     struct iovec *iovs;
+    uint8_t *slots;           /* capacity × WC_SLOT bytes: the packets of one sendmmsg */
     uint64_t sent;            /* datagrams the kernel took */
     uint64_t dropped;         /* datagrams it refused (full socket buffer) */
     struct wc_helper *helper; /* a second thread for big fan-outs, or NULL */
@@ -104,9 +101,11 @@ wc_sender *wc_sender_new(int fd, int capacity, void *protect)
         return NULL;
     s->msgs = calloc((size_t)capacity, sizeof(*s->msgs));
     s->iovs = calloc((size_t)capacity, sizeof(*s->iovs));
-    if (s->msgs == NULL || s->iovs == NULL) {
+    s->slots = aligned_alloc(64, (size_t)capacity * WC_SLOT);
+    if (s->msgs == NULL || s->iovs == NULL || s->slots == NULL) {
         free(s->msgs);
         free(s->iovs);
+        free(s->slots);
         free(s);
         return NULL;
     }
@@ -130,6 +129,7 @@ void wc_sender_free(wc_sender *s)
         helper_stop(s->helper);
     free(s->msgs);
     free(s->iovs);
+    free(s->slots);
     free(s);
 }
 
@@ -302,8 +302,7 @@ static void find_srtp_state(struct wc_target *t)
 
 static inline void warm_target(const struct wc_target *t)
 {
-    uint8_t sink = *(const volatile uint8_t *)t->srtp | *(const volatile uint8_t *)t->buf
-                 | *(const volatile uint8_t *)t->name;
+    uint8_t sink = *(const volatile uint8_t *)t->srtp | *(const volatile uint8_t *)t->name;
     if (t->srtp_state_found > 0)
         for (int k = 0; k < WC_STATE_LINES; k++)
             if (t->srtp_state[k] != NULL)
@@ -333,7 +332,7 @@ static int fanout_range(wc_sender *s, const wc_job *j)
             t->dropped++;
             continue;
         }
-        uint8_t *buf = t->buf;
+        uint8_t *buf = s->slots + (size_t)queued * WC_SLOT;
         buf[0] = (uint8_t)j->b0;
         buf[1] = (uint8_t)(j->marker | t->payload_type);
         put16(buf + 2, (uint32_t)((ext_seq + t->seq_offset) & 0xFFFF));
@@ -341,7 +340,7 @@ static int fanout_range(wc_sender *s, const wc_job *j)
         put32(buf + 8, t->ssrc);
         memcpy(buf + 12, j->tail, (size_t)j->tail_len);
         int len = length;
-        if (s->protect(t->srtp, buf, &len) != 0 || len <= 0 || len > WC_BUFFER) {
+        if (s->protect(t->srtp, buf, &len) != 0 || len <= 0 || len > WC_SLOT) {
             t->dropped++;
             continue;
         }

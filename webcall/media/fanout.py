@@ -5,15 +5,15 @@ ABI mode, so there is no Python extension to build. Without it — or with `--fa
 player is served by `Consumer.forward` in Python: same packets, more CPU (both are measured by the bench).
 
 A player's Consumer starts in Python (keyframe gating, offsets, GOP replay) and is then *promoted*: it
-gets a `struct wc_target` holding its offsets, SSRC, payload type, SRTP context, buffer and address, and
+gets a `struct wc_target` holding its offsets, SSRC, payload type, SRTP context and address, and
 from then on the producer hands each packet to `wc_fanout` once for all promoted players of a layout.
 
-The core writes into pylibsrtp's session buffers and calls its libsrtp directly, which depends on private
+The core calls pylibsrtp's libsrtp directly on each player's session context, which depends on private
 details of pylibsrtp (pinned exactly in requirements.txt). `load_library` therefore checks them once before
-accepting the library (`srtp_layout_problem`): the private attributes and their types, the session buffer
-size against `wc_srtp_buffer_size()` (what fanout.c assumes), and one packet protected through `wc_fanout`
-against the same packet protected by pylibsrtp's public `Session.protect`. A failed check refuses the core
-like a missing build does: `auto` forwards in Python with a warning, `c` fails at start.
+accepting the library (`srtp_layout_problem`): the private attributes and their types, and one packet
+protected through `wc_fanout` against the same packet protected by pylibsrtp's public `Session.protect`.
+A failed check refuses the core like a missing build does: `auto` forwards in Python with a warning, `c`
+fails at start.
 
 The core also reads a little of libsrtp's own private structures, to warm the next players' SRTP state
 before their turn (fanout.c, "Warming"). `_enable_warming` lets it only if `wc_srtp_layout_check` recognises
@@ -36,13 +36,16 @@ from .srtp import lib as srtp_lib, sockaddr
 log = logging.getLogger("webcall.media")
 
 LIBRARY = Path(__file__).with_name("_fanout.so")
-ABI_VERSION = 5  # must match WC_ABI_VERSION in fanout.c: a stale build is refused, not trusted
-SEND_CAPACITY = 1024  # datagrams per sendmmsg; a bigger fan-out is sent in several calls
+ABI_VERSION = 6  # must match WC_ABI_VERSION in fanout.c: a stale build is refused, not trusted
+# Players per sendmmsg: the core protects their packets into this many send slots (96 KB), reused for the next
+# players, so it writes into memory still in the cache (per-player buffers, 1.5 KB each, went cold between
+# packets), and the first players' packets leave before the last ones are protected.
+SEND_CAPACITY = 64
 SPLIT_MIN = 64  # with a helper thread, fan-outs to this many players or more are split in two
 
 ffi.cdef("""
 struct wc_target {
-    void *srtp; void *buf; const void *name;
+    void *srtp; const void *name;
     int64_t seq_offset; int64_t ts_offset; int64_t start_ext_seq;
     uint32_t ssrc; uint32_t payload_type;
     uint64_t packets; uint64_t octets; uint64_t dropped;
@@ -50,7 +53,6 @@ struct wc_target {
 };
 typedef struct wc_sender wc_sender;
 int wc_abi_version(void);
-int wc_srtp_buffer_size(void);
 wc_sender *wc_sender_new(int fd, int capacity, void *protect);
 void wc_sender_free(wc_sender *s);
 uint64_t wc_sender_sent(const wc_sender *s);
@@ -156,9 +158,8 @@ def _sample_session() -> pylibsrtp.Session:
 def srtp_layout_problem(lib: Any) -> str:
     """Why the compiled core must not use pylibsrtp as installed, or "" when it may (run once, on load).
 
-    The private attributes fanout.py and srtp.py read, the session buffer's size against what fanout.c was
-    compiled for, and a sample packet sent through `wc_fanout` (to a UDP socket on 127.0.0.1) against the
-    same packet protected by pylibsrtp's public API."""
+    The private attributes fanout.py and srtp.py read, and a sample packet sent through `wc_fanout` (to a UDP
+    socket on 127.0.0.1) against the same packet protected by pylibsrtp's public API."""
     try:
         public, compiled = _sample_session(), _sample_session()
     except Exception as exc:  # noqa: BLE001 - whatever pylibsrtp raises, the core is not usable
@@ -166,9 +167,6 @@ def srtp_layout_problem(lib: Any) -> str:
     problem = layout_problem(compiled)
     if problem:
         return problem
-    size, assumed = len(compiled._cdata), lib.wc_srtp_buffer_size()
-    if size != assumed:
-        return f"Session._cdata is {size} bytes, fanout.c assumes {assumed} (wc_srtp_buffer_size)"
 
     b0, payload_type, seq, ts = 0x80, 96, 4321, 1234567
     packet = struct.pack("!BBHII", b0, payload_type, seq, ts, _SAMPLE_SSRC) + _SAMPLE_PAYLOAD
@@ -206,13 +204,11 @@ def srtp_layout_problem(lib: Any) -> str:
     if sent != expected:
         return (f"the compiled path protects a sample packet to {len(sent)} bytes that differ from "
                 f"Session.protect's {len(expected)}")
-    if bytes(compiled._buffer[:len(sent)]) != sent:
-        return "the compiled path did not protect the sample packet in Session._cdata"
     return ""
 
 
 class FanoutCore:
-    """One per media port: the library and a sender (its sendmmsg arrays) for the port's socket.
+    """One per media port: the library and a sender (its sendmmsg arrays and send slots) for the port's socket.
 
     With `threads=2` the sender gets a helper thread: a fan-out to SPLIT_MIN players or more is split, the
     event loop's thread doing one half (cffi releases the GIL during the call) and the helper the other, so
@@ -251,7 +247,6 @@ class FanoutCore:
                    start_ext_seq: int) -> Any:
         target = ffi.new("struct wc_target *")
         target.srtp = context_pointer(tx)
-        target.buf = tx.pointer
         target.name = name
         target.seq_offset = seq_offset
         target.ts_offset = ts_offset
