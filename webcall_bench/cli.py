@@ -162,6 +162,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def run_repeated(cfg: BenchConfig, repeat: int, versus: list[str]) -> int:
     """The bench `repeat` times (alternating with the --versus server, if any); each run's JSON beside the summary."""
+    from . import targets
     from .repeat import summarize
     from .repeat import table as summary_table
 
@@ -183,10 +184,15 @@ def run_repeated(cfg: BenchConfig, repeat: int, versus: list[str]) -> int:
             break
     summary = {"repeat": repeat, "variants": [
         {"server_args": args, "runs": paths[v], "summary": summarize(runs[v])} for v, args in enumerate(variants)]}
+    verdicts = [targets.judge(targets.points_of_summary(variant["summary"]), targets.median_capacity(runs[v]))
+                for v, variant in enumerate(summary["variants"])]
+    for variant, judged in zip(summary["variants"], verdicts):
+        variant["targets"] = targets.as_json(judged)
     write_json(summary, out)
-    for v, variant in enumerate(summary["variants"]):
+    for variant, judged in zip(summary["variants"], verdicts):
         title = f"server args: {' '.join(variant['server_args']) or '(none)'}" if versus else ""
         print(summary_table(variant["summary"], title))
+        print(targets.text(judged) + " (on the medians)")
     print(f"summary: {out}")
     return code
 
@@ -205,6 +211,7 @@ def run_once(cfg: BenchConfig, results: list[dict] | None = None) -> int:
         print(f"\nbench failed: {type(exc).__name__}: {exc}", file=sys.stderr)
         result = bench.result
         result["error"] = f"{type(exc).__name__}: {exc}"
+    from . import targets
     from .relaycost import estimate
     from .report import plot, table
 
@@ -216,9 +223,13 @@ def run_once(cfg: BenchConfig, results: list[dict] | None = None) -> int:
             result["plot"] = str(plot(result, out.with_suffix(".png")))
         except Exception as exc:  # noqa: BLE001
             print(f"plot failed: {exc}", file=sys.stderr)
+    verdicts = targets.judge(targets.points_of_run(result), targets.capacity_of_run(result))
+    result["targets"] = targets.as_json(verdicts)
     result["output"] = str(out)
     write_json(result, out)
     print(table(result))
+    if result.get("steps"):
+        print(targets.text(verdicts))
     print(f"results: {out}" + (f"  plot: {result['plot']}" if result.get("plot") else ""))
     if results is not None:
         results.append(result)
