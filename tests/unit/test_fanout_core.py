@@ -221,7 +221,8 @@ def test_sockaddr_is_ipv4_only():
 @pytest.mark.parametrize(("count", "threads"), [
     (SPLIT_MIN + 11, 2),  # split over the helper thread
     (2 * SEND_CAPACITY + 5, 1),  # three sendmmsg calls, the send slots reused twice
-], ids=["helper-thread", "slots-reused"])
+    (2 * SEND_CAPACITY + 5, 2),  # each thread reuses its own slots
+], ids=["helper-thread", "slots-reused", "both"])
 def test_a_big_fanout_gives_every_player_every_packet_under_its_own_key(sender, count, threads):
     router, players, consumers = make_players(sender, "AEAD_AES_128_GCM", {EXT_MID: 3}, count, threads=threads)
     core = router.core

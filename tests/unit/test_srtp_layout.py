@@ -3,9 +3,9 @@
 The Python forwarding path writes packets into pylibsrtp's session buffers and the compiled core calls its
 libsrtp on the sessions' private contexts (protecting into send slots of its own), so both depend on private
 details that a new pylibsrtp may change. These tests make sessions look different (an attribute missing, a
-smaller buffer, another protect result) and check that the
-Python path refuses them with SrtpLayoutError and that the core is refused when it loads: `auto` falls back
-to Python with a warning naming the change, `c` fails at start.
+smaller buffer, another protect result) and check that the Python path refuses them with SrtpLayoutError and
+that the core is refused when it loads: `auto` falls back to Python with a warning naming the change, `c`
+fails at start.
 """
 
 from __future__ import annotations
