@@ -179,7 +179,7 @@ class PublisherEndpoint(_Endpoint):
                 if producer is not None:
                     producer.on_sender_report(packet.sender_info.ntp_timestamp, packet.sender_info.rtp_timestamp, now)
 
-    def on_tick(self, now: float) -> None:
+    def on_tick(self, now: float) -> None:  # every tick: NACK retries and the input watch are due at any time
         interval = self.settings.keyframe_interval
         for producer in self.producers.values():
             if producer.missing:
@@ -310,9 +310,10 @@ class PlayerEndpoint(_Endpoint):
                     if consumer is not None:
                         consumer.on_report(report.fraction_lost, report.packets_lost)
 
-    def on_tick(self, now: float) -> None:
+    def on_tick(self, now: float) -> float:
+        """A player has nothing periodic but its sender reports: it is next due at the next report."""
         if now < self._next_rtcp:
-            return
+            return self._next_rtcp
         self._next_rtcp = now + rtcp_interval()
         ntp = ntp_now()
         # The SRs of the player's tracks in one compound RTCP packet (RFC 3550 §6.1): one SRTCP protect and one
@@ -321,6 +322,7 @@ class PlayerEndpoint(_Endpoint):
                    if (body := consumer.sender_report(now, ntp)) is not None]
         if reports:
             self.transport.send_rtcp(b"".join(reports))
+        return self._next_rtcp
 
     def _detach(self) -> None:
         for router, consumer in self._routes:

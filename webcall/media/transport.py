@@ -35,7 +35,8 @@ class TransportListener(Protocol):
     def on_transport_failed(self, reason: Failure) -> None: ...
     def on_rtp(self, packet: bytes, now: float) -> None: ...
     def on_rtcp(self, packet: bytes, now: float) -> None: ...
-    def on_tick(self, now: float) -> None: ...
+    def on_tick(self, now: float) -> float | None:
+        """Periodic work of a connected transport; returns when it is next due (None: at the port's next tick)."""
 
 
 def new_ice_credentials() -> tuple[str, str]:
@@ -237,21 +238,25 @@ class WebRtcTransport:
 
     # --- time -------------------------------------------------------------------------------------
 
-    def tick(self, now: float) -> None:
-        """Called by the port a few times a second: deadlines, consent, DTLS retransmission, RTCP."""
+    def tick(self, now: float) -> float | None:
+        """Deadlines, consent, DTLS retransmission, RTCP. Returns when this transport next needs a tick (None: at
+        the port's next one); the port visits it then, not every tick (a connected player: about once a second)."""
         if self.state == TransportState.CONNECTED:
-            if now - self.last_stun > self._consent_timeout:
+            expires = self.last_stun + self._consent_timeout
+            if now > expires:
                 log.info("consent expired transport=%s %s", self.id, self.label)
                 self.fail(Failure.CONSENT_EXPIRED)
-                return
-            self.listener.on_tick(now)
-        elif now >= self._connect_deadline:
+                return None
+            due = self.listener.on_tick(now)
+            return None if due is None else min(due, expires)
+        if now >= self._connect_deadline:
             reason = Failure.ICE_TIMEOUT if self.state == TransportState.NEW else Failure.DTLS_ERROR
             log.info("connect timeout transport=%s %s state=%s", self.id, self.label, self.state)
             self.fail(reason)
         elif self.state == TransportState.ICE_CONNECTED:
             for datagram in self._dtls.handle_timeout():
                 self.send_raw(datagram)
+        return None
 
     # --- teardown ---------------------------------------------------------------------------------
 
