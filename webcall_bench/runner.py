@@ -499,6 +499,11 @@ class Bench:
                 continue
             step = await self._step(http, url, identity, index, len(steps), target)
             self.result["steps"].append(step)
+            if not self.result["steps"][:-1] and _has_ratios(step):
+                # the ceilings are measured again after the steps: the final table's ratios use the mean of both
+                self.progress.line("(× ceiling and × compiled in these lines use the ceilings measured before the "
+                                   "steps; the table at the end uses the mean of that and a second measurement "
+                                   "after them)")
             self.progress.line(_step_line(step))
             if step["ok"]:
                 previous_ok = step
@@ -1151,6 +1156,11 @@ def _phases(players: list[BenchPlayer]) -> dict:
         "keyframe": [p.first_frame_at - p.dtls_at for p in done],
     }
     return {name: [_ms(percentile(values, 50), 1), _ms(percentile(values, 95), 1)] for name, values in spans.items()}
+
+
+def _has_ratios(step: dict) -> bool:
+    cpu = step.get("server_cpu") or {}
+    return bool(cpu.get("ratio_to_ceiling") or cpu.get("ratio_to_compiled"))
 
 
 def _step_line(step: dict) -> str:
