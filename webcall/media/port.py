@@ -56,8 +56,8 @@ class MediaPort(asyncio.DatagramProtocol):
         self.transports: set[WebRtcTransport] = set()
         # When each transport next needs a tick: (due, tie-breaker, transport), a heap. A connected player is due
         # about once a second (its sender reports), not on each of the ten ticks a second (visiting 300 players
-        # with nothing due was a fifth to a quarter of the tick's CPU). Entries of unregistered transports are
-        # dropped when they come up.
+        # with nothing due was about a fifth of the tick's CPU). Entries of unregistered transports are dropped
+        # when they come up.
         self._due: list[tuple[float, int, WebRtcTransport]] = []
         self._due_order = itertools.count()
         self.dropped = 0  # datagrams nobody could take
