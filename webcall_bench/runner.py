@@ -499,7 +499,7 @@ class Bench:
                 continue
             step = await self._step(http, url, identity, index, len(steps), target)
             self.result["steps"].append(step)
-            if not self.result["steps"][:-1] and _has_ratios(step):
+            if _has_ratios(step) and not any(map(_has_ratios, self.result["steps"][:-1])):
                 # the ceilings are measured again after the steps: the final table's ratios use the mean of both
                 self.progress.line("(× ceiling and × compiled in these lines use the ceilings measured before the "
                                    "steps; the table at the end uses the mean of that and a second measurement "
