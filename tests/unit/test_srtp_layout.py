@@ -10,6 +10,7 @@ fails at start.
 
 from __future__ import annotations
 
+import ctypes
 import importlib.metadata
 import logging
 import os
@@ -183,8 +184,9 @@ SSRCS = (0x11223344, 0xCAFEF00D)
 @pytest.mark.parametrize("policy", [POLICY, GCM_POLICY], ids=["AES_CM_128_HMAC_SHA1_80", "AEAD_AES_128_GCM"])
 def test_core_finds_each_players_stream_in_the_pinned_libsrtp(lib, media_sock, policy):
     """fanout.c reads libsrtp's private stream list to warm a player's state before its turn; it must find
-    exactly the stream of the target's SSRC (an audio and a video target share one session, as a player's do)."""
-    assert lib.wc_warm() == 1, "the pinned pylibsrtp's layout is recognised when the core loads"
+    exactly the stream of the target's SSRC (an audio and a video target share one session, as a player's do),
+    and OpenSSL's AES state of that stream, inside the block OpenSSL allocated for it."""
+    assert lib.wc_warm() == 2, "the pinned pylibsrtp's layout, and its OpenSSL's, are recognised when the core loads"
     session = SrtpSession(pylibsrtp.Session(pylibsrtp.Policy(ssrc_type=pylibsrtp.Policy.SSRC_ANY_OUTBOUND,
                                                              **policy)))
     name = fanout.sockaddr(media_sock.getsockname())
@@ -198,11 +200,20 @@ def test_core_finds_each_players_stream_in_the_pinned_libsrtp(lib, media_sock, p
         array = FanoutCore.target_array([target])
         assert lib.wc_fanout(sender, array, 1, tail, 300, 0x80, 0, 7, 1000, 300) == 1
         assert lib.wc_srtp_layout_check(fanout.context_pointer(session), target.ssrc) == 0
+    malloc_usable_size = ctypes.CDLL("libc.so.6").malloc_usable_size
+    malloc_usable_size.restype, malloc_usable_size.argtypes = ctypes.c_size_t, [ctypes.c_void_p]
     for target in targets:
         assert target.srtp_state_found == 1
         stream = target.srtp_state[1]
         assert fanout.ffi.cast("uint32_t *", stream)[0] == socket.htonl(target.ssrc), "its own stream"
+        assert target.aes_state_lines == (15 if policy is GCM_POLICY else 7)
+        state = int(fanout.ffi.cast("uintptr_t", target.aes_state))
+        assert state not in {int(fanout.ffi.cast("uintptr_t", line)) for line in target.srtp_state}
+        # every line the warming reads is inside OpenSSL's allocation (OPENSSL_zalloc is malloc here)
+        assert malloc_usable_size(state) >= 64 * target.aes_state_lines
     assert targets[0].srtp_state[1] != targets[1].srtp_state[1]
+    # libsrtp clones a session's streams from its template with the template's ciphers: one AES state a player
+    assert targets[0].aes_state == targets[1].aes_state
 
 
 def test_layout_check_refuses_structures_it_does_not_recognise(lib):
@@ -219,6 +230,44 @@ def test_layout_check_refuses_structures_it_does_not_recognise(lib):
     ffi.cast("void **", context)[0] = sentinel
     assert lib.wc_srtp_layout_check(context, 0xABCD) == -3
     assert lib.wc_srtp_layout_check(context, 0xABCE) == -2
+    assert lib.wc_aes_state_check(context, 0xABCD) == -3
+
+
+def test_aes_state_check_refuses_a_cipher_context_it_does_not_recognise(lib):
+    """A stream laid out as libsrtp 2.x lays it out, whose OpenSSL cipher context is not OpenSSL 3.5's
+    (`fetched_cipher` is not `cipher`): libsrtp's state may be warmed, OpenSSL's is refused."""
+    ffi = fanout.ffi
+    blocks = []
+
+    def block(size: int):
+        blocks.append(ffi.new("uint8_t[]", size))
+        return blocks[-1]
+
+    def put(where, offset: int, value) -> None:
+        ffi.cast("void **", where + offset)[0] = value
+
+    stream, sentinel, context, keys, cipher, state, evp = (block(n) for n in (128, 128, 24, 96, 32, 16, 200))
+    algctx, window, limit, method = block(1024), block(128), block(64), block(64)
+    ffi.cast("uint32_t *", stream)[0] = socket.htonl(0xABCD)
+    ffi.cast("uint32_t *", stream + 16)[0] = 1  # one master key
+    ffi.cast("uint32_t *", stream + 32)[0] = 128  # replay window bits
+    put(stream, 40, window)
+    ffi.cast("uint32_t *", stream + 84)[0] = 1  # sender
+    put(stream, 8, keys)
+    put(keys, 0, cipher)
+    put(keys, 80, limit)
+    put(cipher, 8, state)
+    ffi.cast("uint32_t *", cipher + 20)[0] = 6  # AES-GCM-128
+    ffi.cast("uint32_t *", state)[0] = 16
+    put(state, 8, evp)
+    put(evp, 0, method)
+    put(evp, 176, algctx)
+    put(sentinel, 112, stream)
+    put(context, 0, sentinel)
+    assert lib.wc_srtp_layout_check(context, 0xABCD) == 0
+    assert lib.wc_aes_state_check(context, 0xABCD) == -4  # fetched_cipher (NULL) is not cipher
+    put(evp, 184, method)
+    assert lib.wc_aes_state_check(context, 0xABCD) == 0
 
 
 class _UnrecognisedLayout:
@@ -244,6 +293,23 @@ def test_unrecognised_layout_runs_the_core_without_warming(lib, caplog):
     assert len(warnings) == 1 and "without warming" in warnings[0] and "wc_srtp_layout_check -3" in warnings[0]
 
 
+def test_another_openssl_warms_libsrtps_state_only(lib, monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="webcall")
+    monkeypatch.setattr(fanout, "bundled_openssl_version", lambda: fanout.OPENSSL_LAYOUT_VERSION + 0x10)
+    try:
+        fanout._enable_warming(lib)
+        assert lib.wc_warm() == 1
+    finally:
+        lib.wc_set_warm(2)
+    infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
+    assert any("not OpenSSL's" in m and "0x30500050" in m for m in infos), infos
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+
+
+def test_pinned_pylibsrtp_links_the_openssl_whose_layout_fanout_c_reads():
+    assert fanout.bundled_openssl_version() == fanout.OPENSSL_LAYOUT_VERSION
+
+
 def test_core_without_warming_forwards_the_same_bytes_and_reads_no_private_state(lib, media_sock):
     received = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     received.bind(("127.0.0.1", 0))
@@ -257,7 +323,7 @@ def test_core_without_warming_forwards_the_same_bytes_and_reads_no_private_state
     tail = fanout.ffi.new("char[]", os.urandom(500))
     out = {}
     try:
-        for warm in (0, 1):
+        for warm in (0, 1, 2):
             lib.wc_set_warm(warm)
             sessions = [SrtpSession(pylibsrtp.Session(pylibsrtp.Policy(**policy))) for _ in range(6)]
             targets = [FanoutCore.new_target(s, name, 0x1000 + i, 96, i, i, 0) for i, s in enumerate(sessions)]
@@ -266,7 +332,10 @@ def test_core_without_warming_forwards_the_same_bytes_and_reads_no_private_state
                 assert lib.wc_fanout(sender, array, len(targets), tail, 500, 0x80, 0, seq, 90 * seq, 500) == 6
             out[warm] = sorted(received.recv(2048) for _ in range(18))
             assert {t.srtp_state_found for t in targets} == ({0} if not warm else {1})
+            assert {t.aes_state_lines for t in targets} == ({15} if warm == 2 else {0})
+            if warm == 2:  # a player's session has its own cipher, so its own AES state
+                assert len({int(fanout.ffi.cast("uintptr_t", t.aes_state)) for t in targets}) == len(targets)
     finally:
-        lib.wc_set_warm(1)
+        lib.wc_set_warm(2)
         received.close()
-    assert out[0] == out[1]  # same keys, same labels: the same datagrams, warmed or not
+    assert out[0] == out[1] == out[2]  # same keys, same labels: the same datagrams, warmed or not

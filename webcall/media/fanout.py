@@ -17,11 +17,14 @@ fails at start.
 
 The core also reads a little of libsrtp's own private structures, to warm the next players' SRTP state
 before their turn (fanout.c, "Warming"). `_enable_warming` lets it only if `wc_srtp_layout_check` recognises
-them in real sessions of both SRTP profiles; if not, the core runs without warming, with a warning.
+them in real sessions of both SRTP profiles; if not, the core runs without warming, with a warning. It warms
+OpenSSL's AES state as well only if the OpenSSL inside pylibsrtp is exactly the version fanout.c's offsets
+were read from (`OPENSSL_LAYOUT_VERSION`) and `wc_aes_state_check` recognises its contexts.
 """
 
 from __future__ import annotations
 
+import ctypes
 import logging
 import socket
 import struct
@@ -29,6 +32,7 @@ from pathlib import Path
 from typing import Any
 
 import pylibsrtp
+import pylibsrtp._binding
 
 from .srtp import PYLIBSRTP_VERSION, SrtpSession, abi_ffi as ffi, ffi as srtp_ffi, layout_problem
 from .srtp import lib as srtp_lib, sockaddr
@@ -36,7 +40,7 @@ from .srtp import lib as srtp_lib, sockaddr
 log = logging.getLogger("webcall.media")
 
 LIBRARY = Path(__file__).with_name("_fanout.so")
-ABI_VERSION = 6  # must match WC_ABI_VERSION in fanout.c: a stale build is refused, not trusted
+ABI_VERSION = 7  # must match WC_ABI_VERSION in fanout.c: a stale build is refused, not trusted
 # Players per sendmmsg: the core protects their packets into this many send slots (96 KB), reused for the next
 # players, so it writes into memory still in the cache (per-player buffers, 1.5 KB each, went cold between
 # packets), and the first players' packets leave before the last ones are protected.
@@ -50,6 +54,7 @@ struct wc_target {
     uint32_t ssrc; uint32_t payload_type;
     uint64_t packets; uint64_t octets; uint64_t dropped;
     const void *srtp_state[13]; int32_t srtp_state_found;
+    int32_t aes_state_lines; const void *aes_state;
 };
 typedef struct wc_sender wc_sender;
 int wc_abi_version(void);
@@ -63,7 +68,8 @@ int wc_fanout(wc_sender *s, struct wc_target *const *targets, int n, const char 
               int b0, int marker, int64_t ext_seq, uint32_t ts, int payload_size);
 int wc_target_size(void);
 int wc_srtp_layout_check(const void *srtp, uint32_t ssrc);
-void wc_set_warm(int on);
+int wc_aes_state_check(const void *srtp, uint32_t ssrc);
+void wc_set_warm(int level);
 int wc_warm(void);
 int wc_bench_forward(wc_sender *s, int fd, void *rx_srtp, void *unprotect, char *buf, int capacity,
                      struct wc_target *const *targets, int n);
@@ -106,6 +112,10 @@ def _enable_warming(lib: Any) -> None:
     read as fanout.c expects in sessions of both SRTP profiles webcall offers; if not, it runs without."""
     packet = struct.pack("!BBHII", 0x80, 96, 1, 2, _SAMPLE_SSRC) + _SAMPLE_PAYLOAD
     problems = []
+    aes_problems = []
+    if (version := bundled_openssl_version()) != OPENSSL_LAYOUT_VERSION:
+        aes_problems.append(f"OpenSSL {version:#x} is not {OPENSSL_LAYOUT_VERSION:#x}" if version is not None
+                            else "the OpenSSL version cannot be read")
     for profile, key_length in ((pylibsrtp.Policy.SRTP_PROFILE_AES128_CM_SHA1_80, 30),
                                 (pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM, 28)):
         try:
@@ -118,10 +128,33 @@ def _enable_warming(lib: Any) -> None:
             continue
         if (code := lib.wc_srtp_layout_check(context, _SAMPLE_SSRC)) != 0:
             problems.append(f"profile {profile}: wc_srtp_layout_check {code}")
-    lib.wc_set_warm(0 if problems else 1)
+        elif not aes_problems and (code := lib.wc_aes_state_check(context, _SAMPLE_SSRC)) != 0:
+            aes_problems.append(f"profile {profile}: wc_aes_state_check {code}")
     if problems:
+        lib.wc_set_warm(0)
         log.warning("fan-out core runs without warming SRTP state: libsrtp is not laid out as fanout.c reads "
                     "it (%s)", "; ".join(problems))
+    elif aes_problems:
+        lib.wc_set_warm(1)
+        log.info("fan-out core warms libsrtp's state but not OpenSSL's (%s)", "; ".join(aes_problems))
+    else:
+        lib.wc_set_warm(2)
+
+
+# The OpenSSL whose EVP_CIPHER_CTX and AES provider contexts fanout.c's "level 2" offsets were read from: the one
+# pylibsrtp 1.0.0 links in (OpenSSL_version_num() of 3.5.4).
+OPENSSL_LAYOUT_VERSION = 0x30500040
+
+
+def bundled_openssl_version() -> int | None:
+    """OpenSSL_version_num() of the OpenSSL linked into pylibsrtp's binding (the one that runs our ciphers)."""
+    try:
+        function = ctypes.CDLL(pylibsrtp._binding.__file__).OpenSSL_version_num
+    except (OSError, AttributeError):
+        return None
+    function.restype = ctypes.c_ulong
+    function.argtypes = []
+    return int(function())
 
 
 def load_error() -> str:
