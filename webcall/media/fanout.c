@@ -194,7 +194,7 @@ static inline void put32(uint8_t *p, uint32_t v)
  * for AES-CTR. Measured in the server (fan-outs alternating between two builds, the thread's CPU time around
  * each call): −1.8 to −5.2 % of the call at 100 players, −4.1 to −5.9 % at 300, against −1.4 to +0.7 %
  * between two copies of one build. (Also reading the third line of the EVP_CIPHER_CTX and the replay window's
- * second line: −0.6 to −2.2 % more, inside that spread; not done.)
+ * second line: −0.6 to −2.2 % more, inside that spread; warming three players ahead: the same. Not done.)
  * Its offsets and sizes are those of OpenSSL 3.5.4 as pylibsrtp 1.0.0 links it in: fanout.py asks for
  * level 2 only when that library reports exactly that version and wc_aes_state_check recognises real
  * sessions, and find_srtp_state checks each context again. */
