@@ -296,11 +296,12 @@ def test_unrecognised_layout_runs_the_core_without_warming(lib, caplog):
 def test_another_openssl_warms_libsrtps_state_only(lib, monkeypatch, caplog):
     caplog.set_level(logging.INFO, logger="webcall")
     monkeypatch.setattr(fanout, "bundled_openssl_version", lambda: fanout.OPENSSL_LAYOUT_VERSION + 0x10)
+    level = lib.wc_warm()
     try:
         fanout._enable_warming(lib)
         assert lib.wc_warm() == 1
     finally:
-        lib.wc_set_warm(2)
+        lib.wc_set_warm(level)
     infos = [r.getMessage() for r in caplog.records if r.levelno == logging.INFO]
     assert any("not OpenSSL's" in m and "0x30500050" in m for m in infos), infos
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
@@ -322,6 +323,7 @@ def test_core_without_warming_forwards_the_same_bytes_and_reads_no_private_state
                            lib.wc_sender_free)
     tail = fanout.ffi.new("char[]", os.urandom(500))
     out = {}
+    level = lib.wc_warm()
     try:
         for warm in (0, 1, 2):
             lib.wc_set_warm(warm)
@@ -336,6 +338,6 @@ def test_core_without_warming_forwards_the_same_bytes_and_reads_no_private_state
             if warm == 2:  # a player's session has its own cipher, so its own AES state
                 assert len({int(fanout.ffi.cast("uintptr_t", t.aes_state)) for t in targets}) == len(targets)
     finally:
-        lib.wc_set_warm(2)
+        lib.wc_set_warm(level)
         received.close()
     assert out[0] == out[1] == out[2]  # same keys, same labels: the same datagrams, warmed or not

@@ -107,9 +107,26 @@ def load_library(path: Path = LIBRARY) -> Any:
     return _library
 
 
+# The OpenSSL whose EVP_CIPHER_CTX and AES provider contexts fanout.c's "level 2" offsets were read from: the one
+# pylibsrtp 1.0.0 links in (OpenSSL_version_num() of 3.5.4).
+OPENSSL_LAYOUT_VERSION = 0x30500040
+
+
+def bundled_openssl_version() -> int | None:
+    """OpenSSL_version_num() of the OpenSSL linked into pylibsrtp's binding (the one that runs our ciphers)."""
+    try:
+        function = ctypes.CDLL(pylibsrtp._binding.__file__).OpenSSL_version_num
+    except (OSError, AttributeError):
+        return None
+    function.restype = ctypes.c_ulong
+    function.argtypes = []
+    return int(function())
+
+
 def _enable_warming(lib: Any) -> None:
     """Let the core warm the next players' SRTP state (fanout.c, "Warming") if libsrtp's private structures
-    read as fanout.c expects in sessions of both SRTP profiles webcall offers; if not, it runs without."""
+    read as fanout.c expects in sessions of both SRTP profiles webcall offers; if not, it runs without. Level 2
+    (OpenSSL's AES state too) also needs the OpenSSL of OPENSSL_LAYOUT_VERSION and its contexts recognised."""
     packet = struct.pack("!BBHII", 0x80, 96, 1, 2, _SAMPLE_SSRC) + _SAMPLE_PAYLOAD
     problems = []
     aes_problems = []
@@ -139,22 +156,6 @@ def _enable_warming(lib: Any) -> None:
         log.info("fan-out core warms libsrtp's state but not OpenSSL's (%s)", "; ".join(aes_problems))
     else:
         lib.wc_set_warm(2)
-
-
-# The OpenSSL whose EVP_CIPHER_CTX and AES provider contexts fanout.c's "level 2" offsets were read from: the one
-# pylibsrtp 1.0.0 links in (OpenSSL_version_num() of 3.5.4).
-OPENSSL_LAYOUT_VERSION = 0x30500040
-
-
-def bundled_openssl_version() -> int | None:
-    """OpenSSL_version_num() of the OpenSSL linked into pylibsrtp's binding (the one that runs our ciphers)."""
-    try:
-        function = ctypes.CDLL(pylibsrtp._binding.__file__).OpenSSL_version_num
-    except (OSError, AttributeError):
-        return None
-    function.restype = ctypes.c_ulong
-    function.argtypes = []
-    return int(function())
 
 
 def load_error() -> str:
