@@ -17,7 +17,7 @@
 #   .venv/.webcall-runtime            <- requirements.txt                       (serve)
 #   .venv/.webcall-installed          <- requirements.txt, requirements-dev.txt (test, bench)
 #   node_modules/.webcall-installed   <- package.json, package-lock.json
-#   webcall/media/_fanout.so          <- webcall/media/fanout.c
+#   webcall/media/_fanout.so          <- webcall/media/fanout.c, ingest.c
 
 SHELL := /bin/bash
 .SHELLFLAGS := -eu -o pipefail -c
@@ -44,7 +44,8 @@ GST_PACKAGES  := gstreamer1.0-plugins-base gstreamer1.0-plugins-good gstreamer1.
 # redis-server: the cluster tests (tests/e2e/test_cluster.py) start their own, on a free port, no persistence.
 TEST_CHECKS   := chromium:chromium firefox-esr:firefox-esr libavcodec59 $(GST_PACKAGES) redis-server:redis-server
 CC          ?= gcc
-CORE_SRC    := webcall/media/fanout.c
+CORE_SRC    := webcall/media/fanout.c webcall/media/ingest.c
+CORE_HDR    := webcall/media/fanout.h
 CORE_LIB    := webcall/media/_fanout.so
 
 .PHONY: serve test bench fuzz soak fuzz-live cluster-figures core venv venv-runtime sdk deps-system deps-test clean help
@@ -112,8 +113,8 @@ venv-runtime: $(RUNTIME_STAMP)
 core: $(CORE_LIB)
 
 # A plain shared library (no Python headers): fanout.py dlopens it and checks its ABI version.
-$(CORE_LIB): $(CORE_SRC) | deps-system
-	$(CC) -O2 -Wall -Wextra -Werror -fPIC -shared -pthread -o $@ $<
+$(CORE_LIB): $(CORE_SRC) $(CORE_HDR) | deps-system
+	$(CC) -O2 -Wall -Wextra -Werror -fPIC -shared -pthread -o $@ $(CORE_SRC)
 
 # Creates $(VENV) if it has no working interpreter (shared by both venv stamps).
 define make-venv

@@ -53,6 +53,7 @@ class Player:
         self.addr = None
         self.sockaddr = None
         self.link = None  # a UDP path (an ICE-TCP one is served in Python: media/tcp.py)
+        self.ingest = None  # a player has no ingest thread (media/ingest.py)
         self.state = "new"
         self.send_errors = 0
         self.move_to(self.inbox.getsockname())

@@ -134,6 +134,10 @@ class PublisherEndpoint(_Endpoint):
 
     def on_transport_connected(self, now: float) -> None:
         self._last_rtp = self._window_start = now
+        ingest = self.transport.start_ingest()  # forwarding in a C thread, where the port allows (ingest.py)
+        if ingest is not None:
+            for track in self.router.tracks.values():
+                ingest.add_track(track)
         self.events.on_connected()
 
     def on_transport_failed(self, reason: Failure) -> None:
@@ -164,6 +168,8 @@ class PublisherEndpoint(_Endpoint):
             producer.ssrc = ssrc
             self._by_ssrc[ssrc] = producer
             producer.receive(packet, now)
+            if self.transport.ingest is not None:  # the thread forwards it from its next packet
+                self.transport.ingest.add_track(self.router.tracks[producer.kind])
             return True
         producer = self._rtx_by_pt.get(pt)
         if producer is not None and producer.rtx_ssrc is None and producer.ssrc is not None:

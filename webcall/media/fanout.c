@@ -23,7 +23,9 @@
 #include <sys/uio.h>
 #include <sys/types.h>
 
-#define WC_ABI_VERSION 7  /* bump with any change to the structs or signatures below (fanout.py checks it) */
+#include "fanout.h"
+
+#define WC_ABI_VERSION 8  /* bump with any change to the structs or signatures below (fanout.py checks it) */
 #define WC_SLOT 1536         /* one send slot: a packet and its auth tag, in whole cache lines */
 #define WC_MAX_PACKET 1480   /* leaves room for the auth tag (GCM 16, HMAC-SHA1-80 10) */
 

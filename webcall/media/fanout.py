@@ -40,7 +40,7 @@ from .srtp import lib as srtp_lib, sockaddr
 log = logging.getLogger("webcall.media")
 
 LIBRARY = Path(__file__).with_name("_fanout.so")
-ABI_VERSION = 7  # must match WC_ABI_VERSION in fanout.c: a stale build is refused, not trusted
+ABI_VERSION = 8  # must match WC_ABI_VERSION in fanout.c: a stale build is refused, not trusted
 # Players per sendmmsg: the core protects their packets into this many send slots (96 KB), reused for the next
 # players, so it writes into memory still in the cache (per-player buffers, 1.5 KB each, went cold between
 # packets), and the first players' packets leave before the last ones are protected.

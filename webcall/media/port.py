@@ -31,6 +31,7 @@ from aioice import stun
 from ..streams.limits import DTLS_HANDSHAKES, UNVERIFIED_DATAGRAMS, Refusals
 from .failures import Failure
 from .fanout import FanoutCore, new_core
+from .ingest import IngestCounts
 from .srtp import SendBatch
 from .stats import FanoutCost
 from .tcp import MAX_UNVERIFIED_LINKS, UNVERIFIED_TIMEOUT, TcpLink, listen
@@ -46,9 +47,12 @@ UNVERIFIED_TABLE_SIZE = 65536  # addresses counted per second; beyond it (a spoo
 
 class MediaPort(asyncio.DatagramProtocol):
     def __init__(self, fanout_core: str = "auto", fanout_threads: int = 1, max_unverified: int = 0,
-                 max_handshakes: int = 0) -> None:
+                 max_handshakes: int = 0, ingest: str = "off") -> None:
         self.fanout_mode = fanout_core  # auto, c or python (see fanout.py)
         self.fanout_threads = fanout_threads
+        self.ingest_mode = ingest  # auto: UDP publishers get an ingest thread when the core is loaded (ingest.py)
+        self.ingest_enabled = False  # ... and it could be had (decided in start())
+        self.ingest_counts = IngestCounts()
         self.core: FanoutCore | None = None
         self.sock: socket.socket | None = None
         self.by_ufrag: dict[str, WebRtcTransport] = {}
@@ -91,6 +95,14 @@ class MediaPort(asyncio.DatagramProtocol):
         # Shared by every producer: a fan-out runs to completion (flush included) before the next one starts.
         self.batch = SendBatch(sock) if SendBatch.available else None
         self.core = new_core(sock, self.fanout_mode, self.fanout_threads)
+        if self.ingest_mode == "auto" and self.core is not None:
+            # Set after bind, so that a port in use is still refused; the publishers' connected sockets share
+            # the port with this one (ingest.py).
+            try:
+                sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+                self.ingest_enabled = True
+            except (OSError, AttributeError) as exc:
+                log.warning("ingest threads off: SO_REUSEPORT on the media port failed (%s)", exc)
         loop = asyncio.get_running_loop()
         self._endpoint, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
         self._ticker = asyncio.create_task(self._tick_loop(), name="media-port-ticker")
@@ -170,6 +182,10 @@ class MediaPort(asyncio.DatagramProtocol):
         return True
 
     # --- datagrams ----------------------------------------------------------------------------------
+
+    def receive_from(self, data: bytes, addr: Address) -> None:
+        """A datagram from `addr` that an ingest thread read (STUN, DTLS): handled as if it came here."""
+        self._receive(data, addr)
 
     def datagram_received(self, data: bytes, addr: Address) -> None:
         if len(addr) > 2:  # IPv6 tuples carry flow info and scope id

@@ -88,6 +88,8 @@ class Producer:
         self._on_keyframe = on_keyframe
 
         self.deliver: Deliver | None = None  # the track's router, once one reads this producer
+        # Takes in what an ingest thread has queued (ingest.py): the ring may be a few ms behind the thread.
+        self.catch_up: Callable[[], None] | None = None
         self.ring: list[bytes | None] = [None] * RING_SIZE
 
         # Sequence state: extended = cycles + seq (RFC 3550 A.1).

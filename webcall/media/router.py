@@ -12,6 +12,11 @@ incoming track. The producer (media/producer.py) hands every stored packet to it
    `QueuedReader` (media/readers.py). One that raises is detached and counted; the others never notice.
 
 Work that depends on a plan but not on a player (extension rewriting) is done once per plan, not per player.
+
+With an ingest thread (ingest.py), the thread forwards the track's packets to the core's groups itself while
+every player is started and on the core; `deliver` then gets them afterwards with `ingest_forwarded` set, and
+does the rest (readers). Changes to the groups are made under MEDIA_LOCK after taking in what the thread
+queued, and handed to the thread (`sync_ingest`).
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ from collections.abc import Callable
 from time import perf_counter_ns, thread_time_ns
 from typing import TYPE_CHECKING
 
+from .ingest import MEDIA_LOCK
 from .producer import Producer
 from .rtp import ExtensionPlan, parse_extensions, rewrite, split
 from .stats import FANOUT_SAMPLE_MASK
@@ -29,6 +35,7 @@ from .stats import FANOUT_SAMPLE_MASK
 if TYPE_CHECKING:
     from .consumer import Consumer
     from .fanout import FanoutCore
+    from .ingest import Ingest
     from .srtp import SendBatch
     from .stats import FanoutCost
 
@@ -57,6 +64,9 @@ class TrackRouter:
         # Per player layout: (plan, consumers served in Python, the core's target array, its length, the
         # promoted consumers — kept here so the targets the array points to stay alive while it is used).
         self._groups: list[tuple[ExtensionPlan, list[Consumer], object, int, list[Consumer]]] = []
+        self.ingest: Ingest | None = None  # the publisher's ingest thread, when it has this track
+        self.ingest_forwarded = False  # set while `deliver` runs for a packet the thread already forwarded
+        self._all_on_core = False  # every player is on the core (none is served in Python)
         producer.deliver = self.deliver
 
     # --- the hot path -----------------------------------------------------------------------------
@@ -69,8 +79,8 @@ class TrackRouter:
                     reader(packet, keyframe)
                 except Exception:  # one reader's bug must not reach the publisher or the other readers
                     self._reader_failed(reader)
-        if not self._groups:
-            return
+        if not self._groups or (self.ingest_forwarded and self._all_on_core):
+            return  # (the ingest thread forwarded it to every player)
         elements = parse_extensions(packet, csrc_end, ext_end) if ext_end > csrc_end else None
         csrc = packet[12:csrc_end]
         payload = packet[ext_end:]
@@ -83,12 +93,16 @@ class TrackRouter:
         core = self.core
         size = end - ext_end
         promote = False
+        forwarded = self.ingest_forwarded  # the core's groups had it from the ingest thread
+        held = MEDIA_LOCK.acquire()
         try:
             for plan, consumers, targets, count, _ in self._groups:
+                if forwarded and not consumers:
+                    continue
                 ext = plan.build(elements)
                 tail = csrc + ext + payload
                 b0_out = b0 | 0x10 if ext else b0
-                if count:
+                if count and not forwarded:
                     core.fanout(core.sender, targets, count, tail, len(tail), b0_out, marker, ext_seq, ts, size)
                 for consumer in consumers:
                     consumer.forward(b0_out, marker, ext_seq, ts, tail, keyframe, size, batch)
@@ -97,9 +111,10 @@ class TrackRouter:
         finally:
             if batch is not None and batch.count:
                 batch.flush()  # one sendmmsg for every player of this packet
+            MEDIA_LOCK.release(held)
         if promote:
             self._promote_started()
-        if started and self.fanout_cost is not None:
+        if started and self.fanout_cost is not None and not forwarded:
             self.fanout_cost.observe(perf_counter_ns() - started, len(self.consumers), thread_time_ns() - cpu_started)
 
     # --- Python readers ---------------------------------------------------------------------------
@@ -119,19 +134,25 @@ class TrackRouter:
 
     def attach(self, consumer: Consumer, now: float) -> None:
         """Start forwarding to a player: replay the current GOP if it is short, and ask for a keyframe."""
-        self.consumers.append(consumer)
-        self._regroup()
-        producer = self.producer
-        if producer.kind != "video":
-            return
-        gop = producer.current_gop(REPLAY_MAX_PACKETS)
-        replayed = gop is not None and gop[-1][0] == producer.newest_ext_seq  # whole: no hole before the newest
-        if replayed:
-            for index, (ext_seq, packet) in enumerate(gop):
-                b0, head, payload = rewrite(packet, consumer.plan)
-                _, ext_end, end = split(packet)
-                consumer.forward(b0, packet[1] & 0x80, ext_seq, _TS.unpack_from(packet, 4)[0], head + payload,
-                                 index == 0, end - ext_end)
+        held = MEDIA_LOCK.acquire()
+        try:
+            if self.ingest is not None:
+                self.ingest.catch_up()  # what the thread forwarded before this player came is not for it
+            self.consumers.append(consumer)
+            self._regroup()
+            producer = self.producer
+            if producer.kind != "video":
+                return
+            gop = producer.current_gop(REPLAY_MAX_PACKETS)
+            replayed = gop is not None and gop[-1][0] == producer.newest_ext_seq  # whole: no hole before the newest
+            if replayed:
+                for index, (ext_seq, packet) in enumerate(gop):
+                    b0, head, payload = rewrite(packet, consumer.plan)
+                    _, ext_end, end = split(packet)
+                    consumer.forward(b0, packet[1] & 0x80, ext_seq, _TS.unpack_from(packet, 4)[0], head + payload,
+                                     index == 0, end - ext_end)
+        finally:
+            MEDIA_LOCK.release(held)
         if not replayed or now - producer.last_keyframe_request > 2.0:
             producer.request_keyframe(now)
 
@@ -151,18 +172,45 @@ class TrackRouter:
             self._regroup()
 
     def _regroup(self) -> None:
-        groups: dict[tuple, tuple[ExtensionPlan, list[Consumer], list[Consumer]]] = {}
-        for consumer in self.consumers:
-            _, slow, fast = groups.setdefault(consumer.plan.key, (consumer.plan, [], []))
-            (fast if consumer.target is not None else slow).append(consumer)
-        core = self.core
-        self._groups = [
-            (plan, slow, core.target_array([c.target for c in fast]) if fast and core else None,
-             len(fast) if core else 0, fast)
-            for plan, slow, fast in groups.values()
-        ]
+        held = MEDIA_LOCK.acquire()
+        try:
+            if self.ingest is not None:
+                self.ingest.catch_up()  # the packets queued before the change are forwarded as before it
+            old = self._groups  # alive until the thread has the new arrays
+            groups: dict[tuple, tuple[ExtensionPlan, list[Consumer], list[Consumer]]] = {}
+            for consumer in self.consumers:
+                _, slow, fast = groups.setdefault(consumer.plan.key, (consumer.plan, [], []))
+                (fast if consumer.target is not None else slow).append(consumer)
+            core = self.core
+            self._groups = [
+                (plan, slow, core.target_array([c.target for c in fast]) if fast and core else None,
+                 len(fast) if core else 0, fast)
+                for plan, slow, fast in groups.values()
+            ]
+            self._all_on_core = all(not slow and count for _, slow, _, count, _ in self._groups)
+            self.sync_ingest()
+            del old
+        finally:
+            MEDIA_LOCK.release(held)
+
+    def sync_ingest(self) -> None:
+        """Give the ingest thread this track's groups: all of them while every player is on the core, else none
+        (a player served in Python needs every packet in order through `deliver`)."""
+        ingest = self.ingest
+        if ingest is None:
+            return
+        if self._all_on_core:
+            ingest.set_groups(self, [(plan, targets, count) for plan, _, targets, count, _ in self._groups])
+        else:
+            ingest.set_groups(self, None)
 
     def close(self) -> None:
+        if self.ingest is not None:
+            held = MEDIA_LOCK.acquire()
+            try:
+                self.ingest.set_groups(self, None)
+            finally:
+                MEDIA_LOCK.release(held)
         self.consumers.clear()
         self.readers = ()
         self._groups = []

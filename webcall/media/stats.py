@@ -38,6 +38,15 @@ class FanoutCost:
         self.samples += 1
         self.players += players
 
+    def observe_many(self, samples: int, duration_ns: int, players: int, cpu_ns: int) -> None:
+        """`samples` fan-outs timed elsewhere (an ingest thread, which sums them): counted in the bucket of
+        their mean duration."""
+        self.counts[bisect_left(_BUCKETS_NS, duration_ns // samples)] += samples
+        self.sum_ns += duration_ns
+        self.cpu_ns += cpu_ns
+        self.samples += samples
+        self.players += players
+
     def cumulative(self) -> list[tuple[float, int]]:
         """(upper bound in seconds, cumulative count) per bucket, ending with (inf, samples)."""
         out, total = [], 0

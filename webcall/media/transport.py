@@ -9,6 +9,10 @@ transport on UDP stays on UDP: its players may already be targets of the compile
 One on TCP moves to UDP when the client nominates a UDP pair (browsers may finish ICE and DTLS on the TCP pair
 that answered first, then move to the better one): its players are served in Python, which reads the path per
 packet, and consent is only counted on the path we send on.
+
+A publisher's transport may hand its reading to an ingest thread (ingest.py) once connected on UDP: its
+datagrams then arrive unprotected, through `on_plain_rtp` / `on_plain_rtcp`, and the thread stops when the
+publisher's path changes (its socket is connected to the old one) or the transport closes.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Protocol
 
 from .failures import Failure
 from .dtls import DtlsError, DtlsIdentity, DtlsServer
+from .ingest import MEDIA_LOCK, Ingest
 from .srtp import SrtpError, SrtpSession, abi_ffi, pack_sockaddr
 from .tcp import TcpLink
 
@@ -49,6 +54,7 @@ class PortRegistry(Protocol):
     """What a transport needs of the UDP port it lives on (media/port.py): a socket and the demux tables."""
 
     sock: socket.socket | None
+    ingest_enabled: bool  # publishers on UDP get an ingest thread (ingest.py)
 
     def register(self, transport: WebRtcTransport) -> None: ...
     def handshake_started(self, transport: WebRtcTransport) -> bool: ...
@@ -101,6 +107,7 @@ class WebRtcTransport:
         self._consent_timeout = consent_timeout
         self.last_stun = 0.0
         self._refused_tcp = False  # the client nominated a TCP path after we connected on UDP (logged once)
+        self.ingest: Ingest | None = None  # the thread reading this publisher's datagrams (ingest.py)
         self._handshaking = False  # admitted by the port's cap on DTLS handshakes in progress
         # Counters (plain ints: they are bumped per packet).
         self.rx_packets = self.rx_bytes = 0
@@ -140,6 +147,9 @@ class WebRtcTransport:
                 self._refused_tcp = True
                 log.info("path switch to tcp refused transport=%s %s", self.id, self.label)
             return  # no moving from UDP to TCP once players may be on the compiled core (module docstring)
+        if self.ingest is not None:
+            self.ingest.stop("path changed")  # its socket is connected to the old path
+            self.ingest = None
         self.addr = addr
         self.link = link
         if link is not None:
@@ -151,7 +161,11 @@ class WebRtcTransport:
         elif self.sockaddr is None:
             self.sockaddr = abi_ffi.new("char[16]", packed)
         else:
-            abi_ffi.memmove(self.sockaddr, packed, 16)
+            held = MEDIA_LOCK.acquire()  # an ingest thread may be sending to the old address right now
+            try:
+                abi_ffi.memmove(self.sockaddr, packed, 16)
+            finally:
+                MEDIA_LOCK.release(held)
 
     # --- DTLS -----------------------------------------------------------------------------------
 
@@ -188,40 +202,77 @@ class WebRtcTransport:
 
     # --- SRTP (the hot path) ----------------------------------------------------------------------
 
+    @property
+    def rx(self) -> SrtpSession | None:
+        """The inbound SRTP session (None before the keys, and after close)."""
+        return self._rx
+
+    def start_ingest(self) -> Ingest | None:
+        """Let an ingest thread read this (connected, UDP, IPv4) transport's datagrams, if the port has them
+        on; None if not."""
+        if self.ingest is None and self.state == TransportState.CONNECTED and self.sockaddr is not None:
+            self.ingest = Ingest.start(self.port, self)
+        return self.ingest
+
     def on_srtp(self, data: bytes, now: float) -> None:
         rx = self._rx
         if rx is None:
             return
+        held = MEDIA_LOCK.acquire() if self.ingest is not None else False  # the thread uses `rx` too
         try:
             if 192 <= data[1] <= 223:
-                self.listener.on_rtcp(rx.unprotect_rtcp(data), now)
-                return
-            packet = rx.unprotect(data)
+                packet = rx.unprotect_rtcp(data)
+                rtcp = True
+            else:
+                packet = rx.unprotect(data)
+                rtcp = False
         except SrtpError:
             self.srtp_errors += 1
             return
+        finally:
+            MEDIA_LOCK.release(held)
+        if rtcp:
+            self.listener.on_rtcp(packet, now)
+        else:
+            self.on_plain_rtp(packet, now, len(data))
+
+    def on_plain_rtp(self, packet: bytes, now: float, size: int = 0) -> None:
+        """An unprotected RTP packet that arrived at `now` (`size`: on the wire, when known)."""
         self.rx_packets += 1
-        self.rx_bytes += len(data)
+        self.rx_bytes += size or len(packet)
         self.listener.on_rtp(packet, now)
+
+    def on_plain_rtcp(self, packet: bytes, now: float) -> None:
+        self.listener.on_rtcp(packet, now)
 
     def send_rtp(self, packet: bytes) -> None:
         """Protect and send one RTP packet (retransmissions and replays; forwarding uses Consumer.forward)."""
         tx = self.tx
         if tx is None:
             return
+        held = MEDIA_LOCK.acquire()  # an ingest thread may be protecting with this session
         try:
             data = tx.protect(packet)
         except SrtpError:
             self.send_errors += 1
             return
+        finally:
+            MEDIA_LOCK.release(held)
         self.send_raw(data)
 
     def send_rtcp(self, packet: bytes) -> None:
-        if self.tx is not None:
-            try:
-                self.send_raw(self.tx.protect_rtcp(packet))
-            except SrtpError:
-                self.send_errors += 1
+        tx = self.tx
+        if tx is None:
+            return
+        held = MEDIA_LOCK.acquire()
+        try:
+            data = tx.protect_rtcp(packet)
+        except SrtpError:
+            self.send_errors += 1
+            return
+        finally:
+            MEDIA_LOCK.release(held)
+        self.send_raw(data)
 
     def send_raw(self, data: bytes) -> None:
         if self.addr is None:
@@ -270,6 +321,9 @@ class WebRtcTransport:
         """Idempotent; tells nobody (the owner called it, or fail() reports it)."""
         if self.state == TransportState.CLOSED:
             return
+        if self.ingest is not None:
+            self.ingest.stop("closed")  # before the inbound session it uses goes
+            self.ingest = None
         for datagram in self._dtls.shutdown():
             self.send_raw(datagram)
         self._dtls.release()  # a closed transport sits in reference cycles until a full collection: free this now

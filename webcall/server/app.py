@@ -191,7 +191,8 @@ class WebcallServer:
         c = self.config
         count = resolve_worker_count(c.workers)
         if count == 1:
-            self.port = MediaPort(c.fanout_core, c.fanout_threads, c.max_unverified_datagrams, c.max_dtls_handshakes)
+            self.port = MediaPort(c.fanout_core, c.fanout_threads, c.max_unverified_datagrams, c.max_dtls_handshakes,
+                                  c.ingest)
             self.media_port = await self.port.start(c.media_host, c.media_port)
             if c.media_tcp_port_number() >= 0:
                 self.media_tcp_port = await self.port.start_tcp(c.media_host, c.media_tcp_port_number())
@@ -200,7 +201,8 @@ class WebcallServer:
                               tuple((ip, self.media_tcp_port) for ip in ips) if self.media_tcp_port else ())
         worker_settings = WorkerSettings(
             connect_timeout=c.connect_timeout, consent_timeout=c.consent_timeout, max_bitrate=c.max_bitrate,
-            fanout_core=c.fanout_core, fanout_threads=c.fanout_threads, snapshot_timeout=c.snapshot_timeout,
+            fanout_core=c.fanout_core, fanout_threads=c.fanout_threads, ingest=c.ingest,
+            snapshot_timeout=c.snapshot_timeout,
             stats_interval=c.rate_interval, rtp_activity_timeout=c.rtp_activity_timeout,
             bitrate_ceiling=c.publisher_bitrate_ceiling, bitrate_grace=c.bitrate_grace,
             keyframe_interval=c.keyframe_interval, max_unverified_datagrams=c.max_unverified_datagrams,

@@ -58,6 +58,10 @@ class Config:
         "help": "forwarding to players: c (the compiled core, `make core`), python, or auto (c when built)"})
     fanout_threads: int = field(default=1, metadata={
         "help": "2: the compiled core splits fan-outs to 64+ players over a second thread (a spare core)"})
+    ingest: str = field(default="auto", metadata={
+        "help": "publishers' packets: auto (with the compiled core, each UDP publisher gets a socket of its own "
+                "read by a C thread that forwards to started players before the event loop wakes), or loop "
+                "(the event loop reads and forwards every packet)"})
     event_loop: str = field(default=DEFAULT_LOOP, metadata={
         "help": "uvloop (libuv, the default: half the CPU per wake-up) or asyncio (the standard library's loop); "
                 "for this process and its media workers"})
@@ -231,6 +235,8 @@ class Config:
             raise ValueError("fanout_core must be auto, c or python")
         if self.event_loop not in LOOPS:
             raise ValueError(f"event_loop must be {' or '.join(LOOPS)}")
+        if self.ingest not in ("auto", "loop"):
+            raise ValueError("ingest must be auto or loop")
         if self.fanout_threads not in (1, 2):
             raise ValueError("fanout_threads must be 1 or 2")
         if not (self.workers == "auto" or (self.workers.isdigit() and 1 <= int(self.workers) <= 256)):

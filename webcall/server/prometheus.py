@@ -114,6 +114,19 @@ def render(hub: Hub, port: MediaPort) -> str:
     for result, value in (("completed", snaps.completed), ("failed", snaps.failed), ("refused", snaps.refused)):
         w.sample("webcall_snapshots_total", value, {"result": result})
 
+    ingest = port.ingest_counts
+    for name, value, help_text in (
+            ("webcall_ingest_datagrams_total", ingest.datagrams,
+             "Datagrams of publishers read by ingest threads (media/ingest.py), not by the event loop"),
+            ("webcall_ingest_forwarded_total", ingest.forwarded,
+             "Publisher packets an ingest thread forwarded to players before Python saw them"),
+            ("webcall_ingest_overflow_total", ingest.overflow,
+             "Publisher packets Python never saw: an ingest thread's queue was full (the players still got them)"),
+            ("webcall_ingest_wakeups_total", ingest.wakes,
+             "Times an ingest thread woke the event loop to take in what it had queued")):
+        w.family(name, "counter", help_text)
+        w.sample(name, value)
+
     cost = port.fanout_cost
     w.family("webcall_fanout_seconds", "histogram",
              "Time to forward one publisher packet to all of its players (1 fan-out in 64 is timed)")

@@ -29,6 +29,7 @@ from typing import Any, Protocol
 from ..eventloop import DEFAULT_LOOP
 from ..media.consumer import random_ssrc
 from ..media.failures import Failure
+from ..media.ingest import IngestCounts
 from ..media.stats import FanoutCost
 from ..media.transport import new_ice_credentials
 from ..protocol.sdp import Codec, LocalEndpoint, Negotiation, Track
@@ -326,6 +327,14 @@ class AggregatePort:
         total = FanoutCost()
         for report in self.by_worker.values():
             fanout_cost_add(total, report[2])
+        return total
+
+    @property
+    def ingest_counts(self) -> IngestCounts:
+        total = IngestCounts()
+        for report in self.by_worker.values():
+            if len(report) > 5:
+                total.add_list(report[5])
         return total
 
 

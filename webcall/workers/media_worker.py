@@ -55,6 +55,7 @@ class Settings:
     max_bitrate: int = 2_500_000
     fanout_core: str = "auto"
     fanout_threads: int = 1
+    ingest: str = "auto"
     snapshot_timeout: float = 3.0
     stats_interval: float = 0.5
     rtp_activity_timeout: float = 5.0
@@ -176,7 +177,7 @@ class MediaWorker:
         self.channel = ctx.channel
         self.settings = settings
         self.port = MediaPort(settings.fanout_core, settings.fanout_threads,
-                              settings.max_unverified_datagrams, settings.max_dtls_handshakes)
+                              settings.max_unverified_datagrams, settings.max_dtls_handshakes, settings.ingest)
         self.identity = DtlsIdentity()
         self.plane: MediaPlane | None = None
         self.relay: RelayEndpoint | None = None
@@ -513,7 +514,7 @@ class MediaWorker:
         relay["retransmitted"] = self.relay_retransmitted
         return {"at": time.monotonic(), "pubs": pubs, "players": players, "recording": recording,
                 "port": [port.dropped, port.errors, fanout_cost_to_wire(port.fanout_cost), dict(port.refusals),
-                         [len(port.links), port.tcp_refused]],
+                         [len(port.links), port.tcp_refused], port.ingest_counts.to_list()],
                 "relay": relay}
 
     @classmethod
