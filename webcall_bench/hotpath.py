@@ -52,6 +52,7 @@ class _Transport:
         self.port = SimpleNamespace(sock=sock)
         self.tx = SrtpSession(_session(os.urandom(28), True))
         self.addr = self.sockaddr = self.link = None
+        self.ingest = None  # a player's transport has no ingest thread (media/ingest.py)
         self.state = "new"
         self.send_errors = 0
         self.send_raw = WebRtcTransport.send_raw.__get__(self)
@@ -105,7 +106,8 @@ class ReceiveBench:
         endpoint.on_rtp = PublisherEndpoint.on_rtp.__get__(endpoint)
         self.endpoint = endpoint
         transport = SimpleNamespace(_rx=SrtpSession(_session(key, False)), listener=endpoint, rx_packets=0,
-                                    rx_bytes=0, srtp_errors=0)
+                                    rx_bytes=0, srtp_errors=0, ingest=None)
+        transport.on_plain_rtp = WebRtcTransport.on_plain_rtp.__get__(transport)
         self.on_srtp = WebRtcTransport.on_srtp.__get__(transport)
         self.next_seq = 0
         for consumer in self.consumers:
