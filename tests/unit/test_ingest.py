@@ -385,3 +385,17 @@ async def test_without_players_python_is_woken_per_batch_not_per_packet(setup) -
     assert counters["forwarded"] == 0 and counters["queued"] == 30
     assert counters["wakes"] <= 3, counters  # a recording, say: no player waits for these packets
 
+
+
+async def test_a_publisher_that_moves_is_read_by_the_event_loop_again(setup) -> None:
+    s = setup()
+    s.send(packet(1, 0, os.urandom(50)))
+    await until(lambda: s.producer.packets == 1)
+    ingest = s.ingest
+    moved = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    moved.bind(("127.0.0.1", 0))
+    s.transport.on_binding_request(moved.getsockname(), True, time.monotonic())  # nominated: the path moves
+    assert not ingest.running and s.transport.ingest is None and s.transport.addr == moved.getsockname()
+    moved.sendto(s.tx.protect(packet(2, 3000, os.urandom(50))), ("127.0.0.1", s.port.sock.getsockname()[1]))
+    await until(lambda: s.producer.packets == 2)  # through the shared socket and Python's unprotect
+    moved.close()
