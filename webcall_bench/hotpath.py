@@ -56,6 +56,7 @@ class _Transport:
         self.state = "new"
         self.send_errors = 0
         self.send_raw = WebRtcTransport.send_raw.__get__(self)
+        self.send_protected = WebRtcTransport.send_protected.__get__(self)
         self.send_rtcp = WebRtcTransport.send_rtcp.__get__(self)
         WebRtcTransport._send_to(self, inbox.getsockname())
 

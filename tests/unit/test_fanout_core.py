@@ -58,6 +58,7 @@ class Player:
         self.send_errors = 0
         self.move_to(self.inbox.getsockname())
         self.send_rtp = WebRtcTransport.send_rtp.__get__(self)
+        self.send_protected = WebRtcTransport.send_protected.__get__(self)
         self.send_raw = WebRtcTransport.send_raw.__get__(self)
         self._send_to = WebRtcTransport._send_to.__get__(self)
 

@@ -205,45 +205,25 @@ int wc_plan_build(const struct wc_plan *plan, const uint8_t *p, int csrc_end, in
     int n = 0;
     if (ext_end > csrc_end && plan->mapped) {
         uint32_t profile = get16(p + csrc_end);
+        int two = (profile & 0xFFF0) == 0x1000;  /* RFC 8285 §4.3: a two-byte header per element, else §4.2 */
         int pos = csrc_end + 4;
-        if (profile == 0xBEDE) {
-            while (pos < ext_end) {
-                int b = p[pos];
-                if (b == 0) {
-                    pos++;
-                    continue;
-                }
-                int id = b >> 4, size = (b & 0x0F) + 1;
-                if (id == 15 || pos + 1 + size > ext_end)
-                    break;
-                if (plan->map[id]) {
-                    if (n == WC_MAX_ELEMENTS)
-                        return -1;
-                    ids[n] = plan->map[id];
-                    values[n] = p + pos + 1;
-                    lengths[n++] = size;
-                }
-                pos += 1 + size;
+        while ((profile == 0xBEDE || two) && pos + two < ext_end) {
+            if (p[pos] == 0) {  /* padding, in either form */
+                pos++;
+                continue;
             }
-        } else if ((profile & 0xFFF0) == 0x1000) {
-            while (pos + 1 < ext_end) {
-                int id = p[pos];
-                if (id == 0) {
-                    pos++;
-                    continue;
-                }
-                int size = p[pos + 1];
-                if (pos + 2 + size > ext_end)
-                    break;
-                if (plan->map[id]) {
-                    if (n == WC_MAX_ELEMENTS)
-                        return -1;
-                    ids[n] = plan->map[id];
-                    values[n] = p + pos + 2;
-                    lengths[n++] = size;
-                }
-                pos += 2 + size;
+            int id = two ? p[pos] : p[pos] >> 4, head = two ? 2 : 1;
+            int size = two ? p[pos + 1] : (p[pos] & 0x0F) + 1;
+            if ((!two && id == 15) || pos + head + size > ext_end)
+                break;
+            if (plan->map[id]) {
+                if (n == WC_MAX_ELEMENTS)
+                    return -1;
+                ids[n] = plan->map[id];
+                values[n] = p + pos + head;
+                lengths[n++] = size;
             }
+            pos += head + size;
         }
     }
     if (plan->mid_id) {  /* the mid goes last, alone when nothing else maps (ExtensionPlan._mid_only) */

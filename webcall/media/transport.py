@@ -247,26 +247,18 @@ class WebRtcTransport:
 
     def send_rtp(self, packet: bytes) -> None:
         """Protect and send one RTP packet (retransmissions and replays; forwarding uses Consumer.forward)."""
+        self.send_protected(packet, rtcp=False)
+
+    def send_rtcp(self, packet: bytes) -> None:
+        self.send_protected(packet, rtcp=True)
+
+    def send_protected(self, packet: bytes, rtcp: bool) -> None:
         tx = self.tx
         if tx is None:
             return
         held = MEDIA_LOCK.acquire()  # an ingest thread may be protecting with this session
         try:
-            data = tx.protect(packet)
-        except SrtpError:
-            self.send_errors += 1
-            return
-        finally:
-            MEDIA_LOCK.release(held)
-        self.send_raw(data)
-
-    def send_rtcp(self, packet: bytes) -> None:
-        tx = self.tx
-        if tx is None:
-            return
-        held = MEDIA_LOCK.acquire()
-        try:
-            data = tx.protect_rtcp(packet)
+            data = tx.protect_rtcp(packet) if rtcp else tx.protect(packet)
         except SrtpError:
             self.send_errors += 1
             return
