@@ -28,7 +28,7 @@ from webcall.media.fanout import FanoutCore, load_error, load_library
 from webcall.media.ingest import MEDIA_LOCK, ffi, plan_struct
 from webcall.media.port import MediaPort
 from webcall.media.producer import Producer
-from webcall.media import router as router_module
+from webcall.media import ingest as ingest_module, router as router_module
 from webcall.media.router import TrackRouter
 from webcall.media.rtp import ExtensionPlan, parse_extensions, split
 from webcall.media.srtp import SendBatch, SrtpSession
@@ -375,16 +375,23 @@ async def test_closing_the_transport_gives_the_address_back_to_the_port(setup) -
     assert s.producer.packets == 1
 
 
-async def test_without_players_python_is_woken_per_batch_not_per_packet(setup) -> None:
-    s = setup()
-    for i in range(30):  # back to back: well inside one batch
-        s.send(packet(200 + i, 3000 * i, os.urandom(200)))
-    await until(lambda: s.producer.packets == 30)
-    s.ingest.catch_up()
-    counters = s.ingest.counters()
-    assert counters["forwarded"] == 0 and counters["queued"] == 30
-    assert counters["wakes"] <= 3, counters  # a recording, say: no player waits for these packets
+def thread_counters(ingest) -> dict[str, int]:
+    """The thread's counters now (Ingest.counters() holds them as of the last drain)."""
+    out = ffi.new("uint64_t[10]")
+    ingest.lib.wc_ingest_counters(ingest.handle, out)
+    return dict(zip(ingest_module._COUNTERS, out))
 
+
+async def test_without_players_python_is_woken_per_batch_not_per_packet(setup, monkeypatch) -> None:
+    monkeypatch.setattr(ingest_module, "BATCH", 5.0)  # a batch that cannot come due during the test
+    s = setup()
+    for i in range(30):
+        s.send(packet(200 + i, 3000 * i, os.urandom(200)))
+    await until(lambda: thread_counters(s.ingest)["queued"] == 30)
+    assert thread_counters(s.ingest)["wakes"] == 0  # no player waits for these packets
+    assert s.producer.packets == 0
+    s.ingest.catch_up()
+    assert s.producer.packets == 30 and s.ingest.counters()["forwarded"] == 0
 
 
 async def test_a_publisher_that_moves_is_read_by_the_event_loop_again(setup) -> None:
@@ -399,3 +406,19 @@ async def test_a_publisher_that_moves_is_read_by_the_event_loop_again(setup) -> 
     moved.sendto(s.tx.protect(packet(2, 3000, os.urandom(50))), ("127.0.0.1", s.port.sock.getsockname()[1]))
     await until(lambda: s.producer.packets == 2)  # through the shared socket and Python's unprotect
     moved.close()
+
+
+async def test_a_prompt_reader_is_woken_for_each_packet_a_batched_one_is_not(setup, monkeypatch) -> None:
+    monkeypatch.setattr(ingest_module, "BATCH", 5.0)  # a batch that cannot come due during the test
+    s = setup()
+    recorded: list[bytes] = []
+    s.router.add_reader(lambda data, keyframe: recorded.append(data), batched=True)  # a recording, say
+    s.send(packet(1, 0, os.urandom(80)))
+    await until(lambda: thread_counters(s.ingest)["queued"] == 1)
+    assert thread_counters(s.ingest)["wakes"] == 0 and recorded == []  # it waits for the batch
+
+    relayed: list[bytes] = []
+    s.router.add_reader(lambda data, keyframe: relayed.append(data))  # a relay to another worker, say
+    s.send(packet(2, 0, os.urandom(80)))
+    await until(lambda: len(relayed) == 2)  # woken by the packet: both queued packets are taken in
+    assert thread_counters(s.ingest)["wakes"] == 1 and len(recorded) == 2

@@ -68,7 +68,8 @@ struct track {
     int64_t highest;          /* as Producer.highest_seq and .cycles: -1 before the first packet */
     int64_t cycles;
     int ngroups;              /* player layouts this thread forwards to */
-    int python_forwards;      /* Python has players of this track to forward to itself: wake it per packet */
+    int wake_each;            /* Python forwards to players itself, or has a reader that wants each packet at
+                               * once (a relay, a feed): wake it per packet */
     struct group groups[WC_INGEST_GROUPS];
 };
 
@@ -341,8 +342,8 @@ static void on_rtp(wc_ingest *g, uint8_t *p, int len, int64_t arrival)
     int forwarded = ext_seq >= 0 && t->ngroups > 0 && wc_rtp_split(p, len, &csrc_end, &ext_end, &end) == 0 &&
                     forward(g, t, p, len, csrc_end, ext_end, end, ext_seq) == 0;
     /* Python answers a gap with a NACK: wake it now; and a packet for players that this thread did not forward
-     * is Python's to forward. With no players at all (a recording, say), it waits for the batch. */
-    int urgent = gap || (!forwarded && (t->ngroups > 0 || t->python_forwards));
+     * is Python's to forward. Otherwise (a recording, say, or players all served here) it waits for the batch. */
+    int urgent = gap || t->wake_each || (!forwarded && t->ngroups > 0);
     enqueue(g, forwarded ? ITEM_FORWARDED : ITEM_RTP, p, len, arrival, urgent);
 }
 
@@ -478,11 +479,10 @@ int wc_ingest_track(wc_ingest *g, uint32_t ssrc, int64_t highest, int64_t cycles
     return t != NULL ? 0 : -1;
 }
 
-/* The groups this thread forwards a track to (n = 0: none), and whether Python forwards to players of its own
- * (then every packet wakes it). Python keeps `targets[i]` and what they point to alive until it replaces them
- * here. */
+/* The groups this thread forwards a track to (n = 0: none), and whether every packet wakes Python. Python keeps
+ * `targets[i]` and what they point to alive until it replaces them here. */
 int wc_ingest_groups(wc_ingest *g, uint32_t ssrc, int n, const struct wc_plan *const *plans,
-                     struct wc_target *const *const *targets, const int *counts, int python_forwards)
+                     struct wc_target *const *const *targets, const int *counts, int wake_each)
 {
     if (n < 0 || n > WC_INGEST_GROUPS)
         return -1;
@@ -495,7 +495,7 @@ int wc_ingest_groups(wc_ingest *g, uint32_t ssrc, int n, const struct wc_plan *c
             t->groups[i].n = counts[i];
         }
         t->ngroups = n;
-        t->python_forwards = python_forwards;
+        t->wake_each = wake_each;
     }
     wc_media_unlock();
     return t != NULL ? 0 : -1;

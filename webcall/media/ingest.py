@@ -50,7 +50,7 @@ void wc_ingest_stop(wc_ingest *g);
 int wc_ingest_eventfd(const wc_ingest *g);
 int wc_ingest_track(wc_ingest *g, uint32_t ssrc, int64_t highest, int64_t cycles);
 int wc_ingest_groups(wc_ingest *g, uint32_t ssrc, int n, const struct wc_plan *const *plans,
-                     struct wc_target *const *const *targets, const int *counts, int python_forwards);
+                     struct wc_target *const *const *targets, const int *counts, int wake_each);
 int wc_ingest_take(wc_ingest *g, char *buf, int *kind, int64_t *arrival_ns);
 void wc_ingest_counters(wc_ingest *g, uint64_t *out);
 int wc_rtp_split(const char *p, int length, int *csrc_end, int *ext_end, int *end);
@@ -213,9 +213,11 @@ class Ingest:
         finally:
             MEDIA_LOCK.release(held)
 
-    def set_groups(self, router: TrackRouter, groups: list[tuple[ExtensionPlan, Any, int]] | None) -> None:
+    def set_groups(self, router: TrackRouter, groups: list[tuple[ExtensionPlan, Any, int]] | None,
+                   wake_each: bool = False) -> None:
         """The (plan, target array, count) groups the thread forwards the router's track to ([]: the track has
-        no players), or None: Python forwards every packet itself.
+        no players), or None: Python forwards every packet itself. Python is woken for every packet then, or
+        with `wake_each` (a reader that wants each packet at once); otherwise in batches.
 
         The caller holds MEDIA_LOCK and has drained the queue (`catch_up`), and keeps the arrays alive until
         it calls this again."""
@@ -224,12 +226,10 @@ class Ingest:
             return
         plans = [plan_struct(plan) for plan, _, _ in groups or ()]
         if groups is None or len(groups) > MAX_GROUPS or any(p is None for p in plans):
-            plans, groups, python_forwards = [], [], True
-        else:
-            python_forwards = False
+            plans, groups, wake_each = [], [], True  # Python forwards: it must see each packet at once
         self.lib.wc_ingest_groups(self.handle, ssrc, len(groups), ffi.new("struct wc_plan *[]", plans or 1),
                                   ffi.new("struct wc_target **[]", [a for _, a, _ in groups] or 1),
-                                  ffi.new("int[]", [n for _, _, n in groups] or 1), python_forwards)
+                                  ffi.new("int[]", [n for _, _, n in groups] or 1), wake_each)
 
     # --- the queue ------------------------------------------------------------------------------------
 

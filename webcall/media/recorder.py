@@ -321,7 +321,7 @@ class Recorder:
 
     def start(self) -> None:
         for router, sink in zip(self.routers, self.sinks):
-            router.add_reader(sink.call)
+            router.add_reader(sink.call, batched=True)  # (it waits 0.5 s for retransmissions anyway)
         self._packets_at_start = sum(t.producer.packets for t in self.tracks)
         self._attached = True
         self._thread.start()

@@ -66,7 +66,8 @@ class TrackRouter:
         self._groups: list[tuple[ExtensionPlan, list[Consumer], object, int, list[Consumer]]] = []
         self.ingest: Ingest | None = None  # the publisher's ingest thread, when it has this track
         self.ingest_forwarded = False  # set while `deliver` runs for a packet the thread already forwarded
-        self._all_on_core = False  # every player is on the core (none is served in Python)
+        self._all_on_core = True  # every player is on the core (none is served in Python; true of none)
+        self._prompt_readers: set[Reader] = set()  # readers that want each packet at once (add_reader)
         producer.deliver = self.deliver
 
     # --- the hot path -----------------------------------------------------------------------------
@@ -119,11 +120,26 @@ class TrackRouter:
 
     # --- Python readers ---------------------------------------------------------------------------
 
-    def add_reader(self, reader: Reader) -> None:
+    def add_reader(self, reader: Reader, batched: bool = False) -> None:
+        """`batched`: the reader may take packets a few milliseconds late (a recording). Otherwise (a relay to
+        another worker, a feed for MSE or WSPlayer viewers) an ingest thread wakes Python for every packet."""
         self.readers = (*self.readers, reader)
+        if not batched:
+            self._prompt_readers.add(reader)
+        self._update_ingest()
 
     def remove_reader(self, reader: Reader) -> None:
         self.readers = tuple(r for r in self.readers if r is not reader)
+        self._prompt_readers.discard(reader)
+        self._update_ingest()
+
+    def _update_ingest(self) -> None:
+        if self.ingest is not None:
+            held = MEDIA_LOCK.acquire()
+            try:
+                self.sync_ingest()
+            finally:
+                MEDIA_LOCK.release(held)
 
     def _reader_failed(self, reader: Reader) -> None:
         self.reader_errors += 1
@@ -200,11 +216,13 @@ class TrackRouter:
         if ingest is None:
             return
         if self._all_on_core:
-            ingest.set_groups(self, [(plan, targets, count) for plan, _, targets, count, _ in self._groups])
+            ingest.set_groups(self, [(plan, targets, count) for plan, _, targets, count, _ in self._groups],
+                              wake_each=bool(self._prompt_readers))
         else:
             ingest.set_groups(self, None)
 
     def close(self) -> None:
+        self._prompt_readers.clear()
         if self.ingest is not None:
             held = MEDIA_LOCK.acquire()
             try:
