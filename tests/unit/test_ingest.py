@@ -35,6 +35,7 @@ from webcall.media.srtp import SendBatch, SrtpSession
 from webcall.media.transport import TransportState, WebRtcTransport
 from webcall.protocol.sdp import EXT_ABS_SEND_TIME, EXT_MID, EXT_TOFFSET, Track
 
+TAG = {"AEAD_AES_128_GCM": 16, "AES_CM_128_HMAC_SHA1_80": 10}  # SRTP's authentication tag, per profile
 LIB = load_library()
 if LIB is None:
     missing_dependency(f"fan-out core not built (make core): {load_error()}", module_level=True)
@@ -297,6 +298,7 @@ async def test_the_thread_forwards_what_the_python_path_forwards(setup, sender, 
     assert counters["forwarded"] == len(sent) - 1, counters  # all but the keyframe that started the player
     assert counters["srtp_errors"] == 0 and counters["overflow"] == 0
     assert s.transport.rx_packets == len(sent)
+    assert s.transport.rx_bytes == sum(len(data) + TAG[profile] for data in sent)  # as sent: the input bitrate
     assert s.producer.lookup(sent[-2][2] << 8 | sent[-2][3]) == sent[-2]  # the ring has them, as Python's path
     assert consumer.target.packets == len(sent) - 1  # the thread's sends count on the player's target
 
@@ -422,3 +424,17 @@ async def test_a_prompt_reader_is_woken_for_each_packet_a_batched_one_is_not(set
     s.send(packet(2, 0, os.urandom(80)))
     await until(lambda: len(relayed) == 2)  # woken by the packet: both queued packets are taken in
     assert thread_counters(s.ingest)["wakes"] == 1 and len(recorded) == 2
+
+
+async def test_a_reader_that_leaves_gets_what_arrived_before(setup, monkeypatch) -> None:
+    monkeypatch.setattr(ingest_module, "BATCH", 5.0)
+    s = setup()
+    recorded: list[bytes] = []
+    reader = recorded.append
+    s.router.add_reader(lambda data, keyframe: reader(data), batched=True)
+    for i in range(3):
+        s.send(packet(10 + i, 0, os.urandom(80)))
+    await until(lambda: thread_counters(s.ingest)["queued"] == 3)
+    assert recorded == []
+    s.router.remove_reader(s.router.readers[0])  # a recording that stops: its last packets are in the file
+    assert len(recorded) == 3

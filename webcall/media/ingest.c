@@ -76,6 +76,7 @@ struct track {
 struct item {
     int32_t kind;
     int32_t len;
+    int32_t wire_len;         /* as it arrived (SRTP), for the publisher's bitrate */
     int64_t arrival_ns;       /* CLOCK_MONOTONIC, the clock of Python's time.monotonic() */
     uint8_t data[WC_INGEST_ITEM];
 };
@@ -244,7 +245,8 @@ static void wake(wc_ingest *g)
     g->unwoken_since = 0;
 }
 
-static void enqueue(wc_ingest *g, int kind, const uint8_t *data, int len, int64_t arrival, int urgent)
+static void enqueue(wc_ingest *g, int kind, const uint8_t *data, int len, int wire_len, int64_t arrival,
+                    int urgent)
 {
     if (g->head - g->tail >= WC_INGEST_QUEUE) {  /* Python is behind by seconds: its view loses this one */
         g->overflow++;
@@ -255,6 +257,7 @@ static void enqueue(wc_ingest *g, int kind, const uint8_t *data, int len, int64_
     struct item *it = &g->queue[g->head % WC_INGEST_QUEUE];
     it->kind = kind;
     it->len = len;
+    it->wire_len = wire_len;
     it->arrival_ns = arrival;
     memcpy(it->data, data, (size_t)len);
     g->head++;
@@ -315,12 +318,12 @@ static struct track *find_track(wc_ingest *g, uint32_t ssrc)
     return NULL;
 }
 
-/* One SRTP packet that is RTP (not RTCP), unprotected in place. */
-static void on_rtp(wc_ingest *g, uint8_t *p, int len, int64_t arrival)
+/* One SRTP packet that is RTP (not RTCP), unprotected in place (`wire_len`: before). */
+static void on_rtp(wc_ingest *g, uint8_t *p, int len, int wire_len, int64_t arrival)
 {
     struct track *t = find_track(g, get32(p + 8));
     if (t == NULL) {  /* RTX, or an SSRC Python has not told us about */
-        enqueue(g, ITEM_RTP, p, len, arrival, 1);
+        enqueue(g, ITEM_RTP, p, len, wire_len, arrival, 1);
         return;
     }
     int64_t seq = get16(p + 2), ext_seq = -1;
@@ -344,7 +347,7 @@ static void on_rtp(wc_ingest *g, uint8_t *p, int len, int64_t arrival)
     /* Python answers a gap with a NACK: wake it now; and a packet for players that this thread did not forward
      * is Python's to forward. Otherwise (a recording, say, or players all served here) it waits for the batch. */
     int urgent = gap || t->wake_each || (!forwarded && t->ngroups > 0);
-    enqueue(g, forwarded ? ITEM_FORWARDED : ITEM_RTP, p, len, arrival, urgent);
+    enqueue(g, forwarded ? ITEM_FORWARDED : ITEM_RTP, p, len, wire_len, arrival, urgent);
 }
 
 static void on_datagram(wc_ingest *g, uint8_t *p, int len)
@@ -359,12 +362,12 @@ static void on_datagram(wc_ingest *g, uint8_t *p, int len)
             return;
         }
         if (rtcp)
-            enqueue(g, ITEM_RTCP, p, plain, arrival, 1);
+            enqueue(g, ITEM_RTCP, p, plain, len, arrival, 1);
         else if (plain >= 12)
-            on_rtp(g, p, plain, arrival);
+            on_rtp(g, p, plain, len, arrival);
         return;
     }
-    enqueue(g, ITEM_OTHER, p, len, arrival, 1);  /* STUN (consent), DTLS (a close alert), anything else */
+    enqueue(g, ITEM_OTHER, p, len, len, arrival, 1);  /* STUN (consent), DTLS (a close alert), anything else */
 }
 
 static void *ingest_main(void *arg)
@@ -501,8 +504,9 @@ int wc_ingest_groups(wc_ingest *g, uint32_t ssrc, int n, const struct wc_plan *c
     return t != NULL ? 0 : -1;
 }
 
-/* Python: the next queued item (its data into `buf`, WC_INGEST_ITEM bytes); its length, or -1 when empty. */
-int wc_ingest_take(wc_ingest *g, uint8_t *buf, int *kind, int64_t *arrival_ns)
+/* Python: the next queued item (its data into `buf`, WC_INGEST_ITEM bytes); its length, or -1 when empty.
+ * `meta` gets its kind and its length as it arrived. */
+int wc_ingest_take(wc_ingest *g, uint8_t *buf, int *meta, int64_t *arrival_ns)
 {
     wc_media_lock();
     int len = -1;
@@ -510,7 +514,8 @@ int wc_ingest_take(wc_ingest *g, uint8_t *buf, int *kind, int64_t *arrival_ns)
         const struct item *it = &g->queue[g->tail % WC_INGEST_QUEUE];
         memcpy(buf, it->data, (size_t)it->len);
         len = it->len;
-        *kind = it->kind;
+        meta[0] = it->kind;
+        meta[1] = it->wire_len;
         *arrival_ns = it->arrival_ns;
         g->tail++;
     } else {

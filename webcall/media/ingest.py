@@ -51,7 +51,7 @@ int wc_ingest_eventfd(const wc_ingest *g);
 int wc_ingest_track(wc_ingest *g, uint32_t ssrc, int64_t highest, int64_t cycles);
 int wc_ingest_groups(wc_ingest *g, uint32_t ssrc, int n, const struct wc_plan *const *plans,
                      struct wc_target *const *const *targets, const int *counts, int wake_each);
-int wc_ingest_take(wc_ingest *g, char *buf, int *kind, int64_t *arrival_ns);
+int wc_ingest_take(wc_ingest *g, char *buf, int *meta, int64_t *arrival_ns);
 void wc_ingest_counters(wc_ingest *g, uint64_t *out);
 int wc_rtp_split(const char *p, int length, int *csrc_end, int *ext_end, int *end);
 int wc_plan_build(const struct wc_plan *plan, const char *p, int csrc_end, int ext_end, char *out, int room);
@@ -156,7 +156,7 @@ class Ingest:
         self.peer = peer
         self.routers: dict[int, TrackRouter] = {}  # by the producer's SSRC
         self._buf = ffi.new("char[1536]")
-        self._kind = ffi.new("int *")
+        self._meta = ffi.new("int[2]")  # kind, length as it arrived
         self._arrival = ffi.new("int64_t *")
         self._counters = ffi.new("uint64_t[10]")
         self._seen = dict.fromkeys(_COUNTERS, 0)
@@ -252,29 +252,29 @@ class Ingest:
         self.catch_up()
 
     def _drain_locked(self) -> None:
-        lib, handle, buf, kind, arrival = self.lib, self.handle, self._buf, self._kind, self._arrival
+        lib, handle, buf, meta, arrival = self.lib, self.handle, self._buf, self._meta, self._arrival
         transport = self.transport
         routers = self.routers
         self._draining = True
         try:
             while self.handle is not None:
-                length = lib.wc_ingest_take(handle, buf, kind, arrival)
+                length = lib.wc_ingest_take(handle, buf, meta, arrival)
                 if length < 0:
                     break
                 data = ffi.buffer(buf, length)[:]
                 now = arrival[0] / 1e9
-                item = kind[0]
+                item = meta[0]
                 if item == ITEM_FORWARDED:
                     router = routers.get(int.from_bytes(data[8:12], "big"))
                     if router is not None:
                         router.ingest_forwarded = True
                     try:
-                        transport.on_plain_rtp(data, now)
+                        transport.on_plain_rtp(data, now, meta[1])
                     finally:
                         if router is not None:
                             router.ingest_forwarded = False
                 elif item == ITEM_RTP:
-                    transport.on_plain_rtp(data, now)
+                    transport.on_plain_rtp(data, now, meta[1])
                 elif item == ITEM_RTCP:
                     transport.on_plain_rtcp(data, now)
                 else:

@@ -47,7 +47,7 @@ UNVERIFIED_TABLE_SIZE = 65536  # addresses counted per second; beyond it (a spoo
 
 class MediaPort(asyncio.DatagramProtocol):
     def __init__(self, fanout_core: str = "auto", fanout_threads: int = 1, max_unverified: int = 0,
-                 max_handshakes: int = 0, ingest: str = "off") -> None:
+                 max_handshakes: int = 0, ingest: str = "loop") -> None:
         self.fanout_mode = fanout_core  # auto, c or python (see fanout.py)
         self.fanout_threads = fanout_threads
         self.ingest_mode = ingest  # auto: UDP publishers get an ingest thread when the core is loaded (ingest.py)

@@ -129,6 +129,8 @@ class TrackRouter:
         self._update_ingest()
 
     def remove_reader(self, reader: Reader) -> None:
+        if self.ingest is not None:
+            self.ingest.catch_up()  # a reader that leaves now gets what arrived before now (a recording's end)
         self.readers = tuple(r for r in self.readers if r is not reader)
         self._prompt_readers.discard(reader)
         self._update_ingest()
