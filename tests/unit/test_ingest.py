@@ -21,14 +21,15 @@ import pylibsrtp
 import pytest
 
 from tests.support.deps import missing_dependency
-from tests.unit.test_fanout_core import PROFILES, PUB_SSRC, Player, keyframe_payload, packet, sender, vp8  # noqa: F401 (sender: a fixture)
+from tests.unit.test_fanout_core import (  # noqa: F401 (sender: a fixture)
+    PROFILES, PUB_SSRC, Player, keyframe_payload, packet, sender, vp8)
+from webcall.media import ingest as ingest_module, router as router_module
 from webcall.media.consumer import Consumer
 from webcall.media.dtls import DtlsIdentity
 from webcall.media.fanout import FanoutCore, load_error, load_library
 from webcall.media.ingest import MEDIA_LOCK, ffi, plan_struct
 from webcall.media.port import MediaPort
 from webcall.media.producer import Producer
-from webcall.media import ingest as ingest_module, router as router_module
 from webcall.media.router import TrackRouter
 from webcall.media.rtp import ExtensionPlan, parse_extensions, split
 from webcall.media.srtp import SendBatch, SrtpSession
