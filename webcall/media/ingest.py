@@ -23,17 +23,51 @@ import asyncio
 import logging
 import os
 import socket
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from .fanout import ffi, load_library, srtp_function_pointer, context_pointer
 
 if TYPE_CHECKING:
-    from .port import MediaPort
-    from .router import TrackRouter
+    from .fanout import FanoutCore
+    from .producer import Producer
     from .rtp import ExtensionPlan
-    from .transport import WebRtcTransport
+    from .srtp import SrtpSession
+    from .stats import FanoutCost
 
 log = logging.getLogger("webcall.media")
+
+
+# What an ingest needs of the port, the publisher's transport and a track's router (port.py, transport.py,
+# router.py import this module, so it names them only by these shapes).
+
+class IngestPort(Protocol):
+    sock: socket.socket | None
+    core: FanoutCore | None
+    ingest_enabled: bool
+    fanout_cost: FanoutCost
+    ingest_counts: IngestCounts
+
+    def receive_from(self, data: bytes, addr: tuple[str, int]) -> None: ...
+
+
+class IngestTransport(Protocol):
+    id: str
+    label: str
+    addr: object
+    srtp_errors: int
+
+    @property
+    def rx(self) -> SrtpSession | None: ...
+    def on_plain_rtp(self, packet: bytes, now: float, size: int = 0) -> None: ...
+    def on_plain_rtcp(self, packet: bytes, now: float) -> None: ...
+
+
+class IngestRouter(Protocol):
+    producer: Producer
+    ingest: Ingest | None
+    ingest_forwarded: bool
+
+    def sync_ingest(self) -> None: ...
 
 BATCH = 0.02  # s: how long a forwarded packet may wait in the queue before Python sees it
 MAX_GROUPS = 8  # player layouts per track the thread forwards to (WC_INGEST_GROUPS); more: Python forwards
@@ -147,14 +181,14 @@ def bind_beside(port_sock: socket.socket, peer: tuple[str, int]) -> socket.socke
 class Ingest:
     """One publisher's ingest thread, and the Python end of its queue."""
 
-    def __init__(self, lib: Any, handle: Any, port: MediaPort, transport: WebRtcTransport,
+    def __init__(self, lib: Any, handle: Any, port: IngestPort, transport: IngestTransport,
                  peer: tuple[str, int]) -> None:
         self.lib = lib
         self.handle = handle
         self.port = port
         self.transport = transport
         self.peer = peer
-        self.routers: dict[int, TrackRouter] = {}  # by the producer's SSRC
+        self.routers: dict[int, IngestRouter] = {}  # by the producer's SSRC
         self._buf = ffi.new("char[1536]")
         self._meta = ffi.new("int[2]")  # kind, length as it arrived
         self._arrival = ffi.new("int64_t *")
@@ -164,7 +198,7 @@ class Ingest:
         self._fd = lib.wc_ingest_eventfd(handle)
 
     @classmethod
-    def start(cls, port: MediaPort, transport: WebRtcTransport) -> Ingest | None:
+    def start(cls, port: IngestPort, transport: IngestTransport) -> Ingest | None:
         """An ingest for this connected UDP publisher, or None (no compiled core; or the socket or the thread
         could not be had: the event loop reads its packets, as without)."""
         lib = load_library()
@@ -197,7 +231,7 @@ class Ingest:
 
     # --- tracks -------------------------------------------------------------------------------------
 
-    def add_track(self, router: TrackRouter) -> None:
+    def add_track(self, router: IngestRouter) -> None:
         """Forward this track here from now on, whenever its router has groups for us (`set_groups`)."""
         producer = router.producer
         if producer.ssrc is None or self.handle is None:
@@ -213,7 +247,7 @@ class Ingest:
         finally:
             MEDIA_LOCK.release(held)
 
-    def set_groups(self, router: TrackRouter, groups: list[tuple[ExtensionPlan, Any, int]] | None,
+    def set_groups(self, router: IngestRouter, groups: list[tuple[ExtensionPlan, Any, int]] | None,
                    wake_each: bool = False) -> None:
         """The (plan, target array, count) groups the thread forwards the router's track to ([]: the track has
         no players), or None: Python forwards every packet itself. Python is woken for every packet then, or
