@@ -34,3 +34,14 @@ def run(main: Coroutine[Any, Any, T], loop: str = DEFAULT_LOOP) -> T:
 def loop_name() -> str:
     """Which loop this process runs on ("uvloop" or "asyncio"), for /health and a worker's hello."""
     return "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
+
+
+TICK = 0.1  # s: the grid periodic work wakes on
+
+
+def until_next_tick(now: float, tick: float = TICK) -> float:
+    """Seconds from `now` (the loop's clock) to the next multiple of `tick`. Periodic tasks that sleep by this
+    (the media port's tick, the rate sampler) come due in the same loop iteration: one wake-up of the process
+    for all of them instead of one each, and a wake-up of a cold interpreter costs more than most of the work.
+    """
+    return tick - now % tick or tick

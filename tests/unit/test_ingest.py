@@ -23,7 +23,7 @@ import pytest
 from tests.support.deps import missing_dependency
 from tests.unit.test_fanout_core import (  # noqa: F401 (sender: a fixture)
     PROFILES, PUB_SSRC, Player, keyframe_payload, packet, sender, vp8)
-from webcall.media import ingest as ingest_module, router as router_module
+from webcall.media import ingest as ingest_module, port as port_module, router as router_module
 from webcall.media.consumer import Consumer
 from webcall.media.dtls import DtlsIdentity
 from webcall.media.fanout import FanoutCore, load_error, load_library
@@ -385,16 +385,34 @@ def thread_counters(ingest) -> dict[str, int]:
     return dict(zip(ingest_module._COUNTERS, out))
 
 
-async def test_without_players_python_is_woken_per_batch_not_per_packet(setup, monkeypatch) -> None:
+async def test_without_players_python_is_woken_for_the_first_packet_then_by_the_tick(setup, monkeypatch) -> None:
     monkeypatch.setattr(ingest_module, "BATCH", 5.0)  # a batch that cannot come due during the test
     s = setup()
-    for i in range(30):
+    s.send(packet(200, 0, os.urandom(200)))
+    await until(lambda: s.producer.packets == 1)  # the track's first packet wakes Python (the publication starts)
+    assert thread_counters(s.ingest)["wakes"] == 1
+    for i in range(1, 30):
         s.send(packet(200 + i, 3000 * i, os.urandom(200)))
     await until(lambda: thread_counters(s.ingest)["queued"] == 30)
-    assert thread_counters(s.ingest)["wakes"] == 0  # no player waits for these packets
-    assert s.producer.packets == 0
-    s.ingest.catch_up()
-    assert s.producer.packets == 30 and s.ingest.counters()["forwarded"] == 0
+    await until(lambda: s.producer.packets == 30)  # taken in by the port's tick, every eventloop.TICK
+    assert thread_counters(s.ingest)["wakes"] == 1  # no player waits for these packets: no wake-up of their own
+    assert s.ingest.counters()["forwarded"] == 0
+
+
+async def without_ticks(monkeypatch) -> None:
+    """No batch and no port tick comes due during the test: only the thread's own wake-ups drain a queue."""
+    monkeypatch.setattr(ingest_module, "BATCH", 5.0)
+    monkeypatch.setattr(port_module, "until_next_tick", lambda now: 5.0)
+    await asyncio.sleep(0.15)  # the tick sleeping now was the last
+
+
+async def test_a_queue_half_full_wakes_python(setup, monkeypatch) -> None:
+    await without_ticks(monkeypatch)
+    s = setup()
+    for i in range(ingest_module.QUEUE // 2 + 10):
+        s.send(packet(300 + i, 3000 * i, os.urandom(200)))
+    await until(lambda: s.producer.packets >= ingest_module.QUEUE // 2)
+    assert thread_counters(s.ingest)["overflow"] == 0
 
 
 async def test_a_publisher_that_moves_is_read_by_the_event_loop_again(setup) -> None:
@@ -412,30 +430,35 @@ async def test_a_publisher_that_moves_is_read_by_the_event_loop_again(setup) -> 
 
 
 async def test_a_prompt_reader_is_woken_for_each_packet_a_batched_one_is_not(setup, monkeypatch) -> None:
-    monkeypatch.setattr(ingest_module, "BATCH", 5.0)  # a batch that cannot come due during the test
+    await without_ticks(monkeypatch)
     s = setup()
     recorded: list[bytes] = []
     s.router.add_reader(lambda data, keyframe: recorded.append(data), batched=True)  # a recording, say
     s.send(packet(1, 0, os.urandom(80)))
-    await until(lambda: thread_counters(s.ingest)["queued"] == 1)
-    assert thread_counters(s.ingest)["wakes"] == 0 and recorded == []  # it waits for the batch
+    await until(lambda: len(recorded) == 1)  # the track's first packet wakes Python
+    s.send(packet(2, 0, os.urandom(80)))
+    await until(lambda: thread_counters(s.ingest)["queued"] == 2)
+    await asyncio.sleep(0.05)
+    assert thread_counters(s.ingest)["wakes"] == 1 and len(recorded) == 1  # it waits for the batch
 
     relayed: list[bytes] = []
     s.router.add_reader(lambda data, keyframe: relayed.append(data))  # a relay to another worker, say
-    s.send(packet(2, 0, os.urandom(80)))
+    s.send(packet(3, 0, os.urandom(80)))
     await until(lambda: len(relayed) == 2)  # woken by the packet: both queued packets are taken in
-    assert thread_counters(s.ingest)["wakes"] == 1 and len(recorded) == 2
+    assert thread_counters(s.ingest)["wakes"] == 2 and len(recorded) == 3
 
 
 async def test_a_reader_that_leaves_gets_what_arrived_before(setup, monkeypatch) -> None:
-    monkeypatch.setattr(ingest_module, "BATCH", 5.0)
+    await without_ticks(monkeypatch)
     s = setup()
     recorded: list[bytes] = []
     reader = recorded.append
     s.router.add_reader(lambda data, keyframe: reader(data), batched=True)
-    for i in range(3):
+    s.send(packet(10, 0, os.urandom(80)))
+    await until(lambda: len(recorded) == 1)  # the first packet woke Python
+    for i in range(1, 4):
         s.send(packet(10 + i, 0, os.urandom(80)))
-    await until(lambda: thread_counters(s.ingest)["queued"] == 3)
-    assert recorded == []
+    await until(lambda: thread_counters(s.ingest)["queued"] == 4)
+    assert len(recorded) == 1  # the others wait for the batch
     s.router.remove_reader(s.router.readers[0])  # a recording that stops: its last packets are in the file
-    assert len(recorded) == 3
+    assert len(recorded) == 4

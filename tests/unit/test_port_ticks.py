@@ -72,3 +72,45 @@ def test_a_transport_whose_tick_raises_fails_alone() -> None:
     run_ticks(port, 1.0)
     assert broken.failed == Failure.INTERNAL_ERROR and len(broken.visits) == 1
     assert port.errors == 1 and len(other.visits) == 10
+
+
+# --- the shared grid ---------------------------------------------------------------------------------------
+
+def test_periodic_tasks_sleep_to_the_same_grid() -> None:
+    from webcall.eventloop import TICK, until_next_tick
+
+    for now in (0.0, 0.03, 12.34567, 99.99999, 1e6 + 0.05):
+        wait = until_next_tick(now)
+        assert 0 < wait <= TICK
+        assert abs(((now + wait) / TICK) - round((now + wait) / TICK)) < 1e-6  # wakes on a multiple of TICK
+    assert until_next_tick(5.0, 0.25) == 0.25  # on the grid already: the next one, never 0 (a busy loop)
+
+
+async def test_the_port_tick_and_the_rate_sampler_wake_in_the_same_loop_iteration() -> None:
+    import asyncio
+
+    from webcall.wcs.sampler import SAMPLE_SLOTS, RateSampler
+
+    loop = asyncio.get_running_loop()
+    woke: dict[str, list[float]] = {"port": [], "sampler": []}
+
+    class Stream:
+        media_session_id, label = "s", "s"
+
+        def sample(self, now: float) -> None:
+            woke["sampler"].append(loop.time())
+
+    port = MediaPort()
+    await port.start("127.0.0.1", 0)
+    Ticked(port, "t", every=None)
+    ticked = port._tick_transports
+    port._tick_transports = lambda now: (woke["port"].append(loop.time()), ticked(now))  # type: ignore[method-assign]
+    sampler = RateSampler(TICK_INTERVAL * SAMPLE_SLOTS, lambda: [Stream()])
+    sampler.start()
+    await asyncio.sleep(0.55)
+    await sampler.stop()
+    await port.stop()
+    assert len(woke["port"]) >= 4 and len(woke["sampler"]) >= 4
+    # loop.time() is frozen within one iteration: equal times mean one wake-up served both
+    assert set(woke["sampler"][1:]) <= set(woke["port"])
+

@@ -9,8 +9,9 @@
  * wc_fanout for every group of started players. Then the plaintext packet goes into a queue that Python
  * drains (ingest.py) for all the rest: the ring, keyframes, losses and NACKs, readers, statistics. The queue
  * wakes the event loop (an eventfd) at once for anything Python must act on — a packet this thread did not
- * forward, a gap, RTCP, STUN, DTLS — and otherwise once a queued packet is `batch_ns` old: one wake-up per batch
- * instead of one per packet, which is what the event loop's fixed cost per publisher packet was.
+ * forward, a gap, a track's first packet, RTCP, STUN, DTLS — and otherwise only when the queue is half full or
+ * a queued packet is `batch_ns` old: Python's own periodic tick takes the queue in before that (ingest.py), so
+ * the event loop is not woken for the media at all, which is what its fixed cost per publisher packet was.
  *
  * A track is forwarded here only while Python has set groups for it (wc_ingest_groups): every player of the
  * track started and on the compiled core. Otherwise the packet is only unprotected and queued, and Python
@@ -266,7 +267,7 @@ static void enqueue(wc_ingest *g, int kind, const uint8_t *data, int len, int wi
         return;  /* Python is draining, or about to: it takes everything */
     if (g->unwoken_since == 0)
         g->unwoken_since = arrival;
-    if (urgent || arrival - g->unwoken_since >= g->batch_ns)
+    if (urgent || arrival - g->unwoken_since >= g->batch_ns || g->head - g->tail >= WC_INGEST_QUEUE / 2)
         wake(g);
 }
 
@@ -328,9 +329,10 @@ static void on_rtp(wc_ingest *g, uint8_t *p, int len, int wire_len, int64_t arri
     }
     int64_t seq = get16(p + 2), ext_seq = -1;
     int gap = 0;
-    if (t->highest < 0) {
+    if (t->highest < 0) {  /* the track's first packet: Python is woken for it (the publication starts) */
         t->highest = seq;
         ext_seq = seq;
+        gap = 1;
     } else {
         int64_t delta = (seq - t->highest) & 0xFFFF;
         if (delta != 0 && delta < 0x8000) {  /* the newest: what Producer.receive always delivers */

@@ -6,9 +6,12 @@ UDP publisher gets a socket of its own (SO_REUSEPORT on the media port, connecte
 kernel prefers it for that address), read by a C thread that unprotects each packet and hands the newest
 ones of every track whose players are all on the compiled core to `wc_fanout`, per player layout, as
 `TrackRouter.deliver` would. Every packet then still reaches Python, through a queue the event loop drains
-(`Ingest.drain`), at once when Python must act (a packet the thread did not forward, a gap, RTCP, STUN,
-DTLS) and otherwise once per BATCH: the ring, keyframes, NACKs, readers and statistics run as before, on
-the packet's own arrival time, a few milliseconds later.
+(`Ingest.drain`), at once when Python must act (a packet the thread did not forward, a gap, a track's first
+packet, RTCP, STUN, DTLS); otherwise the media port's tick takes the queue in (`catch_up`, every
+eventloop.TICK, in the wake-up that ticks the transports and samples the rates anyway), and the thread wakes
+Python itself only for a queue half full or a tick that is BATCH late. The ring, keyframes, NACKs, readers
+and statistics run as before, on the packet's own arrival time, up to a tick later; whatever needs the ring
+as new as the thread (a player joining, a NACK, a reader leaving) catches up first.
 
 `MEDIA_LOCK` is the process-wide mutex the threads hold per datagram. While any ingest runs, Python holds
 it around everything that uses a session or table a thread may use: the routers' fan-outs and replays,
@@ -23,6 +26,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 from typing import TYPE_CHECKING, Any, Protocol
 
 from .fanout import ffi, load_library, srtp_function_pointer, context_pointer
@@ -46,6 +50,7 @@ class IngestPort(Protocol):
     ingest_enabled: bool
     fanout_cost: FanoutCost
     ingest_counts: IngestCounts
+    ingests: set[Ingest]  # the port's tick takes their queues in
 
     def receive_from(self, data: bytes, addr: tuple[str, int]) -> None: ...
 
@@ -69,7 +74,11 @@ class IngestRouter(Protocol):
 
     def sync_ingest(self) -> None: ...
 
-BATCH = 0.02  # s: how long a forwarded packet may wait in the queue before Python sees it
+BATCH = 0.25  # s: how long a queued packet waits at most before the thread wakes Python for it. The port's
+# tick (every 0.1 s, eventloop.TICK) takes the queues in first, in a wake-up it has anyway: the thread
+# wakes Python only for what is urgent, for a queue half full, or when the tick is late.
+COUNTERS_EVERY = 0.5  # s: how often a drain reads the thread's counters (/metrics needs them no fresher)
+QUEUE = 256  # datagrams a queue holds (WC_INGEST_QUEUE); half of it wakes Python
 MAX_GROUPS = 8  # player layouts per track the thread forwards to (WC_INGEST_GROUPS); more: Python forwards
 ITEM_FORWARDED, ITEM_RTP, ITEM_RTCP, ITEM_OTHER = 1, 2, 3, 4
 
@@ -194,6 +203,7 @@ class Ingest:
         self._arrival = ffi.new("int64_t *")
         self._counters = ffi.new("uint64_t[10]")
         self._seen = dict.fromkeys(_COUNTERS, 0)
+        self._counters_read = 0.0  # time.monotonic() of the last read
         self._draining = False
         self._fd = lib.wc_ingest_eventfd(handle)
 
@@ -222,6 +232,7 @@ class Ingest:
             return None
         ingest = cls(lib, handle, port, transport, peer)
         asyncio.get_running_loop().add_reader(ingest._fd, ingest.drain)
+        port.ingests.add(ingest)
         log.debug("ingest thread started transport=%s %s peer=%s", transport.id, transport.label, peer)
         return ingest
 
@@ -315,10 +326,11 @@ class Ingest:
                     self.port.receive_from(data, self.peer)
         finally:
             self._draining = False
-        if self.handle is not None:
+        if self.handle is not None and time.monotonic() - self._counters_read >= COUNTERS_EVERY:
             self._read_counters()
 
     def _read_counters(self) -> None:
+        self._counters_read = time.monotonic()
         self.lib.wc_ingest_counters(self.handle, self._counters)
         now = dict(zip(_COUNTERS, self._counters))
         seen, self._seen = self._seen, now
@@ -331,7 +343,9 @@ class Ingest:
         self.port.ingest_counts.add(now, seen)
 
     def counters(self) -> dict[str, int]:
-        """The thread's counters as last read (by the latest drain)."""
+        """The thread's counters now (read, and added to the port's, at most every COUNTERS_EVERY otherwise)."""
+        if self.handle is not None:
+            self._read_counters()
         return dict(self._seen)
 
     # --- teardown -------------------------------------------------------------------------------------
@@ -349,11 +363,13 @@ class Ingest:
         try:
             if not self._draining:
                 self._drain_locked()
+            self._read_counters()
             handle, self.handle = self.handle, None
             self.lib.wc_ingest_stop(handle)
             MEDIA_LOCK.users -= 1
         finally:
             MEDIA_LOCK.release(held)
+        self.port.ingests.discard(self)
         for router in self.routers.values():
             router.ingest = None
             router.producer.catch_up = None

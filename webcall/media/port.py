@@ -28,10 +28,11 @@ from typing import TYPE_CHECKING
 
 from aioice import stun
 
+from ..eventloop import TICK, until_next_tick
 from ..streams.limits import DTLS_HANDSHAKES, UNVERIFIED_DATAGRAMS, Refusals
 from .failures import Failure
 from .fanout import FanoutCore, new_core
-from .ingest import IngestCounts
+from .ingest import Ingest, IngestCounts
 from .srtp import SendBatch
 from .stats import FanoutCost
 from .tcp import MAX_UNVERIFIED_LINKS, UNVERIFIED_TIMEOUT, TcpLink, listen
@@ -41,7 +42,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("webcall.media")
 
-TICK_INTERVAL = 0.1
+TICK_INTERVAL = TICK  # (the shared grid: port ticks, rate samples and ingest batches wake together)
 UNVERIFIED_TABLE_SIZE = 65536  # addresses counted per second; beyond it (a spoofed flood) new ones are refused
 
 
@@ -53,6 +54,7 @@ class MediaPort(asyncio.DatagramProtocol):
         self.ingest_mode = ingest  # auto: UDP publishers get an ingest thread when the core is loaded (ingest.py)
         self.ingest_enabled = False  # ... and it could be had (decided in start())
         self.ingest_counts = IngestCounts()
+        self.ingests: set[Ingest] = set()  # the running ingest threads' Python ends: each tick takes in their queues
         self.core: FanoutCore | None = None
         self.sock: socket.socket | None = None
         self.by_ufrag: dict[str, WebRtcTransport] = {}
@@ -300,8 +302,15 @@ class MediaPort(asyncio.DatagramProtocol):
     # --- time -----------------------------------------------------------------------------------------
 
     async def _tick_loop(self) -> None:
+        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(TICK_INTERVAL)
+            await asyncio.sleep(until_next_tick(loop.time()))
+            for ingest in list(self.ingests):  # the ring and the readers as new as the threads (ingest.py)
+                try:
+                    ingest.catch_up()
+                except Exception:  # a bug behind one publisher must not stop every transport's ticks
+                    self.errors += 1
+                    log.exception("ingest drain error transport=%s", ingest.transport.id)
             now = time.monotonic()
             if now - self._unverified_reset >= 1.0:  # the unverified addresses' budgets are per second
                 self._unverified.clear()
