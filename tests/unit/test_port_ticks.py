@@ -79,11 +79,11 @@ def test_a_transport_whose_tick_raises_fails_alone() -> None:
 def test_periodic_tasks_sleep_to_the_same_grid() -> None:
     from webcall.eventloop import TICK, until_next_tick
 
-    for now in (0.0, 0.03, 12.34567, 99.99999, 1e6 + 0.05):
+    for now in (0.0, 0.03, 12.34567, 12.3999, 12.4001, 99.99999, 1e6 + 0.05):
         wait = until_next_tick(now)
-        assert 0 < wait <= TICK
+        assert TICK / 2 - 1e-9 <= wait <= 1.5 * TICK + 1e-9  # never ~0: a timer a hair early does not run twice
         assert abs(((now + wait) / TICK) - round((now + wait) / TICK)) < 1e-6  # wakes on a multiple of TICK
-    assert until_next_tick(5.0, 0.25) == 0.25  # on the grid already: the next one, never 0 (a busy loop)
+    assert abs(until_next_tick(5.0, 0.25) - 0.25) < 1e-9
 
 
 async def test_the_port_tick_and_the_rate_sampler_wake_in_the_same_loop_iteration() -> None:
@@ -106,11 +106,14 @@ async def test_the_port_tick_and_the_rate_sampler_wake_in_the_same_loop_iteratio
     ticked = port._tick_transports
     port._tick_transports = lambda now: (woke["port"].append(loop.time()), ticked(now))  # type: ignore[method-assign]
     sampler = RateSampler(TICK_INTERVAL * SAMPLE_SLOTS, lambda: [Stream()])
+    sampler.slices = lambda: [[Stream()]] * SAMPLE_SLOTS  # type: ignore[method-assign]  # sampled in every slot
     sampler.start()
     await asyncio.sleep(0.55)
     await sampler.stop()
     await port.stop()
     assert len(woke["port"]) >= 4 and len(woke["sampler"]) >= 4
+    for times in woke.values():  # once per tick, not again in the same millisecond
+        assert all(b - a > TICK_INTERVAL / 2 for a, b in zip(times, times[1:])), times
     # loop.time() is frozen within one iteration: equal times mean one wake-up served both
     assert set(woke["sampler"][1:]) <= set(woke["port"])
 
