@@ -34,16 +34,3 @@ def run(main: Coroutine[Any, Any, T], loop: str = DEFAULT_LOOP) -> T:
 def loop_name() -> str:
     """Which loop this process runs on ("uvloop" or "asyncio"), for /health and a worker's hello."""
     return "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
-
-
-TICK = 0.1  # s: the grid periodic work wakes on
-
-
-def until_next_tick(now: float, tick: float = TICK) -> float:
-    """Seconds from `now` (the loop's clock) to the multiple of `tick` nearest to `now + tick`: between half a
-    tick and one and a half. Periodic tasks that sleep by this (the media port's tick, the rate sampler) come
-    due in the same loop iteration: one wake-up of the process for all of them instead of one each, and a
-    wake-up of a cold interpreter costs more than most of the work. (Not "the next multiple": a timer that
-    fires a hair before its grid point, as uvloop's millisecond timers do, would then sleep ~0 and run twice.)
-    """
-    return round((now + tick) / tick) * tick - now

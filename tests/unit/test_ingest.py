@@ -394,7 +394,7 @@ async def test_without_players_python_is_woken_for_the_first_packet_then_by_the_
     for i in range(1, 30):
         s.send(packet(200 + i, 3000 * i, os.urandom(200)))
     await until(lambda: thread_counters(s.ingest)["queued"] == 30)
-    await until(lambda: s.producer.packets == 30)  # taken in by the port's tick, every eventloop.TICK
+    await until(lambda: s.producer.packets == 30)  # taken in by the port's tick, every TICK_INTERVAL
     assert thread_counters(s.ingest)["wakes"] == 1  # no player waits for these packets: no wake-up of their own
     assert s.ingest.counters()["forwarded"] == 0
 
@@ -402,17 +402,19 @@ async def test_without_players_python_is_woken_for_the_first_packet_then_by_the_
 async def without_ticks(monkeypatch) -> None:
     """No batch and no port tick comes due during the test: only the thread's own wake-ups drain a queue."""
     monkeypatch.setattr(ingest_module, "BATCH", 5.0)
-    monkeypatch.setattr(port_module, "until_next_tick", lambda now: 5.0)
-    await asyncio.sleep(0.15)  # the tick sleeping now was the last
+    monkeypatch.setattr(port_module, "TICK_INTERVAL", 5.0)
+    await asyncio.sleep(0.3)  # the tick sleeping now was the last
 
 
 async def test_a_queue_half_full_wakes_python(setup, monkeypatch) -> None:
     await without_ticks(monkeypatch)
     s = setup()
-    for i in range(ingest_module.QUEUE // 2 + 10):
+    s.send(packet(300, 0, os.urandom(200)))
+    await until(lambda: s.producer.packets == 1)  # (the track's first packet wakes Python)
+    for i in range(1, ingest_module.QUEUE // 2 + 10):
         s.send(packet(300 + i, 3000 * i, os.urandom(200)))
-    await until(lambda: s.producer.packets >= ingest_module.QUEUE // 2)
-    assert thread_counters(s.ingest)["overflow"] == 0
+    await until(lambda: s.producer.packets >= 1 + ingest_module.QUEUE // 2)
+    assert thread_counters(s.ingest)["wakes"] == 2 and thread_counters(s.ingest)["overflow"] == 0
 
 
 async def test_a_publisher_that_moves_is_read_by_the_event_loop_again(setup) -> None:

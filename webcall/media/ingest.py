@@ -8,7 +8,7 @@ ones of every track whose players are all on the compiled core to `wc_fanout`, p
 `TrackRouter.deliver` would. Every packet then still reaches Python, through a queue the event loop drains
 (`Ingest.drain`), at once when Python must act (a packet the thread did not forward, a gap, a track's first
 packet, RTCP, STUN, DTLS); otherwise the media port's tick takes the queue in (`catch_up`, every
-eventloop.TICK, in the wake-up that ticks the transports and samples the rates anyway), and the thread wakes
+TICK_INTERVAL, in the wake-up that ticks the transports anyway), and the thread wakes
 Python itself only for a queue half full or a tick that is BATCH late. The ring, keyframes, NACKs, readers
 and statistics run as before, on the packet's own arrival time, up to a tick later; whatever needs the ring
 as new as the thread (a player joining, a NACK, a reader leaving) catches up first.
@@ -75,7 +75,7 @@ class IngestRouter(Protocol):
     def sync_ingest(self) -> None: ...
 
 BATCH = 0.25  # s: how long a queued packet waits at most before the thread wakes Python for it. The port's
-# tick (every 0.1 s, eventloop.TICK) takes the queues in first, in a wake-up it has anyway: the thread
+# tick (every TICK_INTERVAL, 0.1 s) takes the queues in first, in a wake-up it has anyway: the thread
 # wakes Python only for what is urgent, for a queue half full, or when the tick is late.
 COUNTERS_EVERY = 0.5  # s: how often a drain reads the thread's counters (/metrics needs them no fresher)
 QUEUE = 256  # datagrams a queue holds (WC_INGEST_QUEUE); half of it wakes Python

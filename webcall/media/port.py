@@ -28,7 +28,6 @@ from typing import TYPE_CHECKING
 
 from aioice import stun
 
-from ..eventloop import TICK, until_next_tick
 from ..streams.limits import DTLS_HANDSHAKES, UNVERIFIED_DATAGRAMS, Refusals
 from .failures import Failure
 from .fanout import FanoutCore, new_core
@@ -42,7 +41,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("webcall.media")
 
-TICK_INTERVAL = TICK  # (the shared grid: port ticks, rate samples and ingest batches wake together)
+TICK_INTERVAL = 0.1  # s; each tick also takes in the ingest threads' queues (ingest.py)
 UNVERIFIED_TABLE_SIZE = 65536  # addresses counted per second; beyond it (a spoofed flood) new ones are refused
 
 
@@ -302,9 +301,8 @@ class MediaPort(asyncio.DatagramProtocol):
     # --- time -----------------------------------------------------------------------------------------
 
     async def _tick_loop(self) -> None:
-        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(until_next_tick(loop.time()))
+            await asyncio.sleep(TICK_INTERVAL)
             for ingest in list(self.ingests):  # the ring and the readers as new as the threads (ingest.py)
                 try:
                     ingest.catch_up()

@@ -14,8 +14,6 @@ import zlib
 from collections.abc import Callable, Iterable
 from typing import Protocol
 
-from ..eventloop import until_next_tick
-
 log = logging.getLogger("webcall.wcs")
 
 SAMPLE_SLOTS = 10  # the sampler wakes this many times per rate interval
@@ -50,9 +48,8 @@ class RateSampler:
     async def _loop(self) -> None:
         slot = 0
         slices: list[list[Sampled]] = []
-        loop = asyncio.get_running_loop()
         while True:
-            await asyncio.sleep(until_next_tick(loop.time(), self.interval / SAMPLE_SLOTS))  # with the port's tick
+            await asyncio.sleep(self.interval / SAMPLE_SLOTS)
             if slot == 0:
                 slices = self.slices()  # streams created since are sampled from the next interval on
             self.sample(time.monotonic(), slices[slot])
