@@ -72,4 +72,3 @@ def test_a_transport_whose_tick_raises_fails_alone() -> None:
     run_ticks(port, 1.0)
     assert broken.failed == Failure.INTERNAL_ERROR and len(broken.visits) == 1
     assert port.errors == 1 and len(other.visits) == 10
-

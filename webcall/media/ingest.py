@@ -279,14 +279,22 @@ class Ingest:
     # --- the queue ------------------------------------------------------------------------------------
 
     def catch_up(self) -> None:
-        """Take in everything the thread queued (the ring is then as new as the thread's last packet)."""
+        """Take in everything the thread queued, holding MEDIA_LOCK throughout: when this returns, the ring is as
+        new as the thread's last packet (a player joining, a NACK, a reader leaving, a change of groups)."""
         if self._draining or self.handle is None:
             return
         held = MEDIA_LOCK.acquire()
         try:
-            self._drain_locked()
+            self._take_queue()
         finally:
             MEDIA_LOCK.release(held)
+
+    def take_in(self) -> None:
+        """Take in what the thread queued, the lock taken per packet only (by wc_ingest_take, and by whatever
+        uses a session): the thread goes on forwarding meanwhile instead of waiting for the whole batch. The
+        port's tick and the eventfd's wake-ups drain this way."""
+        if not self._draining and self.handle is not None:
+            self._take_queue()
 
     def drain(self) -> None:
         """The eventfd is readable: the thread queued something Python must see."""
@@ -294,9 +302,9 @@ class Ingest:
             os.read(self._fd, 8)
         except (BlockingIOError, OSError):
             pass
-        self.catch_up()
+        self.take_in()
 
-    def _drain_locked(self) -> None:
+    def _take_queue(self) -> None:
         lib, handle, buf, meta, arrival = self.lib, self.handle, self._buf, self._meta, self._arrival
         transport = self.transport
         routers = self.routers
@@ -362,7 +370,7 @@ class Ingest:
         held = MEDIA_LOCK.acquire()
         try:
             if not self._draining:
-                self._drain_locked()
+                self._take_queue()
             self._read_counters()
             handle, self.handle = self.handle, None
             self.lib.wc_ingest_stop(handle)

@@ -305,7 +305,7 @@ class MediaPort(asyncio.DatagramProtocol):
             await asyncio.sleep(TICK_INTERVAL)
             for ingest in list(self.ingests):  # the ring and the readers as new as the threads (ingest.py)
                 try:
-                    ingest.catch_up()
+                    ingest.take_in()
                 except Exception:  # a bug behind one publisher must not stop every transport's ticks
                     self.errors += 1
                     log.exception("ingest drain error transport=%s", ingest.transport.id)
