@@ -7,11 +7,11 @@ kernel prefers it for that address), read by a C thread that unprotects each pac
 ones of every track whose players are all on the compiled core to `wc_fanout`, per player layout, as
 `TrackRouter.deliver` would. Every packet then still reaches Python, through a queue the event loop drains
 (`Ingest.drain`), at once when Python must act (a packet the thread did not forward, a gap, a track's first
-packet, RTCP, STUN, DTLS); otherwise the media port's tick takes the queue in (`catch_up`, every
+packet, RTCP, STUN, DTLS); otherwise the media port's tick takes the queue in (`take_in`, every
 TICK_INTERVAL, in the wake-up that ticks the transports anyway), and the thread wakes
 Python itself only for a queue half full or a tick that is BATCH late. The ring, keyframes, NACKs, readers
 and statistics run as before, on the packet's own arrival time, up to a tick later; whatever needs the ring
-as new as the thread (a player joining, a NACK, a reader leaving) catches up first.
+as new as the thread (a player joining, a NACK, a reader leaving) catches up first (`catch_up`).
 
 `MEDIA_LOCK` is the process-wide mutex the threads hold per datagram. While any ingest runs, Python holds
 it around everything that uses a session or table a thread may use: the routers' fan-outs and replays,
