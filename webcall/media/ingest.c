@@ -328,15 +328,15 @@ static void on_rtp(wc_ingest *g, uint8_t *p, int len, int wire_len, int64_t arri
         return;
     }
     int64_t seq = get16(p + 2), ext_seq = -1;
-    int gap = 0;
-    if (t->highest < 0) {  /* the track's first packet: Python is woken for it (the publication starts) */
+    int news = 0;  /* the track's first packet (the publication starts) or a gap (Python answers with a NACK) */
+    if (t->highest < 0) {
         t->highest = seq;
         ext_seq = seq;
-        gap = 1;
+        news = 1;
     } else {
         int64_t delta = (seq - t->highest) & 0xFFFF;
         if (delta != 0 && delta < 0x8000) {  /* the newest: what Producer.receive always delivers */
-            gap = delta > 1;
+            news = delta > 1;
             if (seq < t->highest)
                 t->cycles += 0x10000;
             t->highest = seq;
@@ -346,9 +346,9 @@ static void on_rtp(wc_ingest *g, uint8_t *p, int len, int wire_len, int64_t arri
     int csrc_end, ext_end, end;
     int forwarded = ext_seq >= 0 && t->ngroups > 0 && wc_rtp_split(p, len, &csrc_end, &ext_end, &end) == 0 &&
                     forward(g, t, p, len, csrc_end, ext_end, end, ext_seq) == 0;
-    /* Python answers a gap with a NACK: wake it now; and a packet for players that this thread did not forward
-     * is Python's to forward. Otherwise (a recording, say, or players all served here) it waits for the batch. */
-    int urgent = gap || t->wake_each || (!forwarded && t->ngroups > 0);
+    /* Python is woken now for news, and for a packet for players that this thread did not forward (Python's to
+     * forward). Otherwise (a recording, say, or players all served here) the port's tick takes it in. */
+    int urgent = news || t->wake_each || (!forwarded && t->ngroups > 0);
     enqueue(g, forwarded ? ITEM_FORWARDED : ITEM_RTP, p, len, wire_len, arrival, urgent);
 }
 

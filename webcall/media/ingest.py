@@ -281,11 +281,9 @@ class Ingest:
     def catch_up(self) -> None:
         """Take in everything the thread queued, holding MEDIA_LOCK throughout: when this returns, the ring is as
         new as the thread's last packet (a player joining, a NACK, a reader leaving, a change of groups)."""
-        if self._draining or self.handle is None:
-            return
         held = MEDIA_LOCK.acquire()
         try:
-            self._take_queue()
+            self.take_in()
         finally:
             MEDIA_LOCK.release(held)
 
