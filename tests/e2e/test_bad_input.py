@@ -347,6 +347,29 @@ async def test_oversized_message_closes_only_that_socket(live: Live) -> None:
     await live.finish()
 
 
+async def test_a_bug_in_one_sessions_handler_ends_that_session_alone_and_is_logged(live: Live) -> None:
+    """A handler that raises (a bug of ours, planted here on one session) must not escape to aiohttp, whose log
+    would hide it from every test's error check: the session ends, the traceback is in webcall's log."""
+    observer = await live.client()
+    before = set(live.server.hub.sessions)
+    client = await live.client()
+    (victim,) = set(live.server.hub.sessions) - before
+
+    def planted(message: Any) -> None:
+        raise RuntimeError("planted bug")
+
+    victim._on_AvailableStream = planted
+    await client.send("availableStream", {"mediaSessionId": str(uuid.uuid1()), "name": LIVE})
+    await client.wait_closed(timeout=5)
+    assert victim.closed and victim not in live.server.hub.sessions
+    logged = [r for r in live.server_errors() if r.name == "webcall.server" and "session failed" in r.getMessage()]
+    assert len(logged) == 1 and "planted bug" in (logged[0].exc_text or ""), live.server_errors()
+    live.caplog.clear()  # the one error this test made on purpose
+    await assert_still_answered(observer)
+    await live.assert_flowing("a session whose handler raised")
+    await live.finish()
+
+
 # --------------------------------------------------------------------------------------------
 # Signalling: SDP
 

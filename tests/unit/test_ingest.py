@@ -26,6 +26,7 @@ from tests.unit.test_fanout_core import (  # noqa: F401 (sender: a fixture)
 from webcall.media import ingest as ingest_module, port as port_module, router as router_module
 from webcall.media.consumer import Consumer
 from webcall.media.dtls import DtlsIdentity
+from webcall.media.failures import Failure
 from webcall.media.fanout import FanoutCore, load_error, load_library
 from webcall.media.ingest import MEDIA_LOCK, ffi, plan_struct
 from webcall.media.port import MediaPort
@@ -464,3 +465,31 @@ async def test_a_reader_that_leaves_gets_what_arrived_before(setup, monkeypatch)
     assert len(recorded) == 1  # the others wait for the batch
     s.router.remove_reader(s.router.readers[0])  # a recording that stops: its last packets are in the file
     assert len(recorded) == 4
+
+
+async def test_a_queued_packet_that_ends_the_transport_during_its_close(setup) -> None:
+    """Seen with Firefox: unPublishStream closes the transport while the peer's DTLS close_notify waits in the
+    thread's queue. The close takes the queue in first, the close_notify fails the transport from inside that
+    close (as `fail(PEER_CLOSED)` does), and the close must still finish once, without an exception."""
+    s = setup()
+    s.send(packet(1, 0, os.urandom(50)))
+    await until(lambda: s.producer.packets == 1)
+    ended: list[bytes] = []
+
+    def peer_hangs_up(data: bytes, now: float) -> None:
+        ended.append(data)
+        s.transport.fail(Failure.PEER_CLOSED)
+
+    s.listener.on_rtcp = peer_hangs_up
+    ingest = s.ingest
+    queued = thread_counters(ingest)["queued"]
+    bye = struct.pack("!BBHI", 0x81, 203, 1, PUB_SSRC)
+    s.sock.sendto(s.tx.protect_rtcp(bye), ("127.0.0.1", s.port.sock.getsockname()[1]))
+    deadline = time.monotonic() + 3
+    while thread_counters(ingest)["queued"] == queued:  # no await: the event loop cannot take it in first
+        assert time.monotonic() < deadline, "the thread did not queue the packet"
+        time.sleep(0.001)
+    s.transport.close()
+    assert ended == [bye]  # taken in by the close
+    assert not ingest.running and s.transport.state == TransportState.CLOSED and MEDIA_LOCK.users == 0
+    assert s.listener.failed == []  # the owner closed it: nobody is told of a failure

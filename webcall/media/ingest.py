@@ -369,6 +369,8 @@ class Ingest:
         try:
             if not self._draining:
                 self._take_queue()
+            if self.handle is None:  # a packet taken in stopped us already (a DTLS close_notify, say)
+                return
             self._read_counters()
             handle, self.handle = self.handle, None
             self.lib.wc_ingest_stop(handle)

@@ -109,6 +109,7 @@ class WebRtcTransport:
         self._refused_tcp = False  # the client nominated a TCP path after we connected on UDP (logged once)
         self.ingest: Ingest | None = None  # the thread reading this publisher's datagrams (ingest.py)
         self._handshaking = False  # admitted by the port's cap on DTLS handshakes in progress
+        self._closing = False  # close() under way
         # Counters (plain ints: they are bumped per packet).
         self.rx_packets = self.rx_bytes = 0
         self.srtp_errors = self.send_errors = 0
@@ -304,15 +305,18 @@ class WebRtcTransport:
     # --- teardown ---------------------------------------------------------------------------------
 
     def fail(self, reason: Failure) -> None:
-        if self.state == TransportState.CLOSED:
-            return
+        if self.state == TransportState.CLOSED or self._closing:
+            return  # closing: the owner called close() and needs no telling
         self.close()
         self.listener.on_transport_failed(reason)
 
     def close(self) -> None:
         """Idempotent; tells nobody (the owner called it, or fail() reports it)."""
-        if self.state == TransportState.CLOSED:
+        if self.state == TransportState.CLOSED or self._closing:
             return
+        # The ingest takes its queue in before it stops, and a packet in it may end this transport (a DTLS
+        # close_notify): that must find the close under way, not start a second one.
+        self._closing = True
         if self.ingest is not None:
             self.ingest.stop("closed")  # before the inbound session it uses goes
             self.ingest = None

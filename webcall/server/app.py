@@ -399,6 +399,8 @@ class WebcallServer:
                     session.handle_text(frame.data)  # JSON in a binary frame is still JSON; garbage fails
                 if session.closed:
                     break
+        except Exception:  # a bug of ours: said in our log (aiohttp's would hide it), and this session alone ends
+            log.exception("session failed session=%s", session.id)
         finally:
             session.close()
             with contextlib.suppress(asyncio.TimeoutError, asyncio.CancelledError, ConnectionError, RuntimeError):
