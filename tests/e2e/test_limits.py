@@ -91,6 +91,25 @@ async def test_messages_per_second_fail_then_close(make_server) -> None:
     await server.wait_empty()
 
 
+async def test_a_burst_of_sdk_logs_over_the_rate_is_dropped_not_failed(make_server) -> None:
+    """The SDK's startDebug() (the Stream Diagnostic page) sends every log line it kept as one pushLogs each, at
+    once: ~100 from Firefox. Over the rate they are dropped; the session goes on and gets no `fail`."""
+    server = await make_server(max_messages_per_second=5.0)  # bursts of 10
+    client = await server.client()
+    for i in range(60):
+        await client.send("pushLogs", {"logs": f"12:00:00 DEBUG core - line {i}\n"})
+    await client.send("sessionDebug", {"command": "start"})
+    await asyncio.sleep(1.0)  # the bucket fills again
+    request_id = str(uuid.uuid1())
+    await client.send("availableStream", {"mediaSessionId": request_id, "name": "nothing-here"})
+    answer = await client.wait_for("availableStream", mediaSessionId=request_id, timeout=5)
+    assert answer["data"][0]["status"] == "false", answer
+    assert not client.closed and not [m for m in client.messages if m.get("message") == "fail"], client.messages
+    assert (await refusals(server))["messages_per_second"] >= 45  # counted all the same
+    await client.close()
+    await server.wait_empty()
+
+
 @pytest.mark.parametrize("shape", list(SHAPES))
 async def test_unverified_datagrams_dropped_per_address(make_server, shape) -> None:
     server = await make_server(max_unverified_datagrams=10, **SHAPES[shape])

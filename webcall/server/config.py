@@ -133,7 +133,8 @@ class Config:
         "help": "publishers on the server (each up to --max-bitrate in, plus its fixed per-packet cost)"})
     max_messages_per_second: float = field(default=50.0, metadata={
         "help": "WebSocket messages per second per session (token bucket, bursts of twice that); excess gets "
-                "fail and counts as a protocol error (20 close the session)"})
+                "fail and counts as a protocol error (20 close the session); excess the server ignores "
+                "anyway (pushLogs, client metrics) is dropped"})
     max_unverified_datagrams: int = field(default=100, metadata={
         "help": "UDP datagrams per second from an address that has not passed a STUN check (a browser sends "
                 "≤ 50); more are dropped before parsing. Per media process (per worker with --workers 2+)"})

@@ -8,7 +8,8 @@ can deny wait for its answer before their handler runs; the session's later mess
 client's order is kept (pings are answered at once).
 
 Guardrails (streams/limits.py): messages go through a token bucket (--max-messages-per-second; excess gets
-`fail` and counts as a protocol error, so a flooding client is closed), and a stream beyond the session's,
+`fail` and counts as a protocol error, so a flooding client is closed; excess the server ignores anyway, such
+as pushLogs, is dropped without a word), and a stream beyond the session's,
 the stream's or the server's limit is FAILED with an info naming the limit.
 """
 
@@ -89,14 +90,19 @@ class Session:
 
     def handle_text(self, text: str | bytes) -> None:
         self.missed_pongs = 0  # any message proves the client is alive
-        if self._bucket is not None and not self._bucket.take():
-            self.hub.refusals[limits.MESSAGES_PER_SECOND] += 1
-            self._protocol_error(msg.ProtocolError(OwnInfo.TOO_MANY_MESSAGES, "message"))  # not even parsed
-            return
+        over_rate = self._bucket is not None and not self._bucket.take()
         try:
             message = msg.parse_message(text)
         except msg.ProtocolError as exc:
             self._protocol_error(exc)
+            return
+        if over_rate:
+            self.hub.refusals[limits.MESSAGES_PER_SECOND] += 1
+            # A message we ignore asked for nothing: dropping it loses nothing. The SDK's own debug mode sends
+            # every log line it kept as a pushLogs at once (stream-diagnostic: ~100 in a second); that is not
+            # a flood to close the session for. Whatever asks for something gets `fail` and counts.
+            if not isinstance(message, msg.Ignored):
+                self._protocol_error(msg.ProtocolError(OwnInfo.TOO_MANY_MESSAGES, "message"))
             return
         if self._hooking is not None and not isinstance(message, (msg.Ping, msg.Pong)):
             if len(self._waiting) >= MAX_WAITING:
