@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator, Callable
 
 import pytest
 
+from tests.support import cluster
 from tests.support.peers import install_loopback_only
 from tests.support.wcs_client import WcsClient
 from webcall.server.app import WebcallServer
@@ -71,6 +72,14 @@ class RunningServer:
                 if asyncio.get_running_loop().time() > deadline:
                     raise
                 await asyncio.sleep(0.05)
+
+
+@pytest.fixture(autouse=True)
+def _no_stray_cluster_processes():
+    """A cluster test that fails while starting its nodes leaves the ones that did start: kill them here, or
+    the next test that counts this process's children finds them."""
+    yield
+    cluster.reap()
 
 
 @pytest.fixture

@@ -4,6 +4,7 @@ nodes as separate processes, each with its own ports, joined through it (--clust
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -21,6 +22,23 @@ from tests.support.wcs_client import WcsClient
 REPO = Path(__file__).resolve().parents[2]
 REDIS = shutil.which("redis-server") or "/usr/bin/redis-server"
 TTL = 1.5  # --cluster-ttl for the tests: a dead node is gone within 1.5 s, a silent relay ends after 1.5 s
+
+
+# Every redis-server and node process started here and not stopped yet: `reap()` kills what a failed test left
+# (a node that started while its sibling in the same gather() did not), so later tests count no stray children.
+_RUNNING: set[asyncio.subprocess.Process] = set()
+
+
+def reap() -> int:
+    """Kill every process started here that is still running; how many there were."""
+    left = [proc for proc in _RUNNING if proc.returncode is None]
+    for proc in left:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(proc.pid, signal.SIGKILL)
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(proc.pid, 0)
+    _RUNNING.clear()
+    return len(left)
 
 
 def free_port(kind: int = socket.SOCK_STREAM) -> int:
@@ -44,6 +62,7 @@ class RedisServer:
         self.proc = await asyncio.create_subprocess_exec(
             REDIS, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
             "--protected-mode", "no", stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+        _RUNNING.add(self.proc)
         deadline = time.monotonic() + 10
         while True:
             try:
@@ -64,6 +83,7 @@ class RedisServer:
         if self.proc is not None and self.proc.returncode is None:
             self.proc.kill()
             await self.proc.wait()
+        _RUNNING.discard(self.proc)
         self.proc = None
 
 
@@ -92,6 +112,7 @@ class Node:
         if self.proc.returncode is None:
             self.proc.send_signal(signal.SIGKILL)
             await self.proc.wait()
+        _RUNNING.discard(self.proc)
 
     async def stop(self) -> None:
         if self.proc.returncode is None:
@@ -101,6 +122,7 @@ class Node:
             except TimeoutError:
                 self.proc.kill()
                 await self.proc.wait()
+        _RUNNING.discard(self.proc)
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
@@ -117,7 +139,32 @@ def _http(url: str, body: Any) -> tuple[int, Any]:
         return exc.code, json.loads(exc.read() or b"null")
 
 
+START_ATTEMPTS = 3
+
+
 async def start_node(name: str, redis_url: str, tmp: Path, *args: str, env: dict[str, str] | None = None) -> Node:
+    """A node on free ports, up once /health answers. A free port can be taken by someone else before the node
+    binds it (seen in CI: "address already in use"); then it starts again on other ports."""
+    for attempt in range(START_ATTEMPTS):
+        node = await _launch(name, redis_url, tmp, args, env)
+        deadline = time.monotonic() + 20
+        while True:
+            try:
+                status, _ = await node.rest_call("/health")
+                if status == 200:
+                    return node
+            except OSError:
+                pass
+            if node.proc.returncode is not None or time.monotonic() > deadline:
+                break
+            await asyncio.sleep(0.1)
+        await node.kill()
+        if "address already in use" not in node.log() or attempt == START_ATTEMPTS - 1:
+            raise RuntimeError(f"node {name} did not start:\n{node.log()[-3000:]}")
+    raise AssertionError("unreachable")
+
+
+async def _launch(name: str, redis_url: str, tmp: Path, args: tuple[str, ...], env: dict[str, str] | None) -> Node:
     http, rest = free_port(), free_port()
     log_path = tmp / f"node-{name}.log"
     with open(log_path, "wb") as log:
@@ -129,15 +176,5 @@ async def start_node(name: str, redis_url: str, tmp: Path, *args: str, env: dict
             "--cluster-redis", redis_url, "--node-id", name, "--relay-host", "127.0.0.1", "--relay-port", "0",
             "--cluster-ttl", str(TTL), "--connect-timeout", "6", *args,
             cwd=REPO, stdout=log, stderr=log, env={**os.environ, "PYTHONPATH": str(REPO), **(env or {})})
-    node = Node(name, proc, http, rest, log_path)
-    deadline = time.monotonic() + 20
-    while True:
-        try:
-            status, _ = await node.rest_call("/health")
-            if status == 200:
-                return node
-        except OSError:
-            pass
-        if proc.returncode is not None or time.monotonic() > deadline:
-            raise RuntimeError(f"node {name} did not start:\n{node.log()[-3000:]}")
-        await asyncio.sleep(0.1)
+    _RUNNING.add(proc)
+    return Node(name, proc, http, rest, log_path)
