@@ -467,13 +467,9 @@ async def test_a_reader_that_leaves_gets_what_arrived_before(setup, monkeypatch)
     assert len(recorded) == 4
 
 
-async def test_a_queued_packet_that_ends_the_transport_during_its_close(setup) -> None:
-    """Seen with Firefox: unPublishStream closes the transport while the peer's DTLS close_notify waits in the
-    thread's queue. The close takes the queue in first, the close_notify fails the transport from inside that
-    close (as `fail(PEER_CLOSED)` does), and the close must still finish once, without an exception."""
-    s = setup()
-    s.send(packet(1, 0, os.urandom(50)))
-    await until(lambda: s.producer.packets == 1)
+def queue_a_hang_up(s: Setup) -> list[bytes]:
+    """An RTCP packet the thread queues and Python has not taken in yet; taking it in fails the transport, as
+    the peer's DTLS close_notify does (`fail(PEER_CLOSED)`). Returns what the listener will have taken in."""
     ended: list[bytes] = []
 
     def peer_hangs_up(data: bytes, now: float) -> None:
@@ -481,15 +477,45 @@ async def test_a_queued_packet_that_ends_the_transport_during_its_close(setup) -
         s.transport.fail(Failure.PEER_CLOSED)
 
     s.listener.on_rtcp = peer_hangs_up
-    ingest = s.ingest
-    queued = thread_counters(ingest)["queued"]
-    bye = struct.pack("!BBHI", 0x81, 203, 1, PUB_SSRC)
-    s.sock.sendto(s.tx.protect_rtcp(bye), ("127.0.0.1", s.port.sock.getsockname()[1]))
+    queued = thread_counters(s.ingest)["queued"]
+    s.sock.sendto(s.tx.protect_rtcp(BYE), ("127.0.0.1", s.port.sock.getsockname()[1]))
     deadline = time.monotonic() + 3
-    while thread_counters(ingest)["queued"] == queued:  # no await: the event loop cannot take it in first
+    while thread_counters(s.ingest)["queued"] == queued:  # no await: the event loop cannot take it in first
         assert time.monotonic() < deadline, "the thread did not queue the packet"
         time.sleep(0.001)
+    return ended
+
+
+BYE = struct.pack("!BBHI", 0x81, 203, 1, PUB_SSRC)
+
+
+async def test_a_queued_packet_that_ends_the_transport_during_its_close(setup) -> None:
+    """Seen with Firefox: unPublishStream closes the transport while the peer's DTLS close_notify waits in the
+    thread's queue. The close takes the queue in first, the close_notify fails the transport from inside that
+    close, and the close must still finish once, without an exception."""
+    s = setup()
+    s.send(packet(1, 0, os.urandom(50)))
+    await until(lambda: s.producer.packets == 1)
+    ingest = s.ingest
+    ended = queue_a_hang_up(s)
     s.transport.close()
-    assert ended == [bye]  # taken in by the close
+    assert ended == [BYE]  # taken in by the close
     assert not ingest.running and s.transport.state == TransportState.CLOSED and MEDIA_LOCK.users == 0
     assert s.listener.failed == []  # the owner closed it: nobody is told of a failure
+
+
+async def test_a_queued_packet_that_ends_the_transport_when_the_path_changes(setup) -> None:
+    """The same hang-up taken in by the stop of a path change: the transport fails once and stays closed."""
+    s = setup()
+    s.send(packet(1, 0, os.urandom(50)))
+    await until(lambda: s.producer.packets == 1)
+    ingest = s.ingest
+    ended = queue_a_hang_up(s)
+    moved = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    moved.bind(("127.0.0.1", 0))
+    s.transport.on_binding_request(moved.getsockname(), True, time.monotonic())  # nominated: the path moves
+    moved.close()
+    assert ended == [BYE]
+    assert not ingest.running and s.transport.state == TransportState.CLOSED and MEDIA_LOCK.users == 0
+    assert s.listener.failed == [Failure.PEER_CLOSED]
+    assert s.port.by_addr == {}, s.port.by_addr  # neither address is bound to the closed transport

@@ -151,6 +151,8 @@ class WebRtcTransport:
         if self.ingest is not None:
             self.ingest.stop("path changed")  # its socket is connected to the old path
             self.ingest = None
+            if self.state == TransportState.CLOSED:
+                return  # what it had queued ended this transport (the peer's DTLS close_notify)
         self.addr = addr
         self.link = link
         if link is not None:
