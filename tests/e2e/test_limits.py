@@ -110,6 +110,23 @@ async def test_a_burst_of_sdk_logs_over_the_rate_is_dropped_not_failed(make_serv
     await server.wait_empty()
 
 
+async def test_a_flood_of_sdk_logs_still_closes_the_session(make_server) -> None:
+    """The quiet drop has its own allowance (20 s of the rate): past it, logs count as any flood does."""
+    server = await make_server(max_messages_per_second=5.0)  # bursts of 10, quiet drops up to 100 more
+    client = await server.client()
+    for i in range(400):
+        if client.closed:
+            break
+        try:
+            await client.send("pushLogs", {"logs": f"line {i}"})
+        except (ConnectionError, RuntimeError):
+            break  # the server already closed the socket
+    await client.wait_closed(5)
+    fails = [m for m in client.messages if m.get("message") == "fail"]
+    assert len(fails) == 20 and fails[0]["data"][0]["info"] == "Too many messages per second", fails[:1]
+    await server.wait_empty()
+
+
 @pytest.mark.parametrize("shape", list(SHAPES))
 async def test_unverified_datagrams_dropped_per_address(make_server, shape) -> None:
     server = await make_server(max_unverified_datagrams=10, **SHAPES[shape])

@@ -49,6 +49,7 @@ HOOKED: dict[type, str] = {
     msg.UnPublishStream: hooks.UNPUBLISH_STREAM, msg.StopStream: hooks.STOP_STREAM,
     msg.SendData: hooks.ON_DATA_EVENT, msg.Snapshot: hooks.SNAPSHOT,
 }
+IGNORED_BURST = 20  # seconds' worth of --max-messages-per-second that ignored messages may go over it by
 MAX_WAITING = 64  # messages queued behind a hook; more is a client that does not wait for answers
 
 
@@ -60,6 +61,9 @@ class Session:
         self.remote_ip = remote.rsplit(":", 1)[0]  # for --max-sessions-per-ip
         rate = hub.settings.limits.messages_per_second
         self._bucket = limits.TokenBucket(rate, 2 * rate) if rate else None
+        # Over the rate, messages we ignore anyway are dropped quietly while this one lasts (the SDK's debug
+        # flush); a flood of them still empties it, and then counts as any other.
+        self._quiet = limits.TokenBucket(rate, IGNORED_BURST * rate) if rate else None
         self._send = send
         self._close_socket = close_socket
         self.established = False
@@ -101,7 +105,8 @@ class Session:
             # A message we ignore asked for nothing: dropping it loses nothing. The SDK's own debug mode sends
             # every log line it kept as a pushLogs at once (stream-diagnostic: ~100 in a second); that is not
             # a flood to close the session for. Whatever asks for something gets `fail` and counts.
-            if not isinstance(message, msg.Ignored):
+            quiet = isinstance(message, msg.Ignored) and self._quiet is not None and self._quiet.take()
+            if not quiet:
                 self._protocol_error(msg.ProtocolError(OwnInfo.TOO_MANY_MESSAGES, "message"))
             return
         if self._hooking is not None and not isinstance(message, (msg.Ping, msg.Pong)):
