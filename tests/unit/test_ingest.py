@@ -519,3 +519,17 @@ async def test_a_queued_packet_that_ends_the_transport_when_the_path_changes(set
     assert not ingest.running and s.transport.state == TransportState.CLOSED and MEDIA_LOCK.users == 0
     assert s.listener.failed == [Failure.PEER_CLOSED]
     assert s.port.by_addr == {}, s.port.by_addr  # neither address is bound to the closed transport
+
+
+async def test_a_player_joining_as_the_publisher_hangs_up(setup) -> None:
+    """A player's attach takes the queue in first (`catch_up`); when that is the publisher's hang-up, the
+    publication ends inside the attach (its router closes), and the player must not be added to it."""
+    s = setup()
+    s.send(packet(1, 0, keyframe_payload(300)))
+    await until(lambda: s.producer.packets == 1)
+    ended = queue_a_hang_up(s)
+    s.listener.on_transport_failed = lambda reason: s.router.close()  # as the publication's end does
+    _, consumer = s.player()
+    s.router.attach(consumer, time.monotonic())
+    assert ended == [BYE] and s.router.closed and s.router.consumers == []
+    assert s.transport.state == TransportState.CLOSED and s.transport.ingest is None and MEDIA_LOCK.users == 0

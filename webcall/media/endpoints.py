@@ -287,7 +287,8 @@ class PlayerEndpoint(_Endpoint):
         self.attached = True
         for router, consumer in self._routes:
             router.attach(consumer, now)
-        self.events.on_connected()
+        if not self.closed:  # (an attach that took in the publisher's hang-up ended this player too)
+            self.events.on_connected()
 
     def on_transport_failed(self, reason: Failure) -> None:
         if not self.closed:

@@ -66,6 +66,7 @@ class TrackRouter:
         self._groups: list[tuple[ExtensionPlan, list[Consumer], object, int, list[Consumer]]] = []
         self.ingest: Ingest | None = None  # the publisher's ingest thread, when it has this track
         self.ingest_forwarded = False  # set while `deliver` runs for a packet the thread already forwarded
+        self.closed = False
         self._all_on_core = True  # every player is on the core (none is served in Python; true of none)
         self._prompt_readers: set[Reader] = set()  # readers that want each packet at once (add_reader)
         producer.deliver = self.deliver
@@ -156,6 +157,8 @@ class TrackRouter:
         try:
             if self.ingest is not None:
                 self.ingest.catch_up()  # what the thread forwarded before this player came is not for it
+            if self.closed:
+                return  # what it took in was the publisher's hang-up: its publication ended meanwhile
             self.consumers.append(consumer)
             self._regroup()
             producer = self.producer
@@ -224,6 +227,7 @@ class TrackRouter:
             ingest.set_groups(self, None)
 
     def close(self) -> None:
+        self.closed = True
         self._prompt_readers.clear()
         if self.ingest is not None:
             held = MEDIA_LOCK.acquire()
