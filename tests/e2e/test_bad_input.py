@@ -16,6 +16,7 @@ import uuid
 from collections.abc import AsyncIterator
 from typing import Any
 
+import aiohttp
 import pytest
 from aioice import stun
 
@@ -367,6 +368,28 @@ async def test_a_bug_in_one_sessions_handler_ends_that_session_alone_and_is_logg
     live.caplog.clear()  # the one error this test made on purpose
     await assert_still_answered(observer)
     await live.assert_flowing("a session whose handler raised")
+    await live.finish()
+
+
+async def test_a_bug_in_an_http_handler_is_logged_by_webcall(live: Live) -> None:
+    """The same for the HTTP side (WHIP, WHEP, /streams, records): the request gets 500, the traceback is in
+    webcall's log, the live stream goes on."""
+    hub = live.server.hub
+
+    def planted() -> list:
+        raise RuntimeError("planted bug")
+
+    hub.streams = planted  # what /streams lists from
+    try:
+        async with aiohttp.ClientSession() as http:
+            async with http.get(f"http://127.0.0.1:{live.server.server.http_port}/streams") as response:
+                assert response.status == 500
+    finally:
+        del hub.streams
+    logged = [r for r in live.server_errors() if r.name == "webcall.server" and "request failed" in r.getMessage()]
+    assert len(logged) == 1 and "planted bug" in (logged[0].exc_text or ""), live.server_errors()
+    live.caplog.clear()  # the one error this test made on purpose
+    await live.assert_flowing("an HTTP handler that raised")
     await live.finish()
 
 

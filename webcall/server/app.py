@@ -21,6 +21,7 @@ from aiohttp import WSMsgType, web
 from ..eventloop import loop_name
 from ..hooks.client import Hooks, HookSettings
 from ..hooks.origins import origin_allowed, parse_allow_list
+from ..logs import q
 from ..media.dtls import DtlsIdentity
 from ..media.plane import MediaPlane
 from ..media.port import MediaPort
@@ -41,6 +42,19 @@ from .tls import reload_context, server_context
 from .wsout import Outbox
 
 log = logging.getLogger("webcall.server")
+
+
+@web.middleware
+async def _log_errors(request: web.Request, handler: Any) -> web.StreamResponse:
+    """A handler's exception (a bug of ours) in webcall's log: aiohttp's own line would hide it from whoever
+    reads webcall's. A client that went away is no bug. aiohttp still answers 500 as before."""
+    try:
+        return await handler(request)
+    except (web.HTTPException, ConnectionError):
+        raise
+    except Exception:
+        log.exception("request failed method=%s path=%s", q(request.method), q(request.path))
+        raise
 
 OUTGOING_LIMIT_BYTES = 1 << 20  # a client with this much of our output unsent is not reading: drop it
 
@@ -98,7 +112,7 @@ class WebcallServer:
         )
         self.hub = Hub(settings, await self._media_plane(settings, ips), Hooks(HookSettings.from_config(c)))
         self.hub.start()
-        app = web.Application()
+        app = web.Application(middlewares=[_log_errors])
         app.router.add_get("/", self._root)
         app.router.add_get("/health", self._health)
         app.router.add_get("/streams", self._streams)
