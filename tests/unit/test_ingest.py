@@ -467,6 +467,9 @@ async def test_a_reader_that_leaves_gets_what_arrived_before(setup, monkeypatch)
     assert len(recorded) == 4
 
 
+BYE = struct.pack("!BBHI", 0x81, 203, 1, PUB_SSRC)
+
+
 def queue_a_hang_up(s: Setup) -> list[bytes]:
     """An RTCP packet the thread queues and Python has not taken in yet; taking it in fails the transport, as
     the peer's DTLS close_notify does (`fail(PEER_CLOSED)`). Returns what the listener will have taken in."""
@@ -484,9 +487,6 @@ def queue_a_hang_up(s: Setup) -> list[bytes]:
         assert time.monotonic() < deadline, "the thread did not queue the packet"
         time.sleep(0.001)
     return ended
-
-
-BYE = struct.pack("!BBHI", 0x81, 203, 1, PUB_SSRC)
 
 
 async def test_a_queued_packet_that_ends_the_transport_during_its_close(setup) -> None:

@@ -109,7 +109,7 @@ class WebRtcTransport:
         self._refused_tcp = False  # the client nominated a TCP path after we connected on UDP (logged once)
         self.ingest: Ingest | None = None  # the thread reading this publisher's datagrams (ingest.py)
         self._handshaking = False  # admitted by the port's cap on DTLS handshakes in progress
-        self._closing = False  # close() under way
+        self._closing = False  # close() began (the state is CLOSED once it ends)
         # Counters (plain ints: they are bumped per packet).
         self.rx_packets = self.rx_bytes = 0
         self.srtp_errors = self.send_errors = 0
@@ -307,14 +307,14 @@ class WebRtcTransport:
     # --- teardown ---------------------------------------------------------------------------------
 
     def fail(self, reason: Failure) -> None:
-        if self.state == TransportState.CLOSED or self._closing:
-            return  # closing: the owner called close() and needs no telling
+        if self._closing:
+            return  # closed, or closing: the owner called close() and needs no telling
         self.close()
         self.listener.on_transport_failed(reason)
 
     def close(self) -> None:
         """Idempotent; tells nobody (the owner called it, or fail() reports it)."""
-        if self.state == TransportState.CLOSED or self._closing:
+        if self._closing:
             return
         # The ingest takes its queue in before it stops, and a packet in it may end this transport (a DTLS
         # close_notify): that must find the close under way, not start a second one.

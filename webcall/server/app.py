@@ -43,6 +43,8 @@ from .wsout import Outbox
 
 log = logging.getLogger("webcall.server")
 
+OUTGOING_LIMIT_BYTES = 1 << 20  # a client with this much of our output unsent is not reading: drop it
+
 
 @web.middleware
 async def _log_errors(request: web.Request, handler: Any) -> web.StreamResponse:
@@ -55,8 +57,6 @@ async def _log_errors(request: web.Request, handler: Any) -> web.StreamResponse:
     except Exception:
         log.exception("request failed method=%s path=%s", q(request.method), q(request.path))
         raise
-
-OUTGOING_LIMIT_BYTES = 1 << 20  # a client with this much of our output unsent is not reading: drop it
 
 
 def bound_socket(host: str, port: int) -> socket.socket:
