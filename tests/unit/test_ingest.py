@@ -395,7 +395,7 @@ async def test_without_players_python_is_woken_for_the_first_packet_then_by_the_
     for i in range(1, 30):
         s.send(packet(200 + i, 3000 * i, os.urandom(200)))
     await until(lambda: thread_counters(s.ingest)["queued"] == 30)
-    await until(lambda: s.producer.packets == 30)  # taken in by the port's tick, every TICK_INTERVAL
+    await until(lambda: s.producer.packets == 30)  # taken in by the port, every TAKE_IN_INTERVAL
     assert thread_counters(s.ingest)["wakes"] == 1  # no player waits for these packets: no wake-up of their own
     assert s.ingest.counters()["forwarded"] == 0
 
@@ -403,8 +403,8 @@ async def test_without_players_python_is_woken_for_the_first_packet_then_by_the_
 async def without_ticks(monkeypatch) -> None:
     """No batch and no port tick comes due during the test: only the thread's own wake-ups drain a queue."""
     monkeypatch.setattr(ingest_module, "BATCH", 5.0)
-    monkeypatch.setattr(port_module, "TICK_INTERVAL", 5.0)
-    await asyncio.sleep(0.3)  # the tick sleeping now was the last
+    monkeypatch.setattr(port_module, "TAKE_IN_INTERVAL", 5.0)
+    await asyncio.sleep(0.3)  # the take-in due now was the last
 
 
 async def test_a_queue_half_full_wakes_python(setup, monkeypatch) -> None:

@@ -178,6 +178,25 @@ def test_rate_sampling_is_spread_over_slots_each_stream_once() -> None:
         hub.snapshots.close()
 
 
+def test_few_streams_are_sampled_in_one_wake_up_after_the_media_is_taken_in() -> None:
+    """Eleven streams (a publisher and ten players): one slice, so the sampler wakes once per interval; each
+    sample first brings the media counters up to date (the port takes in its ingest threads' queues)."""
+    from types import SimpleNamespace
+
+    from webcall.wcs.sampler import STREAMS_PER_SLOT, RateSampler
+
+    events: list[str] = []
+    streams = [SimpleNamespace(media_session_id=f"id-{i}", label=f"s{i}",
+                               sample=lambda now, i=i: events.append(f"id-{i}")) for i in range(11)]
+    sampler = RateSampler(1.0, lambda: streams, refresh=lambda: events.append("refresh"))
+    assert len(sampler.slices()) == 1
+    sampler.sample(1.0, sampler.slices()[0])
+    assert events[0] == "refresh" and sorted(events[1:]) == sorted(s.media_session_id for s in streams)
+    many = streams * 10
+    sampler = RateSampler(1.0, lambda: many)
+    assert len(sampler.slices()) == -(-len(many) // STREAMS_PER_SLOT)
+
+
 def test_retiring_streams_are_let_go_without_a_metrics_scrape(monkeypatch) -> None:
     """With media workers an ended stream is kept RETIRE_AFTER seconds for its last counters; the queue used to
     be emptied only by /metrics, so a server nobody scraped kept every ended stream (and its session) forever."""

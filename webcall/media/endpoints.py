@@ -37,7 +37,7 @@ from .consumer import Consumer, random_ssrc
 from .dtls import DtlsIdentity
 from .failures import Failure
 from .port import MediaPort
-from .producer import Producer, SenderClock, ntp_now
+from .producer import NACK_RETRY_INTERVAL, Producer, SenderClock, ntp_now
 from .router import Router, TrackRouter
 from .transport import WebRtcTransport
 
@@ -51,6 +51,7 @@ def rtcp_interval() -> float:
     do not stay together (hundreds of players' SRs in one tick would hold up forwarding)."""
     return RTCP_INTERVAL * random.uniform(0.5, 1.5)
 _SSRC = struct.Struct("!I")
+INPUT_WATCH_INTERVAL = 0.5  # s: how often a publisher's input is looked at (silence, bitrate over the ceiling)
 _SR_HEADER = struct.pack("!BBH", 0x80, 200, 6)  # V=2, no report blocks, SR, length 6 words − 1
 
 
@@ -185,19 +186,27 @@ class PublisherEndpoint(_Endpoint):
                 if producer is not None:
                     producer.on_sender_report(packet.sender_info.ntp_timestamp, packet.sender_info.rtp_timestamp, now)
 
-    def on_tick(self, now: float) -> None:  # every tick: NACK retries and the input watch are due at any time
+    def on_tick(self, now: float) -> float | None:
+        """NACK retries, the keyframe cadence, reports to the publisher and the input watch. Returns when the
+        first of them is next due, or None (the port's next tick) while packets are missing: their retries are
+        NACK_RETRY_INTERVAL apart (a gap found between ticks asks for one sooner: `_send_nack`)."""
+        due = now + INPUT_WATCH_INTERVAL
+        missing = False
         interval = self.settings.keyframe_interval
         for producer in self.producers.values():
             if producer.missing:
                 producer.retry_nacks(now)
+                missing = missing or bool(producer.missing)
             # a standing keyframe cadence (--keyframe-interval): a cold feed then finds one in the ring
-            if (interval and producer.kind == "video"
-                    and now - max(producer.keyframe_at, producer.last_keyframe_request) >= interval):
-                producer.request_keyframe(now)
+            if interval and producer.kind == "video":
+                if now - max(producer.keyframe_at, producer.last_keyframe_request) >= interval:
+                    producer.request_keyframe(now)
+                due = min(due, max(producer.keyframe_at, producer.last_keyframe_request) + interval)
         if now >= self._next_rtcp:
             self._next_rtcp = now + rtcp_interval()
             self._send_reports(now)
         self._watch_input(now)
+        return None if missing else min(due, self._next_rtcp)
 
     def _watch_input(self, now: float) -> None:
         transport = self.transport
@@ -241,6 +250,7 @@ class PublisherEndpoint(_Endpoint):
         self.transport.send_rtcp(rr)
 
     def _send_nack(self, producer: Producer, seqs: list[int]) -> None:
+        self.port.tick_at(self.transport, time.monotonic() + NACK_RETRY_INTERVAL)  # its retry, if still missing
         self.transport.send_rtcp(bytes(RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=self.rtcp_ssrc,
                                                        media_ssrc=producer.ssrc or 0, lost=sorted(seqs))))
 

@@ -9,7 +9,7 @@
  * wc_fanout for every group of started players. Then the plaintext packet goes into a queue that Python
  * drains (ingest.py) for all the rest: the ring, keyframes, losses and NACKs, readers, statistics. The queue
  * wakes the event loop (an eventfd) at once for anything Python must act on — a packet this thread did not
- * forward, a gap, a track's first packet, RTCP, STUN, DTLS — and otherwise only when the queue is half full or
+ * forward, a gap, a track's first packet, STUN, DTLS — and otherwise only when the queue is half full or
  * a queued packet is `batch_ns` old: Python's own periodic tick takes the queue in before that (ingest.py), so
  * the event loop is not woken for the media at all, which is what its fixed cost per publisher packet was.
  *
@@ -363,8 +363,8 @@ static void on_datagram(wc_ingest *g, uint8_t *p, int len)
             g->srtp_errors++;
             return;
         }
-        if (rtcp)
-            enqueue(g, ITEM_RTCP, p, plain, len, arrival, 1);
+        if (rtcp)  /* a publisher's RTCP (sender reports: lip sync) can wait for the port's tick */
+            enqueue(g, ITEM_RTCP, p, plain, len, arrival, 0);
         else if (plain >= 12)
             on_rtp(g, p, plain, len, arrival);
         return;

@@ -35,6 +35,10 @@ class MediaPlane:
         return PlayerEndpoint(self.port, self.identity, neg, self.settings, source, events, label=label, ice=ice,
                               ssrcs=ssrcs)
 
+    def take_in(self) -> None:
+        """Bring the publishers' counters, rings and readers up to date with their ingest threads (ingest.py)."""
+        self.port.take_in()
+
     def local_endpoint(self, transport: WebRtcTransport, tcp_only: bool = False) -> LocalEndpoint:
         """What an SDP answer announces for this transport: ICE credentials, fingerprint, candidates (only the
         TCP ones when the client asked for TCP — the SDK's `transport: "TCP"` — and there is a TCP port)."""

@@ -13,6 +13,15 @@ Guardrails (streams/limits.py), per port, so per media worker with --workers 2+:
 a STUN check may send `max_unverified` datagrams a second (more are dropped before any parsing: a flood of
 bogus checks costs no HMAC), and at most `max_handshakes` DTLS handshakes are in progress (a transport's first
 DTLS datagram beyond that is dropped; the client retransmits it). Each refusal is counted in `refusals`.
+
+Time: the port keeps one timer, on a grid of TICK_INTERVAL, and wakes only at grid points where something is due:
+a transport, the ingest threads' queues (every TAKE_IN_INTERVAL), an ICE-TCP link's deadline; otherwise every
+IDLE_INTERVAL. Each transport's tick says when it is next due: "at the next tick" (None: a handshake's
+retransmissions, a publisher's NACK retries), which is the next grid point; or a time (a player's next sender
+report, consent, a publisher's reports and input watch), which is late by up to TAKE_IN_INTERVAL: it is put on
+the coarser grid the queues are taken in on, so that ten players' reports, due at random instants, share the
+port's wake-ups instead of each having one. Every wake-up of the process costs about what a packet's forwarding
+does (README, "Against the compiled ceiling"), so a quiet port sleeps.
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import asyncio
 import heapq
 import itertools
 import logging
+import math
 import socket
 import struct
 import time
@@ -41,7 +51,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("webcall.media")
 
-TICK_INTERVAL = 0.1  # s; each tick also takes in the ingest threads' queues (ingest.py)
+TICK_INTERVAL = 0.1  # s: the grid the port's timer wakes on; a transport due "at the next tick" waits this long
+TAKE_IN_INTERVAL = 0.2  # s: how often the port takes in the ingest threads' queues (ingest.py: shorter than BATCH)
+IDLE_INTERVAL = 1.0  # s: the longest the port sleeps with nothing due
+TIMER_SLACK = 0.005  # s: what is due this soon after a wake-up runs in it (the loop's timers fire a hair early)
 UNVERIFIED_TABLE_SIZE = 65536  # addresses counted per second; beyond it (a spoofed flood) new ones are refused
 
 
@@ -59,12 +72,18 @@ class MediaPort(asyncio.DatagramProtocol):
         self.by_ufrag: dict[str, WebRtcTransport] = {}
         self.by_addr: dict[Address, WebRtcTransport] = {}
         self.transports: set[WebRtcTransport] = set()
-        # When each transport next needs a tick: (due, tie-breaker, transport), a heap. A connected player is due
-        # about once a second (its sender reports), not on each of the ten ticks a second (visiting 300 players
-        # with nothing due was about a fifth of the tick's CPU). Entries of unregistered transports are dropped
-        # when they come up.
-        self._due: list[tuple[float, int, WebRtcTransport]] = []
+        # When each transport next needs a tick: (grid slot, tie-breaker, transport), a heap. A connected player is
+        # due about once a second (its sender reports), not on each of the ten ticks a second (visiting 300
+        # players with nothing due was about a fifth of the tick's CPU). `_slot_of` is each transport's earliest
+        # entry: the others (it was asked to tick sooner, `tick_at`) and those of unregistered transports are
+        # dropped when they come up.
+        self._due: list[tuple[int, int, WebRtcTransport]] = []
         self._due_order = itertools.count()
+        self._slot_of: dict[WebRtcTransport, int] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._timer_slot = 0  # the grid slot the timer is set for
+        self._ticking = False  # (what a tick schedules is armed once, when it ends)
+        self._take_in_slot = 0  # when the ingest queues are next taken in
         self.dropped = 0  # datagrams nobody could take
         self.errors = 0  # exceptions contained at this boundary
         self.batch: SendBatch | None = None
@@ -76,7 +95,6 @@ class MediaPort(asyncio.DatagramProtocol):
         self._unverified_reset = 0.0
         self.handshaking: set[WebRtcTransport] = set()
         self._endpoint: asyncio.DatagramTransport | None = None
-        self._ticker: asyncio.Task[None] | None = None
         self.tcp_server: asyncio.AbstractServer | None = None
         self.links: set[TcpLink] = set()  # open ICE-TCP connections
         self.tcp_refused = 0  # ICE-TCP connections closed for bad input (framing, no valid check, too many)
@@ -106,7 +124,7 @@ class MediaPort(asyncio.DatagramProtocol):
                 log.warning("ingest threads off: SO_REUSEPORT on the media port failed (%s)", exc)
         loop = asyncio.get_running_loop()
         self._endpoint, _ = await loop.create_datagram_endpoint(lambda: self, sock=sock)
-        self._ticker = asyncio.create_task(self._tick_loop(), name="media-port-ticker")
+        self._arm(_slot_now(time.monotonic()) + 1)
         return sock.getsockname()[1]
 
     async def start_tcp(self, host: str, port: int) -> int:
@@ -122,22 +140,18 @@ class MediaPort(asyncio.DatagramProtocol):
             self.tcp_server = None
         for link in list(self.links):
             link.close("server stopped")
-        if self._ticker is not None:
-            self._ticker.cancel()
-            try:
-                await self._ticker
-            except asyncio.CancelledError:
-                pass
-            self._ticker = None
         if self._endpoint is not None:
             self._endpoint.close()
-            self._endpoint = None
+            self._endpoint = None  # (nothing arms the timer from here on)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
 
     # --- registry ---------------------------------------------------------------------------------
 
     def register(self, transport: WebRtcTransport) -> None:
         if transport not in self.transports:
-            heapq.heappush(self._due, (0.0, next(self._due_order), transport))
+            self.tick_at(transport, 0.0)  # at the next tick
         self.transports.add(transport)
         self.by_ufrag[transport.local_ufrag] = transport
 
@@ -150,6 +164,7 @@ class MediaPort(asyncio.DatagramProtocol):
 
     def unregister(self, transport: WebRtcTransport) -> None:
         self.transports.discard(transport)
+        self._slot_of.pop(transport, None)
         self.handshaking.discard(transport)
         if self.by_ufrag.get(transport.local_ufrag) is transport:
             del self.by_ufrag[transport.local_ufrag]
@@ -172,6 +187,10 @@ class MediaPort(asyncio.DatagramProtocol):
 
     def _admit_unverified(self, addr: Address) -> bool:
         """Count a datagram from an address no transport has verified; False once it is over its budget."""
+        now = time.monotonic()
+        if now - self._unverified_reset >= 1.0:  # the budgets are per second
+            self._unverified.clear()
+            self._unverified_reset = now
         count = self._unverified.get(addr, 0) + 1
         if count == 1 and len(self._unverified) >= UNVERIFIED_TABLE_SIZE:
             self.refusals[UNVERIFIED_DATAGRAMS] += 1
@@ -277,6 +296,7 @@ class MediaPort(asyncio.DatagramProtocol):
         if sum(1 for other in self.links if not other.verified) >= MAX_UNVERIFIED_LINKS:
             return False
         self.links.add(link)
+        self._arm(self._link_deadline(link))
         return True
 
     def frame_received(self, data: bytes, link: TcpLink) -> None:
@@ -300,32 +320,102 @@ class MediaPort(asyncio.DatagramProtocol):
 
     # --- time -----------------------------------------------------------------------------------------
 
-    async def _tick_loop(self) -> None:
-        while True:
-            await asyncio.sleep(TICK_INTERVAL)
-            for ingest in list(self.ingests):  # the ring and the readers as new as the threads (ingest.py)
-                try:
-                    ingest.take_in()
-                except Exception:  # a bug behind one publisher must not stop every transport's ticks
-                    self.errors += 1
-                    log.exception("ingest drain error transport=%s", ingest.transport.id)
-            now = time.monotonic()
-            if now - self._unverified_reset >= 1.0:  # the unverified addresses' budgets are per second
-                self._unverified.clear()
-                self._unverified_reset = now
-            for link in [link for link in self.links if not link.verified]:
-                if now - link.opened > UNVERIFIED_TIMEOUT:
-                    link.close("no valid STUN check", refused=True)
-            self._tick_transports(now)
+    def tick_at(self, transport: WebRtcTransport, when: float) -> None:
+        """Tick this transport at the first grid point from `when` on (not before the next one), unless it is
+        due sooner already."""
+        self._schedule(transport, max(_slot_now(time.monotonic()) + 1, _slot_from(when)))
+
+    def _schedule(self, transport: WebRtcTransport, slot: int) -> None:
+        known = self._slot_of.get(transport)
+        if known is not None and known <= slot:
+            return  # its earlier tick says when it is due next
+        self._slot_of[transport] = slot
+        heapq.heappush(self._due, (slot, next(self._due_order), transport))
+        self._arm(slot)
+
+    def _arm(self, slot: int) -> None:
+        """Wake at this grid slot, unless the timer is set for one as early."""
+        if self._ticking or self._endpoint is None:  # (not started: unit tests drive `_tick` themselves)
+            return
+        if self._timer is not None:
+            if self._timer_slot <= slot:
+                return
+            self._timer.cancel()
+        self._timer_slot = slot
+        delay = max(0.0, slot * TICK_INTERVAL - time.monotonic())
+        self._timer = asyncio.get_running_loop().call_later(delay, self._on_timer)
+
+    def _on_timer(self) -> None:
+        self._timer = None
+        now = time.monotonic()
+        self._ticking = True
+        try:
+            self._tick(now)
+        except Exception:  # a bug here must not stop the port's clock
+            self.errors += 1
+            log.exception("media port tick failed")
+        finally:
+            self._ticking = False
+            self._arm(self._next_slot(now))
+
+    def _next_slot(self, now: float) -> int:
+        """The next grid slot something is due at (never later than IDLE_INTERVAL from now)."""
+        current = _slot_now(now)
+        slot = current + round(IDLE_INTERVAL / TICK_INTERVAL)
+        if self._due:
+            slot = min(slot, self._due[0][0])
+        if self.ingests:
+            slot = min(slot, self._take_in_slot)
+        for link in self.links:
+            if not link.verified:
+                slot = min(slot, self._link_deadline(link))
+        return max(slot, current + 1)
+
+    @staticmethod
+    def _link_deadline(link: TcpLink) -> int:
+        """The slot an ICE-TCP link that is still unverified then is closed at."""
+        return math.ceil((link.opened + UNVERIFIED_TIMEOUT) / TICK_INTERVAL)
+
+    def _tick(self, now: float) -> None:
+        current = _slot_now(now)
+        if self.ingests and current >= self._take_in_slot:
+            self.take_in()
+            self._take_in_slot = self._coarse(current + 1)
+        for link in [link for link in self.links if not link.verified]:
+            if now - link.opened > UNVERIFIED_TIMEOUT - TIMER_SLACK:
+                link.close("no valid STUN check", refused=True)
+        self._tick_transports(now)
+
+    def add_ingest(self, ingest: Ingest) -> None:
+        """A publisher's ingest thread started: its queue is taken in every TAKE_IN_INTERVAL from now on."""
+        if not self.ingests:
+            self._take_in_slot = _slot_now(time.monotonic()) + _coarse_every()
+            self._arm(self._take_in_slot)
+        self.ingests.add(ingest)
+
+    def take_in(self) -> None:
+        """The ring and the readers as new as the ingest threads (ingest.py); the rate sampler asks for it too,
+        so that the counters it reads are not a tick old."""
+        for ingest in list(self.ingests):
+            try:
+                ingest.take_in()
+            except Exception:  # a bug behind one publisher must not stop every transport's ticks
+                self.errors += 1
+                log.exception("ingest drain error transport=%s", ingest.transport.id)
+
+    def _coarse(self, slot: int) -> int:
+        """The first slot at or after `slot` on the coarser grid the ingest queues are taken in on."""
+        return slot + (self._take_in_slot - slot) % _coarse_every()
 
     def _tick_transports(self, now: float) -> None:
         """Tick every transport that is due; each says when it is due again (None: at the next tick)."""
         due = self._due
-        next_tick = now + TICK_INTERVAL / 2  # before the next tick's clock, whatever the sleep's jitter
-        while due and due[0][0] <= now:
-            transport = heapq.heappop(due)[2]
-            if transport not in self.transports:
-                continue
+        current = _slot_now(now)
+        while due and due[0][0] <= current:
+            slot, _, transport = heapq.heappop(due)
+            if self._slot_of.get(transport) != slot:
+                continue  # unregistered, or it has an earlier entry (which ticked it)
+            del self._slot_of[transport]
             try:
                 at = transport.tick(now)
             except Exception:
@@ -334,4 +424,19 @@ class MediaPort(asyncio.DatagramProtocol):
                 transport.fail(Failure.INTERNAL_ERROR)
                 continue
             if transport in self.transports:
-                heapq.heappush(due, (next_tick if at is None or at <= now else at, next(self._due_order), transport))
+                self._schedule(transport, current + 1 if at is None else max(current + 1, self._coarse(_slot_from(at))))
+
+
+def _slot_now(now: float) -> int:
+    """The grid slot a wake-up at `now` serves (one a hair early serves the slot it was set for)."""
+    return math.floor((now + TIMER_SLACK) / TICK_INTERVAL)
+
+
+def _slot_from(when: float) -> int:
+    """The first grid slot at or after `when`."""
+    return math.ceil((when - TIMER_SLACK) / TICK_INTERVAL)
+
+
+def _coarse_every() -> int:
+    """Slots from one take-in of the ingest queues to the next."""
+    return round(TAKE_IN_INTERVAL / TICK_INTERVAL)

@@ -116,7 +116,7 @@ class Hub:
         self.started_at = time.time()
         self.refusals = Refusals()  # signalling limits' refusals; the media port counts its own
         self.shutting_down = False  # SIGTERM: no new sessions
-        self.sampler = RateSampler(settings.rate_interval, self.streams)
+        self.sampler = RateSampler(settings.rate_interval, self.streams, refresh=getattr(plane, "take_in", None))
         self.cluster: ClusterView | None = None  # --cluster-redis: names, plays and REST answers span the cluster
 
     def start(self) -> None:

@@ -1,14 +1,19 @@
 """The rate sampler: once per rate interval, every WCS stream updates its rates and tells its client.
 
-The sampler takes a tenth of the streams every tenth of the interval (sliced by id), so each stream gets one
+The sampler takes a slice of the streams (by id) at each of a few wake-ups per interval, so each stream gets one
 sample (and one inbound/outboundVideoRate message) per interval and a thousand players' messages are never
-built in one loop iteration: that would hold up forwarding for milliseconds once a second.
+built in one loop iteration: that would hold up forwarding for milliseconds once a second. With few streams it
+wakes once per interval: every wake-up of the process costs about what forwarding a packet does.
+
+Before each slice it asks the media plane to take in what its ingest threads queued (`refresh`), so the
+publishers' counters it reads are as of now, not of the media port's last tick.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import time
 import zlib
 from collections.abc import Callable, Iterable
@@ -16,7 +21,8 @@ from typing import Protocol
 
 log = logging.getLogger("webcall.wcs")
 
-SAMPLE_SLOTS = 10  # the sampler wakes this many times per rate interval
+SAMPLE_SLOTS = 10  # the sampler wakes at most this many times per rate interval,
+STREAMS_PER_SLOT = 20  # and as few as keep each wake-up's slice to about this many streams
 
 
 class Sampled(Protocol):
@@ -27,9 +33,11 @@ class Sampled(Protocol):
 
 
 class RateSampler:
-    def __init__(self, interval: float, streams: Callable[[], Iterable[Sampled]]) -> None:
+    def __init__(self, interval: float, streams: Callable[[], Iterable[Sampled]],
+                 refresh: Callable[[], None] | None = None) -> None:
         self.interval = interval
         self.streams = streams
+        self.refresh = refresh  # brings the media counters up to date (MediaPlane.take_in), where there is one
         self._task: asyncio.Task[None] | None = None
 
     def start(self) -> None:
@@ -46,24 +54,29 @@ class RateSampler:
             self._task = None
 
     async def _loop(self) -> None:
-        slot = 0
-        slices: list[list[Sampled]] = []
         while True:
-            await asyncio.sleep(self.interval / SAMPLE_SLOTS)
-            if slot == 0:
-                slices = self.slices()  # streams created since are sampled from the next interval on
-            self.sample(time.monotonic(), slices[slot])
-            slot = (slot + 1) % SAMPLE_SLOTS
+            slices = self.slices()  # streams created from now on are sampled from the next interval on
+            for part in slices:
+                await asyncio.sleep(self.interval / len(slices))
+                self.sample(time.monotonic(), part)
 
     def slices(self) -> list[list[Sampled]]:
-        """Every stream in one of SAMPLE_SLOTS slices, by its id."""
-        slices: list[list[Sampled]] = [[] for _ in range(SAMPLE_SLOTS)]
-        for stream in self.streams():
-            slices[zlib.crc32(stream.media_session_id.encode()) % SAMPLE_SLOTS].append(stream)
+        """Every stream in one of the interval's slices, by its id: one slice per STREAMS_PER_SLOT streams, at
+        least one and at most SAMPLE_SLOTS."""
+        streams = list(self.streams())
+        count = min(SAMPLE_SLOTS, max(1, math.ceil(len(streams) / STREAMS_PER_SLOT)))
+        slices: list[list[Sampled]] = [[] for _ in range(count)]
+        for stream in streams:
+            slices[zlib.crc32(stream.media_session_id.encode()) % count].append(stream)
         return slices
 
     def sample(self, now: float, streams: Iterable[Sampled] | None = None) -> None:
         """Sample these streams (default: all of them)."""
+        if self.refresh is not None:
+            try:
+                self.refresh()
+            except Exception:  # the rates are then a tick old, as they were before the refresh
+                log.exception("media refresh before rate sampling failed")
         for stream in self.streams() if streams is None else streams:
             try:
                 stream.sample(now)

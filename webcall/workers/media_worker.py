@@ -499,6 +499,7 @@ class MediaWorker:
 
     def stats(self) -> dict[str, Any]:
         """Every endpoint's counters, for the control process's rates, REST answers and /metrics."""
+        self.port.take_in()  # the publishers' counters as of `at`, not of the port's last take-in
         pubs = {id: self._publisher_counters(endpoint) for id, endpoint in self.publishers.items()}
         for id in self.reported_copies:
             router = self.relays_in.get(id)
