@@ -33,7 +33,7 @@ def media_token(text: str) -> tuple[bool, str | None]:
     """(is this a connectMediaTransport message, its authToken if any)."""
     try:
         obj = json.loads(text)
-    except ValueError:
+    except (ValueError, RecursionError):  # (nested too deep: the session's parser answers it)
         return False, None
     if not isinstance(obj, dict) or obj.get("message") != "connectMediaTransport":
         return False, None
