@@ -467,6 +467,22 @@ async def test_a_reader_that_leaves_gets_what_arrived_before(setup, monkeypatch)
     assert len(recorded) == 4
 
 
+async def test_the_ring_read_from_outside_takes_the_queue_in_first(setup, monkeypatch) -> None:
+    """A feed or a snapshot starts from the ring (`current_gop`, `recent`): what the thread still holds is in it."""
+    await without_ticks(monkeypatch)
+    s = setup()
+    s.send(packet(20, 0, os.urandom(80)))
+    await until(lambda: s.producer.packets == 1)  # the first packet woke Python
+    sent = [packet(21, 3000, keyframe_payload(300))] + [packet(21 + i, 3000, os.urandom(90)) for i in range(1, 5)]
+    for data in sent:
+        s.send(data)
+    await until(lambda: thread_counters(s.ingest)["queued"] == 6)
+    assert s.producer.packets == 1  # queued, not taken in: no player waits for them
+    gop = s.producer.current_gop()
+    assert gop is not None and [seq for seq, _ in gop] == [21, 22, 23, 24, 25]
+    assert [seq for seq, _ in s.producer.recent(3)] == [23, 24, 25]
+
+
 BYE = struct.pack("!BBHI", 0x81, 203, 1, PUB_SSRC)
 
 

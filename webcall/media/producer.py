@@ -271,23 +271,33 @@ class Producer:
 
     # --- the current group of pictures ----------------------------------------------------------------
 
+    def up_to_date(self) -> None:
+        """Take in what an ingest thread still holds for this track (ingest.py): the ring, the keyframes and the
+        counters then are as new as its last packet. What reads the ring from outside the packet path (a feed or
+        a snapshot starting) does this first; the ring's own readers below do it themselves."""
+        if self.catch_up is not None:
+            self.catch_up()
+
     @property
     def newest_ext_seq(self) -> int:
         """Extended sequence number of the newest packet (-1 before the first)."""
         return self.cycles + self.highest_seq if self.highest_seq >= 0 else -1
 
     def current_gop(self, max_packets: int = RING_SIZE) -> list[tuple[int, bytes]] | None:
-        """(ext_seq, packet) from the latest keyframe's first packet on, in order, up to the first hole.
+        """(ext_seq, packet) from the latest keyframe's first packet on, in order, up to the first hole (what an
+        ingest thread still holds in its queue taken in first).
 
         What a late joiner of any kind starts from (a player's replay, a snapshot, a muxer). None when there is
         no keyframe in the ring, or when the GOP is longer than `max_packets`. The packets are references into
         the ring: nothing is copied. A caller that needs the whole GOP checks that the last one is the newest.
         """
+        self.up_to_date()
         return self.packets_from(self.keyframe_ext_seq, max_packets)
 
     def packets_from(self, first: int, max_packets: int = RING_SIZE) -> list[tuple[int, bytes]] | None:
         """(ext_seq, packet) from `first` to the newest, up to the first hole; None when `first` is unknown (< 0)
         or out of the ring, or more than `max_packets` back."""
+        self.up_to_date()
         newest = self.newest_ext_seq
         if first < 0 or newest < 0 or newest - first >= min(max_packets, RING_SIZE):
             return None
@@ -301,6 +311,7 @@ class Producer:
 
     def recent(self, count: int = RING_SIZE) -> list[tuple[int, bytes]]:
         """The newest packets (ext_seq, packet), at most `count`, oldest first, back to the first hole."""
+        self.up_to_date()
         newest = self.newest_ext_seq
         packets = []
         for ext_seq in range(newest, max(-1, newest - min(count, RING_SIZE)), -1):

@@ -512,6 +512,8 @@ class Feed:
 
     def start(self) -> None:
         self._started_at = time.monotonic()
+        for track in self.tracks.values():
+            track.producer.up_to_date()  # the rings as new as their ingest threads: the backfill ends at live
         backfill = self._backfill()
         if backfill is not None:
             self._queue.extend(backfill)
