@@ -36,7 +36,7 @@ from ..streams.limits import PUBLISHER_BITRATE
 from .consumer import Consumer, random_ssrc
 from .dtls import DtlsIdentity
 from .failures import Failure
-from .port import MediaPort
+from .port import TAKE_IN_INTERVAL, MediaPort
 from .producer import NACK_RETRY_INTERVAL, Producer, SenderClock, ntp_now
 from .router import Router, TrackRouter
 from .transport import WebRtcTransport
@@ -48,8 +48,12 @@ RTCP_INTERVAL = 1.0
 
 def rtcp_interval() -> float:
     """RFC 3550 §6.3.1: randomized to 0.5–1.5 × the interval, so that reports of connections made together
-    do not stay together (hundreds of players' SRs in one tick would hold up forwarding)."""
-    return RTCP_INTERVAL * random.uniform(0.5, 1.5)
+    do not stay together (hundreds of players' SRs in one tick would hold up forwarding). The port ticks a report
+    up to TAKE_IN_INTERVAL late (media/port.py, "Time"), so the draw stops that much short of 1.5 ×: the intervals
+    on the wire stay within 0.5–1.5 × and still average 1 ×."""
+    return random.uniform(0.5 * RTCP_INTERVAL, 1.5 * RTCP_INTERVAL - TAKE_IN_INTERVAL)
+
+
 _SSRC = struct.Struct("!I")
 INPUT_WATCH_INTERVAL = 0.5  # s: how often a publisher's input is looked at (silence, bitrate over the ceiling)
 _SR_HEADER = struct.pack("!BBH", 0x80, 200, 6)  # V=2, no report blocks, SR, length 6 words − 1
