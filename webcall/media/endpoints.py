@@ -204,7 +204,7 @@ class PublisherEndpoint(_Endpoint):
             # a standing keyframe cadence (--keyframe-interval): a cold feed then finds one in the ring
             if interval and producer.kind == "video":
                 if now - max(producer.keyframe_at, producer.last_keyframe_request) >= interval:
-                    producer.request_keyframe(now)
+                    producer.request_keyframe(now)  # (which moves last_keyframe_request on, when it sends)
                 due = min(due, max(producer.keyframe_at, producer.last_keyframe_request) + interval)
         if now >= self._next_rtcp:
             self._next_rtcp = now + rtcp_interval()

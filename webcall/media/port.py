@@ -382,7 +382,7 @@ class MediaPort(asyncio.DatagramProtocol):
             self.take_in()
             self._take_in_slot = self._coarse(current + 1)
         for link in [link for link in self.links if not link.verified]:
-            if now - link.opened > UNVERIFIED_TIMEOUT - TIMER_SLACK:
+            if self._link_deadline(link) <= current:
                 link.close("no valid STUN check", refused=True)
         self._tick_transports(now)
 

@@ -151,7 +151,7 @@ class WebRtcTransport:
         if self.ingest is not None:
             self.ingest.stop("path changed")  # its socket is connected to the old path
             self.ingest = None
-            if self.state == TransportState.CLOSED:
+            if self._closing:
                 return  # what it had queued ended this transport (the peer's DTLS close_notify)
         self.addr = addr
         self.link = link
