@@ -85,6 +85,11 @@ class Consumer:
         target = self.target
         return self._octets + (target.octets if target is not None else 0)
 
+    @property
+    def sent_in_python(self) -> tuple[int, int]:
+        """Packets and payload octets this player was sent in Python (before the core took it: a GOP replay)."""
+        return self._packets, self._octets
+
     def forward(self, b0: int, marker: int, ext_seq: int, ts: int, tail: bytes, keyframe: bool,
                 size: int, batch: SendBatch | None = None) -> None:
         """Send one packet of the producer in Python (once per packet per player — keep it lean).

@@ -12,6 +12,7 @@ plane never sees WCS messages.
 from __future__ import annotations
 
 import logging
+import math
 import random
 import secrets
 import struct
@@ -38,20 +39,18 @@ from .dtls import DtlsIdentity
 from .failures import Failure
 from .port import TAKE_IN_INTERVAL, MediaPort
 from .producer import NACK_RETRY_INTERVAL, Producer, SenderClock, ntp_now
+from .reports import rtcp_interval_range
 from .router import Router, TrackRouter
 from .transport import WebRtcTransport
 
 log = logging.getLogger("webcall.media")
 
-RTCP_INTERVAL = 1.0
+RTCP_INTERVALS = rtcp_interval_range(TAKE_IN_INTERVAL)  # the port ticks a report up to that late (port.py, "Time")
 
 
 def rtcp_interval() -> float:
-    """RFC 3550 §6.3.1: randomized to 0.5–1.5 × the interval, so that reports of connections made together
-    do not stay together (hundreds of players' SRs in one tick would hold up forwarding). The port ticks a report
-    up to TAKE_IN_INTERVAL late (media/port.py, "Time"), so the draw stops that much short of 1.5 ×: the intervals
-    on the wire stay within 0.5–1.5 × and still average 1 ×."""
-    return random.uniform(0.5 * RTCP_INTERVAL, 1.5 * RTCP_INTERVAL - TAKE_IN_INTERVAL)
+    """The time to our next report (reports.py: `rtcp_interval_range`)."""
+    return random.uniform(*RTCP_INTERVALS)
 
 
 _SSRC = struct.Struct("!I")
@@ -290,6 +289,7 @@ class PlayerEndpoint(_Endpoint):
             self.consumers.append(consumer)
             self._by_ssrc[consumer.ssrc] = consumer
         self.attached = False
+        self._reports_on_core = False  # the core sends this player's sender reports (reports.py)
 
     @property
     def answer_ssrcs(self) -> dict[str, tuple[int, int | None]]:
@@ -332,7 +332,10 @@ class PlayerEndpoint(_Endpoint):
                         consumer.on_report(report.fraction_lost, report.packets_lost)
 
     def on_tick(self, now: float) -> float:
-        """A player has nothing periodic but its sender reports: it is next due at the next report."""
+        """A player has nothing periodic but its sender reports: it is next due at the next report. Once every
+        track is on the compiled core, the core sends them (reports.py) and the player is never due again."""
+        if self._reports_on_core:
+            return math.inf
         if now < self._next_rtcp:
             return self._next_rtcp
         self._next_rtcp = now + rtcp_interval()
@@ -343,9 +346,17 @@ class PlayerEndpoint(_Endpoint):
                    if (body := consumer.sender_report(now, ntp)) is not None]
         if reports:
             self.transport.send_rtcp(b"".join(reports))
+        transport = self.transport
+        if transport.link is None and self.port.take_reports(self, transport.tx, transport.sockaddr, self.consumers,
+                                                              self._next_rtcp):
+            self._reports_on_core = True
+            return math.inf
         return self._next_rtcp
 
     def _detach(self) -> None:
+        if self._reports_on_core:
+            self._reports_on_core = False
+            self.port.drop_reports(self)
         for router, consumer in self._routes:
             router.detach(consumer)
 

@@ -25,7 +25,7 @@
 
 #include "fanout.h"
 
-#define WC_ABI_VERSION 8  /* bump with any change to the structs or signatures below (fanout.py checks it) */
+#define WC_ABI_VERSION 9  /* bump with any change to the structs or signatures below (fanout.py checks it) */
 #define WC_SLOT 1536         /* one send slot: a packet and its auth tag, in whole cache lines */
 #define WC_MAX_PACKET 1480   /* leaves room for the auth tag (GCM 16, HMAC-SHA1-80 10) */
 
@@ -512,6 +512,101 @@ int wc_fanout(wc_sender *s, struct wc_target *const *targets, int n, const uint8
     pthread_mutex_unlock(&h->lock);
     return mine + theirs_sent;
 }
+
+/* --- Sender reports ------------------------------------------------------------------------------------
+ *
+ * Every player gets an RTCP sender report (RFC 3550 §6.4.1) per track about once a second, the tracks' SRs in one
+ * compound packet. For a player on this core they are built here, for every player whose report is due, in one
+ * call per take-in of the media port (reports.py): per player that is a few lines of this file instead of a
+ * Python tick, two struct packs, an SRTCP protect through cffi and a sendto of its own (README, "Twelfth pass").
+ * The counts come from the player's targets, which the fan-out keeps; the RTP time from a clock per track that
+ * Python sets before the call (the publisher's RTP time at the call's instant: Producer.rtp_time_at), to which
+ * each player adds its own timestamp offset. */
+#define WC_REPORT_TRACKS 2
+#define WC_SR_BYTES 28              /* one SR with no report blocks */
+
+struct wc_clock {
+    int32_t valid;                  /* 0: this track's publisher has no mapping yet, no SR for it */
+    uint32_t rtp;
+};
+
+struct wc_reporter {
+    void *srtp;                     /* the player's outbound session, as its targets' */
+    const void *name;               /* its address, as its targets' */
+    struct wc_target *targets[WC_REPORT_TRACKS];
+    const struct wc_clock *clocks[WC_REPORT_TRACKS];
+    int32_t tracks;
+    uint32_t base_packets[WC_REPORT_TRACKS];  /* what Python sent before the target existed (a GOP replay) */
+    uint32_t base_octets[WC_REPORT_TRACKS];
+    int64_t due_ns;                 /* CLOCK_MONOTONIC, as Python's time.monotonic() */
+    uint64_t rng;                   /* xorshift64 state for the next interval, seeded by Python, never 0 */
+    uint64_t reports;               /* compound packets protected and queued */
+};
+
+static inline uint64_t xorshift64(uint64_t *state)
+{
+    uint64_t x = *state;
+    x ^= x << 13;
+    x ^= x >> 7;
+    x ^= x << 17;
+    return *state = x;
+}
+
+/* Build, protect and send the compound SR of every reporter due by `due_by_ns`, and draw its next interval in
+ * [min_ns, min_ns + span_ns). `ntp` is our NTP time now (64-bit), the clocks are set for the same instant.
+ * The caller holds the media lock (an ingest thread may be protecting RTP with the same sessions). Returns how
+ * many reports were queued for sending. */
+int wc_sender_reports(wc_sender *s, struct wc_reporter *const *reporters, int n, int64_t now_ns, int64_t due_by_ns,
+                      uint64_t ntp, void *protect_rtcp, int64_t min_ns, int64_t span_ns)
+{
+    if (s == NULL || protect_rtcp == NULL || span_ns <= 0)
+        return 0;
+    wc_protect_fn protect = (wc_protect_fn)protect_rtcp;
+    unsigned int queued = 0, total = 0;
+    for (int i = 0; i < n; i++) {
+        struct wc_reporter *r = reporters[i];
+        if (r->due_ns > due_by_ns)
+            continue;
+        r->due_ns = now_ns + min_ns + (int64_t)(xorshift64(&r->rng) % (uint64_t)span_ns);
+        uint8_t *buf = s->slots + (size_t)queued * WC_SLOT;
+        int len = 0;
+        for (int k = 0; k < r->tracks && k < WC_REPORT_TRACKS; k++) {
+            const struct wc_target *t = r->targets[k];
+            const struct wc_clock *c = r->clocks[k];
+            if (t == NULL || c == NULL || !c->valid)
+                continue;
+            uint8_t *sr = buf + len;
+            sr[0] = 0x80;           /* V=2, no padding, no report blocks */
+            sr[1] = 200;            /* SR */
+            put16(sr + 2, WC_SR_BYTES / 4 - 1);
+            put32(sr + 4, t->ssrc);
+            put32(sr + 8, (uint32_t)(ntp >> 32));
+            put32(sr + 12, (uint32_t)ntp);
+            put32(sr + 16, (uint32_t)(((int64_t)c->rtp + t->ts_offset) & 0xFFFFFFFF));
+            put32(sr + 20, (uint32_t)t->packets + r->base_packets[k]);
+            put32(sr + 24, (uint32_t)t->octets + r->base_octets[k]);
+            len += WC_SR_BYTES;
+        }
+        if (len == 0 || protect(r->srtp, buf, &len) != 0 || len <= 0 || len > WC_SLOT)
+            continue;
+        struct mmsghdr *m = &s->msgs[queued];
+        m->msg_hdr.msg_name = (void *)r->name;
+        m->msg_hdr.msg_namelen = 16;
+        s->iovs[queued].iov_base = buf;
+        s->iovs[queued].iov_len = (size_t)len;
+        r->reports++;
+        if (++queued == s->capacity) {
+            flush(s, queued);
+            total += queued;
+            queued = 0;
+        }
+    }
+    if (queued)
+        flush(s, queued);
+    return (int)(total + queued);
+}
+
+int wc_reporter_size(void) { return (int)sizeof(struct wc_reporter); }
 
 /* The compiled ceiling of `webcall bench` (webcall_bench/ceiling.py): the least a server can do for one
  * publisher packet, in C — receive it from `fd`, `unprotect` it in place in `buf` (the publisher's inbound

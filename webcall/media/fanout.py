@@ -40,7 +40,7 @@ from .srtp import lib as srtp_lib, sockaddr
 log = logging.getLogger("webcall.media")
 
 LIBRARY = Path(__file__).with_name("_fanout.so")
-ABI_VERSION = 8  # must match WC_ABI_VERSION in fanout.c: a stale build is refused, not trusted
+ABI_VERSION = 9  # must match WC_ABI_VERSION in fanout.c: a stale build is refused, not trusted
 # Players per sendmmsg: the core protects their packets into this many send slots (96 KB), reused for the next
 # players, so it writes into memory still in the cache (per-player buffers, 1.5 KB each, went cold between
 # packets), and the first players' packets leave before the last ones are protected.
@@ -71,6 +71,16 @@ int wc_srtp_layout_check(const void *srtp, uint32_t ssrc);
 int wc_aes_state_check(const void *srtp, uint32_t ssrc);
 void wc_set_warm(int level);
 int wc_warm(void);
+struct wc_clock { int32_t valid; uint32_t rtp; };
+struct wc_reporter {
+    void *srtp; const void *name;
+    struct wc_target *targets[2]; const struct wc_clock *clocks[2]; int32_t tracks;
+    uint32_t base_packets[2]; uint32_t base_octets[2];
+    int64_t due_ns; uint64_t rng; uint64_t reports;
+};
+int wc_sender_reports(wc_sender *s, struct wc_reporter *const *reporters, int n, int64_t now_ns, int64_t due_by_ns,
+                      uint64_t ntp, void *protect_rtcp, int64_t min_ns, int64_t span_ns);
+int wc_reporter_size(void);
 int wc_bench_forward(wc_sender *s, int fd, void *rx_srtp, void *unprotect, char *buf, int capacity,
                      struct wc_target *const *targets, int n);
 """)
@@ -97,6 +107,9 @@ def load_library(path: Path = LIBRARY) -> Any:
                 elif lib.wc_target_size() != ffi.sizeof("struct wc_target"):
                     _load_error = (f"{path.name} has a struct wc_target of {lib.wc_target_size()} bytes, "
                                    f"fanout.py declares {ffi.sizeof('struct wc_target')}")
+                elif lib.wc_reporter_size() != ffi.sizeof("struct wc_reporter"):
+                    _load_error = (f"{path.name} has a struct wc_reporter of {lib.wc_reporter_size()} bytes, "
+                                   f"fanout.py declares {ffi.sizeof('struct wc_reporter')}")
                 elif problem := srtp_layout_problem(lib):
                     _load_error = (f"{path.name} refused, pylibsrtp {PYLIBSRTP_VERSION} is not laid out as "
                                    f"fanout.c assumes: {problem} (requirements.txt pins the version it was "

@@ -34,7 +34,8 @@ import math
 import socket
 import struct
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
 from aioice import stun
 
@@ -42,11 +43,14 @@ from ..streams.limits import DTLS_HANDSHAKES, UNVERIFIED_DATAGRAMS, Refusals
 from .failures import Failure
 from .fanout import FanoutCore, new_core
 from .ingest import Ingest, IngestCounts
+from .reports import SenderReports, rtcp_interval_range
 from .srtp import SendBatch
 from .stats import FanoutCost
 from .tcp import MAX_UNVERIFIED_LINKS, UNVERIFIED_TIMEOUT, TcpLink, listen
 
 if TYPE_CHECKING:
+    from .consumer import Consumer
+    from .srtp import SrtpSession
     from .transport import Address, WebRtcTransport
 
 log = logging.getLogger("webcall.media")
@@ -68,6 +72,7 @@ class MediaPort(asyncio.DatagramProtocol):
         self.ingest_counts = IngestCounts()
         self.ingests: set[Ingest] = set()  # the running ingest threads' Python ends: each tick takes in their queues
         self.core: FanoutCore | None = None
+        self.reports: SenderReports | None = None  # the players' sender reports, once they are on the core
         self.sock: socket.socket | None = None
         self.by_ufrag: dict[str, WebRtcTransport] = {}
         self.by_addr: dict[Address, WebRtcTransport] = {}
@@ -114,6 +119,8 @@ class MediaPort(asyncio.DatagramProtocol):
         # Shared by every producer: a fan-out runs to completion (flush included) before the next one starts.
         self.batch = SendBatch(sock) if SendBatch.available else None
         self.core = new_core(sock, self.fanout_mode, self.fanout_threads)
+        if self.core is not None and family == socket.AF_INET:
+            self.reports = SenderReports(self.core, sock, rtcp_interval_range(TAKE_IN_INTERVAL), TIMER_SLACK)
         if self.ingest_mode == "auto" and self.core is not None:
             # Set after bind, so that a port in use is still refused; the publishers' connected sockets share
             # the port with this one (ingest.py).
@@ -364,7 +371,7 @@ class MediaPort(asyncio.DatagramProtocol):
         slot = current + round(IDLE_INTERVAL / TICK_INTERVAL)
         if self._due:
             slot = min(slot, self._due[0][0])
-        if self.ingests:
+        if self._on_grid():
             slot = min(slot, self._take_in_slot)
         for link in self.links:
             if not link.verified:
@@ -378,9 +385,15 @@ class MediaPort(asyncio.DatagramProtocol):
 
     def _tick(self, now: float) -> None:
         current = _slot_now(now)
-        if self.ingests and current >= self._take_in_slot:
+        if current >= self._take_in_slot and self._on_grid():
             self.take_in()
             self._take_in_slot = self._coarse(current + 1)
+            if self.reports is not None:
+                try:
+                    self.reports.run(now)
+                except Exception:  # the players' reports must not stop every transport's ticks
+                    self.errors += 1
+                    log.exception("sender reports failed")
         for link in [link for link in self.links if not link.verified]:
             if self._link_deadline(link) <= current:
                 link.close("no valid STUN check", refused=True)
@@ -388,10 +401,39 @@ class MediaPort(asyncio.DatagramProtocol):
 
     def add_ingest(self, ingest: Ingest) -> None:
         """A publisher's ingest thread started: its queue is taken in every TAKE_IN_INTERVAL from now on."""
-        if not self.ingests:
-            self._take_in_slot = _slot_now(time.monotonic()) + _coarse_every()
-            self._arm(self._take_in_slot)
+        if not self._on_grid():
+            self._start_grid()
         self.ingests.add(ingest)
+
+    def take_reports(self, owner: object, tx: SrtpSession | None, name: Any, consumers: Sequence[Consumer],
+                     due: float) -> bool:
+        """A player's sender reports go to the core from now on, sent on the take-in grid (reports.py); False if
+        they cannot (no core, or a track not on it yet): the player goes on sending them itself."""
+        if self.reports is None:
+            return False
+        idle = not self._on_grid()
+        if not self.reports.take(owner, tx, name, consumers, due):
+            return False
+        if idle:
+            self._start_grid()
+        return True
+
+    def drop_reports(self, owner: object) -> None:
+        if self.reports is not None:
+            self.reports.drop(owner)
+
+    @property
+    def core_reports(self) -> int:
+        """Players' sender reports the compiled core sent (the others are sent in Python)."""
+        return self.reports.reports if self.reports is not None else 0
+
+    def _on_grid(self) -> bool:
+        """Is there something to do on the take-in grid: an ingest queue, or a player's reports?"""
+        return bool(self.ingests) or (self.reports is not None and len(self.reports) > 0)
+
+    def _start_grid(self) -> None:
+        self._take_in_slot = _slot_now(time.monotonic()) + _coarse_every()
+        self._arm(self._take_in_slot)
 
     def take_in(self) -> None:
         """The ring and the readers as new as the ingest threads (ingest.py); the rate sampler asks for it too,

@@ -123,7 +123,10 @@ def render(hub: Hub, port: MediaPort) -> str:
             ("webcall_ingest_overflow_total", ingest.overflow,
              "Publisher packets Python never saw: an ingest thread's queue was full (the players still got them)"),
             ("webcall_ingest_wakeups_total", ingest.wakes,
-             "Times an ingest thread woke the event loop to take in what it had queued")):
+             "Times an ingest thread woke the event loop to take in what it had queued"),
+            ("webcall_core_sender_reports_total", port.core_reports,
+             "Players' RTCP sender reports built and sent by the compiled core (media/reports.py); the others are "
+             "sent in Python")):
         w.family(name, "counter", help_text)
         w.sample(name, value)
 

@@ -330,6 +330,10 @@ class AggregatePort:
         return total
 
     @property
+    def core_reports(self) -> int:
+        return sum(r[6] for r in self.by_worker.values() if len(r) > 6)
+
+    @property
     def ingest_counts(self) -> IngestCounts:
         total = IngestCounts()
         for report in self.by_worker.values():

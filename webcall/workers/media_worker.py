@@ -515,7 +515,8 @@ class MediaWorker:
         relay["retransmitted"] = self.relay_retransmitted
         return {"at": time.monotonic(), "pubs": pubs, "players": players, "recording": recording,
                 "port": [port.dropped, port.errors, fanout_cost_to_wire(port.fanout_cost), dict(port.refusals),
-                         [len(port.links), port.tcp_refused], port.ingest_counts.to_list()],
+                         [len(port.links), port.tcp_refused], port.ingest_counts.to_list(),
+                         port.core_reports],
                 "relay": relay}
 
     @classmethod
