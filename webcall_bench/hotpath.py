@@ -6,7 +6,8 @@ of the real hot path in one process, many times, and report the median and sprea
 - `receive`: K publisher packets, SRTP-protected by a publisher session, through the real
   `WebRtcTransport.on_srtp` → `PublisherEndpoint.on_rtp` → `Producer.receive` → `TrackRouter.deliver` →
   compiled core (`wc_fanout`, libsrtp, sendmmsg) to N players with real SRTP sessions on 127.0.0.1.
-- `sr`: one tick of sender reports (`PlayerEndpoint.on_tick`, two tracks each) for N players.
+- `sr`: one tick of sender reports (`PlayerEndpoint.on_tick`, two tracks each) for N players, and the same
+  reports built by the compiled core (`SenderReports.run`, media/reports.py).
 
     python -m webcall_bench.hotpath --players 1,10 --repeat 9
 
@@ -31,6 +32,7 @@ from webcall.media.consumer import Consumer
 from webcall.media.endpoints import PlayerEndpoint, PublisherEndpoint
 from webcall.media.fanout import FanoutCore, load_error, load_library
 from webcall.media.producer import Producer
+from webcall.media.reports import SenderReports
 from webcall.media.router import TrackRouter
 from webcall.media.srtp import SendBatch, SrtpSession
 from webcall.media.transport import WebRtcTransport
@@ -115,12 +117,20 @@ class ReceiveBench:
             self.router.attach(consumer, 0.0)
         self.run(240)  # start every player on a keyframe, promote them to the core
         self.player_endpoints = []
+        # The same players' reports built by the core (media/reports.py), for the `sr` comparison.
+        self.reports = SenderReports(core, self.sock, (0.5, 1.3), 0.0) if core is not None else None
+        python_only = SimpleNamespace(take_reports=lambda *args: False)  # the port's answer: "report in Python"
         for transport, consumer in zip(self.transports, self.consumers):
             # A player has an audio and a video track: a second consumer (not fed, started) stands for the audio.
             second = Consumer(producer, Track("a", "video", vp8(), {EXT_MID: 1}), transport)
             second.seq_offset = 0
-            endpoint = SimpleNamespace(consumers=[consumer, second], transport=transport, _next_rtcp=0.0)
+            if core is not None:
+                second.promote(core)
+            endpoint = SimpleNamespace(consumers=[consumer, second], transport=transport, _next_rtcp=0.0,
+                                       _reports_on_core=False, port=python_only)
             self.player_endpoints.append(PlayerEndpoint.on_tick.__get__(endpoint))
+            if self.reports is not None:
+                self.reports.take(transport, transport.tx, transport.sockaddr, endpoint.consumers, 0.0)
 
     def protected(self, count: int) -> list[bytes]:
         packets = publisher_packets(count, self.next_seq)
@@ -149,6 +159,17 @@ class ReceiveBench:
         started = time.thread_time()
         for on_tick in self.player_endpoints:
             on_tick(now)
+        elapsed = time.thread_time() - started
+        self._drain()
+        return elapsed
+
+    def core_sender_reports(self) -> float:
+        """CPU seconds for the same reports built by the core (`SenderReports.run`, every player due)."""
+        assert self.reports is not None
+        for reporter in self.reports._reporters.values():
+            reporter.struct.due_ns = 0
+        started = time.thread_time()
+        self.reports.run(time.monotonic())
         elapsed = time.thread_time() - started
         self._drain()
         return elapsed
@@ -183,11 +204,15 @@ def main(argv: list[str] | None = None) -> None:
             bench.run(args.packets)  # warm
             runs = sorted(bench.run(args.packets) / args.packets * 1e6 for _ in range(args.repeat))
             srs = sorted(bench.sender_reports() / n * 1e6 for _ in range(args.repeat))
+            core_srs = (sorted(bench.core_sender_reports() / n * 1e6 for _ in range(args.repeat))
+                        if bench.reports is not None else None)
         finally:
             bench.close()
+        core = (f" | core SR CPU µs/player median={statistics.median(core_srs):6.2f} min={core_srs[0]:6.2f} "
+                f"max={core_srs[-1]:6.2f}" if core_srs else "")
         print(f"players={n:5d} receive CPU µs/publisher packet median={statistics.median(runs):7.2f} "
               f"min={runs[0]:7.2f} max={runs[-1]:7.2f} | SR CPU µs/player median={statistics.median(srs):6.2f} "
-              f"min={srs[0]:6.2f} max={srs[-1]:6.2f}", flush=True)
+              f"min={srs[0]:6.2f} max={srs[-1]:6.2f}{core}", flush=True)
 
 
 if __name__ == "__main__":

@@ -37,6 +37,10 @@ def test_every_packet_reaches_every_player_through_the_core() -> None:
         bench.received = 0
         bench.sender_reports()
         assert bench.received == 3  # one compound SR (audio + video) per player
+        bench.received = 0
+        bench.core_sender_reports()
+        assert bench.received == 3  # the same from the core (media/reports.py)
+        assert bench.reports.reports == 3
     finally:
         bench.close()
 
@@ -48,3 +52,4 @@ def test_command_line_prints_one_line_per_fanout(capsys) -> None:
     assert [line.split()[:2] for line in lines] == [["players=", "1"], ["players=", "2"]]
     for line in lines:
         assert "receive CPU µs/publisher packet median=" in line and "SR CPU µs/player median=" in line
+        assert "core SR CPU µs/player median=" in line
