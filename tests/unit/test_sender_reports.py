@@ -9,6 +9,7 @@ session with the same key protects them to. The fields are also read back with a
 
 from __future__ import annotations
 
+import asyncio
 import os
 import socket
 import struct
@@ -22,6 +23,7 @@ from tests.support.deps import missing_dependency
 from webcall.media.consumer import Consumer
 from webcall.media.endpoints import _SR_HEADER
 from webcall.media.fanout import FanoutCore, load_error, load_library
+from webcall.media.port import TAKE_IN_INTERVAL, MediaPort
 from webcall.media.producer import Producer
 from webcall.media.reports import SenderReports
 from webcall.media.router import TrackRouter
@@ -207,3 +209,24 @@ def test_a_player_not_all_on_the_core_keeps_its_reports(sock):
     assert len(reports) == 0
     assert reports.take("d", transport.tx, transport.sockaddr, consumers, 0.0)
     assert not reports.take("d", transport.tx, transport.sockaddr, consumers, 0.0), "already taken"
+
+
+async def test_the_port_sends_the_reports_it_took_on_its_take_in_grid():
+    """With no ingest thread and no transport due, a player's reports alone keep the port's take-in grid."""
+    port = MediaPort(fanout_core="c")
+    await port.start("127.0.0.1", 0)
+    try:
+        assert port.reports is not None and not port._on_grid()
+        _, transport, consumers, _ = player_on_core(port.sock)
+        taken = time.monotonic()
+        assert port.take_reports("player", transport.tx, transport.sockaddr, consumers, taken)
+        assert port._on_grid()
+        datagram = await asyncio.wait_for(asyncio.to_thread(transport.inbox.recv, 2048), 2.0)
+        assert time.monotonic() - taken <= 2 * TAKE_IN_INTERVAL + 0.05, "sent on the next take-in"
+        plain = transport.rx.unprotect_rtcp(datagram)
+        assert [type(p) for p in RtcpPacket.parse(plain)] == [RtcpSrPacket, RtcpSrPacket]
+        assert port.core_reports == 1
+        port.drop_reports("player")
+        assert not port._on_grid()
+    finally:
+        await port.stop()

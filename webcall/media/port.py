@@ -15,13 +15,13 @@ bogus checks costs no HMAC), and at most `max_handshakes` DTLS handshakes are in
 DTLS datagram beyond that is dropped; the client retransmits it). Each refusal is counted in `refusals`.
 
 Time: the port keeps one timer, on a grid of TICK_INTERVAL, and wakes only at grid points where something is due:
-a transport, the ingest threads' queues (every TAKE_IN_INTERVAL), an ICE-TCP link's deadline; otherwise every
-IDLE_INTERVAL. Each transport's tick says when it is next due: "at the next tick" (None: a handshake's
-retransmissions, a publisher's NACK retries), which is the next grid point; or a time (a player's next sender
-report, consent, a publisher's reports and input watch), which is late by up to TAKE_IN_INTERVAL: it is put on
-the coarser grid the queues are taken in on, so that ten players' reports, due at random instants, share the
-port's wake-ups instead of each having one. Every wake-up of the process costs about what a packet's forwarding
-does (README, "Against the compiled ceiling"), so a quiet port sleeps.
+a transport, the ingest threads' queues and the core's sender reports (every TAKE_IN_INTERVAL), an ICE-TCP link's
+deadline; otherwise every IDLE_INTERVAL. Each transport's tick says when it is next due: "at the next tick" (None:
+a handshake's retransmissions, a publisher's NACK retries), which is the next grid point; or a time (a player's
+next sender report until the core sends them, consent, a publisher's reports and input watch), which is late by
+up to TAKE_IN_INTERVAL: it is put on the coarser grid the queues are taken in on, so that ten players' reports,
+due at random instants, share the port's wake-ups instead of each having one. Every wake-up of the process costs
+about what a packet's forwarding does (README, "Against the compiled ceiling"), so a quiet port sleeps.
 """
 
 from __future__ import annotations
