@@ -6,6 +6,7 @@ can be decoded and checked frame by frame without any network in between.
 
 from __future__ import annotations
 
+import os
 import struct
 from dataclasses import dataclass
 
@@ -54,6 +55,12 @@ def encode_audio(count: int, ts0: int = 0) -> list[EncodedFrame]:
         payloads, ts = encoder.encode(track.make_frame())
         out.append(EncodedFrame(i, (ts0 + ts) & 0xFFFFFFFF, list(payloads), True))
     return out
+
+
+def vp8_keyframe_payload(n: int) -> bytes:
+    """A VP8 payload that starts a keyframe: descriptor (S=1, partition 0), keyframe header (640x480), n random
+    bytes."""
+    return bytes([0x10, 0x50, 0x01, 0x00, 0x9D, 0x01, 0x2A, 0x80, 0x02, 0xE0, 0x01]) + os.urandom(n)
 
 
 def rtp(seq: int, ts: int, payload: bytes, marker: bool, pt: int, ssrc: int) -> bytes:

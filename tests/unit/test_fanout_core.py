@@ -17,6 +17,7 @@ import pylibsrtp
 import pytest
 
 from tests.support.deps import missing_dependency
+from tests.support.rtpgen import vp8_keyframe_payload as keyframe_payload
 from webcall.media.consumer import Consumer
 from webcall.media.fanout import SEND_CAPACITY, SPLIT_MIN, FanoutCore, load_error, load_library
 from webcall.media.producer import Producer
@@ -90,20 +91,6 @@ def packet(seq: int, ts: int, payload: bytes, marker: bool = False, ext: bool = 
     if ext:  # abs-send-time (id 2, 3 bytes) and toffset (id 5, 3 bytes), one-byte form
         header += struct.pack("!HH", 0xBEDE, 2) + bytes([0x22, 1, 2, 3, 0x52, 0, 0, 9])
     return header + payload
-
-
-def keyframe_payload(n: int) -> bytes:
-    # VP8 descriptor (S=1, partition 0) + a keyframe header: 3-byte tag, start code, 640x480
-    return bytes([0x10, 0x50, 0x01, 0x00, 0x9D, 0x01, 0x2A, 0x80, 0x02, 0xE0, 0x01]) + os.urandom(n)
-
-
-@pytest.fixture
-def sender():
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.setblocking(False)
-    yield sock
-    sock.close()
 
 
 def make_players(sock: socket.socket, profile: str, extensions: dict[str, int], count: int, threads: int = 1):

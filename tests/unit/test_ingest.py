@@ -21,8 +21,8 @@ import pylibsrtp
 import pytest
 
 from tests.support.deps import missing_dependency
-from tests.unit.test_fanout_core import (  # noqa: F401 (sender: a fixture)
-    PROFILES, PUB_SSRC, Player, keyframe_payload, packet, sender, vp8)
+from tests.support.rtpgen import vp8_keyframe_payload as keyframe_payload
+from tests.unit.test_fanout_core import PROFILES, PUB_SSRC, Player, packet, vp8
 from webcall.media import ingest as ingest_module, port as port_module, router as router_module
 from webcall.media.consumer import Consumer
 from webcall.media.dtls import DtlsIdentity

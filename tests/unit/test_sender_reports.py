@@ -16,10 +16,10 @@ import struct
 import time
 
 import pylibsrtp
-import pytest
 from aiortc.rtp import RtcpPacket, RtcpSrPacket
 
 from tests.support.deps import missing_dependency
+from tests.support.rtpgen import vp8_keyframe_payload
 from webcall.media.consumer import Consumer
 from webcall.media.endpoints import _SR_HEADER
 from webcall.media.fanout import FanoutCore, load_error, load_library
@@ -80,20 +80,6 @@ def rtp(kind: str, seq: int, ts: int, payload: bytes, marker: bool = False) -> b
     return struct.pack("!BBHII", 0x80, (0x80 if marker else 0) | pt, seq, ts, SSRCS[kind]) + payload
 
 
-def keyframe(n: int) -> bytes:
-    """A VP8 descriptor (S=1, partition 0) and a keyframe header, 640x480."""
-    return bytes([0x10, 0x50, 0x01, 0x00, 0x9D, 0x01, 0x2A, 0x80, 0x02, 0xE0, 0x01]) + os.urandom(n)
-
-
-@pytest.fixture
-def sock():
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    sock.bind(("127.0.0.1", 0))
-    sock.setblocking(False)
-    yield sock
-    sock.close()
-
-
 def player_on_core(sock: socket.socket, audio_packets: int = 20):
     """A player of an audio and a video track, forwarded to through real routers until both are on the core."""
     core = FanoutCore(LIB, sock)
@@ -111,7 +97,7 @@ def player_on_core(sock: socket.socket, audio_packets: int = 20):
         routers[consumer.kind].attach(consumer, now)
     video, audio = routers["video"].producer, routers["audio"].producer
     for i in range(12):
-        video.receive(rtp("video", 100 + i, 9000 * (i // 4), keyframe(900) if i == 0 else os.urandom(600 + i),
+        video.receive(rtp("video", 100 + i, 9000 * (i // 4), vp8_keyframe_payload(900) if i == 0 else os.urandom(600 + i),
                           marker=i % 4 == 3), now - 0.5 + i * 0.03)
     for i in range(audio_packets):
         audio.receive(rtp("audio", 7 + i, 960 * i, os.urandom(80 + i % 7)), now - 0.5 + i * 0.02)
@@ -124,12 +110,12 @@ def python_compound(consumers: list[Consumer], now: float, ntp: int) -> bytes:
     return b"".join(_SR_HEADER + body for c in consumers if (body := c.sender_report(now, ntp)) is not None)
 
 
-def test_core_reports_are_the_python_reports_byte_for_byte(sock):
-    core, transport, consumers, _ = player_on_core(sock)
+def test_core_reports_are_the_python_reports_byte_for_byte(sender):
+    core, transport, consumers, _ = player_on_core(sender)
     assert all(c.target is not None for c in consumers), "both tracks are on the core"
     assert all(c.sent_in_python[0] > 0 for c in consumers), "some packets went out in Python first"
     assert all(c.target.packets > 0 for c in consumers), "and the rest through the core"
-    reports = SenderReports(core, sock, INTERVAL, 0.005)
+    reports = SenderReports(core, sender, INTERVAL, 0.005)
     now = time.monotonic()
     assert reports.take("player", transport.tx, transport.sockaddr, consumers, now)
 
@@ -151,9 +137,9 @@ def test_core_reports_are_the_python_reports_byte_for_byte(sock):
     assert reports.reports == 1 and reports.dropped == 0
 
 
-def test_next_report_is_drawn_within_the_interval_and_stops_when_dropped(sock):
-    core, transport, consumers, _ = player_on_core(sock)
-    reports = SenderReports(core, sock, INTERVAL, 0.005)
+def test_next_report_is_drawn_within_the_interval_and_stops_when_dropped(sender):
+    core, transport, consumers, _ = player_on_core(sender)
+    reports = SenderReports(core, sender, INTERVAL, 0.005)
     start = time.monotonic()
     assert reports.take("player", transport.tx, transport.sockaddr, consumers, start + 0.2)
     assert reports.run(start) == 0, "not due yet"
@@ -169,9 +155,9 @@ def test_next_report_is_drawn_within_the_interval_and_stops_when_dropped(sock):
     assert len(transport.drain()) == 2
 
 
-def test_intervals_are_random_not_fixed(sock):
-    core, transport, consumers, _ = player_on_core(sock)
-    reports = SenderReports(core, sock, INTERVAL, 0.0)
+def test_intervals_are_random_not_fixed(sender):
+    core, transport, consumers, _ = player_on_core(sender)
+    reports = SenderReports(core, sender, INTERVAL, 0.0)
     t = time.monotonic()
     assert reports.take("player", transport.tx, transport.sockaddr, consumers, t)
     times = []
@@ -185,11 +171,11 @@ def test_intervals_are_random_not_fixed(sock):
     assert 0.75 <= sum(intervals) / len(intervals) <= 1.05
 
 
-def test_a_track_without_a_clock_is_left_out_as_in_python(sock):
-    core, transport, consumers, routers = player_on_core(sock)
+def test_a_track_without_a_clock_is_left_out_as_in_python(sender):
+    core, transport, consumers, routers = player_on_core(sender)
     audio = routers["audio"].producer
     audio.last_arrival = 0.0  # as if the audio track had no time mapping yet (no packet, no SR)
-    reports = SenderReports(core, sock, INTERVAL, 0.005)
+    reports = SenderReports(core, sender, INTERVAL, 0.005)
     now = time.monotonic()
     assert audio.rtp_time_at(now) is None
     assert reports.take("player", transport.tx, transport.sockaddr, consumers, now)
@@ -198,9 +184,9 @@ def test_a_track_without_a_clock_is_left_out_as_in_python(sock):
     assert len(plain) == 28 and plain == python_compound(consumers, now, struct.unpack_from("!Q", plain, 8)[0])
 
 
-def test_a_player_not_all_on_the_core_keeps_its_reports(sock):
-    core, transport, consumers, _ = player_on_core(sock)
-    reports = SenderReports(core, sock, INTERVAL, 0.005)
+def test_a_player_not_all_on_the_core_keeps_its_reports(sender):
+    core, transport, consumers, _ = player_on_core(sender)
+    reports = SenderReports(core, sender, INTERVAL, 0.005)
     video, audio = consumers
     fresh = Consumer(video.producer, Track("v", "video", VIDEO, {}), transport)  # not started: no target
     assert not reports.take("a", transport.tx, transport.sockaddr, [fresh, audio], 0.0)

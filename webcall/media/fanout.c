@@ -167,6 +167,22 @@ static void flush(wc_sender *s, unsigned int n)
     }
 }
 
+/* Queue the packet in send slot `*queued` (`len` bytes at `buf`, to the IPv4 address `name`); once every slot is
+ * queued, send them with one sendmmsg and start again from the first. Returns how many that sent (0 or all). */
+static inline unsigned int queue_slot(wc_sender *s, unsigned int *queued, const void *name, uint8_t *buf, int len)
+{
+    struct mmsghdr *m = &s->msgs[*queued];
+    m->msg_hdr.msg_name = (void *)name;
+    m->msg_hdr.msg_namelen = 16;
+    s->iovs[*queued].iov_base = buf;
+    s->iovs[*queued].iov_len = (size_t)len;
+    if (++*queued < s->capacity)
+        return 0;
+    flush(s, *queued);
+    *queued = 0;
+    return s->capacity;
+}
+
 static inline void put16(uint8_t *p, uint32_t v) { p[0] = (uint8_t)(v >> 8); p[1] = (uint8_t)v; }
 static inline void put32(uint8_t *p, uint32_t v)
 {
@@ -402,20 +418,11 @@ static int fanout_range(wc_sender *s, const wc_job *j)
             t->dropped++;
             continue;
         }
-        struct mmsghdr *m = &s->msgs[queued];
-        m->msg_hdr.msg_name = (void *)t->name;
-        m->msg_hdr.msg_namelen = 16;
-        s->iovs[queued].iov_base = buf;
-        s->iovs[queued].iov_len = (size_t)len;
         t->packets++;
         t->octets += (uint64_t)j->payload_size;
         if (warming && t->srtp_state_found == 0)
             find_srtp_state(t);  /* its stream exists now: srtp_protect made it from the template */
-        if (++queued == s->capacity) {
-            flush(s, queued);
-            total += queued;
-            queued = 0;
-        }
+        total += queue_slot(s, &queued, t->name, buf, len);
     }
     if (queued)
         flush(s, queued);
@@ -589,17 +596,8 @@ int wc_sender_reports(wc_sender *s, struct wc_reporter *const *reporters, int n,
         }
         if (len == 0 || protect(r->srtp, buf, &len) != 0 || len <= 0 || len > WC_SLOT)
             continue;
-        struct mmsghdr *m = &s->msgs[queued];
-        m->msg_hdr.msg_name = (void *)r->name;
-        m->msg_hdr.msg_namelen = 16;
-        s->iovs[queued].iov_base = buf;
-        s->iovs[queued].iov_len = (size_t)len;
         r->reports++;
-        if (++queued == s->capacity) {
-            flush(s, queued);
-            total += queued;
-            queued = 0;
-        }
+        total += queue_slot(s, &queued, r->name, buf, len);
     }
     if (queued)
         flush(s, queued);
