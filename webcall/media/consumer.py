@@ -176,8 +176,7 @@ class Consumer:
             # and it resumes at a keyframe (_forward_tcp); old packets now would only be decoded out of order.
             return
         producer = self.producer
-        if producer.catch_up is not None:
-            producer.catch_up()  # the packets asked for may still be in an ingest thread's queue
+        producer.up_to_date()  # the packets asked for may still be in an ingest thread's queue
         for out_seq in seqs:
             seq = (out_seq - self.seq_offset) & 0xFFFF
             packet = producer.lookup(seq)

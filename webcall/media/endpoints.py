@@ -346,9 +346,8 @@ class PlayerEndpoint(_Endpoint):
                    if (body := consumer.sender_report(now, ntp)) is not None]
         if reports:
             self.transport.send_rtcp(b"".join(reports))
-        transport = self.transport
-        if transport.link is None and self.port.take_reports(self, transport.tx, transport.sockaddr, self.consumers,
-                                                              self._next_rtcp):
+        transport = self.transport  # (an ICE-TCP path has no sockaddr, and its tracks no targets: refused)
+        if self.port.take_reports(self, transport.tx, transport.sockaddr, self.consumers, self._next_rtcp):
             self._reports_on_core = True
             return math.inf
         return self._next_rtcp
