@@ -10,6 +10,8 @@ comparison and debugging.
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -17,6 +19,7 @@ T = TypeVar("T")
 
 LOOPS = ("uvloop", "asyncio")
 DEFAULT_LOOP = "uvloop"
+TIMER_SLACK = 0.005  # s: what is due this soon after a wake-up runs in it (the loop's timers fire a hair early)
 
 
 def run(main: Coroutine[Any, Any, T], loop: str = DEFAULT_LOOP) -> T:
@@ -34,3 +37,11 @@ def run(main: Coroutine[Any, Any, T], loop: str = DEFAULT_LOOP) -> T:
 def loop_name() -> str:
     """Which loop this process runs on ("uvloop" or "asyncio"), for /health and a worker's hello."""
     return "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
+
+
+def grid_delay(step: float) -> float:
+    """Seconds until the next multiple of `step` on the monotonic clock, the grid the media port wakes on: timers
+    that keep to it share the process's wake-ups instead of each having its own. A wake-up a hair early (within
+    TIMER_SLACK) counts as on time, so the next one is a whole step later, not the same instant again."""
+    now = time.monotonic()
+    return max(0.0, (math.floor((now + TIMER_SLACK) / step) + 1) * step - now)

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any
 
 from aioice import stun
 
+from ..eventloop import TIMER_SLACK
 from ..streams.limits import DTLS_HANDSHAKES, UNVERIFIED_DATAGRAMS, Refusals
 from .failures import Failure
 from .fanout import FanoutCore, new_core
@@ -58,7 +59,6 @@ log = logging.getLogger("webcall.media")
 TICK_INTERVAL = 0.1  # s: the grid the port's timer wakes on; a transport due "at the next tick" waits this long
 TAKE_IN_INTERVAL = 0.2  # s: how often the port takes in the ingest threads' queues (ingest.py: shorter than BATCH)
 IDLE_INTERVAL = 1.0  # s: the longest the port sleeps with nothing due
-TIMER_SLACK = 0.005  # s: what is due this soon after a wake-up runs in it (the loop's timers fire a hair early)
 UNVERIFIED_TABLE_SIZE = 65536  # addresses counted per second; beyond it (a spoofed flood) new ones are refused
 
 
@@ -432,7 +432,8 @@ class MediaPort(asyncio.DatagramProtocol):
         return bool(self.ingests) or (self.reports is not None and len(self.reports) > 0)
 
     def _start_grid(self) -> None:
-        self._take_in_slot = _slot_now(time.monotonic()) + _coarse_every()
+        # on multiples of TAKE_IN_INTERVAL, which the rate sampler's and the server pings' wake-ups are too
+        self._take_in_slot = (_slot_now(time.monotonic()) // _coarse_every() + 1) * _coarse_every()
         self._arm(self._take_in_slot)
 
     def take_in(self) -> None:

@@ -2,7 +2,7 @@
 
 The services are separate objects, each one concept: the stream core (`streams/registry.py`: who publishes
 which name, who reads it), the media plane (`media/plane.py`: endpoints on the UDP port), snapshots and
-recordings (`streams/`), the rate sampler (`wcs/sampler.py`). The hub itself is the directory of WCS sessions
+recordings (`streams/`), the rate sampler (`wcs/sampler.py`), the server pings (`wcs/keepalive.py`). The hub itself is the directory of WCS sessions
 and streams that the REST API and /metrics query and act on.
 """
 
@@ -30,6 +30,7 @@ from ..transcode.pipeline import start_local_feed
 from ..transcode.rendition import start_local_rendition
 from . import messages as wcs_messages
 from .rest import ConnectionQuery, StreamQuery
+from .keepalive import Keepalive
 from .sampler import RateSampler
 from .status import REFUSAL_INFO, Info, OwnInfo, StreamStatus
 from .stream import Playback, Publication
@@ -116,6 +117,7 @@ class Hub:
         self.started_at = time.time()
         self.refusals = Refusals()  # signalling limits' refusals; the media port counts its own
         self.shutting_down = False  # SIGTERM: no new sessions
+        self.keepalive = Keepalive(settings.ping_interval, settings.ping_probes)  # the sessions' server pings
         self.sampler = RateSampler(settings.rate_interval, self.streams, refresh=getattr(plane, "take_in", None))
         self.cluster: ClusterView | None = None  # --cluster-redis: names, plays and REST answers span the cluster
 
@@ -124,6 +126,7 @@ class Hub:
 
     async def close(self) -> None:
         await self.sampler.stop()
+        self.keepalive.close()
         self.snapshots.close()
         await self.hooks.close()
 

@@ -1,4 +1,4 @@
-"""One WCS client session: message dispatch, keepalive, REST hooks, and everything the session owns.
+"""One WCS client session: message dispatch, REST hooks, and everything the session owns.
 
 The session never touches the socket: it is handed a `send(text)` callable and fed text frames. Where a
 message is handled is one hop from here: `_on_<MessageType>`.
@@ -72,10 +72,9 @@ class Session:
         self.create_date = int(time.time() * 1000)
         self.streams: dict[str, Publication | Playback] = {}
         self._tasks: set[asyncio.Task] = set()  # snapshot replies in progress
-        self.missed_pongs = 0
+        self.missed_pongs = 0  # pings since the client last said anything (keepalive.py)
         self.protocol_errors = 0
         self.closed = False
-        self._pinger: asyncio.Task[None] | None = None
         self.origin = origin  # the WebSocket's Origin header, for the connect hook
         self.hook: HookClient | None = None  # once `connection` named the appKey
         self._hooking: asyncio.Task[None] | None = None  # a message waiting for its hook's answer
@@ -283,7 +282,7 @@ class Session:
         self.send(msg.get_user_data(m, self.id))
         self.send(msg.get_version(self.hub.settings.server_version))
         log.info("session established session=%s appKey=%s", self.id, q(m.app_key))
-        self._pinger = asyncio.get_running_loop().create_task(self._ping_loop(), name=f"ping {self.id}")
+        self.hub.keepalive.add(self)
 
     def _on_Ping(self, m: msg.Ping) -> None:
         self.send(msg.pong())
@@ -524,18 +523,7 @@ class Session:
         """Data from the backend (REST /data/send) to this client as OnDataEvent (spec §9)."""
         self.send(msg.on_data_event(self.id, operation_id, payload, self.app_key))
 
-    # --- keepalive and teardown -------------------------------------------------------------------
-
-    async def _ping_loop(self) -> None:
-        settings = self.hub.settings
-        while not self.closed:
-            await asyncio.sleep(settings.ping_interval)
-            if self.missed_pongs >= settings.ping_probes:
-                log.info("keepalive lost session=%s missed=%d", self.id, self.missed_pongs)
-                self.close()
-                return
-            self.missed_pongs += 1
-            self.send(msg.ping())
+    # --- teardown (server pings: keepalive.py) -----------------------------------------------------
 
     def close(self) -> None:
         """Release every stream of the session and the socket (idempotent)."""
@@ -552,9 +540,7 @@ class Session:
             else:
                 stream.stop(StreamStatus.STOPPED, Info.STOPPED_BY_SESSION_DISCONNECT)
         self.hub.sessions.discard(self)
-        if self._pinger is not None and self._pinger is not asyncio.current_task():
-            self._pinger.cancel()
-        self._pinger = None
+        self.hub.keepalive.discard(self)
         for task in list(self._tasks):
             if task is not asyncio.current_task():
                 task.cancel()
