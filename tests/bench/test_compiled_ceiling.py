@@ -98,6 +98,17 @@ def test_measure_compiled_reports_every_fanout_and_a_fit() -> None:
     assert result["audio_share"] == pytest.approx(1 / 3, abs=0.01)
 
 
+def test_measure_compiled_passes_longer_than_the_replay_window() -> None:
+    """Every pass sends the same packets again; with more of them than a player's outbound replay window (1024)
+    the second pass must still reach every player (its sequence numbers moved on), and the back-to-back passes
+    must not queue more than the loop's socket holds."""
+    _lib()
+    result = measure_compiled([2], packets=2600, sizes=[[1200, "v"]], rate=0)
+    r = result["fanouts"]["2"]
+    assert r["input_packets"] == 2600
+    assert 0 < r["us_per_forwarded_packet_unpaced"] < 10_000
+
+
 def test_fit_recovers_a_line() -> None:
     fixed, slope = fit_linear([(n, 50 + 2.5 * n) for n in (10, 100, 200)])
     assert fixed == pytest.approx(50) and slope == pytest.approx(2.5)
