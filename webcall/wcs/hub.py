@@ -2,8 +2,8 @@
 
 The services are separate objects, each one concept: the stream core (`streams/registry.py`: who publishes
 which name, who reads it), the media plane (`media/plane.py`: endpoints on the UDP port), snapshots and
-recordings (`streams/`), the rate sampler (`wcs/sampler.py`), the server pings (`wcs/keepalive.py`). The hub itself is the directory of WCS sessions
-and streams that the REST API and /metrics query and act on.
+recordings (`streams/`), the rate sampler (`wcs/sampler.py`), the server pings (`wcs/keepalive.py`). The hub
+itself is the directory of WCS sessions and streams that the REST API and /metrics query and act on.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ from ..streams.snapshots import SnapshotError, Snapshotter
 from ..transcode.pipeline import start_local_feed
 from ..transcode.rendition import start_local_rendition
 from . import messages as wcs_messages
-from .rest import ConnectionQuery, StreamQuery
 from .keepalive import Keepalive
+from .rest import ConnectionQuery, StreamQuery
 from .sampler import RateSampler
 from .status import REFUSAL_INFO, Info, OwnInfo, StreamStatus
 from .stream import Playback, Publication

@@ -3,10 +3,11 @@
 
 One timer pings every session, not a task each. A task per session wakes the process at that session's own
 instant: 300 players on a 5 s interval were 60 wake-ups a second, and the pongs 60 more, each costing about what
-forwarding a packet does (README, "Against the compiled ceiling"). Here the interval is cut into SLOTS slots on
-the monotonic clock's grid (multiples of interval / SLOTS: for 5 s, whole seconds, which the media port's and
-the rate sampler's wake-ups, on multiples of 0.2 and 0.1 s, share); a session joins the first slot a whole interval after it was
-established, and each wake-up pings all the sessions of its slot together. Their pongs come back together too.
+forwarding a packet does (README, "Against the compiled ceiling", thirteenth pass). Here the interval is cut into
+SLOTS slots on the monotonic clock's grid (multiples of interval / SLOTS: for 5 s, whole seconds, which the media
+port's and the rate sampler's wake-ups, on multiples of 0.2 and 0.1 s, share); a session joins the first slot a
+whole interval after it was established, and each wake-up pings all the sessions of its slot together. Their
+pongs come back together too.
 """
 
 from __future__ import annotations
