@@ -52,8 +52,8 @@ async def test_each_session_pinged_once_per_interval_in_shared_wake_ups() -> Non
     instants = sorted({round(t / step) for s in sessions for t in s.pinged_at})
     for session in sessions:
         assert len(session.pinged_at) >= 2, session.id
-        first = session.pinged_at[0] - added_at[session]
-        assert interval - TIMER_SLACK <= first < interval + step + 0.05
+        first = session.pinged_at[0] - added_at[session]  # within the interval, never later (a slot earlier at most)
+        assert interval - step - TIMER_SLACK <= first < interval + 0.02
         gaps = [b - a for a, b in zip(session.pinged_at, session.pinged_at[1:])]
         assert all(interval - step / 2 < gap < interval + step / 2 for gap in gaps), gaps
         assert not session.closed

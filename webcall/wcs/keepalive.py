@@ -5,9 +5,9 @@ One timer pings every session, not a task each. A task per session wakes the pro
 instant: 300 players on a 5 s interval were 60 wake-ups a second, and the pongs 60 more, each costing about what
 forwarding a packet does (README, "Against the compiled ceiling", thirteenth pass). Here the interval is cut into
 SLOTS slots on the monotonic clock's grid (multiples of interval / SLOTS: for 5 s, whole seconds, which the media
-port's and the rate sampler's wake-ups, on multiples of 0.2 and 0.1 s, share); a session joins the first slot a
-whole interval after it was established, and each wake-up pings all the sessions of its slot together. Their
-pongs come back together too.
+port's and the rate sampler's wake-ups, on multiples of 0.2 and 0.1 s, share); a session joins the last slot
+within one interval of its `connection`, and each wake-up pings all the sessions of its slot together. Their pongs
+come back together too.
 """
 
 from __future__ import annotations
@@ -51,8 +51,11 @@ class Keepalive:
         return len(self._slot_of)
 
     def add(self, session: Pinged) -> None:
-        """Ping this (just established) session from one interval on."""
-        self._place(session, math.ceil((time.monotonic() + self.interval - TIMER_SLACK) / self.step))
+        """Ping this (just established) session from the last slot within one interval on: never later than the
+        interval, which a client probing at the same interval (the SDK's receiveProbes) may rely on."""
+        now = time.monotonic()
+        self._place(session, max(math.floor((now + self.interval) / self.step),
+                                 math.floor((now + TIMER_SLACK) / self.step) + 1))
 
     def discard(self, session: Pinged) -> None:
         slot = self._slot_of.pop(session, None)
