@@ -64,6 +64,9 @@ function emit(browser, scenario, payload) {
 }
 
 const sleep = (ms) => new Promise((r) => setTimeout(r, ms));
+// The server pings every 5 s (--ping-interval): a session probing every 5 s that misses 3 checks in a row is
+// FAILED by the SDK, so PROBE_SECONDS of a session's life hold several checks with pings to pass them.
+const PROBES = 3, PROBE_MS = 5000, PROBE_SECONDS = 21;
 
 const consoleLogs = new Map();  // file -> lines
 let currentStep = "setup";       // tags console warnings with the scenario step that was running
@@ -158,6 +161,10 @@ async function basic(browser, browserName) {
 
     await call(pub, () => T.connect("pub"));
     await call(ply, () => T.connect("play"));
+    // An idle session that probes for the server's pings (the SDK fails it after PROBES checks, PROBE_MS apart,
+    // with nothing from the server between them); looked at once the rest of this scenario has run.
+    await call(ply, (probes, ms) => T.connect("probe", {receiveProbes: probes, probesInterval: ms}), PROBES, PROBE_MS);
+    const probeSince = Date.now();
 
     let publishedAt = null;
     const published = await step(browserName, "publish", async () => {
@@ -265,6 +272,17 @@ async function basic(browser, browserName) {
         const after = await call(ply, (n) => T.available("play", n), name);
         return {status: st.status, info: st.info, player: {status: playerSt.status, info: playerSt.info},
             playerWasPlaying: p2.status === "PLAYING", availableAfter: after};
+    });
+
+    await step(browserName, "keepalive", async () => {
+        const wait = probeSince + PROBE_SECONDS * 1000 - Date.now();
+        if (wait > 0) {
+            await sleep(wait);
+        }
+        const statuses = await call(ply, () => T.sessionStatuses("probe"));
+        const seconds = (Date.now() - probeSince) / 1000;
+        await call(ply, () => T.disconnect("probe"));
+        return {statuses, seconds, probes: PROBES, probeMs: PROBE_MS};
     });
 
     emit(browserName, "console_warnings", {data: {publisher: pub.__warnings.slice(0, 40),

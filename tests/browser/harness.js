@@ -328,10 +328,11 @@
                 nativePromise: /\[native code\]/.test(String(window.Promise))};
         },
 
-        connect: function (key) {
+        // options: more of createSession's options (receiveProbes, probesInterval, ...)
+        connect: function (key, options) {
             var ST = C().SESSION_STATUS;
             return new Promise(function (resolve, reject) {
-                var session = Flashphoner.createSession({urlServer: SERVER});
+                var session = Flashphoner.createSession(Object.assign({urlServer: SERVER}, options || {}));
                 var entry = {session: session, statuses: []};
                 sessions[key] = entry;
                 [ST.ESTABLISHED, ST.DISCONNECTED, ST.FAILED, ST.WARN].forEach(function (status) {

@@ -283,6 +283,14 @@ def test_session_send_data_accepted(results: Results, browser: str) -> None:
     assert data["result"] == "resolved" and data["info"]["status"] == "ACCEPTED", data
 
 
+def test_server_pings_keep_a_probing_session_up(results: Results, browser: str) -> None:
+    """The SDK's own keepalive check (createSession receiveProbes/probesInterval, spec §2) on an idle session:
+    with the server's pings (wcs/keepalive.py) it is still ESTABLISHED after several of its checks."""
+    data = results.get(browser, "keepalive")
+    assert data["seconds"] >= 4 * data["probeMs"] / 1000, data
+    assert data["statuses"] == ["ESTABLISHED"], data
+
+
 def test_mute_audio_reaches_player(results: Results, browser: str) -> None:
     data = results.get(browser, "mute_event")
     assert data["publisherState"]["audioMuted"] is True

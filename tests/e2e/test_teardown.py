@@ -9,9 +9,9 @@ from tests.support.lossy import LossyRelay
 
 
 def server_tasks() -> set[asyncio.Task]:
-    """A session's tasks: its pinger, and the close of its socket when the server ends it (no writer task: frames
-    are written straight to the connection, server/wsout.py)."""
-    return {t for t in asyncio.all_tasks() if t.get_name().startswith(("ping ", "ws-close "))}
+    """A session's tasks: the close of its socket when the server ends it (no writer task: frames are written
+    straight to the connection, server/wsout.py; no pinger either: one timer pings every session, wcs/keepalive.py)."""
+    return {t for t in asyncio.all_tasks() if t.get_name().startswith("ws-close ")}
 
 
 async def test_abrupt_departures_leave_nothing(server) -> None:
@@ -21,7 +21,7 @@ async def test_abrupt_departures_leave_nothing(server) -> None:
     clients = [await server.client() for _ in range(3)]
     players = [await peers.play(c, "gone") for c in clients]
     await asyncio.gather(*(p.wait_frames(3, timeout=10) for p in players))
-    assert len(server_tasks()) == 4  # a pinger per session
+    assert len(server.hub.keepalive) == 4  # every session is pinged
 
     await players[0].close()  # peer connection closed, no stopStream: DTLS close_notify ends it
     msg = await players[0].wait_status("STOPPED", timeout=5)
@@ -40,6 +40,7 @@ async def test_abrupt_departures_leave_nothing(server) -> None:
             break
         await asyncio.sleep(0.05)
     assert server_tasks() == set()
+    assert len(server.hub.keepalive) == 0  # and none is pinged any more
 
 
 async def test_vanished_player_fails_by_consent(make_server) -> None:
