@@ -55,8 +55,7 @@ async def test_the_rate_sampler_wakes_on_the_grid() -> None:
 
 
 async def test_the_port_takes_in_on_multiples_of_its_interval() -> None:
-    port = port_mod.MediaPort.__new__(port_mod.MediaPort)  # only the grid's arithmetic, no socket
-    port._ticking, port._endpoint, port._timer = False, None, None  # not started: _arm does nothing
+    port = port_mod.MediaPort()  # not started: no socket, and its timer is not armed
     for _ in range(5):
         port._start_grid()
         assert port._take_in_slot % port_mod._coarse_every() == 0
