@@ -241,12 +241,14 @@ async def test_spread_player_loss_on_relayed_worker(make_server) -> None:
         await asyncio.sleep(window)
         for p, start in zip(relayed, starts):
             frames = p.frames[start:]
-            assert len(frames) >= 0.7 * 30 * window, f"only {len(frames)} frames in {window}s"
             # aiortc's player NACKs a packet again only when a newer gap shows up (libwebrtc retries every RTT):
-            # at ~30 video packets/s a NACK and then its retry both lost stalls it 1.5-2 s, about once in ten runs.
-            # A server that answered each packet once would stall it until its jitter buffer gives up (128
-            # packets, over 4 s); one that answered none fails long before, in wait_decoded_frames above.
+            # at ~30 video packets/s a NACK and then its retry both lost stalls it 1.5-2 s, about once in ten runs
+            # (once, in a full suite, 154 frames in 8 s: one stall near the 3 s bound). A server that answered each
+            # packet once would stall it until its jitter buffer gives up (128 packets, over 4 s); one that
+            # answered none fails long before, in wait_decoded_frames above. So: one stall under 3 s at most, and
+            # nine frames in ten of the rest.
             assert max(gaps(frames)) < 3.0, f"freeze of {max(gaps(frames)):.2f}s"
+            assert len(frames) >= 0.9 * 30 * (window - 3.0), f"only {len(frames)} frames in {window}s"
             assert p.intact_ratio(start) >= 0.9
         # up: only the players' RTCP (a few packets a second), down: their media
         assert relay.dropped["up"] > 0 and relay.dropped["down"] > 20, relay.dropped
