@@ -10,8 +10,6 @@ comparison and debugging.
 from __future__ import annotations
 
 import asyncio
-import math
-import time
 from collections.abc import Coroutine
 from typing import Any, TypeVar
 
@@ -38,10 +36,3 @@ def loop_name() -> str:
     """Which loop this process runs on ("uvloop" or "asyncio"), for /health and a worker's hello."""
     return "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
 
-
-def grid_delay(step: float) -> float:
-    """Seconds until the next multiple of `step` on the monotonic clock, the grid the media port wakes on: timers
-    that keep to it share the process's wake-ups instead of each having its own. A wake-up a hair early (within
-    TIMER_SLACK) counts as on time, so the next one is a whole step later, not the same instant again."""
-    now = time.monotonic()
-    return max(0.0, (math.floor((now + TIMER_SLACK) / step) + 1) * step - now)

@@ -432,8 +432,7 @@ class MediaPort(asyncio.DatagramProtocol):
         return bool(self.ingests) or (self.reports is not None and len(self.reports) > 0)
 
     def _start_grid(self) -> None:
-        # on multiples of TAKE_IN_INTERVAL, which the rate sampler's and the server pings' wake-ups are too
-        self._take_in_slot = (_slot_now(time.monotonic()) // _coarse_every() + 1) * _coarse_every()
+        self._take_in_slot = _slot_now(time.monotonic()) + _coarse_every()
         self._arm(self._take_in_slot)
 
     def take_in(self) -> None:

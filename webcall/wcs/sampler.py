@@ -3,9 +3,7 @@
 The sampler takes a slice of the streams (by id) at each of a few wake-ups per interval, so each stream gets one
 sample (and one inbound/outboundVideoRate message) per interval and a thousand players' messages are never
 built in one loop iteration: that would hold up forwarding for milliseconds once a second. With few streams it
-wakes once per interval: every wake-up of the process costs about what forwarding a packet does. It wakes on the
-monotonic clock's grid (multiples of its step), as the media port and the server pings do, so that their wake-ups
-are shared.
+wakes once per interval: every wake-up of the process costs about what forwarding a packet does.
 
 Before each slice it asks the media plane to take in what its ingest threads queued (`refresh`), so the
 publishers' counters it reads are as of now, not of the media port's last tick.
@@ -20,8 +18,6 @@ import time
 import zlib
 from collections.abc import Callable, Iterable
 from typing import Protocol
-
-from ..eventloop import grid_delay
 
 log = logging.getLogger("webcall.wcs")
 
@@ -61,7 +57,7 @@ class RateSampler:
         while True:
             slices = self.slices()  # streams created from now on are sampled from the next interval on
             for part in slices:
-                await asyncio.sleep(grid_delay(self.interval / len(slices)))
+                await asyncio.sleep(self.interval / len(slices))
                 self.sample(time.monotonic(), part)
 
     def slices(self) -> list[list[Sampled]]:
