@@ -35,4 +35,3 @@ def run(main: Coroutine[Any, Any, T], loop: str = DEFAULT_LOOP) -> T:
 def loop_name() -> str:
     """Which loop this process runs on ("uvloop" or "asyncio"), for /health and a worker's hello."""
     return "uvloop" if type(asyncio.get_running_loop()).__module__.startswith("uvloop") else "asyncio"
-
