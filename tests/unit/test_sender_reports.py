@@ -145,14 +145,16 @@ def test_next_report_is_drawn_within_the_interval_and_stops_when_dropped(sender)
     assert reports.run(start) == 0, "not due yet"
     assert reports.run(start + 0.196) == 1, "due within the slack"
     sent_at = start + 0.196
-    due = [reports.run(sent_at + step / 100) for step in range(1, 140)]
-    assert sum(due) == 1, "one report per interval"
-    interval = (due.index(1) + 1) / 100
-    assert INTERVAL[0] <= interval <= INTERVAL[1] + 0.01, interval
+    # 1.39 s: past the longest interval; two short ones in a row (each drawn from INTERVAL) may also fit.
+    due = {step: reports.run(sent_at + step / 100) for step in range(1, 140)}
+    fired = [step for step, sent in due.items() if sent]
+    assert fired and all(due[step] == 1 for step in fired), due
+    assert INTERVAL[0] <= fired[0] / 100 <= INTERVAL[1] + 0.01, fired
+    assert all(INTERVAL[0] <= (b - a) / 100 for a, b in zip(fired, fired[1:])), ("one report per interval", fired)
     reports.drop("player")
     assert len(reports) == 0 and reports.run(sent_at + 10) == 0
     assert reports._clocks == {}, "the tracks' clocks are released with their last player"
-    assert len(transport.drain()) == 2
+    assert len(transport.drain()) == 1 + len(fired)
 
 
 def test_intervals_are_random_not_fixed(sender):
