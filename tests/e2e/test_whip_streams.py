@@ -42,10 +42,21 @@ async def test_whip_and_whep_in_rest_metrics_and_prometheus(server) -> None:
     pub = await whip_publish(base, "whip metrics")
     player = await whep_play(base, "whip metrics")
     await player.wait_decoded_frames(20, timeout=15)
-    await asyncio.sleep(2.5)  # two rate intervals
 
+    # Rates need two samples of the counters, which media workers report once per rate interval: asked until
+    # both streams have them (two intervals are usually enough; a loaded machine may take longer).
+    deadline = asyncio.get_running_loop().time() + 10
+    while True:
+        status, found = await rest(server, "/stream/find", {"name": "whip metrics"})
+        assert status == 200
+        by_provider = {s["mediaProvider"]: s for s in found}
+        rates = [s.get("metrics", {}).get("VIDEO_RATE", 0) for s in found]
+        if (len(found) == 2 and all(rates) and by_provider.get("WHIP", {}).get("fps")) \
+                or asyncio.get_running_loop().time() > deadline:
+            break
+        await asyncio.sleep(0.5)
+    await asyncio.sleep(1.0)  # a full interval's rates, not a partial first one
     status, found = await rest(server, "/stream/find", {"name": "whip metrics"})
-    assert status == 200
     by_provider = {s["mediaProvider"]: s for s in found}
     assert set(by_provider) == {"WHIP", "WHEP"}, found
     whip, whep = by_provider["WHIP"], by_provider["WHEP"]
