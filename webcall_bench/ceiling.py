@@ -145,7 +145,7 @@ def measure(fanout: int = 100, packets: int = 3000, payload_size: int = 1100, pr
                 burst = datagrams[start : start + BURST]
                 for datagram in burst:  # not timed: this is the publisher's side
                     feeder.sendto(datagram, fwd_addr)
-                u0, s0 = clock()
+                c0, s0 = clock()
                 for _ in burst:
                     plain = unprotect(recv(2048))
                     b0, b1, seq, ts, _ssrc = unpack(plain, 0)
@@ -154,8 +154,8 @@ def measure(fanout: int = 100, packets: int = 3000, payload_size: int = 1100, pr
                         sendto(tx.protect(pack(b0, b1, (seq + seq_off) & 0xFFFF, (ts + ts_off) & 0xFFFFFFFF, ssrc)
                                           + tail), addr)
                 if start >= warmup:
-                    u1, s1 = clock()
-                    spent += u1 - u0
+                    c1, s1 = clock()
+                    spent += c1 - c0
                     system += s1 - s0
                     measured += len(burst)
             return spent, measured, system
@@ -181,7 +181,7 @@ def measure(fanout: int = 100, packets: int = 3000, payload_size: int = 1100, pr
                 burst = datagrams[start : start + BURST]
                 for datagram in burst:
                     feeder.sendto(datagram, fwd_addr)
-                u0, s0 = clock()
+                c0, s0 = clock()
                 for _ in burst:
                     length[0] = recv_into(rview)
                     if srtp_unprotect(rx_ctx, rbuf, length):
@@ -196,8 +196,8 @@ def measure(fanout: int = 100, packets: int = 3000, payload_size: int = 1100, pr
                         srtp_protect(ctx, out, length)
                         sendto(oview[: length[0]], addr)
                 if start >= warmup:
-                    u1, s1 = clock()
-                    spent += u1 - u0
+                    c1, s1 = clock()
+                    spent += c1 - c0
                     system += s1 - s0
                     measured += len(burst)
             return spent, measured, system

@@ -57,6 +57,7 @@ async def test_whip_and_whep_in_rest_metrics_and_prometheus(server) -> None:
         await asyncio.sleep(0.5)
     await asyncio.sleep(1.0)  # a full interval's rates, not a partial first one
     status, found = await rest(server, "/stream/find", {"name": "whip metrics"})
+    assert status == 200
     by_provider = {s["mediaProvider"]: s for s in found}
     assert set(by_provider) == {"WHIP", "WHEP"}, found
     whip, whep = by_provider["WHIP"], by_provider["WHEP"]
