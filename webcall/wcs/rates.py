@@ -26,6 +26,12 @@ class Reading:
     at: float | None = None
 
 
+def reported_at(counters: object) -> float | None:
+    """A Reading's `at` for these counters: when a media worker read them (the control process's views of a
+    worker's counters carry `reported_at`); None for the in-process plane, whose counters are live."""
+    return getattr(counters, "reported_at", None)
+
+
 @dataclass(frozen=True, slots=True)
 class Rates:
     """What one interval measured."""

@@ -29,17 +29,11 @@ from ..streams.renditions import Renditions
 from ..transcode.pipeline import scaled_size
 from . import messages as msg
 from . import rest
-from .rates import RateMeter, Rates, Reading
+from .rates import RateMeter, Rates, Reading, reported_at
 from .status import END_INFO, FAILURE_INFO, TERMINAL, Info, StreamStatus
 
 log = logging.getLogger("webcall.wcs")
 
-
-
-def _reported_at(counters: object) -> float | None:
-    """When a media worker read these counters (its views carry `reported_at`); None for the in-process plane,
-    whose counters are live."""
-    return getattr(counters, "reported_at", None)
 
 class StreamSettingsView(Protocol):
     connect_timeout: float
@@ -244,7 +238,7 @@ class Publication(_Stream):
             video_octets=video.octets if video else 0, audio_octets=audio.octets if audio else 0,
             video_packets=video.packets if video else 0, audio_packets=audio.packets if audio else 0,
             frames=video.frames if video else 0,
-            at=_reported_at(video or audio),
+            at=reported_at(video or audio),
         )
 
     def _rate_message(self, rates: Rates) -> str | None:
@@ -462,7 +456,7 @@ class Playback(_Stream):
             # Every frame of the publisher reaches this player once it started: the publisher's frame
             # count costs nothing per forwarded packet. An interval that forwarded nothing shows 0 fps.
             frames=video.producer.frames if video else 0,
-            at=_reported_at(video or audio),
+            at=reported_at(video or audio),
         )
 
     def _fps(self, rates: Rates) -> int:

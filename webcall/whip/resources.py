@@ -19,7 +19,7 @@ from ..media.failures import Failure
 from ..protocol.sdp import Negotiation, build_answer
 from ..streams.recording import RecordSettings, Recording, RecordingError, Recordings
 from ..streams.registry import EndReason, Source, StreamRegistry
-from ..wcs.rates import RateMeter, Reading
+from ..wcs.rates import RateMeter, Reading, reported_at
 
 log = logging.getLogger("webcall.whip")
 
@@ -182,7 +182,7 @@ class WhipPublication(Resource):
         video, audio = self.producers.get("video"), self.producers.get("audio")
         return Reading(video_octets=video.octets if video else 0, audio_octets=audio.octets if audio else 0,
                        video_packets=video.packets if video else 0, audio_packets=audio.packets if audio else 0,
-                       frames=video.frames if video else 0)
+                       frames=video.frames if video else 0, at=reported_at(video or audio))
 
     def metrics(self) -> dict[str, int]:
         """The WCS `metrics` object (spec §12), as a WCS publication reports it."""
@@ -300,7 +300,9 @@ class WhepPlayback(Resource):
             audio_octets=audio.octets + audio.retransmit_octets if audio else 0,
             video_packets=video.packets + video.retransmits if video else 0,
             audio_packets=audio.packets + audio.retransmits if audio else 0,
-            frames=video.producer.frames if video else 0)
+            frames=video.producer.frames if video else 0,
+            at=reported_at(video or audio),
+        )
 
     def metrics(self) -> dict[str, int]:
         rates = self.meter.latest
