@@ -10,7 +10,7 @@ import random
 import time
 
 from webcall.media.failures import Failure
-from webcall.media.port import TAKE_IN_INTERVAL, TICK_INTERVAL, MediaPort
+from webcall.media.port import TAKE_IN_INTERVAL, TICK_INTERVAL, MediaPort, _slot_now
 
 
 class Ticked:
@@ -36,8 +36,9 @@ class Ticked:
 
 def run_ticks(port: MediaPort, seconds: float, after: float = 0.0) -> None:
     """The port's ticks for `seconds`, on its grid, from the first grid point `after` seconds from now on (the
-    port schedules on the real clock: a transport registered now is due at the next grid point)."""
-    first = (int((time.monotonic() + after) / TICK_INTERVAL) + 1) * TICK_INTERVAL
+    port schedules on the real clock: a transport registered now is due at the next grid point). The next grid
+    point as the port reckons it: within its timer slack of a grid point, that point counts as already served."""
+    first = (_slot_now(time.monotonic() + after) + 1) * TICK_INTERVAL
     for k in range(round(seconds / TICK_INTERVAL)):
         port._tick_transports(first + k * TICK_INTERVAL)
 
