@@ -2,8 +2,9 @@
 
 The sampler takes a slice of the streams (by id) at each of a few wake-ups per interval, so each stream gets one
 sample (and one inbound/outboundVideoRate message) per interval and a thousand players' messages are never
-built in one loop iteration: that would hold up forwarding for milliseconds once a second. With few streams it
-wakes once per interval: every wake-up of the process costs about what forwarding a packet does.
+built in one loop iteration: that would hold up the event loop's other work (handshakes, the port's take-ins)
+for over ten milliseconds once a second. Up to STREAMS_PER_SLOT streams it wakes once per interval: every
+wake-up of the process costs about what forwarding a packet does.
 
 Before each slice it asks the media plane to take in what its ingest threads queued (`refresh`), so the
 publishers' counters it reads are as of now, not of the media port's last tick.
