@@ -8,7 +8,7 @@ chosen to match what the official SDK compares it with (spec §7): the browser's
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 
 # Reading and Rates are named tuples, not frozen dataclasses: both are made for every stream every second, and
@@ -27,10 +27,36 @@ class Reading(NamedTuple):
     at: float | None = None
 
 
-def reported_at(counters: object) -> float | None:
+def _reported_at(counters: object) -> float | None:
     """A Reading's `at` for these counters: when a media worker read them (the control process's views of a
     worker's counters carry `reported_at`); None for the in-process plane, whose counters are live."""
     return getattr(counters, "reported_at", None)
+
+
+def publisher_reading(video: Any, audio: Any) -> Reading:
+    """What a publisher's tracks received (WCS publications and WHIP alike): each a Producer, a media worker's
+    ProducerView, or None."""
+    return Reading(
+        video_octets=video.octets if video else 0, audio_octets=audio.octets if audio else 0,
+        video_packets=video.packets if video else 0, audio_packets=audio.packets if audio else 0,
+        frames=video.frames if video else 0,
+        at=_reported_at(video or audio),
+    )
+
+
+def player_reading(video: Any, audio: Any) -> Reading:
+    """What a player's tracks were sent, retransmissions included (WCS playbacks and WHEP alike): each a Consumer,
+    a media worker's ConsumerView, or None."""
+    return Reading(
+        video_octets=video.octets + video.retransmit_octets if video else 0,
+        audio_octets=audio.octets + audio.retransmit_octets if audio else 0,
+        video_packets=video.packets + video.retransmits if video else 0,
+        audio_packets=audio.packets + audio.retransmits if audio else 0,
+        # Every frame of the publisher reaches this player once it started: the publisher's frame count costs
+        # nothing per forwarded packet. An interval that forwarded nothing shows 0 fps.
+        frames=video.producer.frames if video else 0,
+        at=_reported_at(video or audio),
+    )
 
 
 class Rates(NamedTuple):

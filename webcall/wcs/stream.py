@@ -29,7 +29,7 @@ from ..streams.renditions import Renditions
 from ..transcode.pipeline import scaled_size
 from . import messages as msg
 from . import rest
-from .rates import RateMeter, Rates, Reading, reported_at
+from .rates import RateMeter, Rates, Reading, player_reading, publisher_reading
 from .status import END_INFO, FAILURE_INFO, TERMINAL, Info, StreamStatus
 
 log = logging.getLogger("webcall.wcs")
@@ -233,13 +233,7 @@ class Publication(_Stream):
     # --- statistics ---------------------------------------------------------------------------------
 
     def reading(self) -> Reading | None:
-        video, audio = self.producers.get("video"), self.producers.get("audio")
-        return Reading(
-            video_octets=video.octets if video else 0, audio_octets=audio.octets if audio else 0,
-            video_packets=video.packets if video else 0, audio_packets=audio.packets if audio else 0,
-            frames=video.frames if video else 0,
-            at=reported_at(video or audio),
-        )
+        return publisher_reading(self.producers.get("video"), self.producers.get("audio"))
 
     def _rate_message(self, rates: Rates) -> str | None:
         video = self.producers.get("video")
@@ -447,17 +441,7 @@ class Playback(_Stream):
         return self._by_kind.get(kind)
 
     def reading(self) -> Reading | None:
-        video, audio = self._consumer("video"), self._consumer("audio")
-        return Reading(
-            video_octets=video.octets + video.retransmit_octets if video else 0,
-            audio_octets=audio.octets + audio.retransmit_octets if audio else 0,
-            video_packets=video.packets + video.retransmits if video else 0,
-            audio_packets=audio.packets + audio.retransmits if audio else 0,
-            # Every frame of the publisher reaches this player once it started: the publisher's frame
-            # count costs nothing per forwarded packet. An interval that forwarded nothing shows 0 fps.
-            frames=video.producer.frames if video else 0,
-            at=reported_at(video or audio),
-        )
+        return player_reading(self._consumer("video"), self._consumer("audio"))
 
     def _fps(self, rates: Rates) -> int:
         return rates.fps if rates.video_packet_rate > 0 else 0

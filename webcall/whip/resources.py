@@ -19,7 +19,7 @@ from ..media.failures import Failure
 from ..protocol.sdp import Negotiation, build_answer
 from ..streams.recording import RecordSettings, Recording, RecordingError, Recordings
 from ..streams.registry import EndReason, Source, StreamRegistry
-from ..wcs.rates import RateMeter, Reading, reported_at
+from ..wcs.rates import RateMeter, Reading, player_reading, publisher_reading
 
 log = logging.getLogger("webcall.whip")
 
@@ -179,10 +179,7 @@ class WhipPublication(Resource):
         return out
 
     def reading(self) -> Reading:
-        video, audio = self.producers.get("video"), self.producers.get("audio")
-        return Reading(video_octets=video.octets if video else 0, audio_octets=audio.octets if audio else 0,
-                       video_packets=video.packets if video else 0, audio_packets=audio.packets if audio else 0,
-                       frames=video.frames if video else 0, at=reported_at(video or audio))
+        return publisher_reading(self.producers.get("video"), self.producers.get("audio"))
 
     def metrics(self) -> dict[str, int]:
         """The WCS `metrics` object (spec §12), as a WCS publication reports it."""
@@ -294,15 +291,7 @@ class WhepPlayback(Resource):
                     None)
 
     def reading(self) -> Reading:
-        video, audio = self._consumer("video"), self._consumer("audio")
-        return Reading(
-            video_octets=video.octets + video.retransmit_octets if video else 0,
-            audio_octets=audio.octets + audio.retransmit_octets if audio else 0,
-            video_packets=video.packets + video.retransmits if video else 0,
-            audio_packets=audio.packets + audio.retransmits if audio else 0,
-            frames=video.producer.frames if video else 0,
-            at=reported_at(video or audio),
-        )
+        return player_reading(self._consumer("video"), self._consumer("audio"))
 
     def metrics(self) -> dict[str, int]:
         rates = self.meter.latest
