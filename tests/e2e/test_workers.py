@@ -220,6 +220,9 @@ async def spread_setup(make_server, name: str, players: int = 4):
     return server, plane, pub_client, publisher
 
 
+STALL_BOUND = 3.6  # seconds: above aiortc's own worst NACK-retry stall, below a jitter buffer giving up
+
+
 async def test_spread_player_loss_on_relayed_worker(make_server) -> None:
     server, plane, pub_client, publisher = await spread_setup(make_server, "spread-lossy")
     home = endpoint_of(plane, publisher).worker
@@ -242,13 +245,13 @@ async def test_spread_player_loss_on_relayed_worker(make_server) -> None:
         for p, start in zip(relayed, starts):
             frames = p.frames[start:]
             # aiortc's player NACKs a packet again only when a newer gap shows up (libwebrtc retries every RTT):
-            # at ~30 video packets/s a NACK and then its retry both lost stalls it 1.5-2 s, about once in ten runs
-            # (once, in a full suite, 154 frames in 8 s: one stall near the 3 s bound). A server that answered each
-            # packet once would stall it until its jitter buffer gives up (128 packets, over 4 s); one that
-            # answered none fails long before, in wait_decoded_frames above. So: one stall under 3 s at most, and
-            # nine frames in ten of the rest.
-            assert max(gaps(frames)) < 3.0, f"freeze of {max(gaps(frames)):.2f}s"
-            assert len(frames) >= 0.9 * 30 * (window - 3.0), f"only {len(frames)} frames in {window}s"
+            # at ~30 video packets/s a NACK and then its retry both lost stalls it 1.5-2 s, about once in ten runs,
+            # and up to 3.0 s (seen twice in full suites: 154 frames in 8 s with a stall near 3 s; a stall of
+            # 3.003 s). A server that answered each packet once would stall it until its jitter buffer gives up
+            # (128 packets, over 4 s); one that answered none fails long before, in wait_decoded_frames above.
+            # So: one stall under STALL_BOUND at most, between the two, and nine frames in ten of the rest.
+            assert max(gaps(frames)) < STALL_BOUND, f"freeze of {max(gaps(frames)):.2f}s"
+            assert len(frames) >= 0.9 * 30 * (window - STALL_BOUND), f"only {len(frames)} frames in {window}s"
             assert p.intact_ratio(start) >= 0.9
         # up: only the players' RTCP (a few packets a second), down: their media
         assert relay.dropped["up"] > 0 and relay.dropped["down"] > 20, relay.dropped
