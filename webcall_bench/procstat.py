@@ -3,15 +3,33 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 
+def process_cpu_clock(pid: int) -> int:
+    """The clock id of `pid`'s CPU time, every thread's (glibc's clock_getcpuclockid: the kernel's
+    CPUCLOCK_SCHED clock of the process, encoded as ~pid << 3 | 2; readable for any process)."""
+    return ((~pid) << 3) | 2
+
+
 def cpu_times(pid: int) -> tuple[float, float]:
-    """(user, system) CPU seconds of every thread of `pid` so far (not wall time)."""
+    """(user, system) CPU seconds of every thread of `pid` so far (not wall time).
+
+    /proc/<pid>/stat counts in clock ticks (10 ms): over an 8 s window of a server at 1 % of a core that is
+    ±12 % of the figure. So the total is the process's CPU clock (exact to the nanosecond, every thread ever
+    run included) and only its split between user and system comes from the ticks."""
     fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return int(fields[11]) / CLK_TCK, int(fields[12]) / CLK_TCK  # utime, stime
+    user, system = int(fields[11]), int(fields[12])  # utime, stime
+    try:
+        exact = time.clock_gettime(process_cpu_clock(pid))
+    except OSError:  # gone meanwhile, or a kernel without the clock: the ticks then
+        return user / CLK_TCK, system / CLK_TCK
+    if user + system == 0:
+        return exact, 0.0
+    return exact * user / (user + system), exact * system / (user + system)
 
 
 def cpu_seconds(pid: int) -> float:

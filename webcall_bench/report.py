@@ -20,7 +20,7 @@ def compiled_lines(result: dict) -> list[str]:
                  f"+ {r['us_sys_per_forwarded_packet']:.2f} sys)" for r in compiled["fanouts"].values()]
         lines.append("compiled ceiling (the fan-out core's loop in C, paced at the stream's "
                      f"{compiled['rate_pps']:.0f} pkt/s), µs per forwarded packet at fan-out " + ", ".join(parts)
-                     + (" (mean of a run before and one after the steps)" if compiled.get("runs") else ""))
+                     + (" (the cheaper of a run before and one after the steps)" if compiled.get("runs") else ""))
     fits = result.get("fit") or {}
     for name, label in (("server", "server"), ("compiled", "compiled ceiling")):
         fit = fits.get(name)

@@ -18,7 +18,7 @@ import pytest
 from webcall.media import fanout as core
 from webcall.media.srtp import SrtpSession, sockaddr
 from webcall_bench.ceiling import compiled_cost_at, fit_linear, measure_compiled, stream_sizes
-from webcall_bench.runner import apply_compiled, average_compiled, server_fit
+from webcall_bench.runner import apply_compiled, cheaper_compiled, server_fit
 
 KEY = bytes(range(28))  # AEAD_AES_128_GCM: 16-byte key + 12-byte salt
 GCM = pylibsrtp.Policy.SRTP_PROFILE_AEAD_AES_128_GCM
@@ -137,9 +137,16 @@ def test_ratios_and_server_fit_per_step() -> None:
         == (0.5, 2.0)
     fit = server_fit(steps, publishers=1)
     assert fit["fixed_us"] == pytest.approx(100) and fit["per_player_us"] == pytest.approx(5)
-    after = {"fanouts": {k: dict(v, us_per_forwarded_packet=v["us_per_forwarded_packet"] * 3,
-                                 us_per_publisher_packet=v["us_per_publisher_packet"] * 3)
-                         for k, v in compiled["fanouts"].items()}}
-    mean = average_compiled(compiled, after)
-    assert mean["fanouts"]["10"]["us_per_forwarded_packet"] == 8.0 and len(mean["runs"]) == 2
-    assert mean["fit"]["fixed_us"] == pytest.approx(2 * 16.67, abs=0.1)
+    # after the steps: disturbed at fan-out 10 (three times the cost), cheaper at 100 — each fan-out keeps its
+    # cheaper run, whole (its user/kernel split with it), and the fit is made again from those
+    after = {"fanouts": {"10": dict(compiled["fanouts"]["10"], us_per_forwarded_packet=12.0,
+                                    us_per_publisher_packet=120.0, us_sys_per_forwarded_packet=11.0),
+                         "100": dict(compiled["fanouts"]["100"], us_per_forwarded_packet=2.0,
+                                     us_per_publisher_packet=200.0, us_user_per_forwarded_packet=0.4,
+                                     us_sys_per_forwarded_packet=1.6)}}
+    chosen = cheaper_compiled(compiled, after)
+    assert len(chosen["runs"]) == 2
+    assert chosen["fanouts"]["10"] == compiled["fanouts"]["10"]
+    assert chosen["fanouts"]["100"] == after["fanouts"]["100"]
+    assert chosen["fit"]["per_player_us"] == pytest.approx(160 / 90, abs=1e-3)
+    assert chosen["fit"]["fixed_us"] == pytest.approx(40 - 10 * 160 / 90, abs=0.01)
