@@ -92,6 +92,7 @@ class _FakeSock:
 
 class _FakeTransport:
     local_ufrag, remote_ufrag, local_pwd = "localufrag", "remoteufrag", "localpassword-local-pwd"
+    ice_key = local_pwd.encode()
     id = "fuzz"
     addresses: list = []
 

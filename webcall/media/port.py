@@ -47,6 +47,7 @@ from .ingest import Ingest, IngestCounts
 from .reports import SenderReports, rtcp_interval_range
 from .srtp import SendBatch
 from .stats import FanoutCost
+from .stun_check import binding_response, parse_check, verify
 from .tcp import MAX_UNVERIFIED_LINKS, UNVERIFIED_TIMEOUT, TcpLink, listen
 
 if TYPE_CHECKING:
@@ -257,6 +258,18 @@ class MediaPort(asyncio.DatagramProtocol):
         log.debug("udp error: %s", exc)
 
     def _on_stun(self, data: bytes, addr: Address) -> None:
+        check = parse_check(data)
+        if check is not None:  # the usual shape, read without aioice (stun_check.py); anything else below
+            local_ufrag, _, remote_ufrag = check.username.partition(":")
+            transport = self.by_ufrag.get(local_ufrag)
+            if transport is None or remote_ufrag != transport.remote_ufrag or not verify(check, transport.ice_key):
+                self.dropped += 1
+                self._refuse_link(addr, "STUN check for no transport")
+                return
+            self._answer_check(addr, binding_response(
+                check.transaction_id, addr.peer if isinstance(addr, TcpLink) else addr, transport.ice_key))
+            transport.on_binding_request(addr, check.use_candidate, time.monotonic())
+            return
         try:
             request = stun.parse_message(data)
         except (ValueError, struct.error):  # aioice raises struct.error on short fixed-size attributes
@@ -272,7 +285,7 @@ class MediaPort(asyncio.DatagramProtocol):
         if (
             transport is None
             or remote_ufrag != transport.remote_ufrag
-            or not request.check_message_integrity(transport.local_pwd.encode())
+            or not request.check_message_integrity(transport.ice_key)
         ):
             self.dropped += 1
             self._refuse_link(addr, "STUN check for no transport")
@@ -282,20 +295,21 @@ class MediaPort(asyncio.DatagramProtocol):
             message_class=stun.Class.RESPONSE,
             transaction_id=request.transaction_id,
         )
-        if isinstance(addr, TcpLink):
-            response.attributes["XOR-MAPPED-ADDRESS"] = addr.peer
-            response.add_message_integrity(transport.local_pwd.encode())
-            addr.verified = True
-            addr.send(bytes(response))
-        else:
-            response.attributes["XOR-MAPPED-ADDRESS"] = addr
-            response.add_message_integrity(transport.local_pwd.encode())
-            assert self.sock is not None
-            try:
-                self.sock.sendto(bytes(response), addr)
-            except OSError:
-                pass
+        response.attributes["XOR-MAPPED-ADDRESS"] = addr.peer if isinstance(addr, TcpLink) else addr
+        response.add_message_integrity(transport.ice_key)
+        self._answer_check(addr, bytes(response))
         transport.on_binding_request(addr, "USE-CANDIDATE" in request.attributes, time.monotonic())
+
+    def _answer_check(self, addr: Address | TcpLink, response: bytes) -> None:
+        if isinstance(addr, TcpLink):
+            addr.verified = True
+            addr.send(response)
+            return
+        assert self.sock is not None
+        try:
+            self.sock.sendto(response, addr)
+        except OSError:
+            pass
 
     # --- ICE-TCP links (tcp.py's FrameSink) ---------------------------------------------------------
 

@@ -91,6 +91,7 @@ class WebRtcTransport:
         self.listener = listener
         # Our ICE credentials: chosen here, or by whoever wrote the answer already (a control process).
         self.local_ufrag, self.local_pwd = ice or new_ice_credentials()
+        self.ice_key = self.local_pwd.encode()  # what signs the checks and our answers (MESSAGE-INTEGRITY)
         self.remote_ufrag = remote_ufrag
         self.state = TransportState.NEW
         self.addr: Address | TcpLink | None = None  # where we send
