@@ -1,9 +1,10 @@
 """The single UDP media port: every WebRTC connection of the server shares it.
 
 Demultiplexing (RFC 7983 by the first byte): STUN Binding requests are matched to a transport by the
-ICE username and answered here (ICE-lite: we never send checks); the first valid check binds the
-sender's address to that transport. DTLS and SRTP are then routed by a dict lookup on the address.
-Anything else — unknown addresses, garbage, bad STUN — is counted and dropped, never raised.
+ICE username and answered here (ICE-lite: we never send checks; the usual check is read by stun_check.py, any
+other by aioice); the first valid check binds the sender's address to that transport. DTLS and SRTP are then
+routed by a dict lookup on the address. Anything else — unknown addresses, garbage, bad STUN — is counted and
+dropped, never raised.
 
 ICE over TCP (tcp.py): with a TCP port (`start_tcp`), each accepted connection (`TcpLink`) is one more
 "address": its frames take the same demultiplexing as datagrams, and a link that a valid check bound to a
