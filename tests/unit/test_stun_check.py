@@ -85,11 +85,11 @@ def test_a_flipped_bit_anywhere_is_refused_or_fails_as_in_aioice() -> None:
 
 @pytest.mark.parametrize("mangle", [
     "short", "response", "length", "cookie", "repeated", "after-integrity", "no-integrity", "no-username",
-    "bad-priority", "other-known", "truncated", "bad-utf8",
+    "bad-priority", "other-known", "truncated", "bad-utf8", "bad-fingerprint",
 ])
 def test_unusual_shapes_are_left_to_aioice(mangle: str) -> None:
     rng = random.Random(5)
-    data = check_bytes(rng)
+    data = check_bytes(rng, fingerprint=False)  # (a FINGERPRINT would refuse every mangled one by itself)
     if mangle == "short":
         data = data[:19]
     elif mangle == "response":
@@ -99,9 +99,8 @@ def test_unusual_shapes_are_left_to_aioice(mangle: str) -> None:
     elif mangle == "cookie":
         data = data[:4] + b"\0\0\0\0" + data[8:]
     elif mangle == "repeated":
-        data = _insert_before_integrity(_without_fingerprint(data), struct.pack("!HH", 0x0024, 4) + b"\0\0\0\1")
+        data = _insert_before_integrity(data, struct.pack("!HH", 0x0024, 4) + b"\0\0\0\1")
     elif mangle == "after-integrity":
-        data = _without_fingerprint(data)
         data = data[:2] + struct.pack("!H", len(data) - 20 + 8) + data[4:] + struct.pack("!HH", 0x8022, 4) + b"abcd"
     elif mangle == "no-integrity":
         request = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
@@ -116,14 +115,19 @@ def test_unusual_shapes_are_left_to_aioice(mangle: str) -> None:
         data = check_bytes(rng, extras={}, fingerprint=False)
         data = _insert_before_integrity(data, struct.pack("!HH", 0x0024, 2) + b"\0\1\0\0")
     elif mangle == "other-known":
-        data = check_bytes(rng, extras={"SOFTWARE": "x"})
+        data = check_bytes(rng, extras={"SOFTWARE": "x"}, fingerprint=False)
     elif mangle == "truncated":
-        data = _without_fingerprint(data)[:-3]
+        data = data[:-3]
         data = data[:2] + struct.pack("!H", len(data) - 20) + data[4:]
     elif mangle == "bad-utf8":
-        data = check_bytes(rng, username="ab:cd")
+        data = check_bytes(rng, username="ab:cd", fingerprint=False)
         at = data.index(b"ab:cd")
         data = data[:at] + b"\xff" + data[at + 1:]
+    elif mangle == "bad-fingerprint":
+        data = check_bytes(rng)
+        data = data[:-1] + bytes((data[-1] ^ 1,))
+        with pytest.raises(ValueError):
+            stun.parse_message(data)
     assert parse_check(data) is None
 
 
