@@ -35,7 +35,8 @@ import math
 import socket
 import struct
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from aioice import stun
@@ -261,15 +262,10 @@ class MediaPort(asyncio.DatagramProtocol):
     def _on_stun(self, data: bytes, addr: Address) -> None:
         check = parse_check(data)
         if check is not None:  # the usual shape, read without aioice (stun_check.py); anything else below
-            local_ufrag, _, remote_ufrag = check.username.partition(":")
-            transport = self.by_ufrag.get(local_ufrag)
-            if transport is None or remote_ufrag != transport.remote_ufrag or not verify(check, transport.ice_key):
-                self.dropped += 1
-                self._refuse_link(addr, "STUN check for no transport")
-                return
-            self._answer_check(addr, binding_response(
-                check.transaction_id, addr.peer if isinstance(addr, TcpLink) else addr, transport.ice_key))
-            transport.on_binding_request(addr, check.use_candidate, time.monotonic())
+            transport = self._check_signer(addr, check.username, partial(verify, check))
+            if transport is not None:
+                self._answer_check(transport, addr, check.use_candidate,
+                                   binding_response(check.transaction_id, _mapped(addr), transport.ice_key))
             return
         try:
             request = stun.parse_message(data)
@@ -280,37 +276,42 @@ class MediaPort(asyncio.DatagramProtocol):
         if request.message_method != stun.Method.BINDING or request.message_class != stun.Class.REQUEST:
             self._refuse_link(addr, "not a STUN check")
             return  # indications (keepalives) and stray responses need nothing
-        username = request.attributes.get("USERNAME", "")
-        local_ufrag, _, remote_ufrag = username.partition(":")
-        transport = self.by_ufrag.get(local_ufrag)
-        if (
-            transport is None
-            or remote_ufrag != transport.remote_ufrag
-            or not request.check_message_integrity(transport.ice_key)
-        ):
-            self.dropped += 1
-            self._refuse_link(addr, "STUN check for no transport")
+        transport = self._check_signer(addr, request.attributes.get("USERNAME", ""), request.check_message_integrity)
+        if transport is None:
             return
         response = stun.Message(
             message_method=stun.Method.BINDING,
             message_class=stun.Class.RESPONSE,
             transaction_id=request.transaction_id,
         )
-        response.attributes["XOR-MAPPED-ADDRESS"] = addr.peer if isinstance(addr, TcpLink) else addr
+        response.attributes["XOR-MAPPED-ADDRESS"] = _mapped(addr)
         response.add_message_integrity(transport.ice_key)
-        self._answer_check(addr, bytes(response))
-        transport.on_binding_request(addr, "USE-CANDIDATE" in request.attributes, time.monotonic())
+        self._answer_check(transport, addr, "USE-CANDIDATE" in request.attributes, bytes(response))
 
-    def _answer_check(self, addr: Address | TcpLink, response: bytes) -> None:
+    def _check_signer(self, addr: Address | TcpLink, username: str,
+                      signed_with: Callable[[bytes], bool]) -> WebRtcTransport | None:
+        """The transport a check's USERNAME names, if the check is signed with its ice-pwd; else None (counted, and
+        an ICE-TCP link that sent it refused)."""
+        local_ufrag, _, remote_ufrag = username.partition(":")
+        transport = self.by_ufrag.get(local_ufrag)
+        if transport is None or remote_ufrag != transport.remote_ufrag or not signed_with(transport.ice_key):
+            self.dropped += 1
+            self._refuse_link(addr, "STUN check for no transport")
+            return None
+        return transport
+
+    def _answer_check(self, transport: WebRtcTransport, addr: Address | TcpLink, use_candidate: bool,
+                      response: bytes) -> None:
         if isinstance(addr, TcpLink):
             addr.verified = True
             addr.send(response)
-            return
-        assert self.sock is not None
-        try:
-            self.sock.sendto(response, addr)
-        except OSError:
-            pass
+        else:
+            assert self.sock is not None
+            try:
+                self.sock.sendto(response, addr)
+            except OSError:
+                pass
+        transport.on_binding_request(addr, use_candidate, time.monotonic())
 
     # --- ICE-TCP links (tcp.py's FrameSink) ---------------------------------------------------------
 
@@ -482,6 +483,11 @@ class MediaPort(asyncio.DatagramProtocol):
                 continue
             if transport in self.transports:
                 self._schedule(transport, current + 1 if at is None else max(current + 1, self._coarse(_slot_from(at))))
+
+
+def _mapped(addr: Address | TcpLink) -> tuple[str, int]:
+    """The address a check came from, as its answer's XOR-MAPPED-ADDRESS gives it back."""
+    return addr.peer if isinstance(addr, TcpLink) else addr
 
 
 def _slot_now(now: float) -> int:
