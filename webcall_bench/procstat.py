@@ -32,6 +32,33 @@ def cpu_times(pid: int) -> tuple[float, float]:
     return exact * user / (user + system), exact * system / (user + system)
 
 
+# What a server's threads are, by the name (comm) the thread gives itself; any other is "other threads" (Python's
+# thread pools: transcoding, file writes).
+THREAD_KINDS = {"wc-ingest": "ingest threads", "wc-fanout": "fan-out helpers"}
+EVENT_LOOP = "event loop"  # a process's main thread
+OTHER_THREADS = "other threads"
+
+
+def thread_cpu(pid: int) -> dict[str, float]:
+    """CPU seconds so far of `pid`'s live threads, by kind: its main thread (the event loop), the threads
+    THREAD_KINDS names, and the rest. Exact (schedstat: nanoseconds). A thread that has ended is in no
+    kind: the process's own clock (cpu_times) still counts it."""
+    out: dict[str, float] = {}
+    try:
+        tasks = list(Path(f"/proc/{pid}/task").iterdir())
+    except OSError:
+        return out
+    for task in tasks:
+        try:
+            ns = int((task / "schedstat").read_text().split()[0])
+            name = (task / "comm").read_text().strip()
+        except (OSError, ValueError, IndexError):  # ended meanwhile
+            continue
+        kind = EVENT_LOOP if task.name == str(pid) else THREAD_KINDS.get(name, OTHER_THREADS)
+        out[kind] = out.get(kind, 0.0) + ns / 1e9
+    return out
+
+
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of every thread of `pid` so far."""
     return sum(cpu_times(pid))

@@ -563,6 +563,7 @@ class Bench:
         await asyncio.sleep(max(0.0, t0 - time.time()))
         metrics0 = await self._metrics(http)
         tree0 = _tree_cpu(self.server_pid) if self.server_pid else None
+        threads0 = _tree_threads(self.server_pid) if self.server_pid else None
         own0 = time.process_time()
         machine0 = procstat.machine_ticks()
         wall0 = time.time()
@@ -575,6 +576,7 @@ class Bench:
                                                        subprocesses=len(tree0 or {}) > 1))
         await asyncio.sleep(max(0.0, t1 - time.time()))
         tree1 = _tree_cpu(self.server_pid) if self.server_pid else None
+        threads1 = _tree_threads(self.server_pid) if self.server_pid else None
         own1 = time.process_time()
         machine1 = procstat.machine_ticks()
         wall = time.time() - wall0
@@ -593,6 +595,9 @@ class Bench:
         step = self._step_result(target, new, join_seconds, wall, cpu0, cpu1, own1 - own0, machine, profile,
                                  fanout_cpu=_fanout_cpu(metrics0, metrics1))
         step["server_processes"] = processes
+        if step["server_cpu"] is not None:
+            step["server_cpu"]["threads"] = _thread_figures(threads0, threads1, step["server_cpu"]["seconds"], wall,
+                                                            step["delivery"]["packets_received"])
         step["relay"] = _relay_figures(metrics0, metrics1, wall)
         self._check_control(step)
         self._phase = f"step {index + 1}/{count}: {cfg.probe_joins} lone joiners"
@@ -992,6 +997,39 @@ def _tree_cpu(control: int) -> dict[int, tuple[str, float, float]]:
     return out
 
 
+def _tree_threads(control: int) -> dict[tuple[int, str, str], float]:
+    """(pid, process role, thread kind) -> CPU seconds so far of every server process's live threads
+    (procstat.thread_cpu: the event loop, ingest threads, fan-out helpers, other threads)."""
+    out = {}
+    for role, pid in procstat.server_processes(control):
+        for kind, seconds in procstat.thread_cpu(pid).items():
+            out[pid, role, kind] = seconds
+    return out
+
+
+def _thread_figures(threads0: dict | None, threads1: dict | None, seconds: float, wall: float,
+                    packets: int) -> dict | None:
+    """The server's CPU over the window (`seconds`: the processes alive at both ends) by thread kind: ms of CPU
+    a second and µs per forwarded packet each, labelled by kind, or by process and kind when the server has
+    several processes. What threads that ended during the window spent is in "rest": the process clocks count
+    it, the threads' own counters are gone with them."""
+    if threads0 is None or threads1 is None or wall <= 0:
+        return None
+    pids_at_start = {pid for pid, _, _ in threads0}
+    several = len({pid for pid, _, _ in threads1}) > 1
+    spent: dict[str, float] = {}
+    for key, at_end in threads1.items():
+        pid, role, kind = key
+        if pid not in pids_at_start:  # a process that came during the window: not in `seconds` either
+            continue
+        label = f"{role}: {kind}" if several else kind
+        spent[label] = spent.get(label, 0.0) + max(0.0, at_end - threads0.get(key, 0.0))  # a new thread: from 0
+    spent["rest"] = max(0.0, seconds - sum(spent.values()))
+    return {label: {"ms_per_s": round(1000 * cpu / wall, 2),
+                    "us_per_packet": round(1e6 * cpu / packets, 3) if packets else None}
+            for label, cpu in spent.items()}
+
+
 def _tree_rss_kb(control: int) -> int:
     total = 0
     for _, pid in procstat.server_processes(control):
@@ -1179,13 +1217,20 @@ def _step_line(step: dict) -> str:
             f"{cpu.get('us_per_packet') or 0:6.1f} µs/pkt" + (f" (x{ratio:.2f} ceiling)" if ratio else "")
             + (f" (x{compiled:.2f} compiled" + (f", its fan-out calls x{fanout:.2f}" if fanout else "") + ")"
                if compiled else "")
-            + _processes_text(step) + " | "
+            + _processes_text(step) + _threads_text(step) + " | "
             f"loss {step['delivery']['loss_pct'] or 0:.2f}% | TTFF p50 {ttff['p50']} ms"
             + (f" (alone {ttff['lone']['p50']})" if ttff.get("lone") else "") + " | "
             f"latency p50 {lat['p50']} p99 {lat['p99']} ms | "
             f"load CPU {100 * (step['loadgen']['cpu_fraction'] or 0):.0f}%"
             f" | {'ok' if step['ok'] else 'BROKEN: ' + '; '.join(step['reasons'])}"
             + "".join(f"\n        warning: {w}" for w in step.get("warnings", [])))
+
+
+def _threads_text(step: dict) -> str:
+    """` [event loop 3.4, ingest threads 7.5 ms/s]`: where the server's CPU went, by thread (what is above 0.05)."""
+    threads = (step.get("server_cpu") or {}).get("threads") or {}
+    parts = [f"{label} {figures['ms_per_s']:.1f}" for label, figures in threads.items() if figures["ms_per_s"] >= 0.05]
+    return f" [{', '.join(parts)} ms/s]" if parts else ""
 
 
 def process_label(process: dict) -> str:

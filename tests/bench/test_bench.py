@@ -164,6 +164,13 @@ def test_cpu_figures_are_plausible(bench) -> None:
     assert "x C fan" in proc.stdout and "its fan-out calls x" in proc.stdout + proc.stderr
     assert 0 < step["loadgen"]["cpu_fraction"] <= 2
     assert step["memory"]["server_rss_mb"] > 10
+    # The same CPU by thread (each thread's own exact counter): the event loop and the publisher's ingest
+    # thread both worked; together with what no live thread holds ("rest") they are the whole.
+    threads = cpu["threads"]
+    assert threads["event loop"]["ms_per_s"] > 0 and threads["ingest threads"]["ms_per_s"] > 0, threads
+    assert sum(t["ms_per_s"] for t in threads.values()) == pytest.approx(
+        1000 * cpu["seconds"] / step["window_s"], rel=0.02, abs=0.1)
+    assert "ingest threads" in proc.stdout + proc.stderr  # the step line
 
 
 def test_first_frame_and_latency_measured_for_every_player(bench) -> None:

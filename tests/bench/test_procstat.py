@@ -61,3 +61,42 @@ def test_cpu_times_of_a_gone_process_raise() -> None:
     except OSError:
         return
     raise AssertionError("a reaped process still had CPU times")
+
+
+def test_thread_cpu_splits_a_process_by_its_threads_names() -> None:
+    # a child whose threads burn known amounts: 0.15 s on one named as an ingest thread, 0.05 s on an unnamed
+    # one, next to nothing on the main thread (the event loop's place); each kind reads what it burned
+    code = (
+        "import ctypes, threading, time, sys\n"
+        "libc = ctypes.CDLL(None)\n"
+        "def burn(seconds, name=None):\n"
+        "    if name: libc.prctl(15, name, 0, 0, 0)\n"  # PR_SET_NAME: this thread's comm
+        "    end = time.thread_time() + seconds\n"
+        "    while time.thread_time() < end: pass\n"
+        "    print(time.thread_time(), flush=True)\n"
+        "    sys.stdin.readline()\n"  # alive until the parent has read /proc
+        "a = threading.Thread(target=burn, args=(0.15, b'wc-ingest')); a.start()\n"
+        "b = threading.Thread(target=burn, args=(0.05,)); b.start()\n"
+        "a.join(); b.join()\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        burned = sorted(float(child.stdout.readline()) for _ in range(2))
+        kinds = procstat.thread_cpu(child.pid)
+        assert set(kinds) == {procstat.EVENT_LOOP, "ingest threads", procstat.OTHER_THREADS}, kinds
+        assert abs(kinds["ingest threads"] - burned[1]) < 2e-3, (kinds, burned)
+        assert abs(kinds[procstat.OTHER_THREADS] - burned[0]) < 2e-3, (kinds, burned)
+        assert kinds[procstat.EVENT_LOOP] < 0.15, kinds  # the interpreter's start-up, not the burning
+        assert sum(kinds.values()) <= sum(procstat.cpu_times(child.pid)) + 1e-3
+    finally:
+        if child.stdin is not None:
+            child.stdin.write("\n\n")
+            child.stdin.close()
+        child.wait(timeout=10)
+
+
+def test_thread_cpu_of_a_gone_process_is_empty() -> None:
+    child = subprocess.Popen([sys.executable, "-c", "pass"])
+    child.wait(timeout=10)
+    assert procstat.thread_cpu(child.pid) == {}

@@ -8,9 +8,12 @@ also checked with `struct`, independently of webcall's RTP helpers.
 
 from __future__ import annotations
 
+import gc
 import os
 import socket
 import struct
+import time
+from pathlib import Path
 from types import SimpleNamespace
 
 import pylibsrtp
@@ -19,7 +22,7 @@ import pytest
 from tests.support.deps import missing_dependency
 from tests.support.rtpgen import vp8_keyframe_payload as keyframe_payload
 from webcall.media.consumer import Consumer
-from webcall.media.fanout import SEND_CAPACITY, SPLIT_MIN, FanoutCore, load_error, load_library
+from webcall.media.fanout import SEND_CAPACITY, SPLIT_MIN, FanoutCore, load_error, load_library, new_core
 from webcall.media.producer import Producer
 from webcall.media.router import TrackRouter
 from webcall.media.srtp import SendBatch, SrtpSession, abi_ffi, pack_sockaddr, sockaddr
@@ -234,3 +237,26 @@ def test_a_big_fanout_gives_every_player_every_packet_under_its_own_key(sender, 
     assert core.dropped == 0 and core.sent == (len(sent) - 1) * len(players)
     for player in players:
         player.inbox.close()
+
+
+def test_the_helper_thread_is_named_for_what_it_does() -> None:
+    # top -H and the bench's per-thread CPU (webcall_bench/procstat.thread_cpu) tell it apart by name
+    def helpers() -> int:
+        return [(task / "comm").read_text().strip() for task in Path("/proc/self/task").iterdir()].count("wc-fanout")
+
+    gc.collect()  # the cores earlier tests left to the collector stop their helpers now, not during this test
+    before = helpers()
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        core = new_core(sock, "c", threads=2)
+        assert core is not None and core.threads == 2
+        deadline = time.monotonic() + 5
+        while helpers() == before and time.monotonic() < deadline:  # it names itself as it starts
+            time.sleep(0.01)
+        assert helpers() == before + 1
+        del core
+        gc.collect()
+        deadline = time.monotonic() + 5
+        while helpers() > before and time.monotonic() < deadline:  # freeing the sender stops it
+            time.sleep(0.01)
+        assert helpers() == before

@@ -16,6 +16,7 @@ import random
 import socket
 import struct
 import time
+from pathlib import Path
 
 import pylibsrtp
 import pytest
@@ -549,3 +550,15 @@ async def test_a_player_joining_as_the_publisher_hangs_up(setup) -> None:
     s.router.attach(consumer, time.monotonic())
     assert ended == [BYE] and s.router.closed and s.router.consumers == []
     assert s.transport.state == TransportState.CLOSED and s.transport.ingest is None and MEDIA_LOCK.users == 0
+
+
+async def test_the_thread_is_named_for_what_it_does(setup) -> None:
+    # top -H and the bench's per-thread CPU (webcall_bench/procstat.thread_cpu) tell it from the event loop by name
+    def names() -> list[str]:
+        return [(task / "comm").read_text().strip() for task in Path("/proc/self/task").iterdir()]
+
+    before = names().count("wc-ingest")
+    s = setup()
+    s.send(packet(300, 0, os.urandom(200)))
+    await until(lambda: s.producer.packets == 1)
+    assert names().count("wc-ingest") == before + 1

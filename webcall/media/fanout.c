@@ -432,6 +432,7 @@ static int fanout_range(wc_sender *s, const wc_job *j)
 static void *helper_main(void *arg)
 {
     wc_helper *h = arg;
+    pthread_setname_np(pthread_self(), "wc-fanout");  /* named as the ingest threads are (ingest.c) */
     pthread_mutex_lock(&h->lock);
     for (;;) {
         while (!h->pending && !h->stop)

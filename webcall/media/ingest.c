@@ -376,6 +376,8 @@ static void *ingest_main(void *arg)
 {
     wc_ingest *g = arg;
     uint8_t buf[WC_INGEST_ITEM];
+    /* Its name is what top -H, /proc/<pid>/task/<tid>/comm and webcall bench's per-thread CPU show. */
+    pthread_setname_np(pthread_self(), "wc-ingest");
     for (;;) {
         /* Items Python was not woken for wait at most batch_ns, even if no packet follows them. */
         int timeout_ms = -1;
