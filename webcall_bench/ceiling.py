@@ -96,6 +96,7 @@ def measure(fanout: int = 100, packets: int = 3000, payload_size: int = 1100, pr
     fwd.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     fwd.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     fwd.bind(("127.0.0.1", 0))
+    fwd.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 5, 0))  # a waiting recv gives up
     fwd_addr = fwd.getsockname()
     feeder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
 
@@ -340,6 +341,7 @@ def measure_compiled(fanouts: list[int], packets: int = 300, sizes: list | None 
     fwd.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     fwd.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
     fwd.bind(("127.0.0.1", 0))
+    fwd.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 5, 0))  # a waiting recv gives up
     fwd_addr = fwd.getsockname()
     feeder = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sinks = []
@@ -381,7 +383,7 @@ def measure_compiled(fanouts: list[int], packets: int = 300, sizes: list | None 
                         tx, name, int.from_bytes(os.urandom(4), "big"), payload_type,
                         int.from_bytes(os.urandom(2), "big"), int.from_bytes(os.urandom(4), "big"), 0))
             arrays = {kind: core.FanoutCore.target_array(group) for kind, group in targets.items()}
-            forward, fd = lib.wc_bench_forward, fwd.fileno()
+            forward, forward_wait, fd = lib.wc_bench_forward, lib.wc_bench_forward_wait, fwd.fileno()
 
             def run(paced: bool) -> tuple[int, int, int, float, float]:
                 """(CPU ns in the calls, publisher packets, datagrams queued, user s, sys s) of one pass."""
@@ -427,10 +429,49 @@ def measure_compiled(fanouts: list[int], packets: int = 300, sizes: list | None 
                     user, system = user + u1 - u0, system + s1 - s0
                 return spent, measured, sent, user, system
 
+            def run_woken() -> tuple[int, int]:
+                """(CPU ns of this thread over the pass, datagrams queued) with the loop waiting in recv(2) for each
+                packet, which a feeder process on another CPU sends at the pace: the wake-up per packet counted, as
+                a server's receiving thread pays it (the paced pass above times the calls alone)."""
+                rx = session(publisher_key, True)
+                rx_ctx = core.ffi.cast("void *", int(core.srtp_ffi.cast("uintptr_t", rx._srtp[0])))
+                for group in targets.values():
+                    for target in group:
+                        target.seq_offset += len(datagrams)
+                feeder_pid = os.fork()
+                if feeder_pid == 0:  # child: send the stream at its pace, then leave
+                    try:
+                        if len(cpus) > 1:
+                            os.sched_setaffinity(0, cpus[:-1])
+                        time.sleep(0.05)  # the loop is waiting in recv before the first packet
+                        next_at = time.monotonic()
+                        for datagram, _ in datagrams:
+                            next_at += interval
+                            delay = next_at - time.monotonic()
+                            if delay > 0:
+                                time.sleep(delay)
+                            feeder.sendto(datagram, fwd_addr)
+                    finally:
+                        os._exit(0)
+                start = queued_total = 0
+                try:
+                    for i, (_, kind) in enumerate(datagrams):
+                        if i == warmup:
+                            start = time.thread_time_ns()
+                        queued = forward_wait(sender, fd, rx_ctx, unprotect, rbuf, 2048, arrays[kind], fanout)
+                        if queued != fanout:
+                            raise RuntimeError(f"the waiting loop queued {queued} of {fanout} datagrams")
+                        if i >= warmup:
+                            queued_total += queued
+                    return time.thread_time_ns() - start, queued_total
+                finally:
+                    os.waitpid(feeder_pid, 0)
+
             # The cost: paced, one packet at a time, as the server gets them. The user/kernel split: the kernel
             # samples it once per tick, too rarely in a paced run that is mostly asleep, so it comes from the
             # same packets sent back to back (no sleeps: every tick lands in this work), as a share of the whole.
             spent, measured, sent, _, _ = run(True)
+            woken, woken_sent = run_woken()
             busy_user = busy_sys = 0.0
             busy_sent = 0
             for _ in range(100):  # until ~100 ticks (0.4 s) of samples, so small fan-outs get enough of them
@@ -453,6 +494,8 @@ def measure_compiled(fanouts: list[int], packets: int = 300, sizes: list | None 
                 "us_per_publisher_packet": round(spent / 1000 / max(measured, 1), 2),
                 # back to back, warm (getrusage over the passes, the pacing left out): what pacing costs
                 "us_per_forwarded_packet_unpaced": round(1e6 * (busy_user + busy_sys) / max(busy_sent, 1), 3),
+                # paced and waiting in recv for each packet (in the call): the thread's whole CPU, wake-ups included
+                "us_per_forwarded_packet_woken": round(woken / 1000 / max(woken_sent, 1), 3),
             }
             del arrays, targets, keep
     finally:

@@ -21,6 +21,11 @@ def compiled_lines(result: dict) -> list[str]:
         lines.append("compiled ceiling (the fan-out core's loop in C, paced at the stream's "
                      f"{compiled['rate_pps']:.0f} pkt/s), µs per forwarded packet at fan-out " + ", ".join(parts)
                      + (" (the cheaper of a run before and one after the steps)" if compiled.get("runs") else ""))
+        woken = [f"{r['fanout']}: {r['us_per_forwarded_packet_woken']:.2f}" for r in compiled["fanouts"].values()
+                 if r.get("us_per_forwarded_packet_woken")]
+        if woken:
+            lines.append("  the same loop waiting in recv for each packet (its wake-ups counted, as a server's receiving "
+                         "thread pays them): " + ", ".join(woken))
     fits = result.get("fit") or {}
     for name, label in (("server", "server"), ("compiled", "compiled ceiling")):
         fit = fits.get(name)

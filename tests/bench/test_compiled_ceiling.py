@@ -11,6 +11,8 @@ from __future__ import annotations
 import os
 import socket
 import struct
+import threading
+import time
 
 import pylibsrtp
 import pytest
@@ -79,6 +81,20 @@ def test_bench_forward_sends_what_each_player_can_decrypt() -> None:
             feeder.sendto(bytes(len(plain) + 16), fwd.getsockname())
             assert lib.wc_bench_forward(sender, fwd.fileno(), rx_ctx, unprotect, buf, 2048, array, 3) == -1
             assert all(t.packets == 1 for t in targets)
+            # the waiting variant sleeps in recv until the packet comes (0.3 s later, from another thread), then
+            # forwards it as the other does
+            fwd.setsockopt(socket.SOL_SOCKET, socket.SO_RCVTIMEO, struct.pack("ll", 5, 0))  # never hangs the test
+            later = struct.pack("!BBHII", 0x90, 96, seq + 1, ts, 0x1234) + ext + payload
+            timer = threading.Timer(0.3, feeder.sendto, (publisher.protect(later), fwd.getsockname()))
+            started = time.monotonic()
+            timer.start()
+            assert lib.wc_bench_forward_wait(sender, fwd.fileno(), rx_ctx, unprotect, buf, 2048, array, 3) == 3
+            assert time.monotonic() - started >= 0.25
+            timer.join()
+            for sink, (key, ssrc, seq_off, ts_off) in zip(sinks, players):
+                got = _session(key, pylibsrtp.Policy.SSRC_ANY_INBOUND).unprotect(sink.recv(2048))
+                assert struct.unpack_from("!H", got, 2)[0] == seq + 1 + seq_off and got[12:] == ext + payload
+            assert all(t.packets == 2 for t in targets)
         finally:
             for sink in sinks:
                 sink.close()
@@ -94,6 +110,7 @@ def test_measure_compiled_reports_every_fanout_and_a_fit() -> None:
         assert r["us_user_per_forwarded_packet"] + r["us_sys_per_forwarded_packet"] == pytest.approx(
             r["us_per_forwarded_packet"], abs=0.01)
         assert r["us_per_publisher_packet"] == pytest.approx(r["fanout"] * r["us_per_forwarded_packet"], rel=0.01)
+        assert 0 < r["us_per_forwarded_packet_woken"] < 10_000  # the pass that waits in recv for each packet
     assert result["fit"] is not None and result["mean_payload_bytes"] == pytest.approx((80 + 2400) / 3, abs=1)
     assert result["audio_share"] == pytest.approx(1 / 3, abs=0.01)
 
@@ -148,5 +165,14 @@ def test_ratios_and_server_fit_per_step() -> None:
     assert len(chosen["runs"]) == 2
     assert chosen["fanouts"]["10"] == compiled["fanouts"]["10"]
     assert chosen["fanouts"]["100"] == after["fanouts"]["100"]
+    # the loop woken per packet: the cheaper of the two runs on its own, and its ratio beside × C
+    compiled["fanouts"]["10"]["us_per_forwarded_packet_woken"] = 6.0
+    after["fanouts"]["10"]["us_per_forwarded_packet_woken"] = 5.0
+    chosen = cheaper_compiled(compiled, after)
+    assert chosen["fanouts"]["10"]["us_per_forwarded_packet"] == 4.0
+    assert chosen["fanouts"]["10"]["us_per_forwarded_packet_woken"] == 5.0
+    apply_compiled(steps, chosen, publishers=2)
+    assert steps[0]["server_cpu"]["ratio_to_compiled_woken"] == 2.0
+    assert steps[1]["server_cpu"]["ratio_to_compiled_woken"] is None  # not measured in either run
     assert chosen["fit"]["per_player_us"] == pytest.approx(160 / 90, abs=1e-3)
     assert chosen["fit"]["fixed_us"] == pytest.approx(40 - 10 * 160 / 90, abs=0.01)

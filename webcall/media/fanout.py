@@ -83,6 +83,8 @@ int wc_sender_reports(wc_sender *s, struct wc_reporter *const *reporters, int n,
 int wc_reporter_size(void);
 int wc_bench_forward(wc_sender *s, int fd, void *rx_srtp, void *unprotect, char *buf, int capacity,
                      struct wc_target *const *targets, int n);
+int wc_bench_forward_wait(wc_sender *s, int fd, void *rx_srtp, void *unprotect, char *buf, int capacity,
+                          struct wc_target *const *targets, int n);
 """)
 
 _library: Any = None
