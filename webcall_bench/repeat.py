@@ -19,6 +19,7 @@ FIGURES: tuple[tuple[str, Callable[[dict], float | None], str], ...] = (
     ("ratio_to_ceiling", lambda s: (s.get("server_cpu") or {}).get("ratio_to_ceiling"), ".2f"),
     ("ratio_to_compiled", lambda s: (s.get("server_cpu") or {}).get("ratio_to_compiled"), ".2f"),
     ("fanout_ratio_to_compiled", lambda s: (s.get("server_cpu") or {}).get("fanout_ratio_to_compiled"), ".2f"),
+    ("ratio_to_compiled_woken", lambda s: (s.get("server_cpu") or {}).get("ratio_to_compiled_woken"), ".2f"),
     ("players_per_core", lambda s: (s.get("server_cpu") or {}).get("players_per_core"), ".0f"),
     ("latency_p99_ms", lambda s: (s.get("latency_ms") or {}).get("p99"), ".2f"),
     ("loss_pct", lambda s: (s.get("delivery") or {}).get("loss_pct"), ".2f"),
@@ -60,7 +61,8 @@ def _cell(figure: dict | None, spec: str) -> str:
 
 def table(summary: dict, title: str = "") -> str:
     """The summary as text: one row per step, each figure as median (lowest–highest)."""
-    header = ("players", "runs ok", "µs/pkt", "x ceil", "x C", "x C fan", "pl/core", "lat p99 ms", "loss %")
+    header = ("players", "runs ok", "µs/pkt", "x ceil", "x C", "x C fan", "x C woken", "pl/core", "lat p99 ms",
+              "loss %")
     rows = [header]
     for step in summary["steps"]:
         rows.append((str(step["players"]), f"{step['ok']}/{step['runs']}",

@@ -37,7 +37,8 @@ def compiled_lines(result: dict) -> list[str]:
 
 def table(result: dict) -> str:
     """The per-step table, plus the ceiling and the knee."""
-    head = ("players", "srv CPU%", "kernel%", "ms/s/pl", "µs/pkt", "user/sys", "x ceil", "x C", "x C fan", "pl/core", "loss% (worst)", "kbps/pl",
+    head = ("players", "srv CPU%", "kernel%", "ms/s/pl", "µs/pkt", "user/sys", "x ceil", "x C", "x C fan", "x C woken", "pl/core",
+            "loss% (worst)", "kbps/pl",
             "TTFF p50/p95 ms", "alone p50/p95", "lat p50/p99 ms", "srv MB", "KB/pl", "load CPU%", "lag p99 ms", "ok")
     rows = [head]
     for s in result.get("steps", []):
@@ -55,6 +56,7 @@ def table(result: dict) -> str:
             _fmt(cpu.get("ratio_to_ceiling"), ".2f"),
             _fmt(cpu.get("ratio_to_compiled"), ".2f"),
             _fmt(cpu.get("fanout_ratio_to_compiled"), ".2f"),
+            _fmt(cpu.get("ratio_to_compiled_woken"), ".2f"),
             _fmt(cpu.get("players_per_core"), ".0f"),
             f"{_fmt(d['loss_pct'], '.2f')} ({_fmt(worst, '.2f')})",
             _fmt(d["kbps_per_player"], ".0f"),

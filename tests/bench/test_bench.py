@@ -162,6 +162,10 @@ def test_cpu_figures_are_plausible(bench) -> None:
     assert fanout is not None and 0 < fanout < 3 * cpu["us_per_packet"], cpu
     assert cpu["fanout_ratio_to_compiled"] == pytest.approx(fanout / cpu["compiled_us_per_packet"], abs=0.005)
     assert "x C fan" in proc.stdout and "its fan-out calls x" in proc.stdout + proc.stderr
+    # and against the same loop waiting in recv for each packet (its wake-ups counted)
+    woken = cpu["compiled_woken_us_per_packet"]
+    assert woken > 0 and cpu["ratio_to_compiled_woken"] == pytest.approx(cpu["us_per_packet"] / woken, abs=0.005)
+    assert "x C woken" in proc.stdout
     assert 0 < step["loadgen"]["cpu_fraction"] <= 2
     assert step["memory"]["server_rss_mb"] > 10
     # The same CPU by thread (each thread's own exact counter): the event loop and the publisher's ingest

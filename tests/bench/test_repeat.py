@@ -48,6 +48,7 @@ def test_summary_of_each_step_over_the_runs_that_reached_it() -> None:
     assert (by_players[100]["runs"], by_players[100]["ok"]) == (3, 2)
     assert by_players[200]["runs"] == 1 and by_players[200]["us_per_packet"]["median"] == 9.5
     assert by_players[200]["fanout_ratio_to_compiled"] is None
+    assert by_players[200]["ratio_to_compiled_woken"] is None
     assert summary["fit"]["server_fixed_us"] == {"median": 300.0, "min": 250.0, "max": 330.0, "n": 3}
     assert summary["fit"]["compiled_fixed_us"] is None
 
@@ -56,6 +57,7 @@ def test_table_shows_median_and_range() -> None:
     text = table(summarize(RUNS), "title")
     lines = text.splitlines()
     assert lines[0] == "title"
+    assert "x C woken" in lines[1]
     row10 = next(line for line in lines if line.split()[0] == "10")
     assert "34.0 (30.0–41.0)" in row10 and "2.05 (1.90–2.20)" in row10 and "3/3" in row10
     row200 = next(line for line in lines if line.split()[0] == "200")
