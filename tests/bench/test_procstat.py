@@ -1,11 +1,13 @@
-"""procstat's CPU figures: exact totals, not clock ticks."""
+"""procstat's CPU figures: exact totals, not clock ticks, and a process's threads by kind."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 from webcall_bench import procstat
 
@@ -16,6 +18,19 @@ def _burn_until_mid_tick() -> None:
     tick = 1 / procstat.CLK_TCK
     while not 0.3 * tick < time.process_time() % tick < 0.7 * tick:
         pass
+
+
+@contextlib.contextmanager
+def _child(code: str) -> Iterator[subprocess.Popen]:
+    """A Python child running `code`, its stdin and stdout piped (text); its stdin closed and it waited for after."""
+    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    try:
+        assert child.stdout is not None and child.stdin is not None
+        yield child
+    finally:
+        if child.stdin is not None:
+            child.stdin.close()
+        child.wait(timeout=10)
 
 
 def test_cpu_times_total_is_the_process_cpu_clock() -> None:
@@ -39,18 +54,12 @@ def test_cpu_times_of_another_process_counts_its_threads() -> None:
         "print(time.process_time(), flush=True)\n"
         "sys.stdin.read()\n"
     )
-    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout is not None and child.stdin is not None
+    with _child(code) as child:
         reported = float(child.stdout.readline())
         user, system = procstat.cpu_times(child.pid)
         assert reported >= 0.2
         assert user >= 0 and system >= 0
         assert reported - 1e-3 <= user + system <= reported + 0.05, (reported, user, system)
-    finally:
-        if child.stdin is not None:
-            child.stdin.close()
-        child.wait(timeout=10)
 
 
 def test_cpu_times_of_a_gone_process_raise() -> None:
@@ -74,14 +83,12 @@ def test_thread_cpu_splits_a_process_by_its_threads_names() -> None:
         "    end = time.thread_time() + seconds\n"
         "    while time.thread_time() < end: pass\n"
         "    print(time.thread_time(), flush=True)\n"
-        "    sys.stdin.readline()\n"  # alive until the parent has read /proc
+        "    sys.stdin.read()\n"  # alive until the parent has read /proc and closed our stdin
         "a = threading.Thread(target=burn, args=(0.15, b'wc-ingest')); a.start()\n"
         "b = threading.Thread(target=burn, args=(0.05,)); b.start()\n"
         "a.join(); b.join()\n"
     )
-    child = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
-    try:
-        assert child.stdout is not None and child.stdin is not None
+    with _child(code) as child:
         burned = sorted(float(child.stdout.readline()) for _ in range(2))
         kinds = procstat.thread_cpu(child.pid)
         assert set(kinds) == {procstat.EVENT_LOOP, "ingest threads", procstat.OTHER_THREADS}, kinds
@@ -89,11 +96,6 @@ def test_thread_cpu_splits_a_process_by_its_threads_names() -> None:
         assert abs(kinds[procstat.OTHER_THREADS] - burned[0]) < 2e-3, (kinds, burned)
         assert kinds[procstat.EVENT_LOOP] < 0.15, kinds  # the interpreter's start-up, not the burning
         assert sum(kinds.values()) <= sum(procstat.cpu_times(child.pid)) + 1e-3
-    finally:
-        if child.stdin is not None:
-            child.stdin.write("\n\n")
-            child.stdin.close()
-        child.wait(timeout=10)
 
 
 def test_thread_cpu_of_a_gone_process_is_empty() -> None:
