@@ -1006,13 +1006,13 @@ def _tree_cpu(control: int) -> dict[int, tuple[str, float, float]]:
     return out
 
 
-def _tree_threads(control: int) -> dict[tuple[int, str, str], float]:
-    """(pid, process role, thread kind) -> CPU seconds so far of every server process's live threads
-    (procstat.thread_cpu: the event loop, ingest threads, fan-out helpers, other threads)."""
+def _tree_threads(control: int) -> dict[tuple[int, str, int], tuple[str, float]]:
+    """(pid, process role, thread id) -> (thread kind, CPU seconds so far) for every live thread of every server
+    process (procstat.threads: the event loop, ingest threads, fan-out helpers, other threads)."""
     out = {}
     for role, pid in procstat.server_processes(control):
-        for kind, seconds in procstat.thread_cpu(pid).items():
-            out[pid, role, kind] = seconds
+        for tid, figures in procstat.threads(pid).items():
+            out[pid, role, tid] = figures
     return out
 
 
@@ -1020,19 +1020,21 @@ def _thread_figures(threads0: dict | None, threads1: dict | None, seconds: float
                     packets: int) -> dict | None:
     """The server's CPU over the window (`seconds`: the processes alive at both ends) by thread kind: ms of CPU
     a second and µs per forwarded packet each, labelled by kind, or by process and kind when the server has
-    several processes. What threads that ended during the window spent is in "rest": the process clocks count
-    it, the threads' own counters are gone with them."""
+    several processes. Each thread counts from its reading at the start, or from 0 if it started later. What
+    threads that ended during the window spent is in "rest": the process clocks count it, the threads' own
+    counters are gone with them."""
     if threads0 is None or threads1 is None or wall <= 0:
         return None
     pids_at_start = {pid for pid, _, _ in threads0}
     several = len({pid for pid, _, _ in threads1}) > 1
     spent: dict[str, float] = {}
-    for key, at_end in threads1.items():
-        pid, role, kind = key
+    for key, (kind, at_end) in threads1.items():
+        pid, role, _ = key
         if pid not in pids_at_start:  # a process that came during the window: not in `seconds` either
             continue
         label = f"{role}: {kind}" if several else kind
-        spent[label] = spent.get(label, 0.0) + max(0.0, at_end - threads0.get(key, 0.0))  # a new thread: from 0
+        at_start = threads0[key][1] if key in threads0 else 0.0
+        spent[label] = spent.get(label, 0.0) + max(0.0, at_end - at_start)
     spent["rest"] = max(0.0, seconds - sum(spent.values()))
     return {label: {"ms_per_s": round(1000 * cpu / wall, 2),
                     "us_per_packet": round(1e6 * cpu / packets, 3) if packets else None}

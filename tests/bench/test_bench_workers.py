@@ -46,13 +46,16 @@ def test_process_figures_sum_every_process_and_place_players() -> None:
 
 
 def test_thread_figures_by_process_and_kind() -> None:
-    # over 2 s: the control's event loop 0.1 s; worker 0's event loop 0.2 s and its ingest threads 0.5 s; worker 1
-    # restarted (pid 13 -> 14): in none of the figures, as in the server's seconds; 0.3 s of those seconds belong
-    # to no live thread (a thread that ended): "rest"
-    threads0 = {(10, "control", "event loop"): 1.0, (11, "worker 0", "event loop"): 2.0,
-                (11, "worker 0", "ingest threads"): 0.4, (13, "worker 1", "event loop"): 5.0}
-    threads1 = {(10, "control", "event loop"): 1.1, (11, "worker 0", "event loop"): 2.2,
-                (11, "worker 0", "ingest threads"): 0.9, (14, "worker 1", "event loop"): 0.3}
+    # over 2 s: the control's event loop 0.1 s; worker 0's event loop 0.2 s and its ingest threads 0.5 s: one ran
+    # on (0.3 s), one started in the window (counted from 0: 0.2 s), one ended (its 0.3 s are in "rest", with
+    # nothing taken from the others); worker 1 restarted (pid 13 -> 14): in none of the figures, as in the
+    # server's seconds
+    threads0 = {(10, "control", 10): ("event loop", 1.0), (11, "worker 0", 11): ("event loop", 2.0),
+                (11, "worker 0", 20): ("ingest threads", 0.4), (11, "worker 0", 21): ("ingest threads", 7.0),
+                (13, "worker 1", 13): ("event loop", 5.0)}
+    threads1 = {(10, "control", 10): ("event loop", 1.1), (11, "worker 0", 11): ("event loop", 2.2),
+                (11, "worker 0", 20): ("ingest threads", 0.7), (11, "worker 0", 22): ("ingest threads", 0.2),
+                (14, "worker 1", 14): ("event loop", 0.3)}
     figures = _thread_figures(threads0, threads1, seconds=1.1, wall=2.0, packets=10_000)
     assert set(figures) == {"control: event loop", "worker 0: event loop", "worker 0: ingest threads", "rest"}
     assert figures["control: event loop"]["ms_per_s"] == pytest.approx(50)
@@ -60,9 +63,10 @@ def test_thread_figures_by_process_and_kind() -> None:
     assert figures["worker 0: ingest threads"] == {"ms_per_s": pytest.approx(250), "us_per_packet": pytest.approx(50)}
     assert figures["rest"]["ms_per_s"] == pytest.approx(150)
     # one process: labelled by kind alone
-    one = _thread_figures({(10, "control", "event loop"): 1.0}, {(10, "control", "event loop"): 1.5}, 0.5, 1.0, 0)
-    assert one == {"event loop": {"ms_per_s": 500.0, "us_per_packet": None}, "rest": {"ms_per_s": 0.0,
-                                                                                       "us_per_packet": None}}
+    one = _thread_figures({(10, "control", 10): ("event loop", 1.0)}, {(10, "control", 10): ("event loop", 1.5)},
+                          0.5, 1.0, 0)
+    assert one == {"event loop": {"ms_per_s": 500.0, "us_per_packet": None},
+                   "rest": {"ms_per_s": 0.0, "us_per_packet": None}}
 
 
 def test_relay_figures_over_the_window() -> None:
