@@ -41,7 +41,8 @@ OTHER_THREADS = "other threads"
 
 def threads(pid: int) -> dict[int, tuple[str, float]]:
     """`pid`'s live threads: thread id -> (kind, CPU seconds so far). The kind is "event loop" for the main thread,
-    THREAD_KINDS' name for the threads it names, else "other threads". Exact (schedstat: nanoseconds)."""
+    THREAD_KINDS' name for the threads it names, else "other threads". Exact (schedstat: nanoseconds). A thread
+    that has ended is not here: the process's own clock (cpu_times) still counts it."""
     out: dict[int, tuple[str, float]] = {}
     try:
         tasks = list(Path(f"/proc/{pid}/task").iterdir())
@@ -55,15 +56,6 @@ def threads(pid: int) -> dict[int, tuple[str, float]]:
             continue
         kind = EVENT_LOOP if task.name == str(pid) else THREAD_KINDS.get(name, OTHER_THREADS)
         out[int(task.name)] = (kind, ns / 1e9)
-    return out
-
-
-def thread_cpu(pid: int) -> dict[str, float]:
-    """CPU seconds so far of `pid`'s live threads, summed by kind (`threads`). A thread that has ended is in no
-    kind: the process's own clock (cpu_times) still counts it."""
-    out: dict[str, float] = {}
-    for kind, seconds in threads(pid).values():
-        out[kind] = out.get(kind, 0.0) + seconds
     return out
 
 

@@ -72,7 +72,7 @@ def test_cpu_times_of_a_gone_process_raise() -> None:
     raise AssertionError("a reaped process still had CPU times")
 
 
-def test_thread_cpu_splits_a_process_by_its_threads_names() -> None:
+def test_threads_of_a_process_by_their_names() -> None:
     # a child whose threads burn known amounts: 0.15 s on one named as an ingest thread, 0.05 s on an unnamed
     # one, next to nothing on the main thread (the event loop's place); each kind reads what it burned
     code = (
@@ -90,7 +90,11 @@ def test_thread_cpu_splits_a_process_by_its_threads_names() -> None:
     )
     with _child(code) as child:
         burned = sorted(float(child.stdout.readline()) for _ in range(2))
-        kinds = procstat.thread_cpu(child.pid)
+        found = procstat.threads(child.pid)
+        assert child.pid in found and len(found) == 3, found  # the main thread and the two burners
+        kinds: dict[str, float] = {}
+        for kind, seconds in found.values():
+            kinds[kind] = kinds.get(kind, 0.0) + seconds
         assert set(kinds) == {procstat.EVENT_LOOP, "ingest threads", procstat.OTHER_THREADS}, kinds
         assert abs(kinds["ingest threads"] - burned[1]) < 2e-3, (kinds, burned)
         assert abs(kinds[procstat.OTHER_THREADS] - burned[0]) < 2e-3, (kinds, burned)
@@ -98,7 +102,7 @@ def test_thread_cpu_splits_a_process_by_its_threads_names() -> None:
         assert sum(kinds.values()) <= sum(procstat.cpu_times(child.pid)) + 1e-3
 
 
-def test_thread_cpu_of_a_gone_process_is_empty() -> None:
+def test_threads_of_a_gone_process_are_none() -> None:
     child = subprocess.Popen([sys.executable, "-c", "pass"])
     child.wait(timeout=10)
-    assert procstat.thread_cpu(child.pid) == {}
+    assert procstat.threads(child.pid) == {}

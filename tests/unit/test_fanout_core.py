@@ -240,7 +240,7 @@ def test_a_big_fanout_gives_every_player_every_packet_under_its_own_key(sender, 
 
 
 def test_the_helper_thread_is_named_for_what_it_does() -> None:
-    # top -H and the bench's per-thread CPU (webcall_bench/procstat.thread_cpu) tell it apart by name
+    # top -H and the bench's per-thread CPU (webcall_bench/procstat.threads) tell it apart by name
     def helpers() -> int:
         return [(task / "comm").read_text().strip() for task in Path("/proc/self/task").iterdir()].count("wc-fanout")
 

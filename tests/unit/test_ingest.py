@@ -553,7 +553,7 @@ async def test_a_player_joining_as_the_publisher_hangs_up(setup) -> None:
 
 
 async def test_the_thread_is_named_for_what_it_does(setup) -> None:
-    # top -H and the bench's per-thread CPU (webcall_bench/procstat.thread_cpu) tell it from the event loop by name
+    # top -H and the bench's per-thread CPU (webcall_bench/procstat.threads) tell it from the event loop by name
     def names() -> list[str]:
         return [(task / "comm").read_text().strip() for task in Path("/proc/self/task").iterdir()]
 
