@@ -29,6 +29,7 @@ import socket
 import struct
 import sys
 import time
+from typing import Any
 
 import pylibsrtp
 from pylibsrtp._binding import ffi, lib
@@ -384,18 +385,22 @@ def measure_compiled(fanouts: list[int], packets: int = 300, sizes: list | None 
             arrays = {kind: core.FanoutCore.target_array(group) for kind, group in targets.items()}
             forward, forward_wait, fd = lib.wc_bench_forward, lib.wc_bench_forward_wait, fwd.fileno()
 
-            def run(paced: bool) -> tuple[int, int, int, float, float]:
-                """(CPU ns in the calls, publisher packets, datagrams queued, user s, sys s) of one pass."""
-                rx = session(publisher_key, True)  # fresh: the same packets again would be replays
-                rx_ctx = core.ffi.cast("void *", int(core.srtp_ffi.cast("uintptr_t", rx._srtp[0])))
-                spent = measured = sent = 0
-                user = system = 0.0
-                # Each pass sends the same packets again. Moved past the last pass's sequence numbers, a player's
-                # packets stay new to its outbound session, whose replay window would refuse them once a pass
-                # is longer than the window (libsrtp: replay_old).
+            def new_pass() -> tuple[pylibsrtp.Session, Any]:
+                """A fresh inbound session (the same packets again would be replays) and its context for the C
+                loop; keep the session while the context is used. Each pass sends the same packets again: moved
+                past the last pass's sequence numbers, a player's packets stay new to its outbound session, whose
+                replay window would refuse them once a pass is longer than the window (libsrtp: replay_old)."""
+                rx = session(publisher_key, True)
                 for group in targets.values():
                     for target in group:
                         target.seq_offset += len(datagrams)
+                return rx, core.ffi.cast("void *", int(core.srtp_ffi.cast("uintptr_t", rx._srtp[0])))
+
+            def run(paced: bool) -> tuple[int, int, int, float, float]:
+                """(CPU ns in the calls, publisher packets, datagrams queued, user s, sys s) of one pass."""
+                rx, rx_ctx = new_pass()
+                spent = measured = sent = 0
+                user = system = 0.0
                 # Unpaced, the packets are queued up front, so that the getrusage span holds nothing but the
                 # calls; a chunk at a time, as many as the socket's receive buffer surely holds.
                 chunk = len(datagrams) if paced else UNPACED_CHUNK
@@ -432,11 +437,7 @@ def measure_compiled(fanouts: list[int], packets: int = 300, sizes: list | None 
                 """(CPU ns of this thread over the pass, datagrams queued) with the loop waiting in recv(2) for each
                 packet, which a feeder process on another CPU sends at the pace: the wake-up per packet counted, as
                 a server's receiving thread pays it (the paced pass above times the calls alone)."""
-                rx = session(publisher_key, True)
-                rx_ctx = core.ffi.cast("void *", int(core.srtp_ffi.cast("uintptr_t", rx._srtp[0])))
-                for group in targets.values():
-                    for target in group:
-                        target.seq_offset += len(datagrams)
+                rx, rx_ctx = new_pass()
                 feeder_pid = os.fork()
                 if feeder_pid == 0:  # child: send the stream at its pace, then leave
                     try:

@@ -13,7 +13,6 @@ import os
 import socket
 import struct
 import time
-from pathlib import Path
 from types import SimpleNamespace
 
 import pylibsrtp
@@ -28,6 +27,7 @@ from webcall.media.router import TrackRouter
 from webcall.media.srtp import SendBatch, SrtpSession, abi_ffi, pack_sockaddr, sockaddr
 from webcall.media.transport import WebRtcTransport
 from webcall.protocol.sdp import EXT_ABS_SEND_TIME, EXT_MID, EXT_TOFFSET, Codec, Track
+from webcall_bench import procstat
 
 LIB = load_library()
 if LIB is None:
@@ -240,15 +240,9 @@ def test_a_big_fanout_gives_every_player_every_packet_under_its_own_key(sender, 
 
 
 def test_the_helper_thread_is_named_for_what_it_does() -> None:
-    # top -H and the bench's per-thread CPU (webcall_bench/procstat.threads) tell it apart by name
+    # top -H and the bench's per-thread CPU (procstat.threads, read here) tell it apart by name
     def helpers() -> int:
-        count = 0
-        for task in Path("/proc/self/task").iterdir():
-            try:
-                count += (task / "comm").read_text().strip() == "wc-fanout"
-            except OSError:  # a thread that left meanwhile (an ingest thread of an earlier test, say)
-                pass
-        return count
+        return [kind for kind, _ in procstat.threads(os.getpid()).values()].count("fan-out helpers")
 
     gc.collect()  # the cores earlier tests left to the collector stop their helpers now, not during this test
     before = helpers()

@@ -16,7 +16,6 @@ import random
 import socket
 import struct
 import time
-from pathlib import Path
 
 import pylibsrtp
 import pytest
@@ -37,6 +36,7 @@ from webcall.media.rtp import ExtensionPlan, parse_extensions, split
 from webcall.media.srtp import SendBatch, SrtpSession
 from webcall.media.transport import TransportState, WebRtcTransport
 from webcall.protocol.sdp import EXT_ABS_SEND_TIME, EXT_MID, EXT_TOFFSET, Track
+from webcall_bench import procstat
 
 TAG = {"AEAD_AES_128_GCM": 16, "AES_CM_128_HMAC_SHA1_80": 10}  # SRTP's authentication tag, per profile
 LIB = load_library()
@@ -553,16 +553,9 @@ async def test_a_player_joining_as_the_publisher_hangs_up(setup) -> None:
 
 
 async def test_the_thread_is_named_for_what_it_does(setup) -> None:
-    # top -H and the bench's per-thread CPU (webcall_bench/procstat.threads) tell it from the event loop by name
-    def named() -> set[str]:
-        found = set()
-        for task in Path("/proc/self/task").iterdir():
-            try:
-                if (task / "comm").read_text().strip() == "wc-ingest":
-                    found.add(task.name)
-            except OSError:  # a thread that left meanwhile
-                pass
-        return found
+    # top -H and the bench's per-thread CPU (procstat.threads, read here) tell it from the event loop by name
+    def named() -> set[int]:
+        return {tid for tid, (kind, _) in procstat.threads(os.getpid()).items() if kind == "ingest threads"}
 
     before = named()  # (earlier tests' threads may still be on their way out: they leave, none comes)
     s = setup()
