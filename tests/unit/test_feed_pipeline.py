@@ -14,7 +14,8 @@ from tests.support import rtpgen
 from webcall.transcode.pipeline import Feed
 
 
-async def run_feed(output: str, codec: str, frames: int = 20, garbage: bool = False):
+async def run_feed(output: str, codec: str, frames: int = 20, garbage: bool = False, audio_from: int | None = 0):
+    """`audio_from`: the video frame with which the publisher's audio starts (None: its audio track sends nothing)."""
     pub = rtpgen.FakePublisher(codec=codec, audio=True)
     got: list[tuple[str, bytes]] = []
     failed: list[str] = []
@@ -33,7 +34,7 @@ async def run_feed(output: str, codec: str, frames: int = 20, garbage: bool = Fa
                     packet = packet[:head] + bytes((packet[head] & 0xFE,)) + b"\xff" * 40
                 pub.producers["video"].receive(packet, loop.time())
         for index, packet in apk:
-            if index in (2 * i, 2 * i + 1):
+            if audio_from is not None and i >= audio_from and index in (2 * i, 2 * i + 1):
                 pub.producers["audio"].receive(packet, loop.time())
         await asyncio.sleep(1 / 30)
     await asyncio.sleep(0.5)
@@ -74,6 +75,37 @@ async def test_vp8_is_transcoded(output: str) -> None:
     assert not failed and feed.transcoding_video is True
     assert sum(1 for k, _ in got if k in ("key", "delta")) >= 15
     assert feed.stats()["cpu_seconds"] > 0
+
+
+def wsplayer_start_ms(got: list[tuple[str, bytes]]) -> tuple[float | None, float | None]:
+    """The feed-clock ms of a WSPlayer feed's first keyframe and its first audio (both clocks are the feed's)."""
+    key_ms = audio_ms = None
+    for kind, packet in got:
+        if kind == "key" and key_ms is None:
+            key_ms = struct.unpack_from(">I", packet, 5)[0] / 90
+        if kind == "audio" and audio_ms is None:
+            audio_ms = struct.unpack_from(">I", packet, 5)[0] / 8
+    return key_ms, audio_ms
+
+
+async def test_a_wsplayer_feed_starts_its_video_once_its_audio_has_started() -> None:
+    # the publisher's audio starts 10 frames (≈ 330 ms) after its video: the SDK's receiver would drop video that
+    # starts more than 30 ms before the audio and wait another second, so the first picture comes after the audio
+    feed, got, failed = await run_feed("wsplayer", "VP8", frames=30, audio_from=10)
+    assert not failed
+    key_ms, audio_ms = wsplayer_start_ms(got)
+    assert key_ms is not None and audio_ms is not None and audio_ms > 250, (key_ms, audio_ms)
+    assert key_ms >= audio_ms - 10, (key_ms, audio_ms)
+    assert sum(1 for k, _ in got if k in ("key", "delta")) >= 10  # and it goes on from there
+
+
+async def test_a_wsplayer_feed_whose_audio_never_starts_shows_its_video_after_a_wait() -> None:
+    feed, got, failed = await run_feed("wsplayer", "VP8", frames=30, audio_from=None)
+    assert not failed
+    key_ms, audio_ms = wsplayer_start_ms(got)
+    assert audio_ms is None and key_ms is not None
+    assert key_ms >= feed._output.AUDIO_WAIT_MS - 50, key_ms
+    assert sum(1 for k, _ in got if k in ("key", "delta")) >= 8
 
 
 async def test_a_stream_that_cannot_be_decoded_fails_the_feed_with_an_info() -> None:

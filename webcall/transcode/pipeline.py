@@ -365,6 +365,11 @@ class _WsPlayerOutput:
     """MPEG-1 video and µ-law audio packets, and sync packets for both SSRCs once a second."""
 
     SYNC_EVERY_MS = 1000
+    # The SDK's receiver (WSReceiver2.js) lines audio and video up at the start: when its first audio is more than
+    # 30 ms later than its first video, it drops video to a keyframe after that audio and waits another second of
+    # video. So the first picture is encoded (a keyframe: the encoder opens on it) only once audio has started,
+    # or after this long without audio (a publication whose audio track sends nothing).
+    AUDIO_WAIT_MS = 500
 
     def __init__(self, video_codec: str | None, has_audio: bool, profile: tuple[int, int, int] | None = None) -> None:
         import secrets
@@ -378,18 +383,32 @@ class _WsPlayerOutput:
         self.mulaw = _MulawEncoder() if has_audio else None
         self.has_video, self.has_audio = video_codec is not None, has_audio
         self.last_sync = -self.SYNC_EVERY_MS
+        self.audio_started = not has_audio
+        self.first_picture_ms: int | None = None
 
     def video(self, frame: Frame, ts: int) -> list[Chunk]:
         assert self.decoder is not None and self.encoder is not None
         out: list[Chunk] = []
         for picture in self.decoder.decode(av.Packet(frame.data)):
+            if not self._may_start_video(ts):
+                continue  # decoded (the next picture needs it), not shown: the first one must not precede the audio
             for data, t, key in self.encoder.encode(_scaled(picture, self.profile), ts):
                 out.append(("key" if key else "delta", wsp.video_packet(self.video_ssrc, t * 90, data, key)))
         return out
 
+    def _may_start_video(self, ts: int) -> bool:
+        if self.audio_started:
+            return True
+        if self.first_picture_ms is None:
+            self.first_picture_ms = ts
+        return ts - self.first_picture_ms >= self.AUDIO_WAIT_MS
+
     def audio(self, frame: Frame, ts: int) -> list[Chunk]:
         assert self.mulaw is not None
-        return [("audio", wsp.audio_packet(self.audio_ssrc, t, data)) for data, t in self.mulaw.encode(frame.data, ts)]
+        out: list[Chunk] = [("audio", wsp.audio_packet(self.audio_ssrc, t, data))
+                            for data, t in self.mulaw.encode(frame.data, ts)]
+        self.audio_started = self.audio_started or bool(out)
+        return out
 
     def tick(self, now_ms: int) -> list[Chunk]:
         if now_ms - self.last_sync < self.SYNC_EVERY_MS:
