@@ -396,6 +396,14 @@ def measure_compiled(fanouts: list[int], packets: int = 300, sizes: list | None 
                         target.seq_offset += len(datagrams)
                 return rx, core.ffi.cast("void *", int(core.srtp_ffi.cast("uintptr_t", rx._srtp[0])))
 
+            def wait_turn(last_at: float) -> float:
+                """Sleep until the next packet's turn at the stream's pace (`last_at` the previous one's); returns it."""
+                next_at = last_at + interval
+                delay = next_at - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+                return next_at
+
             def run(paced: bool) -> tuple[int, int, int, float, float]:
                 """(CPU ns in the calls, publisher packets, datagrams queued, user s, sys s) of one pass."""
                 rx, rx_ctx = new_pass()
@@ -413,11 +421,7 @@ def measure_compiled(fanouts: list[int], packets: int = 300, sizes: list | None 
                     next_at = time.monotonic()
                     for i, (datagram, kind) in enumerate(part, start):
                         if paced:
-                            if interval:
-                                next_at += interval
-                                delay = next_at - time.monotonic()
-                                if delay > 0:
-                                    time.sleep(delay)
+                            next_at = wait_turn(next_at)
                             feeder.sendto(datagram, fwd_addr)
                         # CLOCK_THREAD_CPUTIME_ID is exact; getrusage's user/sys are tick samples (see below).
                         t0 = time.thread_time_ns()
@@ -446,10 +450,7 @@ def measure_compiled(fanouts: list[int], packets: int = 300, sizes: list | None 
                         time.sleep(0.05)  # the loop is waiting in recv before the first packet
                         next_at = time.monotonic()
                         for datagram, _ in datagrams:
-                            next_at += interval
-                            delay = next_at - time.monotonic()
-                            if delay > 0:
-                                time.sleep(delay)
+                            next_at = wait_turn(next_at)
                             feeder.sendto(datagram, fwd_addr)
                     finally:
                         os._exit(0)
