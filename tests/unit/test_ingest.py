@@ -408,6 +408,12 @@ async def without_ticks(monkeypatch) -> None:
     await asyncio.sleep(0.3)  # the take-in due now was the last
 
 
+def test_the_queue_size_is_the_threads() -> None:
+    """QUEUE (what Python expects to wake it) is ingest.c's WC_INGEST_QUEUE."""
+    lib = load_library()
+    assert lib is not None and ingest_module.QUEUE == lib.wc_ingest_queue_size()
+
+
 async def test_a_queue_half_full_wakes_python(setup, monkeypatch) -> None:
     await without_ticks(monkeypatch)
     s = setup()

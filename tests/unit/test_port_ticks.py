@@ -119,4 +119,6 @@ def test_players_due_at_random_instants_share_the_ports_wake_ups() -> None:
     run_ticks(port, 5.0)
     wakes = {round(t / TICK_INTERVAL) for p in players for t in p.visits[1:]}  # after the first ticks
     assert len(wakes) <= 5.0 / TAKE_IN_INTERVAL  # at most one per take-in, not one per player's report
-    assert all(len(p.visits) >= 4 for p in players)
+    # each is visited at the first take-in from when it is due on
+    assert all(b - a <= 1.5 + TAKE_IN_INTERVAL + 1e-6 for p in players for a, b in zip(p.visits, p.visits[1:]))
+    assert all(len(p.visits) >= 1 + int(4.0 / (1.5 + TAKE_IN_INTERVAL)) for p in players)

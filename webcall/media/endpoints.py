@@ -38,7 +38,7 @@ from .consumer import Consumer, random_ssrc
 from .dtls import DtlsIdentity
 from .failures import Failure
 from .port import TAKE_IN_INTERVAL, MediaPort
-from .producer import NACK_RETRY_INTERVAL, Producer, SenderClock, ntp_now
+from .producer import KEYFRAME_MIN_INTERVAL, NACK_RETRY_INTERVAL, Producer, SenderClock, ntp_now
 from .reports import rtcp_interval_range
 from .router import Router, TrackRouter
 from .transport import WebRtcTransport
@@ -54,7 +54,7 @@ def rtcp_interval() -> float:
 
 
 _SSRC = struct.Struct("!I")
-INPUT_WATCH_INTERVAL = 0.5  # s: how often a publisher's input is looked at (silence, bitrate over the ceiling)
+INPUT_WATCH_INTERVAL = 1.0  # s: how often a publisher's input is looked at (silence, bitrate over the ceiling)
 _SR_HEADER = struct.pack("!BBH", 0x80, 200, 6)  # V=2, no report blocks, SR, length 6 words − 1
 
 
@@ -192,7 +192,14 @@ class PublisherEndpoint(_Endpoint):
     def on_tick(self, now: float) -> float | None:
         """NACK retries, the keyframe cadence, reports to the publisher and the input watch. Returns when the
         first of them is next due, or None (the port's next tick) while packets are missing: their retries are
-        NACK_RETRY_INTERVAL apart (a gap found between ticks asks for one sooner: `_send_nack`)."""
+        NACK_RETRY_INTERVAL apart (a gap found between ticks asks for one sooner: `_send_nack`).
+
+        The port puts a returned time on its take-in grid (up to a second late); the keyframe cadence asks for a
+        tick of its own (`tick_at`), so that the ring's GOP stays `keyframe_interval` long. What the ingest thread
+        queued is taken in first: every figure here (packets, bytes, the latest keyframe) is then as new as it."""
+        ingest = self.transport.ingest
+        if ingest is not None:
+            ingest.catch_up()
         due = now + INPUT_WATCH_INTERVAL
         missing = False
         interval = self.settings.keyframe_interval
@@ -201,10 +208,12 @@ class PublisherEndpoint(_Endpoint):
                 producer.retry_nacks(now)
                 missing = missing or bool(producer.missing)
             # a standing keyframe cadence (--keyframe-interval): a cold feed then finds one in the ring
-            if interval and producer.kind == "video":
+            if interval and producer.asks_keyframes:
                 if now - max(producer.keyframe_at, producer.last_keyframe_request) >= interval:
                     producer.request_keyframe(now)  # (which moves last_keyframe_request on, when it sends)
-                due = min(due, max(producer.keyframe_at, producer.last_keyframe_request) + interval)
+                keyframe_due = max(producer.keyframe_at, producer.last_keyframe_request) + interval
+                # (one asked less than KEYFRAME_MIN_INTERVAL ago is asked again no sooner than that)
+                self.port.tick_at(self.transport, max(keyframe_due, now + KEYFRAME_MIN_INTERVAL))
         if now >= self._next_rtcp:
             self._next_rtcp = now + rtcp_interval()
             self._send_reports(now)
@@ -215,7 +224,9 @@ class PublisherEndpoint(_Endpoint):
         transport = self.transport
         if transport.rx_packets != self._seen_packets:
             self._seen_packets = transport.rx_packets
-            self._last_rtp = now
+            # when the newest packet came (the watch runs up to a second after it), unless only RTX or a stray SSRC did
+            newest = max((p.last_arrival for p in self.producers.values()), default=0.0)
+            self._last_rtp = newest if newest > self._last_rtp else now
         elif self.media_started and now - self._last_rtp > self.settings.rtp_activity_timeout:
             # Before the first packet the stream layer's connect deadline applies instead.
             log.info("rtp activity lost transport=%s %s silent=%.1fs", transport.id, transport.label,

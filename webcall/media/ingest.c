@@ -40,7 +40,7 @@
 
 #include "fanout.h"
 
-#define WC_INGEST_QUEUE 256     /* ≈ 2 s of a 600 kbit/s stream: Python drains it every batch */
+#define WC_INGEST_QUEUE 512     /* ≈ 4 s of a 600 kbit/s stream, half of it ≈ 2 s: Python drains it every second */
 #define WC_INGEST_ITEM 1536     /* one datagram */
 #define WC_INGEST_TRACKS 8
 #define WC_INGEST_GROUPS 8
@@ -530,6 +530,15 @@ int wc_ingest_take(wc_ingest *g, uint8_t *buf, int *meta, int64_t *arrival_ns)
     return len;
 }
 
+/* Python: how many items wait in the queue (what Python has not taken in yet). */
+int wc_ingest_pending(wc_ingest *g)
+{
+    wc_media_lock();
+    int n = (int)(g->head - g->tail);
+    wc_media_unlock();
+    return n;
+}
+
 /* Counters: datagrams, forwarded, queued, overflow, srtp_errors, wakes, timed, timed_players, timed_wall_ns,
  * timed_cpu_ns (10 values). */
 void wc_ingest_counters(wc_ingest *g, uint64_t *out)
@@ -542,3 +551,4 @@ void wc_ingest_counters(wc_ingest *g, uint64_t *out)
 }
 
 int wc_plan_size(void) { return (int)sizeof(struct wc_plan); }
+int wc_ingest_queue_size(void) { return WC_INGEST_QUEUE; }

@@ -75,11 +75,11 @@ class IngestRouter(Protocol):
 
     def sync_ingest(self) -> None: ...
 
-BATCH = 0.25  # s: how long a queued packet waits at most before the thread wakes Python for it. The port
-# (every TAKE_IN_INTERVAL, 0.2 s) takes the queues in first: the thread wakes Python only for what is
+BATCH = 1.25  # s: how long a queued packet waits at most before the thread wakes Python for it. The port
+# (every TAKE_IN_INTERVAL, 1 s) takes the queues in first: the thread wakes Python only for what is
 # urgent, for a queue half full, or when the port is late.
 COUNTERS_EVERY = 0.5  # s: how often a drain reads the thread's counters (/metrics needs them no fresher)
-QUEUE = 256  # datagrams a queue holds (WC_INGEST_QUEUE); half of it wakes Python
+QUEUE = 512  # datagrams a queue holds (WC_INGEST_QUEUE); half of it wakes Python
 MAX_GROUPS = 8  # player layouts per track the thread forwards to (WC_INGEST_GROUPS); more: Python forwards
 ITEM_FORWARDED, ITEM_RTP, ITEM_RTCP, ITEM_OTHER = 1, 2, 3, 4
 
@@ -96,10 +96,12 @@ int wc_ingest_track(wc_ingest *g, uint32_t ssrc, int64_t highest, int64_t cycles
 int wc_ingest_groups(wc_ingest *g, uint32_t ssrc, int n, const struct wc_plan *const *plans,
                      struct wc_target *const *const *targets, const int *counts, int wake_each);
 int wc_ingest_take(wc_ingest *g, char *buf, int *meta, int64_t *arrival_ns);
+int wc_ingest_pending(wc_ingest *g);
 void wc_ingest_counters(wc_ingest *g, uint64_t *out);
 int wc_rtp_split(const char *p, int length, int *csrc_end, int *ext_end, int *end);
 int wc_plan_build(const struct wc_plan *plan, const char *p, int csrc_end, int ext_end, char *out, int room);
 int wc_plan_size(void);
+int wc_ingest_queue_size(void);
 """)
 
 _COUNTERS = ("datagrams", "forwarded", "queued", "overflow", "srtp_errors", "wakes", "timed", "timed_players",
@@ -240,6 +242,11 @@ class Ingest:
     @property
     def running(self) -> bool:
         return self.handle is not None
+
+    @property
+    def pending(self) -> int:
+        """Items the thread queued that Python has not taken in yet."""
+        return self.lib.wc_ingest_pending(self.handle) if self.handle is not None else 0
 
     # --- tracks -------------------------------------------------------------------------------------
 

@@ -261,6 +261,11 @@ class Producer:
             self.width, self.height = width, height
             self._on_keyframe(self, width, height)
 
+    @property
+    def asks_keyframes(self) -> bool:
+        """A video track whose keyframes this producer recognises: it can ask its publisher for one (PLI)."""
+        return self._probe is not None
+
     def request_keyframe(self, now: float) -> None:
         """PLI to the publisher, at most once per KEYFRAME_MIN_INTERVAL: many players share one keyframe."""
         if self._probe is None or now - self.last_keyframe_request < KEYFRAME_MIN_INTERVAL:

@@ -40,8 +40,11 @@ def rtcp_interval_range(late_by: float) -> tuple[float, float]:
     """RFC 3550 §6.3.1: intervals drawn from 0.5–1.5 × RTCP_INTERVAL, so that reports of connections made together
     do not stay together. A report that may go out up to `late_by` after it is due (the port's take-in grid) is
     drawn from that much less than 1.5 ×, so that on the wire the intervals stay within 0.5–1.5 × and still
-    average about 1 ×."""
-    return 0.5 * RTCP_INTERVAL, 1.5 * RTCP_INTERVAL - late_by
+    average about 1 ×. On the port's one-second grid the range closes to 0.5 ×: each report is due half a second
+    after the last and goes out at the next take-in, a second apart (the grid's phase differs per port, not per
+    player: the players of one port go together, in one sendmmsg)."""
+    low = 0.5 * RTCP_INTERVAL
+    return low, max(low, 1.5 * RTCP_INTERVAL - late_by)
 
 
 class _Reporter:
