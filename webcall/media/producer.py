@@ -268,7 +268,7 @@ class Producer:
 
     def request_keyframe(self, now: float) -> None:
         """PLI to the publisher, at most once per KEYFRAME_MIN_INTERVAL: many players share one keyframe."""
-        if self._probe is None or now - self.last_keyframe_request < KEYFRAME_MIN_INTERVAL:
+        if not self.asks_keyframes or now - self.last_keyframe_request < KEYFRAME_MIN_INTERVAL:
             return
         self.last_keyframe_request = now
         self.keyframe_requests += 1
