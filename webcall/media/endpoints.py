@@ -37,7 +37,7 @@ from ..streams.limits import PUBLISHER_BITRATE
 from .consumer import Consumer, random_ssrc
 from .dtls import DtlsIdentity
 from .failures import Failure
-from .port import TAKE_IN_INTERVAL, MediaPort
+from .port import MAX_LATE, MediaPort
 from .producer import KEYFRAME_MIN_INTERVAL, NACK_RETRY_INTERVAL, Producer, SenderClock, ntp_now
 from .reports import rtcp_interval_range
 from .router import Router, TrackRouter
@@ -45,7 +45,7 @@ from .transport import WebRtcTransport
 
 log = logging.getLogger("webcall.media")
 
-RTCP_INTERVALS = rtcp_interval_range(TAKE_IN_INTERVAL)  # the port ticks a report up to that late (port.py, "Time")
+RTCP_INTERVALS = rtcp_interval_range(MAX_LATE)  # the port ticks a report up to that late (port.py, "Time")
 
 
 def rtcp_interval() -> float:
@@ -194,7 +194,7 @@ class PublisherEndpoint(_Endpoint):
         first of them is next due, or None (the port's next tick) while packets are missing: their retries are
         NACK_RETRY_INTERVAL apart (a gap found between ticks asks for one sooner: `_send_nack`).
 
-        The port puts a returned time on its take-in grid (up to a second late); the keyframe cadence asks for a
+        The port puts a returned time on its take-in grid (up to MAX_LATE late); the keyframe cadence asks for a
         tick of its own (`tick_at`), so that the ring's GOP stays `keyframe_interval` long. What the ingest thread
         queued is taken in first: every figure here (packets, bytes, the latest keyframe) is then as new as it."""
         ingest = self.transport.ingest

@@ -40,7 +40,7 @@
 
 #include "fanout.h"
 
-#define WC_INGEST_QUEUE 512     /* ≈ 4 s of a 600 kbit/s stream, half of it ≈ 2 s: Python drains it every second */
+#define WC_INGEST_QUEUE 512     /* ≈ 4 s of a 600 kbit/s stream, half of it ≈ 2 s: Python drains it every 0.6–1.4 s */
 #define WC_INGEST_ITEM 1536     /* one datagram */
 #define WC_INGEST_TRACKS 8
 #define WC_INGEST_GROUPS 8

@@ -7,8 +7,8 @@ kernel prefers it for that address), read by a C thread that unprotects each pac
 ones of every track whose players are all on the compiled core to `wc_fanout`, per player layout, as
 `TrackRouter.deliver` would. Every packet then still reaches Python, through a queue the event loop drains
 (`Ingest.drain`), at once when Python must act (a packet the thread did not forward, a gap, a track's first
-packet, STUN, DTLS); otherwise the media port takes the queue in (`take_in`, every TAKE_IN_INTERVAL, with
-whatever else is due then, and before the rate sampler reads the counters), and the thread wakes
+packet, STUN, DTLS); otherwise the media port takes the queue in (`take_in`, on its take-in grid, about once a
+second, with whatever else is due then, and before the rate sampler reads the counters), and the thread wakes
 Python itself only for a queue half full or a tick that is BATCH late. The ring, keyframes, NACKs, readers
 and statistics run as before, on the packet's own arrival time, up to a tick later; whatever needs the ring
 as new as the thread (a player joining, a NACK, a reader leaving) catches up first (`catch_up`).
@@ -75,9 +75,9 @@ class IngestRouter(Protocol):
 
     def sync_ingest(self) -> None: ...
 
-BATCH = 1.25  # s: how long a queued packet waits at most before the thread wakes Python for it. The port
-# (every TAKE_IN_INTERVAL, 1 s) takes the queues in first: the thread wakes Python only for what is
-# urgent, for a queue half full, or when the port is late.
+BATCH = 1.75  # s: how long a queued packet waits at most before the thread wakes Python for it. The port
+# (port.py's take-in grid, gaps of at most MAX_TAKE_IN_GAP, 1.4 s) takes the queues in first: the thread wakes
+# Python only for what is urgent, for a queue half full, or when the port is late.
 COUNTERS_EVERY = 0.5  # s: how often a drain reads the thread's counters (/metrics needs them no fresher)
 QUEUE = 512  # datagrams a queue holds (WC_INGEST_QUEUE); half of it wakes Python
 MAX_GROUPS = 8  # player layouts per track the thread forwards to (WC_INGEST_GROUPS); more: Python forwards

@@ -15,24 +15,28 @@ a STUN check may send `max_unverified` datagrams a second (more are dropped befo
 bogus checks costs no HMAC), and at most `max_handshakes` DTLS handshakes are in progress (a transport's first
 DTLS datagram beyond that is dropped; the client retransmits it). Each refusal is counted in `refusals`.
 
-Time: the port keeps one timer, on a grid of TICK_INTERVAL, and wakes only at grid points where something is due:
-a transport, the ingest threads' queues and the core's sender reports (every TAKE_IN_INTERVAL), an ICE-TCP link's
-deadline; otherwise every IDLE_INTERVAL. Each transport's tick says when it is next due: "at the next tick" (None:
-a handshake's retransmissions, a publisher's NACK retries), which is the next grid point; or a time (a player's
-next sender report until the core sends them, consent, a publisher's reports and input watch), which is late by
-up to TAKE_IN_INTERVAL: it is put on the coarser grid the queues are taken in on, so that ten players' reports,
-due at random instants, share the port's wake-ups instead of each having one. What must not be that late (a NACK
-retry, a publisher's keyframe cadence) asks for its grid point itself (`tick_at`). Every wake-up of the process costs
-about what a packet's forwarding does (README, "Against the compiled ceiling"), so a quiet port sleeps.
+Time: the port keeps one timer, on a grid of TICK_INTERVAL, and wakes only at grid points where something is due: a
+transport, the ingest threads' queues and the core's sender reports (the take-in grid: every TAKE_IN_INTERVAL on
+average, each gap drawn at random), an ICE-TCP link's deadline; otherwise every IDLE_INTERVAL. Each transport's tick
+says when it is next due: "at the next tick" (None: a handshake's retransmissions, a publisher's NACK retries),
+which is the next grid point; or a time (a player's next sender report until the core sends them, consent, a
+publisher's reports and input watch), which is put on the take-in grid, so that ten players' reports, due at random
+instants, share the port's wake-ups instead of each having one; but never more than MAX_LATE late (if the next
+take-in is later than that, the transport gets its own grid point then). The take-in grid's gaps are random because
+every RTCP report rides on it, and RFC 3550 wants their intervals so (reports.py). What must not be that late (a
+NACK retry, a publisher's keyframe cadence) asks for its grid point itself (`tick_at`). Every wake-up of the process
+costs about what a packet's forwarding does (README, "Against the compiled ceiling"), so a quiet port sleeps.
 """
 
 from __future__ import annotations
 
 import asyncio
+import bisect
 import heapq
 import itertools
 import logging
 import math
+import random
 import socket
 import struct
 import time
@@ -61,9 +65,12 @@ if TYPE_CHECKING:
 log = logging.getLogger("webcall.media")
 
 TICK_INTERVAL = 0.1  # s: the grid the port's timer wakes on; a transport due "at the next tick" waits this long
-TAKE_IN_INTERVAL = 1.0  # s: how often the port takes in the ingest threads' queues (ingest.py: shorter than BATCH).
+TAKE_IN_INTERVAL = 1.0  # s: how often, on average, the port takes in the ingest threads' queues.
 # A wake-up costs the event loop about as much as the packets it takes in (README, "Twentieth pass"): at 10
 # players a second's grid instead of 0.2 s's cuts what the event loop spends by about a third.
+TAKE_IN_JITTER = 0.4  # each gap of that grid is drawn from (1 ± this) × TAKE_IN_INTERVAL, in whole ticks
+MAX_TAKE_IN_GAP = (1 + TAKE_IN_JITTER) * TAKE_IN_INTERVAL  # s: the longest (ingest.py: shorter than BATCH)
+MAX_LATE = 1.0  # s: the most a transport's due time is put off to share a take-in (reports.py: RFC 3550's window)
 IDLE_INTERVAL = 1.0  # s: the longest the port sleeps with nothing due
 UNVERIFIED_TABLE_SIZE = 65536  # addresses counted per second; beyond it (a spoofed flood) new ones are refused
 
@@ -94,7 +101,7 @@ class MediaPort(asyncio.DatagramProtocol):
         self._timer: asyncio.TimerHandle | None = None
         self._timer_slot = 0  # the grid slot the timer is set for
         self._ticking = False  # (what a tick schedules is armed once, when it ends)
-        self._take_in_slot = 0  # when the ingest queues are next taken in
+        self._take_in_slots: list[int] = []  # the take-in grid ahead, drawn as far as it was asked for (`_coarse`)
         self.dropped = 0  # datagrams nobody could take
         self.errors = 0  # exceptions contained at this boundary
         self.batch: SendBatch | None = None
@@ -126,7 +133,7 @@ class MediaPort(asyncio.DatagramProtocol):
         self.batch = SendBatch(sock) if SendBatch.available else None
         self.core = new_core(sock, self.fanout_mode, self.fanout_threads)
         if self.core is not None and family == socket.AF_INET:
-            self.reports = SenderReports(self.core, sock, rtcp_interval_range(TAKE_IN_INTERVAL), TIMER_SLACK)
+            self.reports = SenderReports(self.core, sock, rtcp_interval_range(MAX_TAKE_IN_GAP), TIMER_SLACK)
         if self.ingest_mode == "auto" and self.core is not None:
             # Set after bind, so that a port in use is still refused; the publishers' connected sockets share
             # the port with this one (ingest.py).
@@ -391,7 +398,7 @@ class MediaPort(asyncio.DatagramProtocol):
         if self._due:
             slot = min(slot, self._due[0][0])
         if self._on_grid():
-            slot = min(slot, self._take_in_slot)
+            slot = min(slot, self._coarse(current + 1))
         for link in self.links:
             if not link.verified:
                 slot = min(slot, self._link_deadline(link))
@@ -404,9 +411,10 @@ class MediaPort(asyncio.DatagramProtocol):
 
     def _tick(self, now: float) -> None:
         current = _slot_now(now)
-        if current >= self._take_in_slot and self._on_grid():
+        passed = bisect.bisect_right(self._take_in_slots, current)
+        del self._take_in_slots[:passed]
+        if passed and self._on_grid():
             self.take_in()
-            self._take_in_slot = self._coarse(current + 1)
             if self.reports is not None:
                 try:
                     self.reports.run(now)
@@ -419,7 +427,7 @@ class MediaPort(asyncio.DatagramProtocol):
         self._tick_transports(now)
 
     def add_ingest(self, ingest: Ingest) -> None:
-        """A publisher's ingest thread started: its queue is taken in every TAKE_IN_INTERVAL from now on."""
+        """A publisher's ingest thread started: its queue is taken in on the take-in grid from now on."""
         if not self._on_grid():
             self._start_grid()
         self.ingests.add(ingest)
@@ -451,8 +459,7 @@ class MediaPort(asyncio.DatagramProtocol):
         return bool(self.ingests) or (self.reports is not None and len(self.reports) > 0)
 
     def _start_grid(self) -> None:
-        self._take_in_slot = _slot_now(time.monotonic()) + _coarse_every()
-        self._arm(self._take_in_slot)
+        self._arm(self._coarse(_slot_now(time.monotonic()) + 1))
 
     def take_in(self) -> None:
         """The ring and the readers as new as the ingest threads (ingest.py); the rate sampler asks for it too,
@@ -465,8 +472,22 @@ class MediaPort(asyncio.DatagramProtocol):
                 log.exception("ingest drain error transport=%s", ingest.transport.id)
 
     def _coarse(self, slot: int) -> int:
-        """The first slot at or after `slot` on the coarser grid the ingest queues are taken in on."""
-        return slot + (self._take_in_slot - slot) % _coarse_every()
+        """The first slot at or after `slot` on the coarser grid the ingest queues are taken in on. Its gaps are
+        drawn at random (`_take_in_gap`), as far ahead as asked; `_tick` drops the points it has passed."""
+        grid = self._take_in_slots
+        if not grid:
+            grid.append(_slot_now(time.monotonic()) + _take_in_gap())
+        while grid[-1] < slot:
+            grid.append(grid[-1] + _take_in_gap())
+        return grid[bisect.bisect_left(grid, slot)]
+
+    def _due_slot(self, current: int, at: float | None) -> int:
+        """The slot a transport that says it is due `at` is ticked at: the next one for None or a time already past;
+        else the first take-in from then on, or MAX_LATE after it if that take-in is later."""
+        slot = None if at is None else _slot_from(at)
+        if slot is None or slot <= current:
+            return current + 1
+        return min(self._coarse(slot), max(slot, _slot_now(at + MAX_LATE)))
 
     def _tick_transports(self, now: float) -> None:
         """Tick every transport that is due; each says when it is due again (None: at the next tick)."""
@@ -485,7 +506,7 @@ class MediaPort(asyncio.DatagramProtocol):
                 transport.fail(Failure.INTERNAL_ERROR)
                 continue
             if transport in self.transports:
-                self._schedule(transport, current + 1 if at is None else max(current + 1, self._coarse(_slot_from(at))))
+                self._schedule(transport, self._due_slot(current, at))
 
 
 def _mapped(addr: Address | TcpLink) -> tuple[str, int]:
@@ -503,6 +524,10 @@ def _slot_from(when: float) -> int:
     return math.ceil((when - TIMER_SLACK) / TICK_INTERVAL)
 
 
-def _coarse_every() -> int:
-    """Slots from one take-in of the ingest queues to the next."""
-    return round(TAKE_IN_INTERVAL / TICK_INTERVAL)
+def _take_in_gap() -> int:
+    """Slots from one take-in to the next: uniform over (1 ± TAKE_IN_JITTER) × TAKE_IN_INTERVAL. At random, because
+    what rides on the grid includes every RTCP report, whose intervals RFC 3550 §6.3.1 wants randomized
+    (reports.py, `rtcp_interval_range`); within ±0.4 rather than the RFC's ±0.5, so that a report due half an
+    interval after a take-in that ran late is still due by the next one."""
+    mean = TAKE_IN_INTERVAL / TICK_INTERVAL
+    return random.randint(round(mean * (1 - TAKE_IN_JITTER)), round(mean * (1 + TAKE_IN_JITTER)))

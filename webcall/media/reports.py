@@ -32,19 +32,21 @@ if TYPE_CHECKING:
     from .srtp import SrtpSession
 
 RTCP_INTERVAL = 1.0  # s: RFC 3550's interval for our reports (randomised, `rtcp_interval_range`)
+RTCP_WINDOW = (0.5 * RTCP_INTERVAL, 1.5 * RTCP_INTERVAL)  # s from one report to the next (RFC 3550 §6.3.1)
 MAX_TRACKS = 2  # a player's tracks in one compound report (fanout.c: WC_REPORT_TRACKS)
 _NS = 1_000_000_000
 
 
 def rtcp_interval_range(late_by: float) -> tuple[float, float]:
-    """RFC 3550 §6.3.1: intervals drawn from 0.5–1.5 × RTCP_INTERVAL, so that reports of connections made together
-    do not stay together. A report that may go out up to `late_by` after it is due (the port's take-in grid) is
-    drawn from that much less than 1.5 ×, so that on the wire the intervals stay within 0.5–1.5 × and still
-    average about 1 ×. On the port's one-second grid the range closes to 0.5 ×: each report is due half a second
-    after the last and goes out at the next take-in, a second apart (the grid's phase differs per port, not per
-    player: the players of one port go together, in one sendmmsg)."""
-    low = 0.5 * RTCP_INTERVAL
-    return low, max(low, 1.5 * RTCP_INTERVAL - late_by)
+    """RFC 3550 §6.3.1: intervals drawn from 0.5–1.5 × RTCP_INTERVAL (`RTCP_WINDOW`), so that reports of
+    connections made together do not stay together. A report that may go out up to `late_by` after it is due is
+    drawn from that much less than 1.5 ×, so that on the wire the intervals stay within the window and still
+    average about 1 ×. The core's reports go only at the port's take-ins, whose gaps are 0.6–1.4 s at random
+    (port.py, "Time"): the range closes to 0.5 × (each report is due half a second after the last and goes out at
+    the next take-in), so the interval is the take-in grid's gap, random as the RFC asks. The players of one port
+    go together, in one sendmmsg: each connection's intervals are random, not one's reports against another's."""
+    low, high = RTCP_WINDOW
+    return low, max(low, high - late_by)
 
 
 class _Reporter:
