@@ -123,7 +123,7 @@ def test_players_due_at_random_instants_share_the_ports_wake_ups() -> None:
     # mostly at take-ins; a due time the next take-in would make more than MAX_LATE late gets a slot of its own
     # (in 200 seeded runs: 4–10 wake-ups, 0–6 of them not at a take-in), not one per player's report (≈ 45)
     assert len(wakes) <= 12, sorted(wakes)
-    assert len(wakes & set(port._take_in_slots)) >= 5.0 / MAX_TAKE_IN_GAP - 1
+    assert len(wakes & set(port._take_in_slots)) >= 5.0 / MAX_TAKE_IN_GAP - 2  # (in those runs: at least 3)
     # each is visited at the first take-in from when it is due on
     assert all(b - a <= 1.5 + MAX_LATE + 1e-6 for p in players for a, b in zip(p.visits, p.visits[1:]))
     assert all(len(p.visits) >= 1 + int(4.0 / (1.5 + MAX_LATE)) for p in players)
@@ -135,13 +135,15 @@ def test_the_take_in_grids_gaps_are_random() -> None:
     never a fixed period."""
     port = MediaPort()
     reporting = Ticked(port, "reporting", every=0.5)
-    run_ticks(port, 300.0)
+    seconds = 300.0
+    run_ticks(port, seconds)
     gaps = [round(b - a, 3) for a, b in zip(reporting.visits[1:], reporting.visits[2:])]
     low, high = (1 - TAKE_IN_JITTER) * TAKE_IN_INTERVAL, MAX_TAKE_IN_GAP
-    assert len(gaps) >= 60.0 / high - 2
+    assert len(gaps) >= seconds / high - 2
     assert all(max(0.5, low) <= gap <= min(1.5, high) for gap in gaps), gaps
     assert max(gaps) - min(gaps) >= 0.4, gaps  # at random, not a fixed period
-    assert abs(sum(gaps) / len(gaps) - TAKE_IN_INTERVAL) <= 0.1, gaps  # and a second apart on average
+    # a second apart on average (≈ 300 gaps: the mean's standard deviation is ≈ 0.015 s)
+    assert abs(sum(gaps) / len(gaps) - TAKE_IN_INTERVAL) <= 0.1, gaps
 
 
 def test_a_report_after_an_off_grid_tick_still_goes_within_the_rfc_window() -> None:
