@@ -51,7 +51,7 @@ from ..streams.limits import DTLS_HANDSHAKES, UNVERIFIED_DATAGRAMS, Refusals
 from .failures import Failure
 from .fanout import FanoutCore, new_core
 from .ingest import Ingest, IngestCounts
-from .reports import SenderReports, rtcp_interval_range
+from .reports import RTCP_WINDOW, SenderReports, rtcp_interval_range
 from .srtp import SendBatch
 from .stats import FanoutCost
 from .stun_check import binding_response, parse_check, verify
@@ -70,7 +70,9 @@ TAKE_IN_INTERVAL = 1.0  # s: how often, on average, the port takes in the ingest
 # players a second's grid instead of 0.2 s's cuts what the event loop spends by about a third.
 TAKE_IN_JITTER = 0.4  # each gap of that grid is drawn from (1 ± this) × TAKE_IN_INTERVAL, in whole ticks
 MAX_TAKE_IN_GAP = (1 + TAKE_IN_JITTER) * TAKE_IN_INTERVAL  # s: the longest (ingest.py: shorter than BATCH)
-MAX_LATE = 1.0  # s: the most a transport's due time is put off to share a take-in (reports.py: RFC 3550's window)
+# s: the most a transport's due time is put off to share a take-in: a report due at the start of RFC 3550's window
+# still goes by its end (reports.py)
+MAX_LATE = RTCP_WINDOW[1] - RTCP_WINDOW[0]
 IDLE_INTERVAL = 1.0  # s: the longest the port sleeps with nothing due
 UNVERIFIED_TABLE_SIZE = 65536  # addresses counted per second; beyond it (a spoofed flood) new ones are refused
 
