@@ -192,6 +192,10 @@ async function basic(browser, browserName) {
         await step(browserName, "play_stats", async () => {
             return await call(ply, () => T.stats("p1"));
         });
+        await step(browserName, "quality", async () => {
+            await sleep(5000);  // rate messages, one a second
+            return {player: await call(ply, () => T.quality("p1")), publisher: await call(pub, () => T.quality("main"))};
+        });
     }
 
     await step(browserName, "available", async () => {

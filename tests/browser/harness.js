@@ -255,6 +255,13 @@
         stream.on(C().STREAM_EVENT, function (ev) {
             entry.events.push(record({kind: "event", key: key, type: ev.type, payload: ev.payload}));
         });
+        // The SDK's own verdict on each in/outboundVideoRate message (its Kalman-filtered byte counts against the
+        // server's videoRate): what an application shows as the connection's quality.
+        entry.quality = [];
+        stream.on(C().CONNECTION_QUALITY.UPDATE, function (quality, clientFiltered, serverFiltered) {
+            entry.quality.push({quality: quality, client: Math.round(clientFiltered),
+                server: Math.round(serverFiltered), t: now()});
+        });
         return entry;
     }
 
@@ -412,6 +419,10 @@
 
         events: function (key) {
             return streams[key].events;
+        },
+
+        quality: function (key) {
+            return streams[key].quality;
         },
 
         // The first recorded status (from index `from`) that is one of `wanted`.

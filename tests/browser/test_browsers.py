@@ -272,6 +272,20 @@ def test_player_stats(results: Results, browser: str) -> None:
     assert stats["inbound"]["video"].get("packetsLost", 0) == 0, stats
 
 
+def test_sdk_connection_quality(results: Results, browser: str) -> None:
+    """The SDK judges the connection on every in/outboundVideoRate: the bytes its browser counted since the last
+    message, × 8, against the message's videoRate, both through a Kalman filter (flashphoner.js,
+    detectConnectionQuality). It takes what came between two messages as a second's worth, so the server must
+    send them a second apart: on loopback, nothing is lost, and the verdict settles on PERFECT."""
+    data = results.get(browser, "quality")
+    for side in ("player", "publisher"):
+        updates = data[side]
+        assert len(updates) >= 4, (side, updates)
+        settled = updates[2:]  # (the filters start from the first samples, which a player's join burst is in)
+        assert not [u for u in settled if u["quality"] == "BAD"], (side, updates)
+        assert settled[-1]["quality"] == "PERFECT", (side, updates)
+
+
 def test_available(results: Results, browser: str) -> None:
     data = results.get(browser, "available")
     assert data["live"]["available"] is True, data

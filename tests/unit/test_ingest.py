@@ -425,6 +425,23 @@ async def test_a_queue_half_full_wakes_python(setup, monkeypatch) -> None:
     assert thread_counters(s.ingest)["wakes"] == 2 and thread_counters(s.ingest)["overflow"] == 0
 
 
+async def test_a_queued_packet_wakes_python_when_its_batch_is_due_even_if_none_follows(setup, monkeypatch) -> None:
+    """The thread's wait for the next datagram is bounded (ingest.c, RECV_TIMEOUT_MS), so a batch comes due on
+    time when the publisher falls silent; with the port's take-ins five seconds apart, only the thread's own
+    wake-up brings the last packet in."""
+    await without_ticks(monkeypatch)
+    monkeypatch.setattr(ingest_module, "BATCH", 0.3)
+    s = setup()
+    s.send(packet(400, 0, os.urandom(200)))
+    await until(lambda: s.producer.packets == 1)  # (the track's first packet wakes Python)
+    s.send(packet(401, 3000, os.urandom(200)))
+    await until(lambda: thread_counters(s.ingest)["queued"] == 2)
+    queued = time.monotonic()
+    await until(lambda: s.producer.packets == 2, timeout=2.0)
+    assert time.monotonic() - queued < 0.3 + 0.1 + 0.3  # the batch, the longest recv wait, the loop's scheduling
+    assert thread_counters(s.ingest)["wakes"] == 2
+
+
 async def test_a_publisher_that_moves_is_read_by_the_event_loop_again(setup) -> None:
     s = setup()
     s.send(packet(1, 0, os.urandom(50)))

@@ -30,16 +30,20 @@ def test_rate_meter_deltas_over_elapsed_time() -> None:
 
 
 def test_rate_meter_takes_rates_between_the_workers_reports() -> None:
-    """A worker reports once per interval: the rate is over the reports' own times, whenever we sample, and a
-    sample that finds the report it already used sends nothing and keeps the baseline."""
+    """A worker reports once per interval: the rate is over the reports' own times, whenever we sample. A sample
+    that finds the report it already used keeps the baseline and gives the last rates again, once (the SDK wants
+    its message a second after the last, spec §7); a second time in a row, nothing."""
     meter = RateMeter()
     assert meter.update(100.0, Reading(video_octets=0, frames=0, at=99.5)) is None
+    assert meter.update(100.1, Reading(video_octets=0, frames=0, at=99.5)) is None  # no rates yet to repeat
     # Sampled 0.3 s later than the report: the interval is still the reports' (1 s), not the samples' (1.3 s).
     rates = meter.update(101.3, Reading(video_octets=125_000, frames=30, at=100.5))
     assert rates is not None and (rates.video_rate, rates.fps, rates.interval) == (1_000_000, 30, 1.0)
-    assert meter.update(101.4, Reading(video_octets=125_000, frames=30, at=100.5)) is None  # same report
-    rates = meter.update(103.3, Reading(video_octets=375_000, frames=90, at=102.5))  # two reports later
-    assert rates is not None and (rates.video_rate, rates.fps, rates.interval) == (1_000_000, 30, 2.0)
+    assert meter.update(102.3, Reading(video_octets=125_000, frames=30, at=100.5)) == rates  # same report
+    assert meter.update(103.3, Reading(video_octets=125_000, frames=30, at=100.5)) is None  # ... and again
+    rates = meter.update(104.3, Reading(video_octets=500_000, frames=120, at=103.5))  # three reports later
+    assert rates is not None and (rates.video_rate, rates.fps, rates.interval) == (1_000_000, 30, 3.0)
+    assert meter.update(105.3, Reading(video_octets=500_000, frames=120, at=103.5)) == rates  # repeats once more
 
 
 def test_fanout_histogram_buckets() -> None:

@@ -32,9 +32,9 @@
 #include <stdint.h>
 #include <stdlib.h>
 #include <string.h>
-#include <poll.h>
 #include <sys/eventfd.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 
@@ -46,6 +46,7 @@
 #define WC_INGEST_GROUPS 8
 #define WC_MAX_ELEMENTS 64      /* header extension elements mapped per packet (more: Python forwards it) */
 #define WC_TAIL_ROOM 4096
+#define RECV_TIMEOUT_MS 100     /* the longest recv(2) blocks: how late a batch's wake-up of Python may be */
 
 enum { ITEM_FORWARDED = 1, ITEM_RTP = 2, ITEM_RTCP = 3, ITEM_OTHER = 4 };
 
@@ -379,26 +380,17 @@ static void *ingest_main(void *arg)
     /* Its name is what top -H, /proc/<pid>/task/<tid>/comm and webcall bench's per-thread CPU show. */
     pthread_setname_np(pthread_self(), "wc-ingest");
     for (;;) {
-        /* Items Python was not woken for wait at most batch_ns, even if no packet follows them. */
-        int timeout_ms = -1;
+        /* Items Python was not woken for wait at most batch_ns (+ RECV_TIMEOUT_MS), even if no packet follows. */
         wc_media_lock();
         if (!g->running) {
             wc_media_unlock();
             break;
         }
-        if (g->unwoken_since != 0) {
-            int64_t left = g->unwoken_since + g->batch_ns - clock_ns(CLOCK_MONOTONIC);
-            if (left <= 0)
-                wake(g);
-            else
-                timeout_ms = (int)((left + 999999) / 1000000);
-        }
+        if (g->unwoken_since != 0 && clock_ns(CLOCK_MONOTONIC) - g->unwoken_since >= g->batch_ns)
+            wake(g);
         wc_media_unlock();
-        if (timeout_ms >= 0) {
-            struct pollfd readable = {g->fd, POLLIN, 0};
-            if (poll(&readable, 1, timeout_ms) == 0)
-                continue;
-        }
+        /* One system call per wake-up, as the compiled ceiling's loop makes: recv blocks, for RECV_TIMEOUT_MS at
+         * most (SO_RCVTIMEO), rather than poll(2) with the batch's deadline and then recv. */
         ssize_t got = recv(g->fd, buf, sizeof(buf) - 64, 0);  /* room for libsrtp's in-place work */
         wc_media_lock();
         if (!g->running) {
@@ -422,6 +414,9 @@ wc_ingest *wc_ingest_start(int fd, wc_sender *sender, void *rx, void *unprotect,
                            int batch_us)
 {
     if (sender == NULL || rx == NULL || unprotect == NULL || unprotect_rtcp == NULL)
+        return NULL;
+    struct timeval wait = {0, RECV_TIMEOUT_MS * 1000};  /* the thread's recv returns at least this often */
+    if (setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &wait, sizeof(wait)) != 0)
         return NULL;
     wc_ingest *g = calloc(1, sizeof(*g));
     if (g == NULL)

@@ -73,19 +73,28 @@ class Rates(NamedTuple):
 class RateMeter:
     """Turns successive readings of one stream into rates; the first reading only sets the baseline."""
 
-    __slots__ = ("_time", "_reading", "latest")
+    __slots__ = ("_time", "_reading", "latest", "_repeated")
 
     def __init__(self) -> None:
         self._time: float | None = None
         self._reading = Reading()
         self.latest = Rates()
+        self._repeated = False  # the last update gave the rates before it again (a report had not come yet)
 
     def update(self, now: float, reading: Reading) -> Rates | None:
-        """The rates since the previous reading; None for the first one, or when nothing newer was counted."""
+        """The rates since the previous reading; None for the first one. A reading no newer than the last (a media
+        worker's report that has not come yet: its timer and the sampler's drift past each other) keeps the
+        baseline and gives the last rates again, once, so that a rate message still goes a second after the last:
+        the SDK takes the bytes its browser counted between two messages as a second's worth (spec §7). Twice in
+        a row (the reports stopped): None."""
         now = now if reading.at is None else reading.at
         previous, since = self._reading, self._time
         if since is not None and now <= since:
-            return None  # the same report as last time: keep the baseline
+            if self._repeated or self.latest.interval == 0 or reading.at is None:
+                return None  # (live counters: no time passed, nothing to say)
+            self._repeated = True
+            return self.latest
+        self._repeated = False
         self._time, self._reading = now, reading
         if since is None:
             return None
