@@ -54,8 +54,8 @@ class ServerProcess:
 
 @pytest.fixture(params=["auto", "1"], ids=["workers", "one-process"])
 async def separate_server(request):
-    """With media workers (the default on a machine of several cores: the rates come from the workers' reports)
-    and in one process (its own media counters, sampled on its own port's clock)."""
+    """With media workers (the default on a machine of several cores: the rates come from the workers' reports,
+    once a second on their own timers) and in one process (the sampler reads live media counters)."""
     proc = await asyncio.create_subprocess_exec(
         sys.executable, "-m", "webcall", "--host", "127.0.0.1", "--port", "0", "--media-host", "127.0.0.1",
         "--media-port", "0", "--media-tcp-port", "0", "--public-ip", "127.0.0.1", "--rest-host", "127.0.0.1", "--rest-port", "0", "--tls-port", "-1",
