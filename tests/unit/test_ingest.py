@@ -414,6 +414,12 @@ def test_the_queue_size_is_the_threads() -> None:
     assert lib is not None and ingest_module.QUEUE == lib.wc_ingest_queue_size()
 
 
+def test_the_thread_waits_for_python_longer_than_the_ports_longest_take_in_gap() -> None:
+    """BATCH is a backstop behind the port's take-ins (ingest.py cannot import port.py, which imports it): were it
+    shorter than the longest gap of the take-in grid, the thread would wake Python between take-ins."""
+    assert ingest_module.BATCH > port_module.MAX_TAKE_IN_GAP
+
+
 async def test_a_queue_half_full_wakes_python(setup, monkeypatch) -> None:
     await without_ticks(monkeypatch)
     s = setup()
