@@ -2,8 +2,8 @@
 
 uvloop (libuv, in C) by default: on this project's 2-vCPU VM a process woken for each of 134 datagrams a second
 spends about half the CPU per wake-up under uvloop that it does under asyncio's own loop (its Python `_run_once`,
-selector and handles run cold at every packet), and the forwarding path of a publisher is exactly that — see the
-README, "Against the compiled ceiling", third pass. `--event-loop asyncio` keeps the standard library's loop, for
+selector and handles run cold at every packet), and the forwarding path of a publisher is exactly that — see
+docs/per-packet-cost.md, "Third pass". `--event-loop asyncio` keeps the standard library's loop, for
 comparison and debugging.
 """
 

@@ -20,7 +20,9 @@ import pytest
 
 from webcall_bench.cli import parse_steps
 from webcall_bench.player import build_play_offer, parse_answer
+from webcall_bench.runner import ServerProcess
 from webcall.protocol.sdp import negotiate_play
+from webcall.server.config import parse_args
 
 PLAYERS = 3
 ROOT = Path(__file__).resolve().parents[2]
@@ -261,3 +263,12 @@ def test_pacer_spreads_a_burst_at_its_rate() -> None:
         return time.monotonic() - start
 
     assert asyncio.run(burst()) >= 0.095  # 10 intervals; a burst would take ~0
+
+
+def test_the_bench_server_has_no_player_limit_per_stream(tmp_path) -> None:
+    """A ramp past 1000 players found the default guardrail, not the knee: the bench's server lifts it, and a
+    --server-arg still wins (the server's own parser reads the arguments as the bench passes them)."""
+    argv = ServerProcess([], tmp_path / "server.log").args[3:]  # after `python -m webcall`
+    assert parse_args(argv, environ={}).max_players_per_stream == 0
+    argv = ServerProcess(["--max-players-per-stream", "5"], tmp_path / "server.log").args[3:]
+    assert parse_args(argv, environ={}).max_players_per_stream == 5

@@ -1,7 +1,7 @@
 """The ingest thread (ingest.c) as seen from Python: a publisher's packets forwarded before the event loop wakes.
 
 Without it every publisher packet woke the event loop, and a wake-up of the interpreter cost more than the
-compiled core spends forwarding a packet to ten players (README, "Against the compiled ceiling"). With it, a
+compiled core spends forwarding a packet to ten players (docs/per-packet-cost.md, "Third pass"). With it, a
 UDP publisher gets a socket of its own (SO_REUSEPORT on the media port, connected to the publisher: the
 kernel prefers it for that address), read by a C thread that unprotects each packet and hands the newest
 ones of every track whose players are all on the compiled core to `wc_fanout`, per player layout, as

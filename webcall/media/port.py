@@ -25,7 +25,7 @@ instants, share the port's wake-ups instead of each having one; but never more t
 take-in is later than that, the transport gets its own grid point then). The take-in grid's gaps are random because
 every RTCP report rides on it, and RFC 3550 wants their intervals so (reports.py). What must not be that late (a
 NACK retry, a publisher's keyframe cadence) asks for its grid point itself (`tick_at`). Every wake-up of the process
-costs about what a packet's forwarding does (README, "Against the compiled ceiling"), so a quiet port sleeps.
+costs about what a packet's forwarding does (docs/per-packet-cost.md, "Third pass"), so a quiet port sleeps.
 """
 
 from __future__ import annotations
@@ -66,7 +66,7 @@ log = logging.getLogger("webcall.media")
 
 TICK_INTERVAL = 0.1  # s: the grid the port's timer wakes on; a transport due "at the next tick" waits this long
 TAKE_IN_INTERVAL = 1.0  # s: how often, on average, the port takes in the ingest threads' queues.
-# A wake-up costs the event loop about as much as the packets it takes in (README, "Twentieth pass"): at 10
+# A wake-up costs the event loop about as much as the packets it takes in (docs/per-packet-cost.md, "Twentieth pass"): at 10
 # players a second's grid instead of 0.2 s's cuts what the event loop spends by about a third.
 TAKE_IN_JITTER = 0.4  # each gap of that grid is drawn from (1 ± this) × TAKE_IN_INTERVAL, in whole ticks
 MAX_TAKE_IN_GAP = (1 + TAKE_IN_JITTER) * TAKE_IN_INTERVAL  # s: the longest (ingest.py: shorter than BATCH)

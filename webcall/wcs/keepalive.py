@@ -3,7 +3,7 @@
 
 One timer pings every session, not a task each. A task per session wakes the process at that session's own
 instant: 300 players on a 5 s interval were 60 wake-ups a second, and the pongs 60 more, each costing about what
-forwarding a packet does (README, "Against the compiled ceiling", thirteenth pass). Here the interval is cut into
+forwarding a packet does (docs/per-packet-cost.md, "Thirteenth pass"). Here the interval is cut into
 SLOTS slots on the monotonic clock's grid (multiples of interval / SLOTS: for 5 s, 0.2 s); a session joins the last
 slot within one interval of its `connection`, and each wake-up pings all the sessions of its slot together. Their
 pongs come back together too. The slots are many and the rate sampler and the media port keep their own
