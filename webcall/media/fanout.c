@@ -526,7 +526,8 @@ int wc_fanout(wc_sender *s, struct wc_target *const *targets, int n, const uint8
  * Every player gets an RTCP sender report (RFC 3550 §6.4.1) per track about once a second, the tracks' SRs in one
  * compound packet. For a player on this core they are built here, for every player whose report is due, in one
  * call per take-in of the media port (reports.py): per player that is a few lines of this file instead of a
- * Python tick, two struct packs, an SRTCP protect through cffi and a sendto of its own (docs/per-packet-cost.md, "Twelfth pass").
+ * Python tick, two struct packs, an SRTCP protect through cffi and a sendto of its own (docs/per-packet-cost.md,
+ * "Twelfth pass").
  * The counts come from the player's targets, which the fan-out keeps; the RTP time from a clock per track that
  * Python sets before the call (the publisher's RTP time at the call's instant: Producer.rtp_time_at), to which
  * each player adds its own timestamp offset. */

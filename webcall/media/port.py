@@ -66,8 +66,8 @@ log = logging.getLogger("webcall.media")
 
 TICK_INTERVAL = 0.1  # s: the grid the port's timer wakes on; a transport due "at the next tick" waits this long
 TAKE_IN_INTERVAL = 1.0  # s: how often, on average, the port takes in the ingest threads' queues.
-# A wake-up costs the event loop about as much as the packets it takes in (docs/per-packet-cost.md, "Twentieth pass"): at 10
-# players a second's grid instead of 0.2 s's cuts what the event loop spends by about a third.
+# A wake-up costs the event loop about as much as the packets it takes in (docs/per-packet-cost.md, "Twentieth
+# pass"): at 10 players a second's grid instead of 0.2 s's cuts what the event loop spends by about a third.
 TAKE_IN_JITTER = 0.4  # each gap of that grid is drawn from (1 ± this) × TAKE_IN_INTERVAL, in whole ticks
 MAX_TAKE_IN_GAP = (1 + TAKE_IN_JITTER) * TAKE_IN_INTERVAL  # s: the longest (ingest.py: shorter than BATCH)
 # s: the most a transport's due time is put off to share a take-in: a report due at the start of RFC 3550's window

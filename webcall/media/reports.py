@@ -3,10 +3,10 @@
 Every player gets an RTCP sender report per track about once a second (RFC 3550 §6.4.1), its tracks' SRs in one
 compound packet. In Python that is, per player and second, a tick of its transport, two struct packs, an SRTCP
 protect through cffi and a sendto of its own, and cold: at 300 players the event loop spent about 10 ms of CPU a
-second more on them than it does now, about 6 % of the server (docs/per-packet-cost.md, "Twelfth pass"). Once every track of a player
-is on the compiled core (each Consumer has its `struct wc_target`, so an IPv4 UDP path and keys), the player hands
-its reports to `SenderReports` (`take`): a `struct wc_reporter` with its targets, its session and address, its
-tracks' clocks and when it is next due. The media port calls `run` on its take-in grid; fanout.c's
+second more on them than it does now, about 6 % of the server (docs/per-packet-cost.md, "Twelfth pass"). Once every
+track of a player is on the compiled core (each Consumer has its `struct wc_target`, so an IPv4 UDP path and keys),
+the player hands its reports to `SenderReports` (`take`): a `struct wc_reporter` with its targets, its session and
+address, its tracks' clocks and when it is next due. The media port calls `run` on its take-in grid; fanout.c's
 `wc_sender_reports` builds, protects and sends the reports of the players due, one sendmmsg per 64, and draws each
 one's next interval. Until then, and without the core, `PlayerEndpoint.on_tick` builds them in Python, as before;
 `tests/unit/test_sender_reports.py` holds the two to the same bytes.

@@ -1,12 +1,11 @@
 """ICE connectivity checks the way every agent sends them, parsed and answered without aioice's general codec.
 
-Sans-I/O: bytes in, bytes out. An ICE-lite server answers one Binding request per player every few seconds
-(consent freshness, RFC 7675): aioice's `parse_message` and `Message.__bytes__` build dicts, parse addresses
-with `ipaddress` and XOR them byte by byte, about 23 µs a check; this does the same for the shape browsers,
-aiortc and GStreamer send (docs/per-packet-cost.md, "Seventeenth pass"). Anything else — an unusual attribute, a repeated one,
-a stray byte — is not parsed here (`parse_check` returns None) and goes through aioice as before, so this
-module only has to agree with aioice on what it accepts: `tests/unit/test_stun_check.py` checks that it
-does, byte for byte.
+Sans-I/O: bytes in, bytes out. An ICE-lite server answers one Binding request per player every few seconds (consent
+freshness, RFC 7675): aioice's `parse_message` and `Message.__bytes__` build dicts, parse addresses with `ipaddress`
+and XOR them byte by byte, about 23 µs a check; this does the same for the shape browsers, aiortc and GStreamer send
+(docs/per-packet-cost.md, "Seventeenth pass"). Anything else — an unusual attribute, a repeated one, a stray byte —
+is not parsed here (`parse_check` returns None) and goes through aioice as before, so this module only has to agree
+with aioice on what it accepts: `tests/unit/test_stun_check.py` checks that it does, byte for byte.
 """
 
 from __future__ import annotations

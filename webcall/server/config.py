@@ -128,7 +128,8 @@ class Config:
     max_streams_per_session: int = field(default=50, metadata={
         "help": "streams (published + played) of one session: a 50-person grid"})
     max_players_per_stream: int = field(default=1000, metadata={
-        "help": "players of one stream: a guardrail, not the capacity (webcall bench forwards a 600 kbps stream to 2,400-3,400 players per core of CPU on loopback: README, Measuring)"})
+        "help": "players of one stream: a guardrail, not the capacity (webcall bench forwards a 600 kbps stream "
+                "to 2,200-3,500 players per core of CPU on loopback: README, Measuring)"})
     max_publishers: int = field(default=100, metadata={
         "help": "publishers on the server (each up to --max-bitrate in, plus its fixed per-packet cost)"})
     max_messages_per_second: float = field(default=50.0, metadata={
