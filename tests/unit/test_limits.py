@@ -8,7 +8,7 @@ import pytest
 
 from webcall.media.port import MediaPort
 from webcall.server.config import Config
-from webcall.streams.limits import DTLS_HANDSHAKES, UNVERIFIED_DATAGRAMS, TokenBucket
+from webcall.limits import DTLS_HANDSHAKES, UNVERIFIED_DATAGRAMS, TokenBucket
 
 
 def test_token_bucket_allows_the_burst_then_the_rate() -> None:

@@ -33,7 +33,7 @@ from aiortc.rtp import (
 )
 
 from ..protocol.sdp import Negotiation
-from ..streams.limits import PUBLISHER_BITRATE
+from ..limits import PUBLISHER_BITRATE
 from .consumer import Consumer, random_ssrc
 from .dtls import DtlsIdentity
 from .failures import Failure

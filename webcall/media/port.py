@@ -10,7 +10,7 @@ ICE over TCP (tcp.py): with a TCP port (`start_tcp`), each accepted connection (
 "address": its frames take the same demultiplexing as datagrams, and a link that a valid check bound to a
 transport is in `by_addr` like a UDP address. A link whose first frame is not a valid check is closed.
 
-Guardrails (streams/limits.py), per port, so per media worker with --workers 2+: an address that has not passed
+Guardrails (webcall/limits.py), per port, so per media worker with --workers 2+: an address that has not passed
 a STUN check may send `max_unverified` datagrams a second (more are dropped before any parsing: a flood of
 bogus checks costs no HMAC), and at most `max_handshakes` DTLS handshakes are in progress (a transport's first
 DTLS datagram beyond that is dropped; the client retransmits it). Each refusal is counted in `refusals`.
@@ -47,7 +47,7 @@ from typing import TYPE_CHECKING, Any
 from aioice import stun
 
 from ..eventloop import TIMER_SLACK
-from ..streams.limits import DTLS_HANDSHAKES, UNVERIFIED_DATAGRAMS, Refusals
+from ..limits import DTLS_HANDSHAKES, UNVERIFIED_DATAGRAMS, Refusals
 from .failures import Failure
 from .fanout import FanoutCore, new_core
 from .ingest import Ingest, IngestCounts

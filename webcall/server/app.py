@@ -25,7 +25,7 @@ from ..logs import q
 from ..media.dtls import DtlsIdentity
 from ..media.plane import MediaPlane
 from ..media.port import MediaPort
-from ..streams.limits import Limits
+from ..limits import Limits
 from ..streams.recording import RecordSettings
 from ..wcs.hub import Hub, StreamSettings
 from ..workers.control import APP, WorkerPlane

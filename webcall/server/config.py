@@ -115,7 +115,7 @@ class Config:
     whip_ice_servers: str = field(default="", metadata={
         "help": "ICE servers sent to WHIP/WHEP clients as Link headers, comma-separated `URL [username credential]` "
                 "(e.g. turn:turn.example.com:3478?transport=udp user pass); empty = none: no client needs one"})
-    # --- guardrails (webcall/streams/limits.py): 0 = no limit ---
+    # --- guardrails (webcall/limits.py): 0 = no limit ---
     rtp_activity_timeout: float = field(default=5.0, metadata={
         "help": "seconds without RTP from a publishing client before its stream is FAILED (Failed by RTP "
                 "activity) and its players STOPPED; browsers send audio or video every 0.4 s even when muted"})

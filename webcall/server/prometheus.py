@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 
 from ..workers.control import RemotePlayer, RemotePublisher
 
-from ..streams.limits import LIMIT_NAMES
+from ..limits import LIMIT_NAMES
 
 if TYPE_CHECKING:
     from ..media.port import MediaPort
@@ -101,7 +101,7 @@ def render(hub: Hub, port: MediaPort) -> str:
              "ICE-TCP connections closed for bad input (framing, no valid STUN check, too many unverified)")
     w.sample("webcall_ice_tcp_refused_total", port.tcp_refused)
 
-    # --- guardrails (streams/limits.py): signalling refusals from the hub, media-plane ones from the port(s) ---
+    # --- guardrails (webcall/limits.py): signalling refusals from the hub, media-plane ones from the port(s) ---
     refusals: Counter[str] = Counter(hub.refusals)
     refusals.update(port.refusals)
     w.family("webcall_refusals_total", "counter",

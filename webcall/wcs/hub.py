@@ -23,7 +23,7 @@ from ..media.plane import MediaPlane
 from ..streams.feeds import Feeds
 from ..streams.recording import RecordSettings, Recordings
 from ..streams.renditions import Renditions
-from ..streams.limits import SESSIONS_PER_IP, SHUTDOWN, Limits, Refusals
+from ..limits import SESSIONS_PER_IP, SHUTDOWN, Limits, Refusals
 from ..streams.registry import EndReason, Source, StreamRegistry
 from ..streams.snapshots import SnapshotError, Snapshotter
 from ..transcode.pipeline import start_local_feed
@@ -85,7 +85,7 @@ class StreamSettings:
     bitrate_ceiling: int = 0  # bit/s a publisher may send for bitrate_grace; 0 = none
     bitrate_grace: float = 5.0
     keyframe_interval: float = 2.0  # seconds: a publisher's keyframe older than this is asked for again; 0 = off
-    limits: Limits = field(default_factory=Limits)  # signalling limits (streams/limits.py)
+    limits: Limits = field(default_factory=Limits)  # signalling limits (webcall/limits.py)
 
 
 def _loopback(ip: str) -> bool:

@@ -7,7 +7,7 @@ With a backend configured for the session's appKey (webcall/hooks, docs/hooks.md
 can deny wait for its answer before their handler runs; the session's later messages wait behind it, so the
 client's order is kept (pings are answered at once).
 
-Guardrails (streams/limits.py): messages go through a token bucket (--max-messages-per-second; excess gets
+Guardrails (webcall/limits.py): messages go through a token bucket (--max-messages-per-second; excess gets
 `fail` and counts as a protocol error, so a flooding client is closed; excess the server ignores anyway, such
 as pushLogs, is dropped without a word), and a stream beyond the session's,
 the stream's or the server's limit is FAILED with an info naming the limit.
@@ -25,11 +25,11 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
+from .. import limits
 from ..hooks import policy as hooks
 from ..hooks.client import HookClient, keep_alive_loop
 from ..logs import q
 from ..protocol.sdp import Negotiation, SdpError, negotiate_play, negotiate_publish
-from ..streams import limits
 from ..cluster.reasons import ClusterRefused
 from ..streams.registry import EndReason, NameInUse, Source
 from ..streams.snapshots import SnapshotError

@@ -62,7 +62,7 @@ class Settings:
     bitrate_ceiling: int = 0  # bit/s a publisher may send for bitrate_grace; 0 = none
     bitrate_grace: float = 5.0
     keyframe_interval: float = 2.0  # seconds: a publisher's keyframe older than this is asked for again; 0 = off
-    max_unverified_datagrams: int = 0  # this worker's port limits (streams/limits.py); 0 = none
+    max_unverified_datagrams: int = 0  # this worker's port limits (webcall/limits.py); 0 = none
     max_dtls_handshakes: int = 0
     media_tcp_port: int = -1  # ICE-TCP (media/tcp.py): -1 off, 0 any free port, else this + the worker's index
     # A cluster node's workers (cluster/worker.py): the relay between nodes ends in each worker.
