@@ -165,7 +165,7 @@ class ServerProcess:
         self.args = [sys.executable, "-m", "webcall", "--host", "127.0.0.1", "--port", str(self.http_port),
                      "--media-host", "127.0.0.1", "--media-port", str(self.media_port), "--media-tcp-port", "off", "--public-ip", "127.0.0.1",
                      "--log-level", "warning", "--workers", str(workers), *placement_args,
-                     *_rest_args(self.rest_port), *UNLIMITED, *extra_args]
+                     *_rest_args(self.rest_port), *NO_PLAYER_LIMIT, *extra_args]
         self.proc: subprocess.Popen | None = None
 
     @property
@@ -213,7 +213,7 @@ class ServerProcess:
 # The bench looks for the knee of the server's CPU; the guardrail on players per stream (1000 by default) would
 # otherwise end a ramp first, with players refused as "Too many players of this stream". A later
 # --server-arg can still set one.
-UNLIMITED = ["--max-players-per-stream", "0"]
+NO_PLAYER_LIMIT = ["--max-players-per-stream", "0"]
 
 
 def _rest_args(port: int) -> list[str]:
